@@ -1,0 +1,278 @@
+//! Reverse-mode autodiff.
+//!
+//! Every op whose inputs are tracked (variables, or tensors computed from
+//! variables while gradients are enabled) attaches a tape entry — a [`Node`] —
+//! to its output: the op's name, its inputs, and a closure that maps the
+//! output's gradient to the inputs' gradients. The closure is written next to
+//! the op's forward (micrograd's shape) and uses ordinary tensor ops, so the
+//! backward pass runs on whatever device the forward ran on.
+//!
+//! [`Tensor::backward`] walks the entries in reverse creation order. Tensor ids
+//! grow monotonically and every op's output is created after its inputs, so
+//! "largest id first" is a valid reverse topological order: no separate sort
+//! and no per-op graph walking code. Each entry is taken off its tensor as it
+//! is walked, which frees the saved inputs — a training loop's memory stays
+//! flat — and makes a second `backward` through the same graph an error, as in
+//! PyTorch.
+//!
+//! ```
+//! use wgrad::{Device, Tensor};
+//! let x = Tensor::from_vec(vec![3.0], [1], &Device::Cpu).unwrap().requires_grad();
+//! let y = (&x * &x + &x * 5.0).sum(); // x² + 5x
+//! let grads = y.backward();
+//! assert_eq!(grads.get(&x).unwrap().to_vec().unwrap(), vec![11.0]);
+//! ```
+
+mod anomaly;
+
+pub use anomaly::detect_anomaly;
+pub(crate) use anomaly::{check_anomaly, in_backward_of};
+
+use crate::Tensor;
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+static LIVE_NODES: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether ops on the calling thread currently record tape entries.
+pub fn is_grad_enabled() -> bool {
+    GRAD_ENABLED.with(Cell::get)
+}
+
+/// Runs `f` with recording switched on or off on the calling thread, and
+/// restores the previous setting afterwards (also if `f` panics).
+fn with_grad_enabled<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            GRAD_ENABLED.with(|g| g.set(self.0));
+        }
+    }
+    let _restore = Restore(GRAD_ENABLED.with(|g| g.replace(enabled)));
+    f()
+}
+
+/// Runs `f` without recording anything: for evaluation, optimizer updates,
+/// and anything else that must not be differentiated.
+///
+/// ```
+/// use wgrad::{Device, Tensor, no_grad};
+/// let w = Tensor::ones([2], &Device::Cpu).requires_grad();
+/// let y = no_grad(|| &w * 2.0);
+/// assert!(!y.is_tracked());
+/// ```
+pub fn no_grad<R>(f: impl FnOnce() -> R) -> R {
+    with_grad_enabled(false, f)
+}
+
+/// Number of tape entries alive in the process: entries that were recorded
+/// and neither walked by a backward pass nor dropped with their tensor.
+/// A training loop whose memory is flat returns to the same count each step.
+pub fn live_nodes() -> usize {
+    LIVE_NODES.load(Ordering::Relaxed)
+}
+
+/// What a backward closure is given.
+pub(crate) struct BackwardCtx<'a> {
+    /// Gradient of the loss with respect to the op's output.
+    pub grad: &'a Tensor,
+    /// The op's output (its value, for rules like sigmoid's).
+    pub out: &'a Tensor,
+    /// The op's inputs, in the order the op recorded them.
+    pub inputs: &'a [Tensor],
+    /// Which inputs need a gradient; rules skip the others' products.
+    pub needs: &'a [bool],
+}
+
+/// Maps an output gradient to one optional gradient per input.
+pub(crate) type BackwardFn = Box<dyn FnOnce(&BackwardCtx) -> Vec<Option<Tensor>> + Send + Sync>;
+
+/// One tape entry.
+pub(crate) struct Node {
+    pub op: &'static str,
+    pub inputs: Vec<Tensor>,
+    pub backward: BackwardFn,
+    _live: LiveNode,
+}
+
+/// Counts a node in [`live_nodes`] for as long as it exists.
+struct LiveNode;
+
+impl Drop for LiveNode {
+    fn drop(&mut self) {
+        LIVE_NODES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Node {
+    pub fn new(op: &'static str, inputs: Vec<Tensor>, backward: BackwardFn) -> Self {
+        LIVE_NODES.fetch_add(1, Ordering::Relaxed);
+        Node { op, inputs, backward, _live: LiveNode }
+    }
+}
+
+/// Gradients of a loss with respect to the variables it depends on, keyed by
+/// variable (see [`Tensor::requires_grad`]).
+#[derive(Default, Debug)]
+pub struct Gradients {
+    map: HashMap<u64, Tensor>,
+}
+
+impl Gradients {
+    /// The gradient of `variable`, if the loss depends on it.
+    pub fn get(&self, variable: &Tensor) -> Option<&Tensor> {
+        self.map.get(&variable.id())
+    }
+
+    /// Removes and returns the gradient of `variable`.
+    pub fn remove(&mut self, variable: &Tensor) -> Option<Tensor> {
+        self.map.remove(&variable.id())
+    }
+
+    /// Sets the gradient of `variable` (e.g. after clipping).
+    pub fn insert(&mut self, variable: &Tensor, grad: Tensor) {
+        assert_eq!(
+            variable.shape(),
+            grad.shape(),
+            "Gradients::insert: gradient shape {} does not match variable shape {}",
+            grad.shape(),
+            variable.shape()
+        );
+        self.map.insert(variable.id(), grad);
+    }
+
+    /// Number of variables with a gradient.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no variable received a gradient.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// All gradients, in no particular order.
+    pub fn values(&self) -> impl Iterator<Item = &Tensor> {
+        self.map.values()
+    }
+}
+
+impl Tensor {
+    /// Attaches a tape entry to this freshly computed output of `op`, if
+    /// recording is on and any input is tracked; otherwise returns it as is.
+    pub(crate) fn record<F>(mut self, op: &'static str, inputs: &[&Tensor], backward: F) -> Tensor
+    where
+        F: FnOnce(&BackwardCtx) -> Vec<Option<Tensor>> + Send + Sync + 'static,
+    {
+        check_anomaly(op, &self);
+        if !is_grad_enabled() || !inputs.iter().any(|t| t.is_tracked()) {
+            return self;
+        }
+        let node = Node::new(op, inputs.iter().map(|&t| t.clone()).collect(), Box::new(backward));
+        self.attach(node);
+        self
+    }
+
+    /// Computes the gradient of this tensor with respect to every variable it
+    /// depends on. The tensor is usually a scalar loss; for any other shape
+    /// the seed gradient is all ones (the gradient of `self.sum()`).
+    ///
+    /// Panics if the graph was already walked by an earlier `backward`.
+    pub fn backward(&self) -> Gradients {
+        let seed = no_grad(|| Tensor::ones(self.shape().clone(), self.device()));
+        self.backward_with(seed)
+    }
+
+    /// As [`backward`](Self::backward), with an explicit seed gradient of this
+    /// tensor's shape (a vector-Jacobian product).
+    pub fn backward_with(&self, seed: Tensor) -> Gradients {
+        assert_eq!(
+            seed.shape(),
+            self.shape(),
+            "backward_with: seed shape {} does not match tensor shape {}",
+            seed.shape(),
+            self.shape()
+        );
+        let mut grads = Gradients::default();
+        if !self.is_tracked() {
+            return grads;
+        }
+        no_grad(|| {
+            // Pending gradients by tensor id; the largest id is always safe to
+            // process next (see the module docs).
+            let mut pending: BTreeMap<u64, (Tensor, Tensor)> = BTreeMap::new();
+            pending.insert(self.id(), (self.clone(), seed));
+            while let Some((_, (t, g))) = pending.pop_last() {
+                if t.is_variable() {
+                    grads.map.insert(t.id(), g);
+                    continue;
+                }
+                let node = t.take_node().unwrap_or_else(|| {
+                    panic!(
+                        "backward: the graph through this tensor was already freed by an earlier \
+                         backward(); run the forward pass again before calling backward once more"
+                    )
+                });
+                let Node { op, inputs, backward, _live } = node;
+                let needs: Vec<bool> = inputs.iter().map(Tensor::is_tracked).collect();
+                let ctx = BackwardCtx { grad: &g, out: &t, inputs: &inputs, needs: &needs };
+                let input_grads = in_backward_of(op, || backward(&ctx));
+                for ((input, need), ig) in inputs.iter().zip(&needs).zip(input_grads) {
+                    let Some(ig) = ig else { continue };
+                    if !need {
+                        continue;
+                    }
+                    assert_eq!(
+                        ig.shape(),
+                        input.shape(),
+                        "backward of {op}: gradient shape {} does not match input shape {} (a bug in wgrad)",
+                        ig.shape(),
+                        input.shape()
+                    );
+                    check_anomaly(op, &ig);
+                    match pending.get_mut(&input.id()) {
+                        Some((_, acc)) => *acc = &*acc + &ig,
+                        None => {
+                            pending.insert(input.id(), (input.clone(), ig));
+                        }
+                    }
+                }
+            }
+        });
+        grads
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Device, Tensor, no_grad};
+
+    #[test]
+    fn no_grad_restores_after_panic() {
+        let r = std::panic::catch_unwind(|| no_grad(|| panic!("boom")));
+        assert!(r.is_err());
+        assert!(super::is_grad_enabled());
+    }
+
+    #[test]
+    fn untracked_inputs_record_nothing() {
+        let a = Tensor::ones([2], &Device::Cpu);
+        let b = &a * 3.0;
+        assert!(!b.is_tracked());
+        assert!(b.backward().is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "already freed")]
+    fn second_backward_through_a_freed_graph_panics() {
+        let w = Tensor::ones([2], &Device::Cpu).requires_grad();
+        let loss = (&w * 2.0).sum();
+        let _ = loss.backward();
+        let _ = loss.backward();
+    }
+}

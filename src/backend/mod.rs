@@ -1,0 +1,198 @@
+//! The kernel interface both devices implement.
+//!
+//! Tensor ops (in `ops/`) check shapes, pick the kernel and record the tape;
+//! a [`Backend`] only computes. The interface is deliberately small: a few
+//! parametrised primitives (unary, binary, reduce, matmul, softmax, strided
+//! copy, gather/scatter) and the fused kernels that pay for themselves in a
+//! training step (cross-entropy, dropout, optimizer updates). Every backend
+//! returns contiguous row-major f32 storage.
+//!
+//! [`cpu`] is the reference: plain loops (and a GEMM crate for matmul) that
+//! every GPU kernel and every gradient is tested against.
+
+pub(crate) mod cpu;
+
+use crate::Result;
+use crate::shape::Strided;
+
+/// Where a tensor's elements live.
+pub(crate) enum Storage {
+    Cpu(Vec<f32>),
+}
+
+impl Storage {
+    /// The host slice of a CPU storage. Ops check devices before calling a
+    /// backend, so a GPU storage here is a bug in wgrad, not a user error.
+    pub fn cpu(&self) -> &[f32] {
+        match self {
+            Storage::Cpu(v) => v,
+        }
+    }
+
+    pub fn cpu_mut(&mut self) -> &mut Vec<f32> {
+        match self {
+            Storage::Cpu(v) => v,
+        }
+    }
+}
+
+/// Elementwise functions of one input. The `f32` fields are scalar operands.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Sqrt,
+    Abs,
+    /// -1, 0 or 1.
+    Sign,
+    Relu,
+    Sigmoid,
+    Tanh,
+    /// GELU with the exact (erf) formulation, as PyTorch's default.
+    Gelu,
+    /// d gelu(x) / dx, for gelu's backward.
+    GeluGrad,
+    AddScalar(f32),
+    MulScalar(f32),
+    /// x^p.
+    PowScalar(f32),
+    MaxScalar(f32),
+    MinScalar(f32),
+    /// 1 where x > s, else 0 (no gradient; used to build masks).
+    GtScalar(f32),
+    /// 1 where lo <= x <= hi, else 0 (clamp's backward mask).
+    InRange(f32, f32),
+}
+
+impl UnaryOp {
+    /// The kernel's operation code and its two scalar operands. The GPU
+    /// shader switches on the same codes, so the two must stay in step with
+    /// `shaders/unary.wgsl`.
+    pub fn code(self) -> (u32, f32, f32) {
+        use UnaryOp::*;
+        match self {
+            Neg => (0, 0.0, 0.0),
+            Exp => (1, 0.0, 0.0),
+            Log => (2, 0.0, 0.0),
+            Sqrt => (3, 0.0, 0.0),
+            Abs => (4, 0.0, 0.0),
+            Sign => (5, 0.0, 0.0),
+            Relu => (6, 0.0, 0.0),
+            Sigmoid => (7, 0.0, 0.0),
+            Tanh => (8, 0.0, 0.0),
+            Gelu => (9, 0.0, 0.0),
+            GeluGrad => (10, 0.0, 0.0),
+            AddScalar(s) => (11, s, 0.0),
+            MulScalar(s) => (12, s, 0.0),
+            PowScalar(p) => (13, p, 0.0),
+            MaxScalar(s) => (14, s, 0.0),
+            MinScalar(s) => (15, s, 0.0),
+            GtScalar(s) => (16, s, 0.0),
+            InRange(lo, hi) => (17, lo, hi),
+        }
+    }
+}
+
+/// Elementwise functions of two (broadcast) inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BinaryOp {
+    Add = 0,
+    Sub = 1,
+    Mul = 2,
+    Div = 3,
+    Max = 4,
+    Min = 5,
+    /// 1 where a >= b, else 0 (no gradient).
+    Ge = 6,
+}
+
+/// Reductions along one axis of a `[outer, len, inner]` view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReduceOp {
+    Sum = 0,
+    Max = 1,
+    /// Index of the first maximum, as an f32.
+    ArgMax = 2,
+}
+
+/// A (batched) matrix product `out[b] = op(A[b]) · op(B[b])`, where `op`
+/// transposes when the flag is set. A is stored as `[m, k]` (or `[k, m]`
+/// when transposed), B as `[k, n]` (or `[n, k]`); out is `[batch, m, n]`.
+/// A batch stride of 0 reuses one matrix for every batch entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MatmulSpec {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub a_batch_stride: usize,
+    pub b_batch_stride: usize,
+}
+
+/// A `[outer, len, inner]` view for axis-wise kernels; `len` is the axis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AxisView {
+    pub outer: usize,
+    pub len: usize,
+    pub inner: usize,
+}
+
+/// Hyper-parameters of one fused optimizer update.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum UpdateRule {
+    /// SGD: `v = momentum·v + g (+ wd·p)`; `p -= lr·(nesterov ? g + momentum·v : v)`.
+    Sgd { lr: f32, momentum: f32, weight_decay: f32, nesterov: bool },
+    /// Adam/AdamW. `decoupled` selects AdamW's weight decay. `bias1`, `bias2`
+    /// are the bias corrections 1-β1^t and 1-β2^t for this step.
+    Adam { lr: f32, beta1: f32, beta2: f32, eps: f32, weight_decay: f32, decoupled: bool, bias1: f32, bias2: f32 },
+}
+
+/// The kernels a device provides. Inputs are contiguous unless a [`Strided`]
+/// layout says otherwise; outputs are always new contiguous storage, except
+/// for the in-place `copy_into` and `update`.
+///
+/// Only reading back can fail. A GPU fault (out of memory, a tensor over the
+/// binding limit, a lost device) poisons the storage it happens to, every
+/// result computed from poisoned storage is poisoned too, and the error comes
+/// out of `to_vec` — as CUDA's asynchronous errors do, but as a `Result`.
+pub(crate) trait Backend {
+    fn upload(&self, data: &[f32]) -> Storage;
+    fn to_vec(&self, x: &Storage, n: usize) -> Result<Vec<f32>>;
+    fn full(&self, n: usize, value: f32) -> Storage;
+    fn unary(&self, op: UnaryOp, x: &Storage, n: usize) -> Storage;
+    /// `a` and `b` are read through layouts of the output's shape (broadcast
+    /// dimensions have stride 0).
+    fn binary(&self, op: BinaryOp, a: (&Storage, &Strided), b: (&Storage, &Strided)) -> Storage;
+    /// Reduces `[outer, len, inner]` to `[outer, inner]`.
+    fn reduce(&self, op: ReduceOp, x: &Storage, v: AxisView) -> Storage;
+    fn matmul(&self, a: &Storage, b: &Storage, spec: MatmulSpec) -> Storage;
+    /// Softmax (or log-softmax) along `len` of `[outer, len, inner]`.
+    fn softmax(&self, x: &Storage, v: AxisView, log: bool) -> Storage;
+    /// Gathers the strided view into new contiguous storage.
+    fn copy_strided(&self, x: &Storage, src: &Strided) -> Storage;
+    /// Writes contiguous `x` into the strided region `dst` of `out`, in place.
+    fn copy_into(&self, out: &mut Storage, dst: &Strided, x: &Storage);
+    /// `out[o, j, i] = x[o, idx[o, j, i], i]` for `x: [outer, len, inner]`, where
+    /// `idx` is read through a layout of shape `[outer, m, inner]`.
+    fn gather(&self, x: &Storage, v: AxisView, idx: (&Storage, &Strided), m: usize) -> Storage;
+    /// The adjoint of `gather`: `out[o, l, i] = Σ_j [idx[o,j,i] = l] · g[o, j, i]`.
+    fn scatter_add(&self, g: &Storage, v: AxisView, idx: (&Storage, &Strided), m: usize) -> Storage;
+    /// Per-row `logsumexp(logits) - logits[label]` for `[rows, classes]` logits.
+    fn cross_entropy(&self, logits: &Storage, labels: &Storage, rows: usize, classes: usize) -> Storage;
+    /// `(softmax(logits) - onehot(label)) · grad_rows[row]`.
+    fn cross_entropy_backward(
+        &self,
+        logits: &Storage,
+        labels: &Storage,
+        grad_rows: &Storage,
+        rows: usize,
+        classes: usize,
+    ) -> Storage;
+    /// `x · keep(i) / (1 - p)` with `keep` from [`crate::rng::dropout_keep`].
+    fn dropout(&self, x: &Storage, n: usize, p: f32, key: [u32; 2]) -> Storage;
+    /// One fused optimizer step on `param` (and its state buffers), in place.
+    fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [Storage], n: usize);
+}

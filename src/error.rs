@@ -1,0 +1,94 @@
+//! Errors from everything that depends on the world outside the program:
+//! GPU adapters and drivers, files, data handed in at run time.
+//!
+//! Programmer errors — shapes that do not fit an op, an axis out of range —
+//! panic instead, naming the op and the shapes, as indexing out of bounds does.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The error type of every fallible wgrad operation.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// Data handed to a constructor does not fit the requested shape.
+    #[error("{op}: {msg}")]
+    Shape {
+        /// The function that rejected the data.
+        op: &'static str,
+        /// What did not fit.
+        msg: String,
+    },
+
+    /// No GPU adapter could be found or opened.
+    #[error(
+        "no GPU adapter found ({0}). Install a Vulkan, Metal or DX12 driver; on Linux without a GPU, \
+         Mesa's software Vulkan works: `apt-get install mesa-vulkan-drivers`"
+    )]
+    NoAdapter(String),
+
+    /// The GPU device was lost (driver reset, GPU removed, device destroyed).
+    #[error("GPU device lost: {0}. Tensors on it are gone; create a new device (or use the CPU)")]
+    DeviceLost(String),
+
+    /// The GPU ran out of memory.
+    #[error("GPU out of memory: {0}. Use smaller batches or drop tensors you no longer need")]
+    OutOfMemory(String),
+
+    /// A tensor is larger than one GPU buffer binding may be on this adapter.
+    #[error(
+        "{op}: a tensor of {bytes} bytes exceeds this adapter's largest storage binding ({limit} bytes); \
+         split the work into smaller tensors or use the CPU"
+    )]
+    TooLarge {
+        /// The op that needed the buffer.
+        op: &'static str,
+        /// The size asked for.
+        bytes: u64,
+        /// The adapter's `max_storage_buffer_binding_size`.
+        limit: u64,
+    },
+
+    /// wgpu reported an error we did not expect (validation, internal).
+    #[error("GPU error: {0}")]
+    Gpu(String),
+
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+
+    /// A file was read but its contents are not what they claim to be.
+    #[error("{}: {msg}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+
+    /// An op produced NaN or infinity inside [`crate::detect_anomaly`].
+    #[error("anomaly: {0}")]
+    Anomaly(String),
+
+    /// Saved parameters do not fit the model they are loaded into.
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source: Arc::new(source) }
+    }
+
+    pub(crate) fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Format { path: path.into(), msg: msg.into() }
+    }
+}
+
+/// `Result` with wgrad's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

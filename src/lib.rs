@@ -1,0 +1,42 @@
+//! wgrad: a tensor engine with reverse-mode autodiff whose GPU kernels are
+//! WGSL compute shaders dispatched through `wgpu` (Vulkan, Metal, DX12), with
+//! a CPU backend that computes every op too and is the reference every GPU
+//! kernel and gradient is tested against.
+//!
+//! ```
+//! use wgrad::{Device, Tensor};
+//!
+//! let dev = Device::Cpu;
+//! wgrad::manual_seed(0);
+//! let w = Tensor::randn([3, 2], &dev).requires_grad(); // a variable
+//! let x = Tensor::from_vec(vec![1.0, 2.0, 3.0], [1, 3], &dev).unwrap();
+//! let loss = x.matmul(&w).relu().sum();
+//! let grads = loss.backward();
+//! let dw = grads.get(&w).unwrap();
+//! assert_eq!(dw.dims(), &[3, 2]);
+//! ```
+//!
+//! - [`Tensor`] is a cheap-to-clone handle; ops take `&Tensor` and return new
+//!   tensors. Shape mismatches panic naming the op and both shapes; anything
+//!   that depends on the outside world returns [`Result`].
+//! - Gradients are recorded only for variables ([`Tensor::requires_grad`])
+//!   and what is computed from them, and never inside [`no_grad`].
+//! - [`gradcheck`] compares autograd against finite differences.
+
+mod autograd;
+mod backend;
+mod device;
+mod error;
+mod gradcheck;
+pub(crate) mod ops;
+pub mod rng;
+mod shape;
+mod tensor;
+
+pub use autograd::{Gradients, detect_anomaly, is_grad_enabled, live_nodes, no_grad};
+pub use device::Device;
+pub use error::{Error, Result};
+pub use gradcheck::{GradcheckError, GradcheckOptions, gradcheck, gradcheck_with};
+pub use rng::{Generator, manual_seed};
+pub use shape::{Dim, Shape};
+pub use tensor::{Tensor, live_tensors};

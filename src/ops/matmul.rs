@@ -1,0 +1,106 @@
+//! Matrix products: 2-D, batched (leading axes broadcast, as `torch.matmul`),
+//! and the transposed products the backward pass needs, which the kernels
+//! read through transpose flags instead of materialising a transpose.
+
+use super::same_device;
+use crate::Tensor;
+use crate::backend::MatmulSpec;
+use crate::shape::Shape;
+
+impl Tensor {
+    /// Matrix product with `torch.matmul`'s rules: 2-D × 2-D is a matrix
+    /// product; leading axes are batch axes and broadcast; a 1-D operand is a
+    /// vector (a row on the left, a column on the right) whose axis is
+    /// removed from the result.
+    pub fn matmul(&self, rhs: &Tensor) -> Tensor {
+        assert!(
+            self.rank() >= 1 && rhs.rank() >= 1,
+            "matmul: scalars cannot be multiplied as matrices (shapes {} and {})",
+            self.shape(),
+            rhs.shape()
+        );
+        match (self.rank(), rhs.rank()) {
+            (1, 1) => self.unsqueeze(0).matmul_t(&rhs.unsqueeze(1), false, false).reshape(()),
+            (1, _) => self.unsqueeze(0).matmul_t(rhs, false, false).squeeze(-2),
+            (_, 1) => self.matmul_t(&rhs.unsqueeze(1), false, false).squeeze(-1),
+            _ => self.matmul_t(rhs, false, false),
+        }
+    }
+
+    /// `op(self) · op(rhs)`, where `op` swaps the last two axes when its flag
+    /// is set. Both operands have rank ≥ 2.
+    pub(crate) fn matmul_t(&self, rhs: &Tensor, ta: bool, tb: bool) -> Tensor {
+        same_device("matmul", self, rhs);
+        let fail = |why: &str| -> ! { panic!("matmul: shapes {} and {} do not fit: {why}", self.shape(), rhs.shape()) };
+        if self.rank() < 2 || rhs.rank() < 2 {
+            fail("both operands need at least 2 axes here");
+        }
+        let (ad, bd) = (self.dims(), rhs.dims());
+        let (ar, ac) = (ad[ad.len() - 2], ad[ad.len() - 1]);
+        let (br, bc) = (bd[bd.len() - 2], bd[bd.len() - 1]);
+        let (m, k) = if ta { (ac, ar) } else { (ar, ac) };
+        let (kb, n) = if tb { (bc, br) } else { (br, bc) };
+        if k != kb {
+            fail(&format!("inner dimensions {k} and {kb} differ"));
+        }
+        let a_batch = Shape::from(&ad[..ad.len() - 2]);
+        let b_batch = Shape::from(&bd[..bd.len() - 2]);
+        let batch_shape =
+            Shape::broadcast(&a_batch, &b_batch).unwrap_or_else(|| fail("batch axes cannot be broadcast"));
+        let batch = batch_shape.elem_count();
+
+        // Each operand is read with batch stride 0 (one matrix for all),
+        // its own stride (one matrix per batch entry), or, when only some
+        // batch axes broadcast, from a broadcast copy.
+        let operand = |t: &Tensor, own_batch: &Shape, rows: usize, cols: usize| -> (Tensor, usize) {
+            if own_batch.elem_count() == 1 {
+                (t.clone(), 0)
+            } else if own_batch == &batch_shape {
+                (t.clone(), rows * cols)
+            } else {
+                let mut dims = batch_shape.dims().to_vec();
+                dims.extend([rows, cols]);
+                (crate::no_grad(|| t.broadcast_to(dims)), rows * cols)
+            }
+        };
+        let (a, a_stride) = operand(self, &a_batch, ar, ac);
+        let (b, b_stride) = operand(rhs, &b_batch, br, bc);
+
+        let mut spec =
+            MatmulSpec { batch, m, n, k, trans_a: ta, trans_b: tb, a_batch_stride: a_stride, b_batch_stride: b_stride };
+        if batch > 1 && b_stride == 0 && a_stride == m * k && !ta {
+            // A stack of A's times one B is a single taller product.
+            spec = MatmulSpec { batch: 1, m: batch * m, a_batch_stride: 0, ..spec };
+        }
+        let storage = if a.same_storage(&b) {
+            let s = a.read();
+            self.device().backend().matmul(&s, &s, spec)
+        } else {
+            self.device().backend().matmul(&a.read(), &b.read(), spec)
+        };
+        let mut out_dims = batch_shape.dims().to_vec();
+        out_dims.extend([m, n]);
+        let out = Tensor::from_storage(storage, Shape::from(out_dims), self.device().clone());
+
+        out.record("matmul", &[self, rhs], move |c| {
+            let [a, b] = c.inputs else { unreachable!() };
+            let g = c.grad;
+            let da = c.needs[0].then(|| {
+                let d = if ta { b.matmul_t(g, tb, true) } else { g.matmul_t(b, false, !tb) };
+                d.sum_to(a.shape())
+            });
+            let db = c.needs[1].then(|| {
+                if b.rank() == 2 && a.rank() > 2 && !ta {
+                    // Fold the batch into the rows: Σ_b A_bᵀ g_b = [A_1; …]ᵀ [g_1; …].
+                    let a2 = a.reshape([a.elem_count() / k, k]);
+                    let g2 = g.reshape([g.elem_count() / n, n]);
+                    if tb { g2.matmul_t(&a2, true, false) } else { a2.matmul_t(&g2, true, false) }
+                } else {
+                    let d = if tb { g.matmul_t(a, true, ta) } else { a.matmul_t(g, !ta, false) };
+                    d.sum_to(b.shape())
+                }
+            });
+            vec![da, db]
+        })
+    }
+}

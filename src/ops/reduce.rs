@@ -1,0 +1,96 @@
+//! Reductions: sum, mean and max along an axis or over everything, argmax,
+//! and `sum_to`, which folds a broadcast gradient back to its input's shape.
+
+use crate::Tensor;
+use crate::backend::{AxisView, ReduceOp};
+use crate::shape::{Dim, Shape};
+
+impl Tensor {
+    /// Runs a reduce kernel along `axis` without recording anything.
+    fn reduce_raw(&self, op: ReduceOp, axis: usize, keepdim: bool) -> Tensor {
+        let (outer, len, inner) = self.shape().split_at_axis(axis);
+        let storage = self.device().backend().reduce(op, &self.read(), AxisView { outer, len, inner });
+        let shape = if keepdim { self.shape().with_dim(axis, 1) } else { self.shape().without_dim(axis) };
+        Tensor::from_storage(storage, shape, self.device().clone())
+    }
+
+    /// A flat `[n]` view, for reductions over everything.
+    fn flat(&self) -> Tensor {
+        self.reshape([self.elem_count()])
+    }
+
+    /// Sum along `axis`; with `keepdim` the axis stays with length 1.
+    pub fn sum_dim(&self, axis: impl Dim, keepdim: bool) -> Tensor {
+        let axis = axis.index(self.rank(), "sum_dim");
+        let input_shape = self.shape().clone();
+        self.reduce_raw(ReduceOp::Sum, axis, keepdim).record("sum_dim", &[self], move |c| {
+            let kept = c.grad.reshape(input_shape.with_dim(axis, 1));
+            vec![Some(kept.broadcast_to(input_shape))]
+        })
+    }
+
+    /// Sum of all elements, as a scalar.
+    pub fn sum(&self) -> Tensor {
+        self.flat().sum_dim(0, false)
+    }
+
+    /// Mean along `axis`.
+    pub fn mean_dim(&self, axis: impl Dim, keepdim: bool) -> Tensor {
+        let axis = axis.index(self.rank(), "mean_dim");
+        let len = self.dims()[axis];
+        self.sum_dim(axis, keepdim).mul_scalar(1.0 / len as f32)
+    }
+
+    /// Mean of all elements, as a scalar.
+    pub fn mean(&self) -> Tensor {
+        self.sum().mul_scalar(1.0 / self.elem_count() as f32)
+    }
+
+    /// Maximum along `axis`. The gradient goes to the first maximal element
+    /// (the arg-max) only.
+    pub fn max_dim(&self, axis: impl Dim, keepdim: bool) -> Tensor {
+        let axis = axis.index(self.rank(), "max_dim");
+        assert!(self.dims()[axis] > 0, "max_dim: axis {axis} of shape {} is empty", self.shape());
+        self.reduce_raw(ReduceOp::Max, axis, keepdim).record("max_dim", &[self], move |c| {
+            let x = &c.inputs[0];
+            let idx = x.reduce_raw(ReduceOp::ArgMax, axis, true);
+            let g = c.grad.reshape(idx.shape().clone());
+            vec![Some(g.scatter_add_raw(axis, &idx, x.dims()[axis]))]
+        })
+    }
+
+    /// Maximum of all elements, as a scalar.
+    pub fn max(&self) -> Tensor {
+        self.flat().max_dim(0, false)
+    }
+
+    /// Index of the first maximum along `axis`, as f32 values (not
+    /// differentiable).
+    pub fn argmax(&self, axis: impl Dim, keepdim: bool) -> Tensor {
+        let axis = axis.index(self.rank(), "argmax");
+        assert!(self.dims()[axis] > 0, "argmax: axis {axis} of shape {} is empty", self.shape());
+        self.reduce_raw(ReduceOp::ArgMax, axis, keepdim)
+    }
+
+    /// Sums a gradient of a broadcast result down to `target`, the shape of
+    /// the input that was broadcast.
+    pub(crate) fn sum_to(&self, target: &Shape) -> Tensor {
+        if self.shape() == target {
+            return self.clone();
+        }
+        let lead = self.rank() - target.rank();
+        let mut t = self.clone();
+        if lead > 0 {
+            let rest = &self.dims()[lead..];
+            let mut dims = vec![self.dims()[..lead].iter().product()];
+            dims.extend_from_slice(rest);
+            t = t.reshape(dims).sum_dim(0, false);
+        }
+        for (axis, &d) in target.dims().iter().enumerate() {
+            if d == 1 && t.dims()[axis] != 1 {
+                t = t.sum_dim(axis, true);
+            }
+        }
+        t
+    }
+}

@@ -1,0 +1,35 @@
+//! Softmax and log-softmax along an axis. The kernels subtract the row
+//! maximum before exponentiating, so logits of ±1e4 give finite results.
+
+use crate::Tensor;
+use crate::backend::AxisView;
+use crate::shape::Dim;
+
+impl Tensor {
+    fn softmax_raw(&self, axis: usize, log: bool) -> Tensor {
+        let (outer, len, inner) = self.shape().split_at_axis(axis);
+        let storage = self.device().backend().softmax(&self.read(), AxisView { outer, len, inner }, log);
+        Tensor::from_storage(storage, self.shape().clone(), self.device().clone())
+    }
+
+    /// `exp(x) / Σ exp(x)` along `axis`.
+    pub fn softmax(&self, axis: impl Dim) -> Tensor {
+        let axis = axis.index(self.rank(), "softmax");
+        self.softmax_raw(axis, false).record("softmax", &[self], move |c| {
+            // dx = s ⊙ (g − Σ g⊙s)
+            let s = c.out;
+            let dot = (c.grad * s).sum_dim(axis, true);
+            vec![Some(s * &(c.grad - &dot))]
+        })
+    }
+
+    /// `x − log Σ exp(x)` along `axis`, computed without forming the softmax.
+    pub fn log_softmax(&self, axis: impl Dim) -> Tensor {
+        let axis = axis.index(self.rank(), "log_softmax");
+        self.softmax_raw(axis, true).record("log_softmax", &[self], move |c| {
+            // dx = g − softmax(x) · Σ g
+            let total = c.grad.sum_dim(axis, true);
+            vec![Some(c.grad - &(c.out.exp() * &total))]
+        })
+    }
+}

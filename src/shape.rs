@@ -1,0 +1,295 @@
+//! Shapes, axes and broadcasting.
+//!
+//! Every tensor in wgrad is stored contiguously in row-major order, so a
+//! [`Shape`] alone determines the layout. Views that are not contiguous
+//! (a transpose, a broadcast, a narrowed axis) exist only inside a kernel call,
+//! described by a [`Strided`] layout; the result is always contiguous again.
+//!
+//! ```
+//! use wgrad::Shape;
+//! let s = Shape::broadcast(&Shape::from([3, 1, 5]), &Shape::from([4, 1])).unwrap();
+//! assert_eq!(s.dims(), &[3, 4, 5]);
+//! ```
+
+use std::fmt;
+
+/// The dimensions of a tensor, outermost first. A scalar has no dimensions.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Shape(Vec<usize>);
+
+impl Shape {
+    /// The dimensions, outermost first.
+    pub fn dims(&self) -> &[usize] {
+        &self.0
+    }
+
+    /// Number of dimensions (0 for a scalar).
+    pub fn rank(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Number of elements (1 for a scalar).
+    pub fn elem_count(&self) -> usize {
+        self.0.iter().product()
+    }
+
+    /// Row-major strides of a contiguous tensor of this shape.
+    pub fn strides(&self) -> Vec<usize> {
+        let mut strides = vec![0; self.rank()];
+        let mut acc = 1;
+        for (s, &d) in strides.iter_mut().zip(&self.0).rev() {
+            *s = acc;
+            acc *= d;
+        }
+        strides
+    }
+
+    /// The NumPy broadcast of two shapes, or `None` when they are incompatible.
+    pub fn broadcast(a: &Shape, b: &Shape) -> Option<Shape> {
+        let rank = a.rank().max(b.rank());
+        let mut dims = vec![0; rank];
+        for (i, d) in dims.iter_mut().enumerate() {
+            let da = a.dim_from_right(rank - 1 - i);
+            let db = b.dim_from_right(rank - 1 - i);
+            *d = match (da, db) {
+                (x, y) if x == y => x,
+                (1, y) => y,
+                (x, 1) => x,
+                _ => return None,
+            };
+        }
+        Some(Shape(dims))
+    }
+
+    /// The `i`-th dimension counted from the right (0 is the last), or 1 past the rank.
+    fn dim_from_right(&self, i: usize) -> usize {
+        if i < self.rank() { self.0[self.rank() - 1 - i] } else { 1 }
+    }
+
+    /// Strides for reading a tensor of this shape as if it had been broadcast to
+    /// `target`: broadcast dimensions get stride 0. `target` must be a valid
+    /// broadcast of `self`.
+    pub(crate) fn broadcast_strides(&self, target: &Shape) -> Vec<usize> {
+        let own = self.strides();
+        let offset = target.rank() - self.rank();
+        (0..target.rank()).map(|i| if i < offset || self.0[i - offset] == 1 { 0 } else { own[i - offset] }).collect()
+    }
+
+    /// Splits the shape around `axis` into (outer, len, inner) element counts:
+    /// the row-major view `[outer, len, inner]` every axis-wise kernel works on.
+    pub(crate) fn split_at_axis(&self, axis: usize) -> (usize, usize, usize) {
+        let outer = self.0[..axis].iter().product();
+        let inner = self.0[axis + 1..].iter().product();
+        (outer, self.0[axis], inner)
+    }
+
+    /// This shape with `axis` set to `len`.
+    pub(crate) fn with_dim(&self, axis: usize, len: usize) -> Shape {
+        let mut dims = self.0.clone();
+        dims[axis] = len;
+        Shape(dims)
+    }
+
+    /// This shape with `axis` removed.
+    pub(crate) fn without_dim(&self, axis: usize) -> Shape {
+        let mut dims = self.0.clone();
+        dims.remove(axis);
+        Shape(dims)
+    }
+}
+
+impl fmt::Debug for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl From<Vec<usize>> for Shape {
+    fn from(dims: Vec<usize>) -> Self {
+        Shape(dims)
+    }
+}
+
+impl From<&[usize]> for Shape {
+    fn from(dims: &[usize]) -> Self {
+        Shape(dims.to_vec())
+    }
+}
+
+impl<const N: usize> From<[usize; N]> for Shape {
+    fn from(dims: [usize; N]) -> Self {
+        Shape(dims.to_vec())
+    }
+}
+
+impl From<&Shape> for Shape {
+    fn from(s: &Shape) -> Self {
+        s.clone()
+    }
+}
+
+impl From<()> for Shape {
+    fn from(_: ()) -> Self {
+        Shape(Vec::new())
+    }
+}
+
+impl From<usize> for Shape {
+    fn from(d: usize) -> Self {
+        Shape(vec![d])
+    }
+}
+
+/// An axis argument: a `usize`, or a negative `i32`/`isize` counting from the
+/// end as in PyTorch (`-1` is the last axis).
+pub trait Dim: Copy {
+    /// Resolves the axis against a rank, panicking with the op's name when it
+    /// is out of range.
+    fn index(self, rank: usize, op: &str) -> usize;
+}
+
+impl Dim for usize {
+    fn index(self, rank: usize, op: &str) -> usize {
+        assert!(self < rank, "{op}: axis {self} out of range for a tensor of rank {rank}");
+        self
+    }
+}
+
+macro_rules! signed_dim {
+    ($($t:ty),*) => {$(
+        impl Dim for $t {
+            fn index(self, rank: usize, op: &str) -> usize {
+                let r = rank as i64;
+                let i = self as i64;
+                let resolved = if i < 0 { i + r } else { i };
+                assert!(
+                    (0..r).contains(&resolved),
+                    "{op}: axis {self} out of range for a tensor of rank {rank}"
+                );
+                resolved as usize
+            }
+        }
+    )*};
+}
+signed_dim!(i32, i64, isize);
+
+/// A strided view of contiguous storage: how a kernel reads an input that was
+/// transposed, broadcast or narrowed without copying it first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Strided {
+    /// Logical shape of the view.
+    pub dims: Vec<usize>,
+    /// Element stride of each dimension in the storage (0 for broadcast).
+    pub strides: Vec<usize>,
+    /// Element offset of the view's first element in the storage.
+    pub offset: usize,
+}
+
+impl Strided {
+    /// The contiguous layout of `shape`.
+    pub fn contiguous(shape: &Shape) -> Self {
+        Strided { dims: shape.dims().to_vec(), strides: shape.strides(), offset: 0 }
+    }
+
+    /// Storage index of the `i`-th element of the view in row-major order.
+    #[inline]
+    pub fn index_of(&self, mut i: usize) -> usize {
+        let mut at = self.offset;
+        for (&d, &s) in self.dims.iter().zip(&self.strides).rev() {
+            at += (i % d) * s;
+            i /= d;
+        }
+        at
+    }
+
+    /// Whether the view reads storage in plain row-major order.
+    pub fn is_contiguous(&self) -> bool {
+        self.offset == 0 && self.strides == Shape::from(self.dims.clone()).strides()
+    }
+}
+
+/// Drops size-1 dimensions and merges dimensions that are contiguous in
+/// every view, so the innermost loop runs as long as possible.
+pub(crate) fn coalesce(dims: &[usize], views: &mut [Vec<usize>]) -> Vec<usize> {
+    let mut out_dims: Vec<usize> = Vec::new();
+    let mut out_strides: Vec<Vec<usize>> = vec![Vec::new(); views.len()];
+    for (i, &d) in dims.iter().enumerate() {
+        if d == 1 {
+            continue;
+        }
+        let mergeable =
+            !out_dims.is_empty() && views.iter().zip(&out_strides).all(|(v, o)| *o.last().unwrap() == v[i] * d);
+        if mergeable {
+            *out_dims.last_mut().unwrap() *= d;
+            for (v, o) in views.iter().zip(out_strides.iter_mut()) {
+                *o.last_mut().unwrap() = v[i];
+            }
+        } else {
+            out_dims.push(d);
+            for (v, o) in views.iter().zip(out_strides.iter_mut()) {
+                o.push(v[i]);
+            }
+        }
+    }
+    if out_dims.is_empty() {
+        out_dims.push(1);
+        for o in out_strides.iter_mut() {
+            o.push(0);
+        }
+    }
+    for (v, o) in views.iter_mut().zip(out_strides) {
+        *v = o;
+    }
+    out_dims
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_follows_numpy() {
+        let b = |a: &[usize], c: &[usize]| Shape::broadcast(&a.into(), &c.into());
+        assert_eq!(b(&[2, 3], &[3]).unwrap().dims(), &[2, 3]);
+        assert_eq!(b(&[2, 1], &[1, 3]).unwrap().dims(), &[2, 3]);
+        assert_eq!(b(&[], &[4]).unwrap().dims(), &[4]);
+        assert_eq!(b(&[5, 1, 7], &[4, 1]).unwrap().dims(), &[5, 4, 7]);
+        assert!(b(&[2, 3], &[4]).is_none());
+    }
+
+    #[test]
+    fn broadcast_strides_zero_on_expanded_dims() {
+        let s = Shape::from([3, 1]);
+        assert_eq!(s.broadcast_strides(&Shape::from([2, 3, 4])), vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn negative_axes_count_from_the_end() {
+        assert_eq!((-1i32).index(3, "t"), 2);
+        assert_eq!((-3i32).index(3, "t"), 0);
+        assert_eq!(1usize.index(3, "t"), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "sum: axis 3 out of range for a tensor of rank 3")]
+    fn axis_out_of_range_names_the_op() {
+        3usize.index(3, "sum");
+    }
+
+    #[test]
+    fn coalesce_merges_what_all_views_allow() {
+        // [2, 3, 4] with b broadcast along axis 1: b's strides (4, 0, 1) let
+        // no neighbouring axes merge.
+        let mut v = vec![vec![12, 4, 1], vec![4, 0, 1]];
+        let d = coalesce(&[2, 3, 4], &mut v);
+        assert_eq!(d, vec![2, 3, 4]);
+        let mut v = vec![vec![12, 4, 1], vec![12, 4, 1]];
+        assert_eq!(coalesce(&[2, 3, 4], &mut v), vec![24]);
+    }
+}

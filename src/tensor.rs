@@ -1,0 +1,372 @@
+//! `Tensor`: a cheap-to-clone handle to an n-dimensional f32 array on a
+//! device, plus its place on the autograd tape.
+//!
+//! Cloning a tensor clones a pointer. Ops never modify their inputs; the only
+//! in-place writes are optimizer updates of variables, which go through the
+//! optimizer. Storage is shared between a tensor and its reshapes/detached
+//! copies, as views are in PyTorch.
+//!
+//! ```
+//! use wgrad::{Device, Tensor};
+//! let dev = Device::Cpu;
+//! let a = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], [2, 2], &dev).unwrap();
+//! let b = Tensor::ones([2, 2], &dev);
+//! let c = a.matmul(&b) + 1.0;
+//! assert_eq!(c.to_vec().unwrap(), vec![4.0, 4.0, 8.0, 8.0]);
+//! ```
+
+use crate::autograd::Node;
+use crate::backend::Storage;
+use crate::rng::{Generator, with_default_generator};
+use crate::shape::Shape;
+use crate::{Device, Error, Result};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static LIVE_TENSORS: AtomicUsize = AtomicUsize::new(0);
+
+/// Number of tensor handles' shared states alive in the process (clones of
+/// one tensor count once). A training loop that leaks nothing returns to the
+/// same count every step.
+pub fn live_tensors() -> usize {
+    LIVE_TENSORS.load(Ordering::Relaxed)
+}
+
+/// An n-dimensional array of f32 on a [`Device`], tracked by autograd when it
+/// is a variable or computed from one.
+#[derive(Clone)]
+pub struct Tensor(pub(crate) Arc<Inner>);
+
+pub(crate) struct Inner {
+    id: u64,
+    shape: Shape,
+    device: Device,
+    storage: Arc<RwLock<Storage>>,
+    grad: GradState,
+}
+
+enum GradState {
+    /// A constant: gradients stop here.
+    None,
+    /// A leaf whose gradient `backward` reports.
+    Variable,
+    /// The output of a recorded op; `None` once a backward pass walked it.
+    Node(Mutex<Option<Node>>),
+}
+
+impl Inner {
+    fn take_node(&mut self) -> Option<Node> {
+        match &mut self.grad {
+            GradState::Node(n) => n.get_mut().unwrap_or_else(|e| e.into_inner()).take(),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// Drops the graph behind this tensor iteratively: a long chain of ops
+    /// would otherwise be freed by recursion as deep as the chain.
+    fn drop(&mut self) {
+        LIVE_TENSORS.fetch_sub(1, Ordering::Relaxed);
+        let mut stack: Vec<Node> = self.take_node().into_iter().collect();
+        while let Some(mut node) = stack.pop() {
+            for input in node.inputs.iter_mut() {
+                if let Some(inner) = Arc::get_mut(&mut input.0) {
+                    stack.extend(inner.take_node());
+                }
+            }
+        }
+    }
+}
+
+impl Tensor {
+    /// A new untracked tensor owning `storage`.
+    pub(crate) fn from_storage(storage: Storage, shape: Shape, device: Device) -> Tensor {
+        Self::with_storage(Arc::new(RwLock::new(storage)), shape, device, false)
+    }
+
+    fn with_storage(storage: Arc<RwLock<Storage>>, shape: Shape, device: Device, variable: bool) -> Tensor {
+        LIVE_TENSORS.fetch_add(1, Ordering::Relaxed);
+        Tensor(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            shape,
+            device,
+            storage,
+            grad: if variable { GradState::Variable } else { GradState::None },
+        }))
+    }
+
+    /// A new untracked handle on this tensor's storage with another shape of
+    /// the same size (reshape's forward, `detach`).
+    pub(crate) fn share_storage(&self, shape: Shape) -> Tensor {
+        debug_assert_eq!(shape.elem_count(), self.elem_count());
+        Self::with_storage(self.0.storage.clone(), shape, self.device().clone(), false)
+    }
+
+    pub(crate) fn attach(&mut self, node: Node) {
+        let inner = Arc::get_mut(&mut self.0).expect("record: an op output is not shared yet");
+        inner.grad = GradState::Node(Mutex::new(Some(node)));
+    }
+
+    pub(crate) fn take_node(&self) -> Option<Node> {
+        match &self.0.grad {
+            GradState::Node(n) => n.lock().unwrap_or_else(|e| e.into_inner()).take(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Storage> {
+        self.0.storage.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Storage> {
+        self.0.storage.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether two handles share storage (a tensor and its reshapes).
+    pub(crate) fn same_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.0.storage, &other.0.storage)
+    }
+
+    // ----- creation -------------------------------------------------------
+
+    /// A tensor of `shape` filled with `value`.
+    pub fn full(shape: impl Into<Shape>, value: f32, device: &Device) -> Tensor {
+        let shape = shape.into();
+        let storage = device.backend().full(shape.elem_count(), value);
+        Tensor::from_storage(storage, shape, device.clone())
+    }
+
+    /// A tensor of zeros.
+    pub fn zeros(shape: impl Into<Shape>, device: &Device) -> Tensor {
+        Tensor::full(shape, 0.0, device)
+    }
+
+    /// A tensor of ones.
+    pub fn ones(shape: impl Into<Shape>, device: &Device) -> Tensor {
+        Tensor::full(shape, 1.0, device)
+    }
+
+    /// A scalar (shape `[]`).
+    pub fn scalar(value: f32, device: &Device) -> Tensor {
+        Tensor::full((), value, device)
+    }
+
+    /// Zeros of `self`'s shape on `self`'s device.
+    pub fn zeros_like(&self) -> Tensor {
+        Tensor::zeros(self.shape().clone(), self.device())
+    }
+
+    /// Ones of `self`'s shape on `self`'s device.
+    pub fn ones_like(&self) -> Tensor {
+        Tensor::ones(self.shape().clone(), self.device())
+    }
+
+    /// A tensor holding `data` in row-major order. Fails if `data` does not
+    /// have exactly as many elements as `shape`.
+    pub fn from_vec(data: Vec<f32>, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
+        Tensor::from_slice(&data, shape, device)
+    }
+
+    /// As [`from_vec`](Self::from_vec), copying from a slice.
+    pub fn from_slice(data: &[f32], shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
+        let shape = shape.into();
+        if data.len() != shape.elem_count() {
+            return Err(Error::Shape {
+                op: "from_vec",
+                msg: format!("{} values do not fill shape {shape} ({} elements)", data.len(), shape.elem_count()),
+            });
+        }
+        Ok(Tensor::from_storage(device.backend().upload(data), shape, device.clone()))
+    }
+
+    /// `[start, start+1, …]` below `end`, as a 1-D tensor.
+    pub fn arange(start: f32, end: f32, device: &Device) -> Tensor {
+        Tensor::arange_step(start, end, 1.0, device)
+    }
+
+    /// `[start, start+step, …]` up to (not including) `end`.
+    pub fn arange_step(start: f32, end: f32, step: f32, device: &Device) -> Tensor {
+        assert!(step != 0.0 && step.is_finite(), "arange: step must be finite and non-zero, got {step}");
+        let n = ((end - start) / step).ceil().max(0.0) as usize;
+        let data: Vec<f32> = (0..n).map(|i| start + i as f32 * step).collect();
+        Tensor::from_slice(&data, [n], device).expect("arange: length matches by construction")
+    }
+
+    /// Samples from N(0, 1), drawn from the calling thread's default generator
+    /// (see [`crate::manual_seed`]).
+    pub fn randn(shape: impl Into<Shape>, device: &Device) -> Tensor {
+        with_default_generator(|g| Tensor::randn_with(shape, 0.0, 1.0, g, device))
+    }
+
+    /// Samples from N(mean, std²) drawn from `generator`.
+    pub fn randn_with(
+        shape: impl Into<Shape>,
+        mean: f32,
+        std: f32,
+        generator: &mut Generator,
+        device: &Device,
+    ) -> Tensor {
+        let shape = shape.into();
+        let data: Vec<f32> = (0..shape.elem_count()).map(|_| mean + std * generator.normal()).collect();
+        Tensor::from_slice(&data, shape, device).expect("randn: length matches by construction")
+    }
+
+    /// Samples uniformly from `[low, high)`, drawn from the calling thread's
+    /// default generator.
+    pub fn rand_uniform(shape: impl Into<Shape>, low: f32, high: f32, device: &Device) -> Tensor {
+        with_default_generator(|g| Tensor::rand_uniform_with(shape, low, high, g, device))
+    }
+
+    /// Samples uniformly from `[low, high)` drawn from `generator`.
+    pub fn rand_uniform_with(
+        shape: impl Into<Shape>,
+        low: f32,
+        high: f32,
+        generator: &mut Generator,
+        device: &Device,
+    ) -> Tensor {
+        let shape = shape.into();
+        let data: Vec<f32> = (0..shape.elem_count()).map(|_| low + (high - low) * generator.uniform()).collect();
+        Tensor::from_slice(&data, shape, device).expect("rand_uniform: length matches by construction")
+    }
+
+    // ----- inspection -------------------------------------------------------
+
+    /// The shape.
+    pub fn shape(&self) -> &Shape {
+        &self.0.shape
+    }
+
+    /// The dimensions, outermost first.
+    pub fn dims(&self) -> &[usize] {
+        self.0.shape.dims()
+    }
+
+    /// Number of dimensions.
+    pub fn rank(&self) -> usize {
+        self.0.shape.rank()
+    }
+
+    /// Number of elements.
+    pub fn elem_count(&self) -> usize {
+        self.0.shape.elem_count()
+    }
+
+    /// The device the storage lives on.
+    pub fn device(&self) -> &Device {
+        &self.0.device
+    }
+
+    /// A process-unique id: [`crate::Gradients`] keys gradients by it.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The elements in row-major order, copied to the host. On a GPU this
+    /// waits for all queued work, and reports any GPU fault that hit this
+    /// tensor's computation.
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        self.device().backend().to_vec(&self.read(), self.elem_count())
+    }
+
+    /// The value of a one-element tensor.
+    pub fn item(&self) -> Result<f32> {
+        assert_eq!(
+            self.elem_count(),
+            1,
+            "item: tensor of shape {} has {} elements, not 1",
+            self.shape(),
+            self.elem_count()
+        );
+        Ok(self.to_vec()?[0])
+    }
+
+    /// A copy of this tensor on `device` (the same tensor if it is already
+    /// there). The copy is differentiable: gradients flow back to `self`.
+    pub fn to_device(&self, device: &Device) -> Result<Tensor> {
+        if self.device() == device {
+            return Ok(self.clone());
+        }
+        let data = self.to_vec()?;
+        let out = Tensor::from_slice(&data, self.shape().clone(), device)?;
+        let from = self.device().clone();
+        Ok(out.record("to_device", &[self], move |c| {
+            vec![Some(c.grad.to_device(&from).expect("to_device backward: copy failed"))]
+        }))
+    }
+
+    // ----- autograd ---------------------------------------------------------
+
+    /// This tensor as a variable: a leaf whose gradient `backward` computes,
+    /// like PyTorch's `requires_grad_()`. The returned handle shares storage
+    /// with `self`; optimizers update it in place.
+    pub fn requires_grad(self) -> Tensor {
+        if self.is_variable() {
+            return self;
+        }
+        Self::with_storage(self.0.storage.clone(), self.shape().clone(), self.device().clone(), true)
+    }
+
+    /// Whether this tensor is a variable (a leaf that receives gradients).
+    pub fn is_variable(&self) -> bool {
+        matches!(self.0.grad, GradState::Variable)
+    }
+
+    /// Whether gradients flow through this tensor: it is a variable or was
+    /// computed from one while recording.
+    pub fn is_tracked(&self) -> bool {
+        !matches!(self.0.grad, GradState::None)
+    }
+
+    /// A handle on the same storage that gradients do not flow through.
+    pub fn detach(&self) -> Tensor {
+        self.share_storage(self.shape().clone())
+    }
+
+    /// Overwrites this tensor's elements with `src`'s, in place and without
+    /// recording: the building block of hand-written update rules, like
+    /// `with torch.no_grad(): w -= lr * g` in PyTorch. Every handle sharing
+    /// the storage (clones, reshapes, the variable itself) sees the change.
+    ///
+    /// ```
+    /// use wgrad::{Device, Tensor};
+    /// let w = Tensor::ones([2], &Device::Cpu).requires_grad();
+    /// let g = (&w * 3.0).sum().backward().remove(&w).unwrap();
+    /// w.assign(&(&w.detach() - &(g * 0.1)));
+    /// assert_eq!(w.to_vec().unwrap(), vec![0.7, 0.7]);
+    /// ```
+    pub fn assign(&self, src: &Tensor) {
+        assert_eq!(
+            self.shape(),
+            src.shape(),
+            "assign: source shape {} does not match destination shape {}",
+            src.shape(),
+            self.shape()
+        );
+        crate::ops::same_device("assign", self, src);
+        if self.same_storage(src) {
+            return;
+        }
+        let layout = crate::shape::Strided::contiguous(self.shape());
+        let src = src.read();
+        self.device().backend().copy_into(&mut self.write(), &layout, &src);
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor{} {}", self.shape(), self.device())?;
+        if self.is_variable() {
+            write!(f, " variable")?;
+        }
+        const SHOWN: usize = 16;
+        match self.to_vec() {
+            Ok(v) if v.len() <= SHOWN => write!(f, " {v:?}"),
+            Ok(v) => write!(f, " {:?} … ({} more)", &v[..SHOWN], v.len() - SHOWN),
+            Err(e) => write!(f, " <{e}>"),
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use wgrad::{Device, Generator, Tensor};
+
+/// Uniform random values in `[lo, hi)` from a fixed seed.
+pub fn uniform(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Vec<f32> {
+    let mut g = Generator::new(seed);
+    (0..shape.iter().product::<usize>()).map(|_| lo + (hi - lo) * g.uniform()).collect()
+}
+
+/// A CPU tensor of uniform values in `[lo, hi)`.
+pub fn rand(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Tensor {
+    Tensor::from_vec(uniform(shape, lo, hi, seed), shape, &Device::Cpu).unwrap()
+}
+
+/// Random values whose magnitude is in `[margin, 1 + margin)` with random
+/// sign: well away from the kink at 0 of relu, abs and friends.
+pub fn away_from_zero(shape: &[usize], margin: f32, seed: u64) -> Tensor {
+    let v: Vec<f32> =
+        uniform(shape, -1.0, 1.0, seed).into_iter().map(|x| if x < 0.0 { x - margin } else { x + margin }).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// Integer class labels in `0..classes`, as f32.
+pub fn labels(n: usize, classes: usize, seed: u64, device: &Device) -> Tensor {
+    let mut g = Generator::new(seed);
+    let v: Vec<f32> = (0..n).map(|_| g.below(classes) as f32).collect();
+    Tensor::from_vec(v, [n], device).unwrap()
+}
+
+/// Asserts two slices agree within `atol + rtol·|expected|` elementwise.
+pub fn assert_close(actual: &[f32], expected: &[f32], atol: f32, rtol: f32, what: &str) {
+    assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let ok = (a - e).abs() <= atol + rtol * e.abs() || (a.is_nan() && e.is_nan()) || a == e;
+        assert!(ok, "{what}: element {i}: got {a}, expected {e} (atol {atol}, rtol {rtol})");
+    }
+}

@@ -1,0 +1,264 @@
+//! Every differentiable op's backward rule against central finite
+//! differences on the CPU backend, at several shapes including size-1 and
+//! broadcast axes.
+//!
+//! Tolerances are `GradcheckOptions::default()` (eps 1e-2, atol 1e-3, rtol
+//! 1e-2; see its docs for why) unless a check says otherwise. Inputs are
+//! drawn well away from kinks (relu, abs, max, clamp) so that ±eps never
+//! crosses one, and away from poles (log, div, sqrt, powf near 0).
+
+mod common;
+
+use common::{away_from_zero, labels, rand};
+use wgrad::{Device, GradcheckOptions, Tensor, gradcheck, gradcheck_with, manual_seed};
+
+fn check(name: &str, f: impl Fn(&[Tensor]) -> Tensor, inputs: &[Tensor]) {
+    if let Err(e) = gradcheck(f, inputs) {
+        panic!("{name}: {e}");
+    }
+}
+
+/// Shapes for unary ops: scalar-like, vector, size-1 axes, 3-D.
+const SHAPES: &[&[usize]] = &[&[1], &[7], &[3, 1], &[2, 3, 4], &[1, 5, 1]];
+
+#[test]
+fn unary_math() {
+    for (i, &s) in SHAPES.iter().enumerate() {
+        let seed = i as u64;
+        let x = rand(s, -1.5, 1.5, seed);
+        let pos = rand(s, 0.5, 2.0, seed + 100);
+        check("neg", |v| v[0].neg(), &[x.clone()]);
+        check("exp", |v| v[0].exp(), &[x.clone()]);
+        check("log", |v| v[0].log(), &[pos.clone()]);
+        check("sqrt", |v| v[0].sqrt(), &[pos.clone()]);
+        check("powf 3", |v| v[0].powf(3.0), &[x.clone()]);
+        check("powf -1.5", |v| v[0].powf(-1.5), &[pos.clone()]);
+        check("recip", |v| v[0].recip(), &[pos.clone()]);
+        check("sqr", |v| v[0].sqr(), &[x.clone()]);
+        check("abs", |v| v[0].abs(), &[away_from_zero(s, 0.05, seed)]);
+        check("add_scalar", |v| v[0].add_scalar(2.5), &[x.clone()]);
+        check("sub_scalar", |v| &v[0] - 2.5, &[x.clone()]);
+        check("mul_scalar", |v| v[0].mul_scalar(-3.0), &[x.clone()]);
+        check("div_scalar", |v| &v[0] / 4.0, &[x.clone()]);
+        check("scalar - x", |v| 2.0 - &v[0], &[x.clone()]);
+        check("scalar / x", |v| 2.0 / &v[0], &[pos.clone()]);
+    }
+}
+
+#[test]
+fn activations() {
+    for (i, &s) in SHAPES.iter().enumerate() {
+        let seed = 10 + i as u64;
+        let x = rand(s, -3.0, 3.0, seed);
+        check("relu", |v| v[0].relu(), &[away_from_zero(s, 0.05, seed)]);
+        check("sigmoid", |v| v[0].sigmoid(), &[x.clone()]);
+        check("tanh", |v| v[0].tanh(), &[x.clone()]);
+        check("gelu", |v| v[0].gelu(), &[x.clone()]);
+    }
+}
+
+#[test]
+fn scalar_bounds() {
+    // Grid values (odd tenths) are 0.1 from every bound used here, so
+    // ±eps = 0.01 never crosses one.
+    let x = grid(&[4, 5], 0.1, 3);
+    check("maximum_scalar", |v| v[0].maximum_scalar(0.0), &[x.clone()]);
+    check("minimum_scalar", |v| v[0].minimum_scalar(0.0), &[x.clone()]);
+    check("clamp", |v| v[0].clamp(-0.4, 0.6), &[x.clone()]);
+}
+
+#[test]
+fn binary_with_broadcasting() {
+    let pairs: &[(&[usize], &[usize])] = &[
+        (&[5], &[5]),
+        (&[3, 4], &[4]),
+        (&[3, 4], &[3, 1]),
+        (&[1], &[2, 3]),
+        (&[2, 1, 4], &[3, 1]),
+        (&[1, 3, 1], &[2, 1, 5]),
+    ];
+    for (i, &(sa, sb)) in pairs.iter().enumerate() {
+        let seed = 20 + i as u64;
+        let a = rand(sa, -2.0, 2.0, seed);
+        let b = rand(sb, -2.0, 2.0, seed + 1);
+        let pos_b = rand(sb, 0.5, 2.0, seed + 2);
+        check("add", |v| &v[0] + &v[1], &[a.clone(), b.clone()]);
+        check("sub", |v| &v[0] - &v[1], &[a.clone(), b.clone()]);
+        check("mul", |v| &v[0] * &v[1], &[a.clone(), b.clone()]);
+        check("div", |v| &v[0] / &v[1], &[a.clone(), pos_b.clone()]);
+        // On interleaved grids (multiples of 0.2, and those plus 0.1) every
+        // pair differs by at least 0.1, so ±eps never reaches a tie.
+        let (ga, gb) = (grid(sa, 0.1, seed + 3), grid(sb, 0.0, seed + 4));
+        check("maximum", |v| v[0].maximum(&v[1]), &[ga.clone(), gb.clone()]);
+        check("minimum", |v| v[0].minimum(&v[1]), &[ga.clone(), gb.clone()]);
+    }
+}
+
+/// Values `0.2·k + offset` for random integers k in -5..5.
+fn grid(shape: &[usize], offset: f32, seed: u64) -> Tensor {
+    let v: Vec<f32> = common::uniform(shape, -5.0, 5.0, seed).iter().map(|x| x.floor() * 0.2 + offset).collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn maximum_and_minimum_pick_the_right_side() {
+    // a and b interleave with a gap of at least 0.3 between them.
+    let a = Tensor::from_vec(vec![0.0, 1.0, -1.0, 2.0], [4], &Device::Cpu).unwrap();
+    let b = Tensor::from_vec(vec![0.5, 0.2, -0.5, 1.5], [4], &Device::Cpu).unwrap();
+    check("maximum", |v| v[0].maximum(&v[1]), &[a.clone(), b.clone()]);
+    check("minimum", |v| v[0].minimum(&v[1]), &[a.clone(), b.clone()]);
+    let row = Tensor::from_vec(vec![0.5, -0.5], [2, 1], &Device::Cpu).unwrap();
+    check("maximum broadcast", |v| v[0].maximum(&v[1]), &[a.clone(), row.clone()]);
+}
+
+#[test]
+fn reductions() {
+    for (i, &s) in [&[6][..], &[3, 4], &[2, 1, 5], &[2, 3, 4]].iter().enumerate() {
+        let seed = 40 + i as u64;
+        let x = rand(s, -2.0, 2.0, seed);
+        check("sum", |v| v[0].sum(), &[x.clone()]);
+        check("mean", |v| v[0].mean(), &[x.clone()]);
+        check("max", |v| v[0].max(), &[x.clone()]);
+        for axis in 0..s.len() {
+            for keep in [false, true] {
+                check("sum_dim", |v| v[0].sum_dim(axis, keep), &[x.clone()]);
+                check("mean_dim", |v| v[0].mean_dim(axis, keep), &[x.clone()]);
+                check("max_dim", |v| v[0].max_dim(axis, keep), &[x.clone()]);
+            }
+        }
+        check("sum_dim -1", |v| v[0].sum_dim(-1, true), &[x.clone()]);
+    }
+}
+
+#[test]
+fn softmax_family() {
+    for (i, &s) in [&[5][..], &[3, 4], &[2, 3, 4], &[4, 1]].iter().enumerate() {
+        let seed = 50 + i as u64;
+        let x = rand(s, -3.0, 3.0, seed);
+        for axis in 0..s.len() {
+            check("softmax", |v| v[0].softmax(axis), &[x.clone()]);
+            check("log_softmax", |v| v[0].log_softmax(axis), &[x.clone()]);
+        }
+    }
+}
+
+#[test]
+fn matmul_shapes() {
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[3, 4], &[4, 5]),
+        (&[1, 4], &[4, 1]),
+        (&[5, 1], &[1, 3]),
+        (&[2, 3, 4], &[2, 4, 5]),
+        (&[2, 3, 4], &[4, 5]),
+        (&[3, 4], &[2, 4, 5]),
+        (&[2, 1, 3, 4], &[1, 3, 4, 2]),
+        (&[4], &[4, 3]),
+        (&[3, 4], &[4]),
+        (&[4], &[4]),
+    ];
+    for (i, &(sa, sb)) in cases.iter().enumerate() {
+        let a = rand(sa, -1.0, 1.0, 60 + i as u64);
+        let b = rand(sb, -1.0, 1.0, 80 + i as u64);
+        check(&format!("matmul {sa:?}x{sb:?}"), |v| v[0].matmul(&v[1]), &[a, b]);
+    }
+    // The same tensor on both sides: gradients from the two uses accumulate.
+    let a = rand(&[4, 4], -1.0, 1.0, 99);
+    check("matmul a·a", |v| v[0].matmul(&v[0]), &[a.clone()]);
+    check("matmul a·aᵀ", |v| v[0].matmul(&v[0].t()), &[a]);
+}
+
+#[test]
+fn shape_ops() {
+    let x = rand(&[2, 3, 4], -1.0, 1.0, 70);
+    check("reshape", |v| v[0].reshape([4, 6]).sqr(), &[x.clone()]);
+    check("flatten", |v| v[0].flatten(1, 2).sqr(), &[x.clone()]);
+    check("unsqueeze/squeeze", |v| v[0].unsqueeze(1).sqr().squeeze(1), &[x.clone()]);
+    check("transpose", |v| v[0].transpose(0, 2).sqr(), &[x.clone()]);
+    check("permute", |v| v[0].permute(&[2, 0, 1]).sqr(), &[x.clone()]);
+    check("t", |v| v[0].t(), &[rand(&[3, 5], -1.0, 1.0, 71)]);
+    check("broadcast_to", |v| v[0].broadcast_to([2, 3, 4]).sqr(), &[rand(&[3, 1], -1.0, 1.0, 72)]);
+    check("broadcast_to rank", |v| v[0].broadcast_to([2, 3, 4]), &[rand(&[4], -1.0, 1.0, 73)]);
+    for axis in 0..3 {
+        let len = x.dims()[axis];
+        check("narrow", |v| v[0].narrow(axis, 1, len - 1).sqr(), &[x.clone()]);
+    }
+    let y = rand(&[2, 1, 4], -1.0, 1.0, 74);
+    check("cat", |v| Tensor::cat(&[&v[0], &v[1], &v[0]], 1).sqr(), &[x.clone(), y.clone()]);
+    check("cat axis 0", |v| Tensor::cat(&[&v[0], &v[1]], 0).sqr(), &[y.clone(), y.clone()]);
+}
+
+#[test]
+fn indexing_ops() {
+    let x = rand(&[4, 3, 5], -1.0, 1.0, 75);
+    let dev = Device::Cpu;
+    let idx = Tensor::from_vec(vec![2.0, 0.0, 2.0, 1.0], [4], &dev).unwrap();
+    // Repeated indices: their gradients must add up.
+    check("index_select 0", |v| v[0].index_select(0, &idx).sqr(), &[x.clone()]);
+    check("index_select 1", |v| v[0].index_select(1, &idx).sqr(), &[x.clone()]);
+    check("index_select 2", |v| v[0].index_select(-1, &idx).sqr(), &[x.clone()]);
+    let g = labels(4 * 2 * 5, 3, 7, &dev).reshape([4, 2, 5]);
+    check("gather 1", |v| v[0].gather(1, &g).sqr(), &[x.clone()]);
+    let g0 = labels(3 * 3 * 5, 4, 8, &dev).reshape([3, 3, 5]);
+    check("gather 0", |v| v[0].gather(0, &g0).sqr(), &[x.clone()]);
+}
+
+#[test]
+fn losses() {
+    for (i, &s) in [&[1][..], &[6], &[3, 4]].iter().enumerate() {
+        let seed = 90 + i as u64;
+        let p = rand(s, 0.05, 0.95, seed);
+        let t = rand(s, 0.0, 1.0, seed + 1);
+        check("mse_loss", |v| v[0].mse_loss(&v[1]), &[p.clone(), t.clone()]);
+        check("binary_cross_entropy", |v| v[0].binary_cross_entropy(&v[1]), &[p.clone(), t.clone()]);
+    }
+    for (n, c) in [(1, 2), (5, 3), (8, 10)] {
+        let x = rand(&[n, c], -3.0, 3.0, 95 + n as u64);
+        let y = labels(n, c, 96 + n as u64, &Device::Cpu);
+        check("cross_entropy", |v| v[0].cross_entropy(&y), &[x.clone()]);
+        check("cross_entropy_per_sample", |v| v[0].cross_entropy_per_sample(&y), &[x]);
+    }
+}
+
+#[test]
+fn dropout_uses_one_mask_forward_and_backward() {
+    let x = rand(&[6, 7], -1.0, 1.0, 97);
+    // Reseeding inside f gives every evaluation the same mask.
+    check(
+        "dropout",
+        |v| {
+            manual_seed(3);
+            v[0].dropout(0.4, true)
+        },
+        &[x],
+    );
+}
+
+#[test]
+fn compositions_of_several_ops() {
+    // A small MLP with every kind of op on the path, checked end to end.
+    let x = rand(&[4, 3], -1.0, 1.0, 110);
+    let w1 = rand(&[3, 5], -1.0, 1.0, 111);
+    let b1 = rand(&[5], -0.5, 0.5, 112);
+    let w2 = rand(&[5, 2], -1.0, 1.0, 113);
+    let y = labels(4, 2, 114, &Device::Cpu);
+    check("mlp", |v| (v[0].matmul(&v[1]) + &v[2]).tanh().matmul(&v[3]).cross_entropy(&y), &[x, w1, b1, w2]);
+}
+
+#[test]
+fn gradcheck_catches_a_wrong_gradient() {
+    // The check itself must fail on a wrong rule: here, a function whose
+    // gradient is cut by detach() on one path.
+    let x = rand(&[5], 0.5, 1.5, 120);
+    let err = gradcheck(|v| &v[0] * &v[0].detach(), &[x]).unwrap_err();
+    assert!((err.numeric - 2.0 * err.analytic).abs() < 1e-2 * err.numeric.abs(), "{err}");
+}
+
+#[test]
+fn gradcheck_options_tighten_the_tolerance() {
+    // exp's truncation error at eps=0.1 is ~ eps²/6·e ≈ 5e-3 relative, which a
+    // 1e-4 tolerance catches and the default tolerance allows.
+    let x = rand(&[3], 0.9, 1.0, 121);
+    let coarse = GradcheckOptions { eps: 0.1, atol: 1e-4, rtol: 1e-4 };
+    assert!(gradcheck_with(|v| v[0].exp(), &[x.clone()], coarse).is_err());
+    assert!(gradcheck_with(|v| v[0].exp(), &[x], GradcheckOptions { eps: 0.1, ..Default::default() }).is_ok());
+}
