@@ -2,10 +2,18 @@
 //!
 //! `Device` is a runtime value rather than a type parameter, so the same model
 //! code runs on either device and a program can choose at start-up.
+//!
+//! ```
+//! let dev = wgrad::Device::best(); // a GPU if wgpu finds one, else the CPU
+//! println!("training on {}", dev.info());
+//! ```
 
+use crate::Result;
 use crate::backend::Backend;
 use crate::backend::cpu::Cpu;
+use crate::backend::gpu::{DeviceInfo, GpuDevice};
 use std::fmt;
+use std::sync::OnceLock;
 
 /// A compute device.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -13,13 +21,37 @@ pub enum Device {
     /// The CPU reference backend.
     #[default]
     Cpu,
+    /// A GPU through wgpu.
+    Gpu(GpuDevice),
 }
 
+static DEFAULT_GPU: OnceLock<Result<GpuDevice>> = OnceLock::new();
+
 impl Device {
+    /// The process's shared GPU device, opened on first use (see
+    /// [`GpuDevice::new`] for how the adapter is chosen and the environment
+    /// variables that steer it), or the error saying why there is none.
+    pub fn gpu() -> Result<Device> {
+        DEFAULT_GPU.get_or_init(GpuDevice::new).clone().map(Device::Gpu)
+    }
+
+    /// The GPU if there is one, else the CPU — saying so on stderr once.
+    pub fn best() -> Device {
+        match Device::gpu() {
+            Ok(d) => d,
+            Err(e) => {
+                static SAID: OnceLock<()> = OnceLock::new();
+                SAID.get_or_init(|| eprintln!("wgrad: using the CPU: {e}"));
+                Device::Cpu
+            }
+        }
+    }
+
     /// The kernels of this device.
     pub(crate) fn backend(&self) -> &dyn Backend {
         match self {
             Device::Cpu => &Cpu,
+            Device::Gpu(g) => g,
         }
     }
 
@@ -27,12 +59,47 @@ impl Device {
     pub fn is_cpu(&self) -> bool {
         matches!(self, Device::Cpu)
     }
+
+    /// What this device is: the adapter for a GPU, the processor for the CPU.
+    pub fn info(&self) -> DeviceInfo {
+        match self {
+            Device::Cpu => DeviceInfo {
+                name: cpu_name(),
+                backend: "cpu".into(),
+                device_type: format!("{} threads", rayon::current_num_threads()),
+                driver: "wgrad CPU backend (matrixmultiply)".into(),
+            },
+            Device::Gpu(g) => g.info(),
+        }
+    }
+
+    /// Waits for all work queued on this device (a no-op on the CPU).
+    pub fn synchronize(&self) -> Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Gpu(g) => g.synchronize(),
+        }
+    }
+}
+
+/// The processor's model name where the OS says it, else the architecture.
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 impl fmt::Debug for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu"),
+            Device::Gpu(g) => write!(f, "{g:?}"),
         }
     }
 }

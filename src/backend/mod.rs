@@ -11,6 +11,7 @@
 //! every GPU kernel and every gradient is tested against.
 
 pub(crate) mod cpu;
+pub(crate) mod gpu;
 
 use crate::Result;
 use crate::shape::Strided;
@@ -18,6 +19,7 @@ use crate::shape::Strided;
 /// Where a tensor's elements live.
 pub(crate) enum Storage {
     Cpu(Vec<f32>),
+    Gpu(gpu::GpuBuffer),
 }
 
 impl Storage {
@@ -26,12 +28,28 @@ impl Storage {
     pub fn cpu(&self) -> &[f32] {
         match self {
             Storage::Cpu(v) => v,
+            Storage::Gpu(_) => unreachable!("CPU kernel handed GPU storage"),
         }
     }
 
     pub fn cpu_mut(&mut self) -> &mut Vec<f32> {
         match self {
             Storage::Cpu(v) => v,
+            Storage::Gpu(_) => unreachable!("CPU kernel handed GPU storage"),
+        }
+    }
+
+    pub fn gpu(&self) -> &gpu::GpuBuffer {
+        match self {
+            Storage::Gpu(b) => b,
+            Storage::Cpu(_) => unreachable!("GPU kernel handed CPU storage"),
+        }
+    }
+
+    pub fn gpu_mut(&mut self) -> &mut gpu::GpuBuffer {
+        match self {
+            Storage::Gpu(b) => b,
+            Storage::Cpu(_) => unreachable!("GPU kernel handed CPU storage"),
         }
     }
 }

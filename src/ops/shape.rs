@@ -205,7 +205,8 @@ impl Tensor {
             self.shape()
         );
         let m = index.dims()[axis];
-        let layout = Strided::contiguous(&index.shape().clone());
+        let (outer, _, inner) = self.shape().split_at_axis(axis);
+        let layout = Strided { dims: vec![outer, m, inner], strides: vec![m * inner, inner, 1], offset: 0 };
         self.gather_op("gather", axis, index, layout, m)
     }
 
@@ -227,7 +228,7 @@ impl Tensor {
     pub(crate) fn scatter_add_raw(&self, axis: usize, index: &Tensor, len: usize) -> Tensor {
         let (outer, m, inner) = self.shape().split_at_axis(axis);
         let view = AxisView { outer, len, inner };
-        let layout = Strided::contiguous(index.shape());
+        let layout = Strided { dims: vec![outer, m, inner], strides: vec![m * inner, inner, 1], offset: 0 };
         let storage = self.device().backend().scatter_add(&self.read(), view, (&index.read(), &layout), m);
         Tensor::from_storage(storage, self.shape().with_dim(axis, len), self.device().clone())
     }

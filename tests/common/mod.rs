@@ -37,3 +37,39 @@ pub fn assert_close(actual: &[f32], expected: &[f32], atol: f32, rtol: f32, what
         assert!(ok, "{what}: element {i}: got {a}, expected {e} (atol {atol}, rtol {rtol})");
     }
 }
+
+/// The GPU to test on, or `None` (with the reason printed) when there is no
+/// adapter. With `WGRAD_REQUIRE_GPU=1`, as CI sets it, a missing adapter
+/// fails the test instead of skipping it.
+pub fn gpu() -> Option<Device> {
+    match Device::gpu() {
+        Ok(d) => Some(d),
+        Err(e) if std::env::var("WGRAD_REQUIRE_GPU").is_ok_and(|v| v == "1") => {
+            panic!("WGRAD_REQUIRE_GPU=1 but no GPU: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+    }
+}
+
+/// Turns `fn name(dev: &Device)` into one test per device: `name::cpu` and
+/// `name::gpu` (the latter skipped, with a message, when there is no GPU).
+#[macro_export]
+macro_rules! test_device {
+    ($name:ident) => {
+        mod $name {
+            #[test]
+            fn cpu() {
+                super::$name(&wgrad::Device::Cpu);
+            }
+            #[test]
+            fn gpu() {
+                if let Some(dev) = $crate::common::gpu() {
+                    super::$name(&dev);
+                }
+            }
+        }
+    };
+}

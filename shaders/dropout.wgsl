@@ -1,0 +1,40 @@
+// Inverted dropout: out[i] = keep(i) ? x[i] · scale : 0, where keep(i) is a
+// pure function of the call's key and i. mix32 and the key schedule are the
+// CPU's (src/rng.rs) bit for bit, so one seed drops the same elements on
+// both devices.
+
+override WG: u32 = 256u;
+
+struct Params {
+    n: u32,
+    threshold: u32,
+    key0: u32,
+    key1: u32,
+    scale: f32,
+}
+var<immediate> params: Params;
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+
+// Chris Wellons' lowbias32.
+fn mix32(v: u32) -> u32 {
+    var h = v;
+    h ^= h >> 16u;
+    h *= 0x7feb352du;
+    h ^= h >> 15u;
+    h *= 0x846ca68bu;
+    h ^= h >> 16u;
+    return h;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    if i >= params.n {
+        return;
+    }
+    let bits = mix32(mix32(i ^ params.key0) ^ params.key1);
+    out[i] = select(0.0, x[i] * params.scale, bits >= params.threshold);
+}

@@ -1,0 +1,75 @@
+// Gather along an axis and its adjoint, on a [outer, len, inner] input.
+// Indices are integer-valued f32, read through a strided [outer, m, inner]
+// view (index_select broadcasts one index vector over outer and inner).
+//   gather:      out[o, j, i] = x[o, idx(o, j, i), i]   (NaN for a bad index)
+//   scatter_add: out[o, l, i] = Σ_j [idx(o, j, i) = l] · x[o, j, i]
+// scatter_add has one invocation per output element and loops over j, so it
+// needs no float atomics (WGSL has none) and is deterministic.
+
+override WG: u32 = 256u;
+
+struct Params {
+    outer: u32,
+    len: u32,
+    inner: u32,
+    m: u32,
+    idx_offset: u32,
+    idx_strides: array<u32, 3>,
+}
+var<immediate> params: Params;
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> ids: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+const NONE: u32 = 0xffffffffu;
+
+fn index_at(o: u32, j: u32, i: u32) -> u32 {
+    let v = ids[params.idx_offset + o * params.idx_strides[0] + j * params.idx_strides[1] + i * params.idx_strides[2]];
+    if v >= 0.0 && v < f32(params.len) && v == floor(v) {
+        return u32(v);
+    }
+    return NONE;
+}
+
+fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid;
+}
+
+@compute @workgroup_size(WG)
+fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let e = linear_id(wid, nwg, lid);
+    if e >= params.outer * params.m * params.inner {
+        return;
+    }
+    let o = e / (params.m * params.inner);
+    let j = (e / params.inner) % params.m;
+    let i = e % params.inner;
+    let l = index_at(o, j, i);
+    if l == NONE {
+        // A runtime NaN (a constant one would be rejected).
+        out[e] = bitcast<f32>(0x7fc00000u | (l & 0u));
+    } else {
+        out[e] = x[(o * params.len + l) * params.inner + i];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn scatter_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let e = linear_id(wid, nwg, lid);
+    if e >= params.outer * params.len * params.inner {
+        return;
+    }
+    let o = e / (params.len * params.inner);
+    let l = (e / params.inner) % params.len;
+    let i = e % params.inner;
+    var acc = 0.0;
+    for (var j = 0u; j < params.m; j++) {
+        if index_at(o, j, i) == l {
+            acc += x[(o * params.m + j) * params.inner + i];
+        }
+    }
+    out[e] = acc;
+}

@@ -1,0 +1,89 @@
+// Reductions along one axis of a [outer, len, inner] view into [outer, inner].
+// OP: 0 sum, 1 max, 2 argmax (first maximum; written as f32).
+//   rows:    inner == 1. One workgroup per row; each invocation folds a
+//            strided slice of the row, then a tree in workgroup memory
+//            combines them, so rows of any length work.
+//   columns: inner > 1. One invocation per output; neighbouring
+//            invocations read neighbouring addresses.
+
+override OP: u32 = 0u;
+override WG: u32 = 64u; // a power of two
+
+struct Params {
+    outer: u32,
+    len: u32,
+    inner: u32,
+}
+var<immediate> params: Params;
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+
+var<workgroup> part_value: array<f32, WG>;
+var<workgroup> part_index: array<u32, WG>;
+
+const NONE: u32 = 0xffffffffu;
+
+struct Acc {
+    value: f32,
+    index: u32, // NONE while nothing has been folded in
+}
+
+fn fold(acc: Acc, v: f32, i: u32) -> Acc {
+    if OP == 0u {
+        return Acc(acc.value + v, i);
+    }
+    // Max and argmax keep the first of equal maxima: on ties, the lower index.
+    if acc.index == NONE || v > acc.value || (v == acc.value && i < acc.index) {
+        return Acc(v, i);
+    }
+    return acc;
+}
+
+fn finish(acc: Acc) -> f32 {
+    return select(acc.value, f32(acc.index), OP == 2u);
+}
+
+@compute @workgroup_size(WG)
+fn rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    if row >= params.outer {
+        return;
+    }
+    let base = row * params.len;
+    var acc = Acc(0.0, NONE);
+    for (var l = lid; l < params.len; l += WG) {
+        acc = fold(acc, x[base + l], l);
+    }
+    part_value[lid] = acc.value;
+    part_index[lid] = acc.index;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if lid < s && part_index[lid + s] != NONE {
+            let folded = fold(Acc(part_value[lid], part_index[lid]), part_value[lid + s], part_index[lid + s]);
+            part_value[lid] = folded.value;
+            part_index[lid] = folded.index;
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        out[row] = finish(Acc(part_value[0], part_index[0]));
+    }
+}
+
+@compute @workgroup_size(WG)
+fn columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let t = (wid.x + wid.y * nwg.x) * WG + lid;
+    if t >= params.outer * params.inner {
+        return;
+    }
+    let o = t / params.inner;
+    let i = t % params.inner;
+    var acc = Acc(0.0, NONE);
+    for (var l = 0u; l < params.len; l++) {
+        acc = fold(acc, x[(o * params.len + l) * params.inner + i], l);
+    }
+    out[t] = finish(acc);
+}

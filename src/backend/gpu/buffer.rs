@@ -1,0 +1,128 @@
+//! GPU buffers and the pool they come from.
+//!
+//! Creating a wgpu buffer costs a driver allocation; a training step makes
+//! dozens of tensors of the same few sizes. Buffers therefore go back to a
+//! pool when their tensor drops and are reused by the next tensor of the same
+//! size class. Size classes are `m · 2^e` with `m` in 8..16 — at most 12.5%
+//! over the request — so a pool hit needs an exact class match and never
+//! hands a small tensor a huge buffer.
+//!
+//! A [`GpuBuffer`] may instead hold the error that prevented its creation (or
+//! the computation of its contents): that is how GPU faults travel through a
+//! computation to the `to_vec` that reports them.
+
+use super::Context;
+use crate::Error;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Memory use of one GPU device, for checking that a long run is flat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes in buffers that hold live tensors.
+    pub live_bytes: u64,
+    /// Bytes in buffers waiting in the pool for reuse.
+    pub pooled_bytes: u64,
+    /// Buffers created since the device was opened (pool misses).
+    pub allocations: u64,
+}
+
+/// Free buffers by size class.
+#[derive(Default)]
+pub(crate) struct Pool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    pub stats: MemoryStats,
+}
+
+impl Pool {
+    pub fn take(&mut self, class: u64) -> Option<wgpu::Buffer> {
+        let buffer = self.free.get_mut(&class)?.pop()?;
+        self.stats.pooled_bytes -= class;
+        self.stats.live_bytes += class;
+        Some(buffer)
+    }
+
+    pub fn created(&mut self, class: u64) {
+        self.stats.allocations += 1;
+        self.stats.live_bytes += class;
+    }
+
+    fn release(&mut self, buffer: wgpu::Buffer, class: u64) {
+        self.stats.live_bytes -= class;
+        self.stats.pooled_bytes += class;
+        self.free.entry(class).or_default().push(buffer);
+    }
+
+    /// Destroys every pooled buffer, returning their memory to the driver.
+    pub fn clear(&mut self) {
+        for buffer in self.free.drain().flat_map(|(_, v)| v) {
+            buffer.destroy();
+        }
+        self.stats.pooled_bytes = 0;
+    }
+}
+
+/// The size class of a request of `bytes`: the smallest `m · 2^e ≥ bytes`
+/// with `8 ≤ m < 16` (and at least 16 bytes, since wgpu cannot bind an empty
+/// buffer).
+pub(crate) fn size_class(bytes: u64) -> u64 {
+    let bytes = bytes.max(16);
+    let e = (63 - bytes.leading_zeros()).saturating_sub(3);
+    let step = 1u64 << e;
+    bytes.div_ceil(step) * step
+}
+
+/// A buffer on loan from the pool; it returns there when dropped.
+pub(crate) struct Pooled {
+    pub buffer: wgpu::Buffer,
+    pub class: u64,
+    ctx: Arc<Context>,
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let buffer = self.buffer.clone();
+        self.ctx.pool.lock().unwrap_or_else(|e| e.into_inner()).release(buffer, self.class);
+    }
+}
+
+/// The storage of a GPU tensor: a pooled buffer, or the error that
+/// prevented producing it.
+pub(crate) struct GpuBuffer(pub(crate) Result<Pooled, Error>);
+
+impl GpuBuffer {
+    pub fn new(buffer: wgpu::Buffer, class: u64, ctx: Arc<Context>) -> Self {
+        GpuBuffer(Ok(Pooled { buffer, class, ctx }))
+    }
+
+    pub fn poisoned(error: Error) -> Self {
+        GpuBuffer(Err(error))
+    }
+
+    /// The first error among `buffers`, if any is poisoned.
+    pub fn first_error<'a>(buffers: impl IntoIterator<Item = &'a GpuBuffer>) -> Option<Error> {
+        buffers.into_iter().find_map(|b| b.0.as_ref().err().cloned())
+    }
+
+    pub fn wgpu(&self) -> Option<&wgpu::Buffer> {
+        self.0.as_ref().ok().map(|p| &p.buffer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size_class;
+
+    #[test]
+    fn size_classes_waste_at_most_an_eighth() {
+        assert_eq!(size_class(0), 16);
+        assert_eq!(size_class(16), 16);
+        assert_eq!(size_class(17), 18);
+        assert_eq!(size_class(4000), 4096);
+        assert_eq!(size_class(4097), 4608);
+        for bytes in (1u64..100_000).step_by(97) {
+            let c = size_class(bytes);
+            assert!(c >= bytes && (c - bytes) * 8 <= bytes.max(16), "{bytes} -> {c}");
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! Elementwise kernels: fill, unary and binary ops (with broadcasting by
+//! strides), and dropout.
+
+use super::{Bind, Context, GpuBuffer, Kernel, Output, Shader, launch};
+use crate::backend::{BinaryOp, UnaryOp};
+use crate::rng;
+use crate::shape::{Strided, coalesce};
+use std::sync::Arc;
+
+/// Axes a strided kernel can address after coalescing (its immediate data
+/// holds this many dims and strides per view).
+pub(crate) const MAX_RANK: usize = 8;
+
+pub(crate) fn fill(ctx: &Arc<Context>, n: usize, value: f32) -> GpuBuffer {
+    let wg = ctx.tuning.elementwise_wg;
+    let kernel = Kernel { shader: Shader::Fill, entry: "main", constants: &[("WG", wg as f64)] };
+    launch(ctx, Output { op: "full", n, slot: 0 }, &kernel, &[], &[n as u32, value.to_bits()], ctx.groups_1d(n, wg))
+}
+
+pub(crate) fn unary(ctx: &Arc<Context>, op: UnaryOp, x: &GpuBuffer, n: usize) -> GpuBuffer {
+    let wg = ctx.tuning.elementwise_wg;
+    let (code, p0, p1) = op.code();
+    let kernel = Kernel { shader: Shader::Unary, entry: "main", constants: &[("OP", code as f64), ("WG", wg as f64)] };
+    let params = [n as u32, p0.to_bits(), p1.to_bits()];
+    launch(ctx, Output { op: "unary op", n, slot: 1 }, &kernel, &[Bind::read(0, x)], &params, ctx.groups_1d(n, wg))
+}
+
+/// Pads a list of dims or strides to the kernel's fixed array length.
+pub(crate) fn padded(values: &[usize], what: &str) -> [u32; MAX_RANK] {
+    assert!(
+        values.len() <= MAX_RANK,
+        "{what}: the GPU kernels address at most {MAX_RANK} non-contiguous axes, this view needs {}",
+        values.len()
+    );
+    let mut out = [0u32; MAX_RANK];
+    for (o, &v) in out.iter_mut().zip(values) {
+        *o = v as u32;
+    }
+    out
+}
+
+pub(crate) fn binary(
+    ctx: &Arc<Context>,
+    op: BinaryOp,
+    a: (&GpuBuffer, &Strided),
+    b: (&GpuBuffer, &Strided),
+) -> GpuBuffer {
+    let n: usize = a.1.dims.iter().product();
+    let mut strides = vec![a.1.strides.clone(), b.1.strides.clone()];
+    let dims = coalesce(&a.1.dims, &mut strides);
+    let mut params = vec![n as u32, dims.len() as u32, a.1.offset as u32, b.1.offset as u32];
+    params.extend(padded(&dims, "binary op"));
+    params.extend(padded(&strides[0], "binary op"));
+    params.extend(padded(&strides[1], "binary op"));
+    let wg = ctx.tuning.elementwise_wg;
+    let kernel =
+        Kernel { shader: Shader::Binary, entry: "main", constants: &[("OP", op as u32 as f64), ("WG", wg as f64)] };
+    launch(
+        ctx,
+        Output { op: "binary op", n, slot: 2 },
+        &kernel,
+        &[Bind::read(0, a.0), Bind::read(1, b.0)],
+        &params,
+        ctx.groups_1d(n, wg),
+    )
+}
+
+pub(crate) fn dropout(ctx: &Arc<Context>, x: &GpuBuffer, n: usize, p: f32, key: [u32; 2]) -> GpuBuffer {
+    let wg = ctx.tuning.elementwise_wg;
+    let kernel = Kernel { shader: Shader::Dropout, entry: "main", constants: &[("WG", wg as f64)] };
+    let scale = 1.0 / (1.0 - p);
+    let params = [n as u32, rng::dropout_threshold(p), key[0], key[1], scale.to_bits()];
+    launch(ctx, Output { op: "dropout", n, slot: 1 }, &kernel, &[Bind::read(0, x)], &params, ctx.groups_1d(n, wg))
+}

@@ -1,0 +1,297 @@
+//! Every op, forward and backward, on the GPU against the CPU reference, on
+//! fresh random inputs at odd sizes (1, 3, 17, 63, 65, 129, 257: below,
+//! at and past the kernels' tile and workgroup sizes), broadcast cases and
+//! batched matmul.
+//!
+//! Each comparison is `|gpu - cpu| <= atol + rtol·|cpu|` per element. The
+//! bounds, and where they come from:
+//! - elementwise (`EXACTISH`): both sides evaluate the same formula in f32;
+//!   GPU exp/log/pow may differ from the host libm by a few ulps → 1e-5.
+//! - sums, softmax, losses (`REDUCTION`): summation order differs
+//!   (tree vs sequential); error grows like √n·ε·Σ|x| → 1e-4 on O(1) data.
+//! - matmul (`MATMUL`): k-long dot products accumulated in a different
+//!   order, k ≤ 257, |x| ≤ 1 → a few k·ε ≈ 1e-4 absolute.
+
+mod common;
+
+use common::{gpu, labels, uniform};
+use wgrad::{Device, Tensor, manual_seed};
+
+#[derive(Clone, Copy)]
+struct Tol {
+    atol: f32,
+    rtol: f32,
+}
+
+const EXACTISH: Tol = Tol { atol: 1e-6, rtol: 1e-5 };
+const REDUCTION: Tol = Tol { atol: 1e-4, rtol: 1e-4 };
+const MATMUL: Tol = Tol { atol: 2e-4, rtol: 1e-4 };
+
+const SIZES: &[usize] = &[1, 3, 17, 63, 65, 129, 257];
+
+fn close(name: &str, what: &str, gpu: &[f32], cpu: &[f32], tol: Tol) {
+    assert_eq!(gpu.len(), cpu.len(), "{name} {what}: lengths differ");
+    let mut worst = (0usize, 0f32);
+    for (i, (&g, &c)) in gpu.iter().zip(cpu).enumerate() {
+        let excess = (g - c).abs() - (tol.atol + tol.rtol * c.abs());
+        let both_nan = g.is_nan() && c.is_nan();
+        let same_inf = g.is_infinite() && g == c;
+        if !(both_nan || same_inf) && !(excess <= 0.0) && excess >= worst.1 {
+            worst = (i, excess.max(f32::MIN_POSITIVE));
+        }
+    }
+    if worst.1 > 0.0 {
+        let i = worst.0;
+        panic!("{name} {what}: element {i}: gpu {} vs cpu {} (atol {}, rtol {})", gpu[i], cpu[i], tol.atol, tol.rtol);
+    }
+}
+
+/// Runs `f` on the CPU and on the GPU with the same inputs; compares the
+/// outputs and the gradients of every variable (seeded with the same random
+/// weights on both devices).
+fn parity(name: &str, tol: Tol, vars: &[Tensor], consts: &[Tensor], f: impl Fn(&[Tensor], &[Tensor]) -> Tensor) {
+    let Some(dev) = gpu() else { return };
+    let run = |d: &Device| -> (Vec<f32>, Vec<Vec<f32>>) {
+        let vs: Vec<Tensor> = vars.iter().map(|t| t.to_device(d).unwrap().requires_grad()).collect();
+        let cs: Vec<Tensor> = consts.iter().map(|t| t.to_device(d).unwrap()).collect();
+        let out = f(&vs, &cs);
+        let weights = uniform(out.dims(), -1.0, 1.0, 12345);
+        let seed = Tensor::from_vec(weights, out.shape().clone(), d).unwrap();
+        let grads = out.backward_with(seed);
+        let gs = vs.iter().map(|v| grads.get(v).map(|g| g.to_vec().unwrap()).unwrap_or_default()).collect();
+        (out.to_vec().unwrap(), gs)
+    };
+    let (out_c, grads_c) = run(&Device::Cpu);
+    let (out_g, grads_g) = run(&dev);
+    close(name, "forward", &out_g, &out_c, tol);
+    for (i, (g, c)) in grads_g.iter().zip(&grads_c).enumerate() {
+        close(name, &format!("gradient {i}"), g, c, tol);
+    }
+}
+
+fn rand(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Tensor {
+    common::rand(shape, lo, hi, seed)
+}
+
+#[test]
+fn unary_ops() {
+    for (i, &n) in SIZES.iter().enumerate() {
+        let s = 1000 + i as u64;
+        let x = rand(&[n], -3.0, 3.0, s);
+        let pos = rand(&[n], 0.1, 4.0, s + 1);
+        let t = EXACTISH;
+        parity("neg", t, &[x.clone()], &[], |v, _| v[0].neg());
+        parity("exp", t, &[x.clone()], &[], |v, _| v[0].exp());
+        parity("log", t, &[pos.clone()], &[], |v, _| v[0].log());
+        parity("sqrt", t, &[pos.clone()], &[], |v, _| v[0].sqrt());
+        parity("powf 3", t, &[x.clone()], &[], |v, _| v[0].powf(3.0));
+        parity("powf 2", t, &[x.clone()], &[], |v, _| v[0].powf(2.0));
+        parity("powf -0.5", t, &[pos.clone()], &[], |v, _| v[0].powf(-0.5));
+        parity("abs", t, &[x.clone()], &[], |v, _| v[0].abs());
+        parity("relu", t, &[x.clone()], &[], |v, _| v[0].relu());
+        parity("sigmoid", t, &[x.clone()], &[], |v, _| v[0].sigmoid());
+        parity("tanh", t, &[x.clone()], &[], |v, _| v[0].tanh());
+        parity("gelu", t, &[x.clone()], &[], |v, _| v[0].gelu());
+        parity("scalar ops", t, &[x.clone()], &[], |v, _| (&v[0] * 1.5 + 0.25) / 2.0 - 1.0);
+        parity("clamp", t, &[x.clone()], &[], |v, _| v[0].clamp(-1.0, 0.5));
+        parity("maximum_scalar", t, &[x.clone()], &[], |v, _| v[0].maximum_scalar(0.3));
+        parity("minimum_scalar", t, &[x.clone()], &[], |v, _| v[0].minimum_scalar(0.3));
+    }
+}
+
+#[test]
+fn unary_ops_at_extremes() {
+    let x = Tensor::from_vec(vec![-1e4, -88.0, -20.0, 0.0, 20.0, 88.0, 1e4], [7], &Device::Cpu).unwrap();
+    parity("sigmoid extremes", EXACTISH, &[x.clone()], &[], |v, _| v[0].sigmoid());
+    parity("tanh extremes", EXACTISH, &[x.clone()], &[], |v, _| v[0].tanh());
+    parity("gelu extremes", EXACTISH, &[x.clone()], &[], |v, _| v[0].gelu());
+    parity("relu extremes", EXACTISH, &[x], &[], |v, _| v[0].relu());
+}
+
+#[test]
+fn binary_ops_with_broadcasting() {
+    let pairs: &[(&[usize], &[usize])] = &[
+        (&[257], &[257]),
+        (&[65, 17], &[17]),
+        (&[63, 3], &[63, 1]),
+        (&[1], &[3, 129]),
+        (&[17, 1, 65], &[3, 1]),
+        (&[2, 3, 1, 5, 1, 2], &[3, 4, 1, 7, 1]),
+    ];
+    for (i, &(sa, sb)) in pairs.iter().enumerate() {
+        let s = 2000 + 10 * i as u64;
+        let a = rand(sa, -2.0, 2.0, s);
+        let b = rand(sb, -2.0, 2.0, s + 1);
+        let pos = rand(sb, 0.5, 2.0, s + 2);
+        let t = EXACTISH;
+        let name = format!("{sa:?} op {sb:?}");
+        parity(&format!("add {name}"), t, &[a.clone(), b.clone()], &[], |v, _| &v[0] + &v[1]);
+        parity(&format!("sub {name}"), t, &[a.clone(), b.clone()], &[], |v, _| &v[0] - &v[1]);
+        parity(&format!("mul {name}"), t, &[a.clone(), b.clone()], &[], |v, _| &v[0] * &v[1]);
+        parity(&format!("div {name}"), t, &[a.clone(), pos.clone()], &[], |v, _| &v[0] / &v[1]);
+        parity(&format!("maximum {name}"), t, &[a.clone(), b.clone()], &[], |v, _| v[0].maximum(&v[1]));
+        parity(&format!("minimum {name}"), t, &[a.clone(), b.clone()], &[], |v, _| v[0].minimum(&v[1]));
+    }
+}
+
+#[test]
+fn reductions() {
+    let shapes: &[&[usize]] = &[&[1], &[257], &[3, 129], &[65, 17], &[17, 63, 3], &[1, 5000], &[3000, 2]];
+    for (i, &shape) in shapes.iter().enumerate() {
+        let x = rand(shape, -1.0, 1.0, 3000 + i as u64);
+        let t = REDUCTION;
+        parity("sum", t, &[x.clone()], &[], |v, _| v[0].sum());
+        parity("mean", t, &[x.clone()], &[], |v, _| v[0].mean());
+        parity("max", t, &[x.clone()], &[], |v, _| v[0].max());
+        for axis in 0..shape.len() {
+            for keep in [false, true] {
+                let name = format!("{shape:?} axis {axis} keepdim {keep}");
+                parity(&format!("sum_dim {name}"), t, &[x.clone()], &[], |v, _| v[0].sum_dim(axis, keep));
+                parity(&format!("mean_dim {name}"), t, &[x.clone()], &[], |v, _| v[0].mean_dim(axis, keep));
+                parity(&format!("max_dim {name}"), t, &[x.clone()], &[], |v, _| v[0].max_dim(axis, keep));
+                parity(&format!("argmax {name}"), t, &[], &[x.clone()], |_, c| c[0].argmax(axis, keep));
+            }
+        }
+    }
+}
+
+#[test]
+fn argmax_breaks_ties_like_the_cpu() {
+    let x = Tensor::from_vec(vec![1.0, 3.0, 3.0, 0.0, 2.0, 2.0, 2.0, 2.0], [2, 4], &Device::Cpu).unwrap();
+    parity("argmax ties rows", EXACTISH, &[], &[x.clone()], |_, c| c[0].argmax(1, false));
+    parity("argmax ties cols", EXACTISH, &[], &[x.clone()], |_, c| c[0].argmax(0, false));
+    parity("max_dim ties", EXACTISH, &[x], &[], |v, _| v[0].max_dim(1, false));
+}
+
+#[test]
+fn softmax_family() {
+    let shapes: &[&[usize]] = &[&[1], &[3], &[257], &[65, 17], &[3, 129], &[17, 63, 3], &[2, 3000]];
+    for (i, &shape) in shapes.iter().enumerate() {
+        let x = rand(shape, -5.0, 5.0, 4000 + i as u64);
+        for axis in 0..shape.len() {
+            let name = format!("{shape:?} axis {axis}");
+            parity(&format!("softmax {name}"), REDUCTION, &[x.clone()], &[], |v, _| v[0].softmax(axis));
+            parity(&format!("log_softmax {name}"), REDUCTION, &[x.clone()], &[], |v, _| v[0].log_softmax(axis));
+        }
+    }
+    let extreme = Tensor::from_vec(vec![1e4, -1e4, 0.0, 1e4, 1e4, -1e4], [2, 3], &Device::Cpu).unwrap();
+    parity("softmax ±1e4", REDUCTION, &[extreme.clone()], &[], |v, _| v[0].softmax(1));
+    parity("log_softmax ±1e4", REDUCTION, &[extreme], &[], |v, _| v[0].log_softmax(1));
+}
+
+#[test]
+fn matmul_shapes() {
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[1, 1], &[1, 1]),
+        (&[3, 17], &[17, 1]),
+        (&[1, 63], &[63, 65]),
+        (&[17, 3], &[3, 257]),
+        (&[129, 65], &[65, 257]),
+        (&[65, 129], &[129, 63]),
+        (&[32, 784], &[784, 128]),
+        (&[3, 17, 65], &[3, 65, 5]),
+        (&[5, 63, 17], &[17, 129]),
+        (&[17, 65], &[4, 65, 3]),
+        (&[2, 1, 9, 7], &[1, 3, 7, 11]),
+        (&[257], &[257, 3]),
+        (&[17, 65], &[65]),
+    ];
+    for (i, &(sa, sb)) in cases.iter().enumerate() {
+        let a = rand(sa, -1.0, 1.0, 5000 + i as u64);
+        let b = rand(sb, -1.0, 1.0, 5100 + i as u64);
+        parity(&format!("matmul {sa:?}x{sb:?}"), MATMUL, &[a, b], &[], |v, _| v[0].matmul(&v[1]));
+    }
+    // Transposed operands reach the kernel's transpose flags through backward.
+    let a = rand(&[65, 129], -1.0, 1.0, 5200);
+    parity("matmul a·aᵀ", MATMUL, &[a.clone()], &[], |v, _| v[0].matmul(&v[0].t()));
+    parity("matmul aᵀ·a", MATMUL, &[a], &[], |v, _| v[0].t().matmul(&v[0]));
+}
+
+#[test]
+fn shape_ops() {
+    let x = rand(&[17, 3, 65], -1.0, 1.0, 6000);
+    let t = EXACTISH;
+    parity("reshape", t, &[x.clone()], &[], |v, _| v[0].reshape([51, 65]));
+    parity("transpose", t, &[x.clone()], &[], |v, _| v[0].transpose(0, 2));
+    parity("permute", t, &[x.clone()], &[], |v, _| v[0].permute(&[1, 2, 0]));
+    parity("broadcast_to", t, &[rand(&[3, 1], -1.0, 1.0, 6001)], &[], |v, _| v[0].broadcast_to([17, 3, 65]));
+    for axis in 0..3 {
+        let len = x.dims()[axis];
+        parity("narrow", t, &[x.clone()], &[], |v, _| v[0].narrow(axis, 1, len - 1));
+        parity("narrow start", t, &[x.clone()], &[], |v, _| v[0].narrow(axis, 0, 1));
+    }
+    let y = rand(&[17, 5, 65], -1.0, 1.0, 6002);
+    parity("cat", t, &[x.clone(), y], &[], |v, _| Tensor::cat(&[&v[0], &v[1], &v[0]], 1));
+    let idx = Tensor::from_vec(vec![2.0, 0.0, 2.0, 1.0, 0.0], [5], &Device::Cpu).unwrap();
+    parity("index_select 1", t, &[x.clone()], &[idx.clone()], |v, c| v[0].index_select(1, &c[0]));
+    parity("index_select 0", t, &[x.clone()], &[idx.clone()], |v, c| v[0].index_select(0, &c[0]));
+    parity("index_select 2", t, &[x.clone()], &[idx], |v, c| v[0].index_select(2, &c[0]));
+    let g = labels(17 * 7 * 65, 3, 6003, &Device::Cpu).reshape([17, 7, 65]);
+    parity("gather", t, &[x.clone()], &[g], |v, c| v[0].gather(1, &c[0]));
+}
+
+#[test]
+fn losses() {
+    for (i, &n) in SIZES.iter().enumerate() {
+        let s = 7000 + 10 * i as u64;
+        let p = rand(&[n, 3], 0.02, 0.98, s);
+        let target = rand(&[n, 3], 0.0, 1.0, s + 1);
+        parity("mse_loss", REDUCTION, &[p.clone(), target.clone()], &[], |v, _| v[0].mse_loss(&v[1]));
+        parity("bce", REDUCTION, &[p.clone(), target.clone()], &[], |v, _| v[0].binary_cross_entropy(&v[1]));
+        for classes in [1, 10, 129] {
+            let x = rand(&[n, classes], -4.0, 4.0, s + 2);
+            let y = labels(n, classes, s + 3, &Device::Cpu);
+            parity("cross_entropy", REDUCTION, &[x.clone()], &[y.clone()], |v, c| v[0].cross_entropy(&c[0]));
+            parity("cross_entropy_per_sample", REDUCTION, &[x], &[y], |v, c| v[0].cross_entropy_per_sample(&c[0]));
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_flags_bad_labels_on_the_gpu() {
+    let Some(dev) = gpu() else { return };
+    let x = Tensor::zeros([2, 3], &dev);
+    let y = Tensor::from_vec(vec![1.0, 7.0], [2], &dev).unwrap();
+    let per = x.cross_entropy_per_sample(&y).to_vec().unwrap();
+    assert!((per[0] - 3f32.ln()).abs() < 1e-6 && per[1].is_nan(), "{per:?}");
+}
+
+#[test]
+fn dropout_masks_are_identical_on_both_devices() {
+    let x = rand(&[129, 65], 0.5, 1.5, 8000);
+    parity("dropout", EXACTISH, &[x.clone()], &[], |v, _| {
+        manual_seed(77);
+        let first = v[0].dropout(0.3, true);
+        // The second call uses the next counter: a different mask.
+        first.dropout(0.5, true)
+    });
+    let Some(dev) = gpu() else { return };
+    manual_seed(5);
+    let cpu = x.dropout(0.2, true).to_vec().unwrap();
+    manual_seed(5);
+    let gpu = x.to_device(&dev).unwrap().dropout(0.2, true).to_vec().unwrap();
+    assert_eq!(cpu, gpu, "one seed must give one mask, bit for bit");
+}
+
+#[test]
+fn large_tensors_use_two_dimensional_grids() {
+    // 70,000 workgroups of 256 exceed the 65,535 one dimension allows.
+    let n = 256 * 70_000 + 3;
+    let x = Tensor::from_vec((0..n).map(|i| (i % 1000) as f32).collect(), [n], &Device::Cpu).unwrap();
+    parity("exp over 17.9M elements", EXACTISH, &[], &[x.clone()], |_, c| (&c[0] * 1e-3).exp());
+    let rows = x.narrow(0, 0, 70_000 * 4).reshape([70_000 * 2, 2]);
+    parity("row softmax over 140k rows", REDUCTION, &[], &[rows], |_, c| c[0].softmax(1));
+}
+
+#[test]
+fn a_small_mlp_matches_end_to_end() {
+    let x = rand(&[33, 20], -1.0, 1.0, 9000);
+    let w1 = rand(&[20, 65], -0.3, 0.3, 9001);
+    let b1 = rand(&[65], -0.1, 0.1, 9002);
+    let w2 = rand(&[65, 10], -0.3, 0.3, 9003);
+    let y = labels(33, 10, 9004, &Device::Cpu);
+    parity("mlp", REDUCTION, &[w1, b1, w2], &[x, y], |v, c| {
+        manual_seed(1);
+        (c[0].matmul(&v[0]) + &v[1]).relu().dropout(0.2, true).matmul(&v[2]).cross_entropy(&c[1])
+    });
+}
