@@ -34,7 +34,7 @@ mod shape;
 mod tensor;
 
 pub use autograd::{Gradients, detect_anomaly, is_grad_enabled, live_nodes, no_grad};
-pub use backend::gpu::{DeviceInfo, GpuDevice, MemoryStats};
+pub use backend::gpu::{DeviceInfo, GpuDevice, GpuOptions, MemoryStats};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use gradcheck::{GradcheckError, GradcheckOptions, gradcheck, gradcheck_with};

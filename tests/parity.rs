@@ -295,3 +295,29 @@ fn a_small_mlp_matches_end_to_end() {
         (c[0].matmul(&v[0]) + &v[1]).relu().dropout(0.2, true).matmul(&v[2]).cross_entropy(&c[1])
     });
 }
+
+#[test]
+fn the_workgroup_tiled_matmul_matches_too() {
+    // Adapters without subgroups get matmul_tiled.wgsl; lavapipe has
+    // subgroups, so open a second device with them switched off.
+    if gpu().is_none() {
+        return;
+    }
+    let dev = Device::Gpu(wgrad::GpuDevice::with_options(wgrad::GpuOptions { subgroups: false }).unwrap());
+    let cases: &[(&[usize], &[usize])] =
+        &[(&[1, 1], &[1, 1]), (&[129, 65], &[65, 257]), (&[3, 17, 65], &[3, 65, 5]), (&[17, 3], &[3, 63])];
+    for (i, &(sa, sb)) in cases.iter().enumerate() {
+        let a = rand(sa, -1.0, 1.0, 5300 + i as u64);
+        let b = rand(sb, -1.0, 1.0, 5400 + i as u64);
+        let run = |d: &Device| {
+            let (va, vb) = (a.to_device(d).unwrap().requires_grad(), b.to_device(d).unwrap().requires_grad());
+            let out = va.matmul(&vb);
+            let g = out.sqr().sum().backward();
+            [out.to_vec().unwrap(), g.get(&va).unwrap().to_vec().unwrap(), g.get(&vb).unwrap().to_vec().unwrap()]
+        };
+        let (c, t) = (run(&Device::Cpu), run(&dev));
+        for (what, (x, y)) in ["forward", "grad a", "grad b"].iter().zip(t.iter().zip(&c)) {
+            close(&format!("tiled matmul {sa:?}x{sb:?}"), what, x, y, MATMUL);
+        }
+    }
+}

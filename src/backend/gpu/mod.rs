@@ -57,6 +57,7 @@ pub(crate) enum Shader {
     Dropout,
     Optim,
     Matmul,
+    MatmulTiled,
 }
 
 impl Shader {
@@ -72,6 +73,7 @@ impl Shader {
             Shader::Dropout => include_str!("../../../shaders/dropout.wgsl"),
             Shader::Optim => include_str!("../../../shaders/optim.wgsl"),
             Shader::Matmul => include_str!("../../../shaders/matmul.wgsl"),
+            Shader::MatmulTiled => include_str!("../../../shaders/matmul_tiled.wgsl"),
         }
     }
 }
@@ -127,22 +129,54 @@ pub(crate) struct Tuning {
     pub elementwise_wg: u32,
     /// Workgroup size of the one-workgroup-per-row kernels (a power of two).
     pub row_wg: u32,
-    /// Matmul: invocations along M and N per workgroup, and the K step.
+    /// The subgroup matmul's workgroup size (a multiple of the subgroup
+    /// size), or `None` to use the workgroup-tiled kernel instead.
+    pub matmul_subgroup_wg: Option<u32>,
+    /// The tiled matmul's invocations along M and N, and its K step.
     pub matmul_wm: u32,
     pub matmul_wn: u32,
     pub matmul_bk: u32,
 }
 
 impl Tuning {
-    fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
+    fn for_adapter(info: &wgpu::AdapterInfo, subgroups: bool) -> Self {
         if info.device_type == wgpu::DeviceType::Cpu {
             // Software rasterisers (lavapipe, WARP) run a workgroup on one CPU
-            // thread, SIMD across invocations: barriers are dear, so fewer,
-            // larger k steps; rows are short work items.
-            Tuning { elementwise_wg: 256, row_wg: 32, matmul_wm: 8, matmul_wn: 8, matmul_bk: 32 }
+            // thread, SIMD across invocations: barriers are dear, and small
+            // workgroups spread a matmul evenly over the cores.
+            Tuning {
+                elementwise_wg: 256,
+                row_wg: 32,
+                matmul_subgroup_wg: subgroups.then_some(info.subgroup_max_size.max(8)),
+                matmul_wm: 8,
+                matmul_wn: 8,
+                matmul_bk: 32,
+            }
         } else {
-            Tuning { elementwise_wg: 256, row_wg: 128, matmul_wm: 16, matmul_wn: 16, matmul_bk: 16 }
+            Tuning {
+                elementwise_wg: 256,
+                row_wg: 128,
+                matmul_subgroup_wg: subgroups.then_some(info.subgroup_max_size.max(64)),
+                matmul_wm: 16,
+                matmul_wn: 16,
+                matmul_bk: 16,
+            }
         }
+    }
+}
+
+/// Choices made when opening a GPU device.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuOptions {
+    /// Use subgroup operations where the adapter has them (subgroups of at
+    /// least 8 lanes). They make matmul several times faster; turning them
+    /// off selects the workgroup-tiled kernel every adapter can run.
+    pub subgroups: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions { subgroups: true }
     }
 }
 
@@ -210,10 +244,15 @@ impl GpuDevice {
     /// (e.g. `vulkan`, `metal`, `dx12`) restricts the APIs tried, and
     /// `WGPU_ADAPTER_NAME` picks the first adapter whose name contains it.
     pub fn new() -> Result<GpuDevice> {
-        pollster::block_on(Self::open())
+        Self::with_options(GpuOptions::default())
     }
 
-    async fn open() -> Result<GpuDevice> {
+    /// As [`new`](Self::new), with explicit options.
+    pub fn with_options(options: GpuOptions) -> Result<GpuDevice> {
+        pollster::block_on(Self::open(options))
+    }
+
+    async fn open(options: GpuOptions) -> Result<GpuDevice> {
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends,
@@ -247,10 +286,16 @@ impl GpuDevice {
         };
         let info = adapter.get_info();
         let limits = adapter.limits();
+        let subgroups =
+            options.subgroups && adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
+        let mut features = wgpu::Features::IMMEDIATES;
+        if subgroups {
+            features |= wgpu::Features::SUBGROUP;
+        }
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("wgrad"),
-                required_features: wgpu::Features::IMMEDIATES,
+                required_features: features,
                 required_limits: limits.clone(),
                 experimental_features: wgpu::ExperimentalFeatures::disabled(),
                 memory_hints: wgpu::MemoryHints::Performance,
@@ -276,7 +321,7 @@ impl GpuDevice {
         }));
         Ok(GpuDevice {
             ctx: Arc::new(Context {
-                tuning: Tuning::for_adapter(&info),
+                tuning: Tuning::for_adapter(&info, subgroups),
                 device,
                 queue,
                 info,
