@@ -30,6 +30,7 @@ fn apply(x: f32, y: f32) -> f32 {
         case 4u: { return select(y, x, x >= y); }
         case 5u: { return select(y, x, x <= y); }
         case 6u: { return select(0.0, 1.0, x >= y); }
+        case 7u: { return select(0.0, 1.0, x == y); }
         default: { return x; }
     }
 }

@@ -25,13 +25,18 @@
 
 mod autograd;
 mod backend;
+pub mod data;
 mod device;
 mod error;
 mod gradcheck;
+pub mod io;
+pub mod nn;
 pub(crate) mod ops;
+pub mod optim;
 pub mod rng;
 mod shape;
 mod tensor;
+pub mod train;
 
 pub use autograd::{Gradients, detect_anomaly, is_grad_enabled, live_nodes, no_grad};
 pub use backend::gpu::{DeviceInfo, GpuDevice, GpuOptions, MemoryStats};

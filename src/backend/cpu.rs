@@ -221,6 +221,7 @@ impl Backend for Cpu {
             BinaryOp::Max => binary_loop(a, b, |x, y| if x.is_nan() || x >= y { x } else { y }),
             BinaryOp::Min => binary_loop(a, b, |x, y| if x.is_nan() || x <= y { x } else { y }),
             BinaryOp::Ge => binary_loop(a, b, |x, y| if x >= y { 1.0 } else { 0.0 }),
+            BinaryOp::Eq => binary_loop(a, b, |x, y| if x == y { 1.0 } else { 0.0 }),
         })
     }
 
@@ -472,7 +473,7 @@ impl Backend for Cpu {
         Storage::Cpu(out)
     }
 
-    fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [Storage], n: usize) {
+    fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [&mut Storage], n: usize) {
         let p = &mut param.cpu_mut()[..n];
         let g = &grad.cpu()[..n];
         match rule {

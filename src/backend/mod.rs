@@ -123,6 +123,8 @@ pub(crate) enum BinaryOp {
     Min = 5,
     /// 1 where a >= b, else 0 (no gradient).
     Ge = 6,
+    /// 1 where a == b, else 0 (no gradient).
+    Eq = 7,
 }
 
 /// Reductions along one axis of a `[outer, len, inner]` view.
@@ -212,5 +214,5 @@ pub(crate) trait Backend {
     /// `x · keep(i) / (1 - p)` with `keep` from [`crate::rng::dropout_keep`].
     fn dropout(&self, x: &Storage, n: usize, p: f32, key: [u32; 2]) -> Storage;
     /// One fused optimizer step on `param` (and its state buffers), in place.
-    fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [Storage], n: usize);
+    fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [&mut Storage], n: usize);
 }

@@ -108,6 +108,12 @@ impl Tensor {
         })
     }
 
+    /// 1 where `self == rhs` (broadcasting), else 0; not differentiable.
+    /// With `argmax`, counts correct predictions: `pred.eq(&labels).sum()`.
+    pub fn eq(&self, rhs: &Tensor) -> Tensor {
+        self.zip_raw(rhs, BinaryOp::Eq, "eq")
+    }
+
     /// `self + s`.
     pub fn add_scalar(&self, s: f32) -> Tensor {
         self.map_raw(UnaryOp::AddScalar(s)).record("add_scalar", &[self], |c| vec![Some(c.grad.clone())])

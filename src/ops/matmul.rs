@@ -27,6 +27,21 @@ impl Tensor {
         }
     }
 
+    /// `self · weightᵀ + bias` for a `[out, in]` weight, as PyTorch's
+    /// `F.linear`. The transpose is a kernel flag, not a copy.
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        assert!(weight.rank() == 2, "linear: weight must be [out, in], got shape {}", weight.shape());
+        let y = if self.rank() == 1 {
+            self.unsqueeze(0).matmul_t(weight, false, true).squeeze(0)
+        } else {
+            self.matmul_t(weight, false, true)
+        };
+        match bias {
+            Some(b) => y + b,
+            None => y,
+        }
+    }
+
     /// `op(self) · op(rhs)`, where `op` swaps the last two axes when its flag
     /// is set. Both operands have rank ≥ 2.
     pub(crate) fn matmul_t(&self, rhs: &Tensor, ta: bool, tb: bool) -> Tensor {

@@ -749,8 +749,8 @@ impl Backend for GpuDevice {
         Storage::Gpu(elementwise::dropout(&self.ctx, x.gpu(), n, p, key))
     }
 
-    fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [Storage], n: usize) {
-        let state: Vec<&mut GpuBuffer> = state.iter_mut().map(Storage::gpu_mut).collect();
+    fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [&mut Storage], n: usize) {
+        let state: Vec<&mut GpuBuffer> = state.iter_mut().map(|s| s.gpu_mut()).collect();
         optim::update(&self.ctx, rule, param.gpu_mut(), grad.gpu(), state, n);
     }
 }

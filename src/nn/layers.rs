@@ -1,0 +1,87 @@
+//! Parameter-free layers: reshaping, activations and dropout.
+
+use super::Module;
+use crate::Tensor;
+
+/// Flattens every axis after the first (the batch axis), as Keras's and
+/// PyTorch's `Flatten`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Flatten;
+
+impl Module for Flatten {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        if x.rank() <= 2 { x.clone() } else { x.flatten(1, -1) }
+    }
+    fn describe(&self) -> String {
+        "Flatten".into()
+    }
+}
+
+macro_rules! activation {
+    ($(#[$doc:meta] $name:ident => $method:ident;)*) => {$(
+        #[$doc]
+        #[derive(Clone, Copy, Debug, Default)]
+        pub struct $name;
+
+        impl Module for $name {
+            fn forward(&self, x: &Tensor) -> Tensor {
+                x.$method()
+            }
+            fn describe(&self) -> String {
+                stringify!($name).into()
+            }
+        }
+    )*};
+}
+
+activation! {
+    /// `max(x, 0)`.
+    ReLU => relu;
+    /// The logistic function.
+    Sigmoid => sigmoid;
+    /// Hyperbolic tangent.
+    Tanh => tanh;
+    /// Gaussian error linear unit.
+    GELU => gelu;
+}
+
+/// Softmax along the last axis.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Softmax;
+
+impl Module for Softmax {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.softmax(-1)
+    }
+    fn describe(&self) -> String {
+        "Softmax".into()
+    }
+}
+
+/// Inverted dropout with probability `p`, active only in training mode.
+/// Its masks come from the calling thread's generator (see [`crate::rng`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Dropout {
+    p: f32,
+    training: bool,
+}
+
+impl Dropout {
+    /// Dropout with probability `p`, in training mode.
+    pub fn new(p: f32) -> Self {
+        assert!((0.0..=1.0).contains(&p), "Dropout: probability {p} is not in [0, 1]");
+        Dropout { p, training: true }
+    }
+}
+
+impl Module for Dropout {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.dropout(self.p, self.training)
+    }
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+    fn describe(&self) -> String {
+        format!("Dropout({})", self.p)
+    }
+}

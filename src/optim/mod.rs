@@ -1,0 +1,225 @@
+//! Optimizers: SGD (momentum, Nesterov), Adam and AdamW with PyTorch's update
+//! rules, gradient clipping by global norm, and learning-rate schedules.
+//!
+//! An optimizer holds the variables it updates and their state (momentum
+//! buffers, Adam moments) on the variables' device. `step` runs one fused
+//! kernel per parameter that rewrites the parameter and its state in place,
+//! so a training step never copies parameters to the host.
+//!
+//! ```
+//! use wgrad::{Device, Tensor, optim::{Adam, Optimizer}};
+//! let w = Tensor::ones([3], &Device::Cpu).requires_grad();
+//! let mut opt = Adam::new(vec![w.clone()], 0.1);
+//! for _ in 0..100 {
+//!     let loss = w.sqr().sum(); // minimum at 0
+//!     opt.step(&loss.backward());
+//! }
+//! assert!(w.to_vec().unwrap().iter().all(|v| v.abs() < 0.1));
+//! ```
+
+mod schedule;
+
+pub use schedule::{Cosine, LrSchedule, StepDecay};
+
+use crate::backend::{Storage, UpdateRule};
+use crate::{Gradients, Tensor, no_grad};
+use std::collections::HashMap;
+
+/// Something that updates variables from their gradients.
+pub trait Optimizer {
+    /// Applies one update to every variable that has a gradient in `grads`
+    /// (variables without one are left alone, as in PyTorch).
+    fn step(&mut self, grads: &Gradients);
+    /// The current learning rate.
+    fn learning_rate(&self) -> f32;
+    /// Sets the learning rate (for schedules).
+    fn set_learning_rate(&mut self, lr: f32);
+}
+
+/// Runs one fused update of `param` with `grad` and the optimizer `state`
+/// buffers (created as zeros on first use).
+fn update(param: &Tensor, grad: &Tensor, state: &mut Vec<Tensor>, count: usize, rule: UpdateRule) {
+    assert_eq!(
+        param.shape(),
+        grad.shape(),
+        "optimizer step: gradient shape {} does not match parameter shape {}",
+        grad.shape(),
+        param.shape()
+    );
+    crate::ops::same_device("optimizer step", param, grad);
+    if state.is_empty() {
+        *state = (0..count).map(|_| Tensor::zeros(param.shape().clone(), param.device())).collect();
+    }
+    let mut guards: Vec<_> = state.iter().map(Tensor::write).collect();
+    let mut slots: Vec<&mut Storage> = guards.iter_mut().map(|g| &mut **g).collect();
+    let backend = param.device().backend();
+    backend.update(rule, &mut param.write(), &grad.read(), &mut slots, param.elem_count());
+}
+
+/// Stochastic gradient descent with optional momentum, Nesterov momentum and
+/// (L2) weight decay: PyTorch's `torch.optim.SGD` with `dampening = 0`.
+pub struct Sgd {
+    params: Vec<Tensor>,
+    lr: f32,
+    momentum: f32,
+    nesterov: bool,
+    weight_decay: f32,
+    state: HashMap<u64, Vec<Tensor>>,
+}
+
+impl Sgd {
+    /// Plain SGD over `params` with learning rate `lr`.
+    pub fn new(params: Vec<Tensor>, lr: f32) -> Self {
+        Sgd { params, lr, momentum: 0.0, nesterov: false, weight_decay: 0.0, state: HashMap::new() }
+    }
+
+    /// Sets the momentum factor.
+    pub fn momentum(mut self, momentum: f32) -> Self {
+        self.momentum = momentum;
+        self
+    }
+
+    /// Uses Nesterov momentum (needs a non-zero momentum).
+    pub fn nesterov(mut self, on: bool) -> Self {
+        self.nesterov = on;
+        self
+    }
+
+    /// Adds `weight_decay · param` to every gradient.
+    pub fn weight_decay(mut self, weight_decay: f32) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &Gradients) {
+        assert!(!self.nesterov || self.momentum > 0.0, "Sgd: Nesterov momentum needs a momentum > 0");
+        let rule = UpdateRule::Sgd {
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            nesterov: self.nesterov,
+        };
+        let buffers = usize::from(self.momentum != 0.0);
+        no_grad(|| {
+            for p in &self.params {
+                if let Some(g) = grads.get(p) {
+                    update(p, g, self.state.entry(p.id()).or_default(), buffers, rule);
+                }
+            }
+        });
+    }
+
+    fn learning_rate(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}
+
+/// Adam (Kingma & Ba), and with decoupled weight decay AdamW (Loshchilov &
+/// Hutter): PyTorch's `torch.optim.Adam` / `AdamW` without amsgrad.
+pub struct Adam {
+    params: Vec<Tensor>,
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decoupled: bool,
+    steps: HashMap<u64, u32>,
+    state: HashMap<u64, Vec<Tensor>>,
+}
+
+impl Adam {
+    /// Adam with PyTorch's defaults (β = (0.9, 0.999), ε = 1e-8, no weight decay).
+    pub fn new(params: Vec<Tensor>, lr: f32) -> Self {
+        Adam {
+            params,
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decoupled: false,
+            steps: HashMap::new(),
+            state: HashMap::new(),
+        }
+    }
+
+    /// AdamW with PyTorch's defaults (weight decay 0.01, decoupled from the gradient).
+    pub fn adamw(params: Vec<Tensor>, lr: f32) -> Self {
+        Adam { weight_decay: 0.01, decoupled: true, ..Adam::new(params, lr) }
+    }
+
+    /// Sets the moment decay rates β1, β2.
+    pub fn betas(mut self, beta1: f32, beta2: f32) -> Self {
+        self.beta1 = beta1;
+        self.beta2 = beta2;
+        self
+    }
+
+    /// Sets ε, added to the denominator.
+    pub fn eps(mut self, eps: f32) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// Sets the weight decay: added to the gradient (Adam) or applied to the
+    /// parameter directly (AdamW).
+    pub fn weight_decay(mut self, weight_decay: f32) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, grads: &Gradients) {
+        no_grad(|| {
+            for p in &self.params {
+                let Some(g) = grads.get(p) else { continue };
+                let t = self.steps.entry(p.id()).or_insert(0);
+                *t += 1;
+                let rule = UpdateRule::Adam {
+                    lr: self.lr,
+                    beta1: self.beta1,
+                    beta2: self.beta2,
+                    eps: self.eps,
+                    weight_decay: self.weight_decay,
+                    decoupled: self.decoupled,
+                    bias1: 1.0 - self.beta1.powi(*t as i32),
+                    bias2: 1.0 - self.beta2.powi(*t as i32),
+                };
+                update(p, g, self.state.entry(p.id()).or_default(), 2, rule);
+            }
+        });
+    }
+
+    fn learning_rate(&self) -> f32 {
+        self.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f32) {
+        self.lr = lr;
+    }
+}
+
+/// Scales all gradients down so their global L2 norm is at most `max_norm`
+/// (as `torch.nn.utils.clip_grad_norm_`) and returns the norm they had, as a
+/// scalar tensor. Everything stays on the device: no host round trip.
+pub fn clip_grad_norm(grads: &mut Gradients, params: &[Tensor], max_norm: f32) -> Option<Tensor> {
+    no_grad(|| {
+        let present: Vec<&Tensor> = params.iter().filter(|p| grads.get(p).is_some()).collect();
+        let total = present.iter().map(|p| grads.get(p).expect("filtered").sqr().sum()).reduce(|a, b| a + b)?.sqrt();
+        // min(1, max_norm / (norm + 1e-6)), PyTorch's clip coefficient.
+        let coef = (max_norm / &total.add_scalar(1e-6)).minimum_scalar(1.0);
+        for p in present {
+            let clipped = grads.get(p).expect("filtered") * &coef;
+            grads.insert(p, clipped);
+        }
+        Some(total)
+    })
+}

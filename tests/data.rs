@@ -1,0 +1,87 @@
+//! The MNIST reader on the bundled files and on broken copies of them.
+
+use std::io::Write;
+use std::path::Path;
+use wgrad::Error;
+use wgrad::data::mnist;
+
+const FILES: [&str; 4] =
+    ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
+
+#[test]
+fn the_bundled_digits_load() {
+    let m = mnist::load("data/mnist").unwrap();
+    assert_eq!((m.train.len(), m.test.len()), (8004, 1996));
+    assert_eq!(m.train.item_shape(), &[28, 28]);
+    // Round-robin over the classes (see data/mnist/README.md).
+    assert_eq!(&m.train.labels()[..10], &[0., 1., 2., 3., 4., 5., 6., 7., 8., 9.]);
+}
+
+/// A copy of the bundled files, decompressed, for tampering with.
+fn raw_copy(dir: &Path) {
+    for name in FILES {
+        let gz = std::fs::read(format!("data/mnist/{name}.gz")).unwrap();
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
+        std::fs::write(dir.join(name), raw).unwrap();
+    }
+}
+
+fn load_err(dir: &Path) -> String {
+    let err = mnist::load(dir).unwrap_err();
+    assert!(matches!(err, Error::Format { .. } | Error::Io { .. }), "{err:?}");
+    err.to_string()
+}
+
+#[test]
+fn broken_files_are_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    raw_copy(dir.path());
+    assert_eq!(mnist::load(dir.path()).unwrap().train.len(), 8004, "raw files load too");
+    let path = |n: &str| dir.path().join(n);
+    let edit = |n: &str, f: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = std::fs::read(path(n)).unwrap();
+        f(&mut b);
+        std::fs::write(path(n), b).unwrap();
+    };
+
+    edit("t10k-labels-idx1-ubyte", &|b| b[8] = 12);
+    let msg = load_err(dir.path());
+    assert!(msg.contains("t10k-labels-idx1-ubyte") && msg.contains("label 12"), "{msg}");
+
+    raw_copy(dir.path());
+    edit("train-images-idx3-ubyte", &|b| b.truncate(b.len() - 100));
+    let msg = load_err(dir.path());
+    assert!(msg.contains("train-images-idx3-ubyte") && msg.contains("truncated"), "{msg}");
+
+    raw_copy(dir.path());
+    edit("train-labels-idx1-ubyte", &|b| b[3] = 2);
+    assert!(load_err(dir.path()).contains("train-labels-idx1-ubyte"));
+
+    raw_copy(dir.path());
+    edit("train-images-idx3-ubyte", &|b| b[0] = 0x42);
+    let msg = load_err(dir.path());
+    assert!(msg.contains("not an IDX file"), "{msg}");
+
+    raw_copy(dir.path());
+    // 8003 labels for 8004 images.
+    edit("train-labels-idx1-ubyte", &|b| {
+        b[4..8].copy_from_slice(&8003u32.to_be_bytes());
+        b.pop();
+    });
+    let msg = load_err(dir.path());
+    assert!(msg.contains("8003 labels for 8004 images"), "{msg}");
+
+    raw_copy(dir.path());
+    std::fs::remove_file(path("t10k-images-idx3-ubyte")).unwrap();
+    let msg = load_err(dir.path());
+    assert!(msg.contains("t10k-images-idx3-ubyte"), "{msg}");
+
+    raw_copy(dir.path());
+    // A gzip file cut short.
+    let gz = std::fs::read("data/mnist/train-images-idx3-ubyte.gz").unwrap();
+    let mut f = std::fs::File::create(path("train-images-idx3-ubyte.gz")).unwrap();
+    f.write_all(&gz[..gz.len() / 2]).unwrap();
+    let msg = load_err(dir.path());
+    assert!(msg.contains("train-images-idx3-ubyte.gz"), "{msg}");
+}

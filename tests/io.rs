@@ -1,0 +1,121 @@
+//! Saving and loading models: round trips in every dtype, PyTorch's
+//! state_dict layout, strict shape checks, malformed files, and saves that
+//! fail without harming the file already there.
+
+mod common;
+
+use wgrad::nn::{self, Module};
+use wgrad::{Device, Error, Tensor, io};
+
+fn tiny(dev: &Device) -> nn::Sequential {
+    nn::Sequential::new()
+        .add(nn::Flatten)
+        .add(nn::Linear::new(4, 3, dev))
+        .add(nn::ReLU)
+        .add(nn::Dropout::new(0.2))
+        .add(nn::Linear::new(3, 2, dev))
+}
+
+fn outputs(model: &mut nn::Sequential) -> Vec<f32> {
+    model.set_training(false);
+    let x = Tensor::from_vec(common::uniform(&[5, 4], -1.0, 1.0, 3), [5, 4], &Device::Cpu).unwrap();
+    model.forward(&x.to_device(&model.parameters()[0].device().clone()).unwrap()).to_vec().unwrap()
+}
+
+#[test]
+fn round_trip_in_each_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    wgrad::manual_seed(1);
+    let mut saved = tiny(&Device::Cpu);
+    let want = outputs(&mut saved);
+    for (dtype, tol) in [(io::Dtype::F32, 0.0), (io::Dtype::F16, 2e-3), (io::Dtype::BF16, 2e-2)] {
+        let path = dir.path().join(format!("{dtype:?}.safetensors"));
+        io::save(&saved, &path, dtype).unwrap();
+        wgrad::manual_seed(2);
+        let mut loaded = tiny(&Device::Cpu);
+        io::load(&loaded, &path).unwrap();
+        common::assert_close(&outputs(&mut loaded), &want, tol, tol, &format!("{dtype:?}"));
+    }
+}
+
+#[test]
+fn loads_a_pytorch_state_dict() {
+    // tests/fixtures/make_torch_fixture.py wrote this file and the expected output.
+    let mut model = tiny(&Device::Cpu);
+    io::load(&model, "tests/fixtures/torch_sequential.safetensors").unwrap();
+    model.set_training(false);
+    let x = Tensor::from_vec(vec![1.0, -2.0, 0.5, 3.0], [1, 4], &Device::Cpu).unwrap();
+    common::assert_close(&model.forward(&x).to_vec().unwrap(), &[-0.14, 0.78], 1e-6, 0.0, "torch fixture");
+}
+
+#[test]
+fn saved_files_use_state_dict_names_and_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    io::save(&tiny(&Device::Cpu), &path, io::Dtype::F32).unwrap();
+    let names: Vec<(String, Vec<usize>)> = io::read(&path).unwrap().into_iter().map(|(n, t)| (n, t.shape)).collect();
+    let want = [("1.bias", vec![3]), ("1.weight", vec![3, 4]), ("4.bias", vec![2]), ("4.weight", vec![2, 3])];
+    assert_eq!(names, want.map(|(n, s)| (n.to_string(), s)));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+    }
+}
+
+#[test]
+fn loading_into_the_wrong_model_names_the_tensor_and_both_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    io::save(&tiny(&Device::Cpu), &path, io::Dtype::F32).unwrap();
+    let wider = nn::Sequential::new().add(nn::Flatten).add(nn::Linear::new(4, 5, &Device::Cpu));
+    let before = wider.parameters()[0].to_vec().unwrap();
+    let err = io::load(&wider, &path).unwrap_err();
+    assert!(matches!(err, Error::Mismatch(_)));
+    let msg = err.to_string();
+    assert!(msg.contains("\"1.weight\"") && msg.contains("[3, 4]") && msg.contains("[5, 4]"), "{msg}");
+    assert_eq!(wider.parameters()[0].to_vec().unwrap(), before, "a failed load changes nothing");
+    let missing = nn::Sequential::new().add(nn::Linear::new(4, 3, &Device::Cpu));
+    assert!(io::load(&missing, &path).unwrap_err().to_string().contains("no tensor named \"0.weight\""));
+}
+
+#[test]
+fn malformed_files_are_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    io::save(&tiny(&Device::Cpu), &good, io::Dtype::F32).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("truncated", bytes[..bytes.len() - 3].to_vec()),
+        ("header length too large", [&u64::MAX.to_le_bytes()[..], &bytes[8..]].concat()),
+        ("garbage header", [&bytes[..8], &vec![b'x'; bytes.len() - 8][..]].concat()),
+        ("trailing bytes", [&bytes[..], &[0u8; 4][..]].concat()),
+    ];
+    for (what, data) in cases {
+        let path = dir.path().join(format!("{what}.safetensors"));
+        std::fs::write(&path, &data).unwrap();
+        let err = io::load(&tiny(&Device::Cpu), &path).unwrap_err();
+        assert!(matches!(err, Error::Format { .. }), "{what}: {err}");
+        assert!(err.to_string().contains(&format!("{what}.safetensors")), "{what}: {err}");
+    }
+    let err = io::load(&tiny(&Device::Cpu), dir.path().join("absent.safetensors")).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }) && err.to_string().contains("absent.safetensors"), "{err}");
+}
+
+#[test]
+fn a_failed_save_leaves_the_old_file_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let model = tiny(&Device::Cpu);
+    io::save(&model, &path, io::Dtype::F32).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    // Saving where the temporary file cannot be created fails before the
+    // old file is touched.
+    let err = io::save(&model, dir.path().join("no/such/dir/model.safetensors"), io::Dtype::F32).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    // No temporary file is left behind either.
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["model.safetensors"]);
+}

@@ -1,0 +1,131 @@
+//! Optimizers against their update rules worked by hand, and the fused GPU
+//! update kernels against the CPU over many steps.
+
+mod common;
+
+use common::{assert_close, gpu, uniform};
+use wgrad::optim::{Adam, Optimizer, Sgd, clip_grad_norm};
+use wgrad::{Device, Gradients, Tensor};
+
+/// One step of `opt` on `w` with loss Σ g·w, so the gradient is exactly `g`.
+fn step_with(opt: &mut dyn Optimizer, w: &Tensor, g: &[f32]) {
+    let g = Tensor::from_slice(g, w.shape().clone(), w.device()).unwrap();
+    let grads = (w * &g).sum().backward();
+    opt.step(&grads);
+}
+
+fn var(v: &[f32]) -> Tensor {
+    Tensor::from_slice(v, [v.len()], &Device::Cpu).unwrap().requires_grad()
+}
+
+#[test]
+fn sgd_plain_and_weight_decay() {
+    let w = var(&[1.0, -2.0]);
+    let mut opt = Sgd::new(vec![w.clone()], 0.1).weight_decay(0.5);
+    step_with(&mut opt, &w, &[1.0, 1.0]);
+    // w -= 0.1 · (g + 0.5·w): 1 - 0.1·1.5 = 0.85; -2 - 0.1·0 = -2.
+    assert_close(&w.to_vec().unwrap(), &[0.85, -2.0], 1e-6, 0.0, "sgd");
+}
+
+#[test]
+fn sgd_momentum_and_nesterov() {
+    // Two steps with g = 1: v1 = 1, v2 = 0.9 + 1 = 1.9.
+    let w = var(&[0.0]);
+    let mut opt = Sgd::new(vec![w.clone()], 0.1).momentum(0.9);
+    step_with(&mut opt, &w, &[1.0]);
+    step_with(&mut opt, &w, &[1.0]);
+    assert_close(&w.to_vec().unwrap(), &[-0.1 - 0.19], 1e-6, 0.0, "momentum");
+    // Nesterov steps by g + 0.9·v: 1.9, then 1 + 0.9·1.9 = 2.71.
+    let w = var(&[0.0]);
+    let mut opt = Sgd::new(vec![w.clone()], 0.1).momentum(0.9).nesterov(true);
+    step_with(&mut opt, &w, &[1.0]);
+    step_with(&mut opt, &w, &[1.0]);
+    assert_close(&w.to_vec().unwrap(), &[-0.19 - 0.271], 1e-6, 0.0, "nesterov");
+}
+
+#[test]
+fn adam_first_steps_move_by_the_learning_rate() {
+    // With bias correction, Adam's first step is lr·sign(g) (up to ε).
+    let w = var(&[1.0, 1.0]);
+    let mut opt = Adam::new(vec![w.clone()], 0.01);
+    step_with(&mut opt, &w, &[3.0, -0.5]);
+    assert_close(&w.to_vec().unwrap(), &[0.99, 1.01], 1e-6, 0.0, "adam step 1");
+    // Second step with g = 1 after g = 3: m̂ = (0.09+0.1)/0.19·… worked out:
+    // m = 0.9·0.3 + 0.1·1 = 0.37, v = 0.999·0.009 + 0.001·1 = 0.009991,
+    // m̂ = 0.37/0.19, v̂ = 0.009991/0.001999; step = 0.01·m̂/√v̂.
+    step_with(&mut opt, &w, &[1.0, 1.0]);
+    let (m_hat, v_hat) = (0.37f64 / 0.19, 0.009991f64 / 0.001999);
+    let want = 0.99 - 0.01 * m_hat / (v_hat.sqrt() + 1e-8);
+    assert_close(&w.to_vec().unwrap()[..1], &[want as f32], 1e-6, 0.0, "adam step 2");
+}
+
+#[test]
+fn adamw_decays_weights_directly() {
+    // A zero gradient leaves only the decoupled decay: w·(1 - lr·wd).
+    let w = var(&[2.0]);
+    let mut opt = Adam::adamw(vec![w.clone()], 0.1).weight_decay(0.5);
+    step_with(&mut opt, &w, &[0.0]);
+    assert_close(&w.to_vec().unwrap(), &[2.0 * (1.0 - 0.05)], 1e-6, 0.0, "adamw");
+}
+
+#[test]
+fn variables_without_gradients_are_left_alone() {
+    let (a, b) = (var(&[1.0]), var(&[1.0]));
+    let mut opt = Sgd::new(vec![a.clone(), b.clone()], 0.5);
+    step_with(&mut opt, &a, &[1.0]);
+    assert_eq!(b.to_vec().unwrap(), vec![1.0]);
+    assert_eq!(a.to_vec().unwrap(), vec![0.5]);
+}
+
+#[test]
+fn clipping_scales_to_the_global_norm() {
+    let (a, b) = (var(&[0.0, 0.0]), var(&[0.0]));
+    // Gradients (3, 0) and (4): global norm 5.
+    let g = (&a * &Tensor::from_vec(vec![3.0, 0.0], [2], &Device::Cpu).unwrap()).sum() + (&b * 4.0).sum();
+    let mut grads: Gradients = g.backward();
+    let norm = clip_grad_norm(&mut grads, &[a.clone(), b.clone()], 1.0).unwrap();
+    assert_close(&[norm.item().unwrap()], &[5.0], 1e-6, 0.0, "norm");
+    assert_close(&grads.get(&a).unwrap().to_vec().unwrap(), &[0.6, 0.0], 1e-5, 0.0, "clipped a");
+    assert_close(&grads.get(&b).unwrap().to_vec().unwrap(), &[0.8], 1e-5, 0.0, "clipped b");
+    // Below the limit nothing changes.
+    let small = (&a * 0.3).sum() + (&b * 0.4).sum();
+    let mut grads = small.backward();
+    clip_grad_norm(&mut grads, &[a.clone(), b.clone()], 1.0).unwrap();
+    assert_close(&grads.get(&a).unwrap().to_vec().unwrap(), &[0.3, 0.3], 1e-6, 0.0, "unclipped a");
+    // Variables without gradients contribute nothing and get none.
+    let c = var(&[1.0]);
+    let mut grads = small.detach().sum().backward();
+    assert!(clip_grad_norm(&mut grads, &[c], 1.0).is_none());
+}
+
+/// Runs 20 steps of an optimizer on a small quadratic problem on `dev`.
+fn trajectory(dev: &Device, make: &dyn Fn(Vec<Tensor>) -> Box<dyn Optimizer>) -> Vec<f32> {
+    let w = Tensor::from_vec(uniform(&[257], -1.0, 1.0, 1), [257], dev).unwrap().requires_grad();
+    let target = Tensor::from_vec(uniform(&[257], -1.0, 1.0, 2), [257], dev).unwrap();
+    let mut opt = make(vec![w.clone()]);
+    for _ in 0..20 {
+        let loss = (&w - &target).sqr().sum();
+        opt.step(&loss.backward());
+    }
+    w.to_vec().unwrap()
+}
+
+#[test]
+fn fused_gpu_updates_match_the_cpu() {
+    let Some(dev) = gpu() else { return };
+    type Make = Box<dyn Fn(Vec<Tensor>) -> Box<dyn Optimizer>>;
+    let optimizers: Vec<(&str, Make)> = vec![
+        ("sgd", Box::new(|p| Box::new(Sgd::new(p, 0.05).weight_decay(0.01)))),
+        ("momentum", Box::new(|p| Box::new(Sgd::new(p, 0.05).momentum(0.9)))),
+        ("nesterov", Box::new(|p| Box::new(Sgd::new(p, 0.05).momentum(0.9).nesterov(true)))),
+        ("adam", Box::new(|p| Box::new(Adam::new(p, 0.05).weight_decay(0.01)))),
+        ("adamw", Box::new(|p| Box::new(Adam::adamw(p, 0.05)))),
+    ];
+    for (name, make) in &optimizers {
+        let cpu = trajectory(&Device::Cpu, make.as_ref());
+        let gpu = trajectory(&dev, make.as_ref());
+        // Twenty steps of the same f32 formula; Adam's sqrt and division may
+        // round differently on the GPU by an ulp per step.
+        assert_close(&gpu, &cpu, 1e-5, 1e-4, name);
+    }
+}
