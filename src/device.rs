@@ -67,7 +67,7 @@ impl Device {
                 name: cpu_name(),
                 backend: "cpu".into(),
                 device_type: format!("{} threads", rayon::current_num_threads()),
-                driver: "wgrad CPU backend (matrixmultiply)".into(),
+                driver: "wgrad CPU backend (gemm)".into(),
             },
             Device::Gpu(g) => g.info(),
         }

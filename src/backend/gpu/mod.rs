@@ -114,6 +114,19 @@ struct Pipeline {
     layout: wgpu::BindGroupLayout,
 }
 
+/// A bind group's identity: its layout and the buffer at each slot.
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    layout: wgpu::BindGroupLayout,
+    buffers: Vec<(u32, wgpu::Buffer)>,
+}
+
+/// Bind groups kept for reuse. Pooled buffers recur from step to step, so
+/// a training loop soon finds every bind group it needs here instead of
+/// creating one per dispatch; the cap only guards against pathological
+/// patterns.
+const BIND_GROUP_CACHE: usize = 4096;
+
 /// The encoder and compute pass currently recording.
 #[derive(Default)]
 struct Batch {
@@ -193,6 +206,7 @@ pub(crate) struct Context {
     modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
     layouts: Mutex<HashMap<Vec<(u32, bool)>, Layout>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
     pool: Mutex<Pool>,
     batch: Mutex<Batch>,
     /// Why the device was lost, once it has been.
@@ -329,6 +343,7 @@ impl GpuDevice {
                 modules: Mutex::default(),
                 layouts: Mutex::default(),
                 pipelines: Mutex::default(),
+                bind_groups: Mutex::default(),
                 pool: Mutex::default(),
                 batch: Mutex::default(),
                 lost,
@@ -357,7 +372,7 @@ impl GpuDevice {
 
     /// Frees the buffers waiting in the pool (as `torch.cuda.empty_cache`).
     pub fn empty_cache(&self) {
-        lock(&self.ctx.pool).clear();
+        self.ctx.clear_pool();
     }
 
     /// Submits all recorded work and waits for the GPU to finish it.
@@ -416,13 +431,20 @@ impl Context {
             Ok(b) => GpuBuffer::new(b, class, self.clone()),
             Err(_) => {
                 // Give the pool's memory back to the driver and try once more.
-                lock(&self.pool).clear();
+                self.clear_pool();
                 match self.create_buffer(class) {
                     Ok(b) => GpuBuffer::new(b, class, self.clone()),
                     Err(e) => GpuBuffer::poisoned(e),
                 }
             }
         }
+    }
+
+    /// Destroys the pooled buffers, and the cached bind groups that may
+    /// refer to them.
+    fn clear_pool(&self) {
+        lock(&self.bind_groups).clear();
+        lock(&self.pool).clear();
     }
 
     fn create_buffer(&self, class: u64) -> Result<wgpu::Buffer> {
@@ -525,18 +547,7 @@ impl Context {
         let mut signature: Vec<(u32, bool)> = binds.iter().map(|b| (b.slot, b.write)).collect();
         signature.sort_unstable();
         let pipeline = self.pipeline(kernel, signature);
-        let entries: Vec<wgpu::BindGroupEntry> = binds
-            .iter()
-            .map(|b| wgpu::BindGroupEntry {
-                binding: b.slot,
-                resource: b.buffer.wgpu().expect("checked above").as_entire_binding(),
-            })
-            .collect();
-        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &pipeline.layout,
-            entries: &entries,
-        });
+        let bind_group = self.bind_group(&pipeline.layout, binds);
         let mut block = [0u32; (IMMEDIATE_BYTES / 4) as usize];
         block[..params.len()].copy_from_slice(params);
 
@@ -551,6 +562,31 @@ impl Context {
             self.submit(&mut batch);
         }
         Ok(())
+    }
+
+    /// The bind group of `binds` (whose buffers are not poisoned), from the
+    /// cache or newly made.
+    fn bind_group(&self, layout: &wgpu::BindGroupLayout, binds: &[Bind]) -> wgpu::BindGroup {
+        let key = BindKey {
+            layout: layout.clone(),
+            buffers: binds.iter().map(|b| (b.slot, b.buffer.wgpu().expect("not poisoned").clone())).collect(),
+        };
+        let mut cache = lock(&self.bind_groups);
+        if let Some(group) = cache.get(&key) {
+            return group.clone();
+        }
+        let entries: Vec<wgpu::BindGroupEntry> = key
+            .buffers
+            .iter()
+            .map(|(slot, buffer)| wgpu::BindGroupEntry { binding: *slot, resource: buffer.as_entire_binding() })
+            .collect();
+        let group =
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries });
+        if cache.len() >= BIND_GROUP_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, group.clone());
+        group
     }
 
     /// The compute pass being recorded, opened if there is none.

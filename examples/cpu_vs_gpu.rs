@@ -1,0 +1,389 @@
+//! CPU vs GPU on the workloads people train with: matrix products, a chain
+//! of small elementwise ops, softmax cross-entropy, one MLP training step at
+//! several batch sizes, and one epoch of the seed's MNIST model.
+//!
+//!     cargo run --release --example cpu_vs_gpu [-- --json results.json]
+//!
+//! Prints a table (steady-state medians; cold starts, which include
+//! compiling GPU pipelines, in a second table), the batch size from which
+//! the GPU wins the training step, and draws `cpu_vs_gpu.svg`. Every GPU
+//! timing ends with the device idle: the work is finished, not just queued.
+
+use clap::Parser;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use std::path::PathBuf;
+use std::time::Instant;
+use wgrad::data::{Dataset, mnist};
+use wgrad::nn::{self, Module};
+use wgrad::optim::{Adam, Optimizer};
+use wgrad::train::{FitConfig, fit};
+use wgrad::{Device, Result, Tensor, manual_seed};
+
+#[derive(Parser)]
+#[command(about = "Compare the CPU and GPU backends and draw the result")]
+struct Args {
+    /// Fewer sizes and repetitions (a smoke run, not for reporting)
+    #[arg(long)]
+    quick: bool,
+    /// Also write the records as JSON here
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where to draw the chart
+    #[arg(long, default_value = "cpu_vs_gpu.svg")]
+    svg: PathBuf,
+    /// MNIST directory for the epoch benchmark
+    #[arg(long, default_value = "data/mnist")]
+    data: PathBuf,
+}
+
+/// One measured workload on one device.
+#[derive(Clone, Debug)]
+struct Record {
+    workload: &'static str,
+    size: String,
+    device: &'static str,
+    /// Median of the steady-state runs.
+    seconds: f64,
+    /// The first run, pipeline compilation and first allocations included.
+    cold_seconds: f64,
+    flops: Option<f64>,
+}
+
+impl Record {
+    fn gflops(&self) -> Option<f64> {
+        self.flops.map(|f| f / self.seconds / 1e9)
+    }
+}
+
+/// Times `run` (which must leave the device idle): one cold run, one
+/// warm-up, then the median of `reps`.
+fn measure(reps: usize, mut run: impl FnMut() -> Result<()>) -> Result<(f64, f64)> {
+    let t = Instant::now();
+    run()?;
+    let cold = t.elapsed().as_secs_f64();
+    run()?;
+    let mut times = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        run()?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((cold, times[times.len() / 2]))
+}
+
+fn seed_model(dev: &Device, hidden: usize) -> nn::Sequential {
+    nn::Sequential::new()
+        .add(nn::Flatten)
+        .add(nn::Linear::new(784, hidden, dev))
+        .add(nn::ReLU)
+        .add(nn::Dropout::new(0.2))
+        .add(nn::Linear::new(hidden, 10, dev))
+}
+
+/// One timed repetition of a workload, prepared for a device.
+type Step = Box<dyn FnMut() -> Result<()>>;
+
+struct Bench<'a> {
+    devices: Vec<(&'static str, Device)>,
+    reps: usize,
+    records: Vec<Record>,
+    mnist: &'a Dataset,
+}
+
+impl Bench<'_> {
+    fn add(
+        &mut self,
+        workload: &'static str,
+        size: String,
+        flops: Option<f64>,
+        run: &dyn Fn(&Device) -> Result<Step>,
+    ) -> Result<()> {
+        for (name, dev) in self.devices.clone() {
+            let mut step = run(&dev)?;
+            let (cold, seconds) = measure(self.reps, &mut step)?;
+            self.records.push(Record {
+                workload,
+                size: size.clone(),
+                device: name,
+                seconds,
+                cold_seconds: cold,
+                flops,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let gpu = Device::gpu();
+    let mut devices = vec![("cpu", Device::Cpu)];
+    match &gpu {
+        Ok(g) => devices.push(("gpu", g.clone())),
+        Err(e) => eprintln!("no GPU, measuring the CPU only: {e}"),
+    }
+    let data = mnist::load(&args.data)?;
+    let mut bench = Bench { devices, reps: if args.quick { 2 } else { 7 }, records: Vec::new(), mnist: &data.train };
+
+    let sizes: &[usize] = if args.quick { &[128, 512] } else { &[128, 256, 512, 1024, 2048] };
+    for &n in sizes {
+        bench.add("matmul", n.to_string(), Some(2.0 * (n * n * n) as f64), &|dev| {
+            manual_seed(0);
+            let (a, b) = (Tensor::randn([n, n], dev), Tensor::randn([n, n], dev));
+            let dev = dev.clone();
+            Ok(Box::new(move || {
+                let _c = a.matmul(&b);
+                dev.synchronize()
+            }))
+        })?;
+    }
+
+    // The seed's first layer, forward and both backward products.
+    bench.add("mnist_layer", "32x784x128 fwd+bwd".into(), Some(3.0 * 2.0 * 32.0 * 784.0 * 128.0), &|dev| {
+        manual_seed(0);
+        let x = Tensor::randn([32, 784], dev).requires_grad();
+        let w = Tensor::randn([128, 784], dev).requires_grad();
+        let g = Tensor::randn([32, 128], dev);
+        let dev = dev.clone();
+        Ok(Box::new(move || {
+            let _grads = x.linear(&w, None).backward_with(g.clone());
+            dev.synchronize()
+        }))
+    })?;
+
+    // 1000 dependent small ops, read once at the end: the per-op overhead.
+    bench.add("elementwise_chain", "1000 ops x 1024".into(), None, &|dev| {
+        let x = Tensor::ones([1024], dev);
+        Ok(Box::new(move || {
+            let mut y = x.clone();
+            for _ in 0..1000 {
+                y = &y * 1.0001;
+            }
+            y.to_vec().map(drop)
+        }))
+    })?;
+
+    bench.add("softmax_xent", "1024x1000 fwd+bwd".into(), None, &|dev| {
+        manual_seed(0);
+        let logits = Tensor::randn([1024, 1000], dev).requires_grad();
+        let labels = Tensor::from_vec((0..1024).map(|i| (i % 1000) as f32).collect(), [1024], dev)?;
+        let dev = dev.clone();
+        Ok(Box::new(move || {
+            let _g = logits.cross_entropy(&labels).backward();
+            dev.synchronize()
+        }))
+    })?;
+
+    let batches: &[usize] = if args.quick { &[32, 256] } else { &[32, 64, 128, 256, 512, 1024] };
+    for &batch in batches {
+        let flops = 3.0 * 2.0 * batch as f64 * (784.0 * 128.0 + 128.0 * 10.0);
+        bench.add("train_step", format!("batch {batch}"), Some(flops), &|dev| {
+            manual_seed(0);
+            let model = seed_model(dev, 128);
+            let mut opt = Adam::new(model.parameters(), 1e-3);
+            let idx: Vec<usize> = (0..batch).collect();
+            let (x, y) = bench_data(dev, &idx);
+            let dev = dev.clone();
+            Ok(Box::new(move || {
+                let loss = model.forward(&x).cross_entropy(&y);
+                opt.step(&loss.backward());
+                dev.synchronize()
+            }))
+        })?;
+    }
+
+    let reps = bench.reps.min(3);
+    let mnist_data = bench.mnist.clone();
+    for (name, dev) in bench.devices.clone() {
+        manual_seed(0);
+        let mut model = seed_model(&dev, 128);
+        let mut opt = Adam::new(model.parameters(), 1e-3);
+        let config = FitConfig { epochs: 1, verbose: false, ..FitConfig::default() };
+        let (cold, seconds) = measure(reps, || fit(&mut model, &mut opt, &mnist_data, &config).map(drop))?;
+        bench.records.push(Record {
+            workload: "mnist_epoch",
+            size: format!("{} digits, batch 32", mnist_data.len()),
+            device: name,
+            seconds,
+            cold_seconds: cold,
+            flops: None,
+        });
+    }
+
+    report(&bench.records, gpu.as_ref().ok());
+    if let Some(path) = &args.json {
+        std::fs::write(path, json(&bench.records))
+            .map_err(|e| wgrad::Error::Mismatch(format!("{}: {e}", path.display())))?;
+        println!("\nwrote {}", path.display());
+    }
+    chart(&bench.records, &args.svg, gpu.as_ref().ok())?;
+    println!("drew {}", args.svg.display());
+    Ok(())
+}
+
+/// The first `idx` MNIST training digits as one batch.
+fn bench_data(dev: &Device, idx: &[usize]) -> (Tensor, Tensor) {
+    thread_local! {
+        static DATA: Dataset = mnist::load("data/mnist").expect("MNIST").train;
+    }
+    DATA.with(|d| {
+        let idx: Vec<usize> = idx.iter().map(|i| i % d.len()).collect();
+        d.gather(&idx, dev)
+    })
+}
+
+fn human(seconds: f64) -> String {
+    match seconds {
+        s if s < 1e-3 => format!("{:.1} µs", s * 1e6),
+        s if s < 1.0 => format!("{:.2} ms", s * 1e3),
+        s => format!("{s:.2} s"),
+    }
+}
+
+fn pairs(records: &[Record]) -> Vec<(&Record, Option<&Record>)> {
+    records
+        .iter()
+        .filter(|r| r.device == "cpu")
+        .map(|c| (c, records.iter().find(|g| g.device == "gpu" && g.workload == c.workload && g.size == c.size)))
+        .collect()
+}
+
+fn report(records: &[Record], gpu: Option<&Device>) {
+    println!("CPU: {}", Device::Cpu.info());
+    match gpu {
+        Some(g) => println!("GPU: {}", g.info()),
+        None => println!("GPU: none"),
+    }
+    println!("\n| workload | size | CPU | GPU | GPU speed-up | CPU GFLOP/s | GPU GFLOP/s |");
+    println!("|---|---|---|---|---|---|---|");
+    let gf = |r: Option<&Record>| r.and_then(Record::gflops).map_or("–".into(), |g| format!("{g:.1}"));
+    for (c, g) in pairs(records) {
+        let per_op = c.workload == "elementwise_chain";
+        let t = |r: &Record| if per_op { format!("{} /op", human(r.seconds / 1000.0)) } else { human(r.seconds) };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            c.workload,
+            c.size,
+            t(c),
+            g.map_or("–".into(), t),
+            g.map_or("–".into(), |g| format!("{:.2}×", c.seconds / g.seconds)),
+            gf(Some(c)),
+            gf(g),
+        );
+    }
+    println!("\nCold start (first run: pipeline compilation, first allocations):\n");
+    println!("| workload | size | CPU first run | GPU first run |");
+    println!("|---|---|---|---|");
+    for (c, g) in pairs(records) {
+        println!(
+            "| {} | {} | {} | {} |",
+            c.workload,
+            c.size,
+            human(c.cold_seconds),
+            g.map_or("–".into(), |g| human(g.cold_seconds))
+        );
+    }
+    let crossover = pairs(records)
+        .into_iter()
+        .filter(|(c, _)| c.workload == "train_step")
+        .find(|(c, g)| g.is_some_and(|g| g.seconds < c.seconds))
+        .map(|(c, _)| c.size.clone());
+    match (gpu, crossover) {
+        (None, _) => {}
+        (Some(_), Some(size)) => println!("\nThe GPU wins the training step from {size} on."),
+        (Some(_), None) => println!("\nThe GPU wins the training step at none of the batch sizes measured."),
+    }
+}
+
+fn json(records: &[Record]) -> String {
+    let items: Vec<String> = records
+        .iter()
+        .map(|r| {
+            format!(
+                "  {{\"workload\": \"{}\", \"size\": \"{}\", \"device\": \"{}\", \"seconds\": {:e}, \"cold_seconds\": {:e}, \"gflops\": {}}}",
+                r.workload,
+                r.size,
+                r.device,
+                r.seconds,
+                r.cold_seconds,
+                r.gflops().map_or("null".into(), |g| format!("{g:.3}"))
+            )
+        })
+        .collect();
+    format!("[\n{}\n]\n", items.join(",\n"))
+}
+
+/// A horizontal bar per workload: how many times faster the GPU is than
+/// the CPU (log scale; bars left of 1× mean the CPU is faster).
+fn chart(records: &[Record], path: &PathBuf, gpu: Option<&Device>) -> Result<()> {
+    let rows: Vec<(String, f64)> = pairs(records)
+        .into_iter()
+        .filter_map(|(c, g)| g.map(|g| (format!("{} {}", c.workload, c.size), c.seconds / g.seconds)))
+        .collect();
+    let fail = |e: &dyn std::fmt::Display| wgrad::Error::Mismatch(format!("{}: {e}", path.display()));
+    let height = 120 + 34 * rows.len().max(1) as u32;
+    let root = SVGBackend::new(path, (960, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| fail(&e))?;
+    let title = match gpu {
+        Some(g) => format!("GPU ({}) vs CPU: speed-up", g.info().name),
+        None => "no GPU measured".into(),
+    };
+    let (lo, hi) = rows.iter().fold((0.5f64, 2.0f64), |(lo, hi), &(_, s)| (lo.min(s / 2.0), hi.max(s * 2.0)));
+    let n = rows.len();
+    // Row i is drawn at the top when i = 0.
+    let y_of = |i: usize| (n - 1 - i) as f64;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(290)
+        .build_cartesian_2d((lo..hi).log_scale(), 0f64..n.max(1) as f64)
+        .map_err(|e| fail(&e))?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc("GPU speed-up over the CPU (×, log scale; left of 1× the CPU is faster)")
+        .y_labels(2 * n + 1)
+        .y_label_formatter(&|v| {
+            let k = v - 0.5;
+            if (k - k.round()).abs() < 1e-6 && k >= 0.0 && (k.round() as usize) < n {
+                rows[n - 1 - k.round() as usize].0.clone()
+            } else {
+                String::new()
+            }
+        })
+        .draw()
+        .map_err(|e| fail(&e))?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, &(_, s))| {
+            let color = if s >= 1.0 { RGBColor(46, 125, 50) } else { RGBColor(198, 40, 40) };
+            let (a, b) = if s >= 1.0 { (1.0, s) } else { (s, 1.0) };
+            Rectangle::new([(a, y_of(i) + 0.15), (b, y_of(i) + 0.85)], color.mix(0.8).filled())
+        }))
+        .map_err(|e| fail(&e))?;
+    chart
+        .draw_series(rows.iter().enumerate().map(|(i, &(_, s))| {
+            let x = if s >= 1.0 { s * 1.05 } else { s / 1.05 };
+            let anchor = if s >= 1.0 { HPos::Left } else { HPos::Right };
+            let style = ("sans-serif", 13).into_font().color(&BLACK).pos(Pos::new(anchor, VPos::Center));
+            let label = if s < 0.1 { format!("{s:.3}×") } else { format!("{s:.2}×") };
+            Text::new(label, (x, y_of(i) + 0.5), style)
+        }))
+        .map_err(|e| fail(&e))?;
+    chart
+        .draw_series(std::iter::once(PathElement::new(vec![(1.0, 0.0), (1.0, n as f64)], BLACK.stroke_width(2))))
+        .map_err(|e| fail(&e))?;
+    root.present().map_err(|e| fail(&e))?;
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
