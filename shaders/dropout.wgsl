@@ -1,12 +1,12 @@
 // Inverted dropout: out[i] = keep(i) ? x[i] · scale : 0, where keep(i) is a
 // pure function of the call's key and i. mix32 and the key schedule are the
 // CPU's (src/rng.rs) bit for bit, so one seed drops the same elements on
-// both devices.
+// both devices. Four elements per invocation (buffers are padded to vec4s).
 
 override WG: u32 = 256u;
 
 struct Params {
-    n: u32,
+    n4: u32,
     threshold: u32,
     key0: u32,
     key1: u32,
@@ -14,8 +14,8 @@ struct Params {
 }
 var<immediate> params: Params;
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> out: array<vec4<f32>>;
 
 // Chris Wellons' lowbias32.
 fn mix32(v: u32) -> u32 {
@@ -28,13 +28,20 @@ fn mix32(v: u32) -> u32 {
     return h;
 }
 
+// Whether element e survives.
+fn keeps(e: u32) -> bool {
+    return mix32(mix32(e ^ params.key0) ^ params.key1) >= params.threshold;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = (wid.x + wid.y * nwg.x) * WG + lid;
-    if i >= params.n {
+    if i >= params.n4 {
         return;
     }
-    let bits = mix32(mix32(i ^ params.key0) ^ params.key1);
-    out[i] = select(0.0, x[i] * params.scale, bits >= params.threshold);
+    let v = x[i] * params.scale;
+    let e = 4u * i;
+    let keep = vec4<bool>(keeps(e), keeps(e + 1u), keeps(e + 2u), keeps(e + 3u));
+    out[i] = select(vec4<f32>(0.0), v, keep);
 }

@@ -1,20 +1,20 @@
-// out[i] = value, for zeros/ones/full.
+// out[i] = value, for zeros/ones/full, a vec4 per invocation.
 
 override WG: u32 = 256u;
 
 struct Params {
-    n: u32,
+    n4: u32,
     value: f32,
 }
 var<immediate> params: Params;
 
-@group(0) @binding(0) var<storage, read_write> out: array<f32>;
+@group(0) @binding(0) var<storage, read_write> out: array<vec4<f32>>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = (wid.x + wid.y * nwg.x) * WG + lid;
-    if i < params.n {
-        out[i] = params.value;
+    if i < params.n4 {
+        out[i] = vec4<f32>(params.value);
     }
 }

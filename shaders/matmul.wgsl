@@ -12,17 +12,23 @@
 // the part workgroup memory plays in the classic tiled kernel, without its
 // barriers (which software rasterisers such as lavapipe pay dearly for).
 //
-// Workgroups whose tile lies inside C take a fast path without bounds checks,
-// reading vec4s through a second binding of A and B when the layout allows
-// (ALIGNED_A/ALIGNED_B); edge tiles and the K tail check every index, so any
-// M, N, K works. WG (a multiple of the subgroup size), the transpose flags and
-// the alignment flags are override constants (src/backend/gpu/matmul.rs).
+// Edges need no second code path: loads clamp their row and column to the
+// matrix (the extra rows and columns compute garbage that is never stored)
+// and zero what lies past K, so one unrolled body serves every tile and any
+// M, N, K. Where the layout allows (ALIGNED_A/ALIGNED_B: the contiguous axis
+// and the batch stride are multiples of 4) fragments are read as vec4s
+// through a second binding of A and B. WG (a multiple of the subgroup size),
+// the transpose, alignment and K_TAIL flags are override constants
+// (src/backend/gpu/matmul.rs): branches on them cost nothing at run time,
+// unlike branches on values, which a SIMD-on-CPU driver runs both sides of.
 
 override WG: u32 = 64u;
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override ALIGNED_A: bool = false;
 override ALIGNED_B: bool = false;
+// Whether K is not a multiple of 4, so the last step reaches past K.
+override K_TAIL: bool = true;
 
 struct Params {
     m: u32,
@@ -50,80 +56,90 @@ fn at_b(base: u32, k: u32, col: u32) -> u32 {
     return select(base + k * params.n + col, base + col * params.k + k, TRANS_B);
 }
 
-fn checked_a(base: u32, row: u32, k: u32) -> f32 {
-    let inside = row < params.m && k < params.k;
-    return select(0.0, a[select(0u, at_a(base, row, k), inside)], inside);
+// k, clamped into the matrix when the last step can reach past K.
+fn clamp_k(k: u32) -> u32 {
+    return select(k, min(k, params.k - 1u), K_TAIL);
 }
 
-fn checked_b(base: u32, k: u32, col: u32) -> f32 {
-    let inside = col < params.n && k < params.k;
-    return select(0.0, b[select(0u, at_b(base, k, col), inside)], inside);
+// v, or 0 where k is past K.
+fn zero_past_k1(v: f32, k: u32) -> f32 {
+    return select(v, select(0.0, v, k < params.k), K_TAIL);
 }
 
-// A(row, k..k+4).
-fn checked_a4(base: u32, row: u32, k: u32) -> vec4<f32> {
-    return vec4<f32>(checked_a(base, row, k), checked_a(base, row, k + 1u),
-                     checked_a(base, row, k + 2u), checked_a(base, row, k + 3u));
+fn zero_past_k(v: vec4<f32>, k: u32) -> vec4<f32> {
+    if !K_TAIL {
+        return v;
+    }
+    return select(vec4<f32>(0.0), v, vec4<u32>(k, k + 1u, k + 2u, k + 3u) < vec4<u32>(params.k));
 }
 
-// B(k, col..col+4).
-fn checked_b4(base: u32, k: u32, col: u32) -> vec4<f32> {
-    return vec4<f32>(checked_b(base, k, col), checked_b(base, k, col + 1u),
-                     checked_b(base, k, col + 2u), checked_b(base, k, col + 3u));
+// A(row, k) for a row clamped into the matrix; 0 past K.
+fn load_a(base: u32, row: u32, k: u32) -> f32 {
+    return zero_past_k1(a[at_a(base, min(row, params.m - 1u), clamp_k(k))], k);
 }
 
-// A's fragment of one owner lane: rows row..row+2, each as A(row, k..k+4).
-fn checked_a_fragment(base: u32, row: u32, k: u32) -> array<vec4<f32>, 2> {
-    return array<vec4<f32>, 2>(checked_a4(base, row + 0u, k), checked_a4(base, row + 1u, k));
+// B(k, col) for a column clamped into the matrix; 0 past K.
+fn load_b(base: u32, k: u32, col: u32) -> f32 {
+    return zero_past_k1(b[at_b(base, clamp_k(k), min(col, params.n - 1u))], k);
 }
 
-// B's fragment of 4 columns: [q] = B(k+q, col..col+4).
-fn checked_b_fragment(base: u32, k: u32, col: u32) -> array<vec4<f32>, 4> {
-    return array<vec4<f32>, 4>(checked_b4(base, k, col), checked_b4(base, k + 1u, col),
-                               checked_b4(base, k + 2u, col), checked_b4(base, k + 3u, col));
-}
-
-// As checked_a_fragment, for tiles inside A: no bounds checks, and vec4 (or,
-// transposed, paired) loads where the layout is aligned.
-fn fast_a_fragment(base: u32, row: u32, k: u32) -> array<vec4<f32>, 2> {
+// One owner lane's A fragment: [i] = A(row + i, k..k+4).
+fn a_fragment(base: u32, row: u32, k: u32) -> array<vec4<f32>, 2> {
     if ALIGNED_A && !TRANS_A {
-        return array<vec4<f32>, 2>(a4[at_a(base, row + 0u, k) / 4u], a4[at_a(base, row + 1u, k) / 4u]);
+        // K is a multiple of 4: no K tail.
+        return array<vec4<f32>, 2>(a4[at_a(base, min(row, params.m - 1u), k) / 4u],
+                                   a4[at_a(base, min(row + 1u, params.m - 1u), k) / 4u]);
     }
     if ALIGNED_A && TRANS_A {
-        // A is stored k-major: rows row, row+1 of one k sit in one vec4
-        // (row is even and M, the base are multiples of 4).
-        let half = row % 4u == 2u;
-        let p0 = a4[at_a(base, row, k) / 4u];
-        let p1 = a4[at_a(base, row, k + 1u) / 4u];
-        let p2 = a4[at_a(base, row, k + 2u) / 4u];
-        let p3 = a4[at_a(base, row, k + 3u) / 4u];
+        // A is stored k-major and M is a multiple of 4: rows row and row+1
+        // (row even) of one k sit in one vec4.
+        let r = min(row, params.m - 2u);
+        let half = r % 4u == 2u;
+        let p0 = a4[at_a(base, r, clamp_k(k)) / 4u];
+        let p1 = a4[at_a(base, r, clamp_k(k + 1u)) / 4u];
+        let p2 = a4[at_a(base, r, clamp_k(k + 2u)) / 4u];
+        let p3 = a4[at_a(base, r, clamp_k(k + 3u)) / 4u];
         let q0 = select(p0.xy, p0.zw, half);
         let q1 = select(p1.xy, p1.zw, half);
         let q2 = select(p2.xy, p2.zw, half);
         let q3 = select(p3.xy, p3.zw, half);
-        return array<vec4<f32>, 2>(vec4<f32>(q0.x, q1.x, q2.x, q3.x), vec4<f32>(q0.y, q1.y, q2.y, q3.y));
+        return array<vec4<f32>, 2>(zero_past_k(vec4<f32>(q0.x, q1.x, q2.x, q3.x), k),
+                                   zero_past_k(vec4<f32>(q0.y, q1.y, q2.y, q3.y), k));
     }
-    return array<vec4<f32>, 2>(vec4<f32>(a[at_a(base, row + 0u, k)], a[at_a(base, row + 0u, k + 1u)], a[at_a(base, row + 0u, k + 2u)], a[at_a(base, row + 0u, k + 3u)]), vec4<f32>(a[at_a(base, row + 1u, k)], a[at_a(base, row + 1u, k + 1u)], a[at_a(base, row + 1u, k + 2u)], a[at_a(base, row + 1u, k + 3u)]));
+    return array<vec4<f32>, 2>(
+        vec4<f32>(load_a(base, row, k), load_a(base, row, k + 1u), load_a(base, row, k + 2u), load_a(base, row, k + 3u)),
+        vec4<f32>(load_a(base, row + 1u, k), load_a(base, row + 1u, k + 1u),
+                  load_a(base, row + 1u, k + 2u), load_a(base, row + 1u, k + 3u)));
 }
 
-fn fast_b_fragment(base: u32, k: u32, col: u32) -> array<vec4<f32>, 4> {
+// The B fragment of 4 columns: [q] = B(k+q, col..col+4).
+fn b_fragment(base: u32, k: u32, col: u32) -> array<vec4<f32>, 4> {
     if ALIGNED_B && !TRANS_B {
-        return array<vec4<f32>, 4>(b4[at_b(base, k, col) / 4u], b4[at_b(base, k + 1u, col) / 4u],
-                                   b4[at_b(base, k + 2u, col) / 4u], b4[at_b(base, k + 3u, col) / 4u]);
+        // N is a multiple of 4, so col..col+4 lies wholly inside or outside;
+        // K is not necessarily, so clamp k.
+        let cc = min(col, params.n - 4u);
+        var out: array<vec4<f32>, 4>;
+        for (var q = 0u; q < 4u; q++) {
+            let row = b4[at_b(base, clamp_k(k + q), cc) / 4u];
+            out[q] = select(row, select(vec4<f32>(0.0), row, k + q < params.k), K_TAIL);
+        }
+        return out;
     }
     if ALIGNED_B && TRANS_B {
-        // B is stored column-major: load 4 k-values per column, then transpose.
-        let c0 = b4[at_b(base, k, col) / 4u];
-        let c1 = b4[at_b(base, k, col + 1u) / 4u];
-        let c2 = b4[at_b(base, k, col + 2u) / 4u];
-        let c3 = b4[at_b(base, k, col + 3u) / 4u];
+        // B is stored column-major and K is a multiple of 4: load 4 k-values
+        // per column, then transpose.
+        let last = params.n - 1u;
+        let c0 = b4[at_b(base, k, min(col, last)) / 4u];
+        let c1 = b4[at_b(base, k, min(col + 1u, last)) / 4u];
+        let c2 = b4[at_b(base, k, min(col + 2u, last)) / 4u];
+        let c3 = b4[at_b(base, k, min(col + 3u, last)) / 4u];
         return array<vec4<f32>, 4>(vec4<f32>(c0.x, c1.x, c2.x, c3.x), vec4<f32>(c0.y, c1.y, c2.y, c3.y),
                                    vec4<f32>(c0.z, c1.z, c2.z, c3.z), vec4<f32>(c0.w, c1.w, c2.w, c3.w));
     }
     var out: array<vec4<f32>, 4>;
     for (var q = 0u; q < 4u; q++) {
-        out[q] = vec4<f32>(b[at_b(base, k + q, col)], b[at_b(base, k + q, col + 1u)],
-                           b[at_b(base, k + q, col + 2u)], b[at_b(base, k + q, col + 3u)]);
+        out[q] = vec4<f32>(load_b(base, k + q, col), load_b(base, k + q, col + 1u),
+                           load_b(base, k + q, col + 2u), load_b(base, k + q, col + 3u));
     }
     return out;
 }
@@ -148,8 +164,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let col0 = (wid.x * WG + li) * 8u;
     // Lanes past the owners load rows too (duplicates), so control flow stays uniform.
     let arow = row0 + (lane % 8u) * 2u;
-    let interior = row0 + 16u <= params.m && (wid.x + 1u) * WG * 8u <= params.n;
-    let k_fast = select(0u, params.k & ~3u, interior);
     var acc0_0 = vec4<f32>(0.0); var acc0_1 = vec4<f32>(0.0);
     var acc1_0 = vec4<f32>(0.0); var acc1_1 = vec4<f32>(0.0);
     var acc2_0 = vec4<f32>(0.0); var acc2_1 = vec4<f32>(0.0);
@@ -166,223 +180,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc13_0 = vec4<f32>(0.0); var acc13_1 = vec4<f32>(0.0);
     var acc14_0 = vec4<f32>(0.0); var acc14_1 = vec4<f32>(0.0);
     var acc15_0 = vec4<f32>(0.0); var acc15_1 = vec4<f32>(0.0);
-    for (var k0 = 0u; k0 < k_fast; k0 += 4u) {
-        let ar = fast_a_fragment(a_base, arow, k0);
+    for (var k0 = 0u; k0 < params.k; k0 += 4u) {
+        let ar = a_fragment(a_base, arow, k0);
         let ar0 = ar[0];
         let ar1 = ar[1];
-        let bf0 = fast_b_fragment(b_base, k0, col0 + 0u);
+        let bf0 = b_fragment(b_base, k0, col0 + 0u);
         let b0_0 = bf0[0];
         let b1_0 = bf0[1];
         let b2_0 = bf0[2];
         let b3_0 = bf0[3];
-        let bf1 = fast_b_fragment(b_base, k0, col0 + 4u);
-        let b0_1 = bf1[0];
-        let b1_1 = bf1[1];
-        let b2_1 = bf1[2];
-        let b3_1 = bf1[3];
-        let s0_0 = vec4<f32>(subgroupBroadcast(ar0.x, 0u));
-        acc0_0 = fma(s0_0, b0_0, acc0_0);
-        acc0_1 = fma(s0_0, b0_1, acc0_1);
-        let s0_1 = vec4<f32>(subgroupBroadcast(ar1.x, 0u));
-        acc1_0 = fma(s0_1, b0_0, acc1_0);
-        acc1_1 = fma(s0_1, b0_1, acc1_1);
-        let s0_2 = vec4<f32>(subgroupBroadcast(ar0.x, 1u));
-        acc2_0 = fma(s0_2, b0_0, acc2_0);
-        acc2_1 = fma(s0_2, b0_1, acc2_1);
-        let s0_3 = vec4<f32>(subgroupBroadcast(ar1.x, 1u));
-        acc3_0 = fma(s0_3, b0_0, acc3_0);
-        acc3_1 = fma(s0_3, b0_1, acc3_1);
-        let s0_4 = vec4<f32>(subgroupBroadcast(ar0.x, 2u));
-        acc4_0 = fma(s0_4, b0_0, acc4_0);
-        acc4_1 = fma(s0_4, b0_1, acc4_1);
-        let s0_5 = vec4<f32>(subgroupBroadcast(ar1.x, 2u));
-        acc5_0 = fma(s0_5, b0_0, acc5_0);
-        acc5_1 = fma(s0_5, b0_1, acc5_1);
-        let s0_6 = vec4<f32>(subgroupBroadcast(ar0.x, 3u));
-        acc6_0 = fma(s0_6, b0_0, acc6_0);
-        acc6_1 = fma(s0_6, b0_1, acc6_1);
-        let s0_7 = vec4<f32>(subgroupBroadcast(ar1.x, 3u));
-        acc7_0 = fma(s0_7, b0_0, acc7_0);
-        acc7_1 = fma(s0_7, b0_1, acc7_1);
-        let s0_8 = vec4<f32>(subgroupBroadcast(ar0.x, 4u));
-        acc8_0 = fma(s0_8, b0_0, acc8_0);
-        acc8_1 = fma(s0_8, b0_1, acc8_1);
-        let s0_9 = vec4<f32>(subgroupBroadcast(ar1.x, 4u));
-        acc9_0 = fma(s0_9, b0_0, acc9_0);
-        acc9_1 = fma(s0_9, b0_1, acc9_1);
-        let s0_10 = vec4<f32>(subgroupBroadcast(ar0.x, 5u));
-        acc10_0 = fma(s0_10, b0_0, acc10_0);
-        acc10_1 = fma(s0_10, b0_1, acc10_1);
-        let s0_11 = vec4<f32>(subgroupBroadcast(ar1.x, 5u));
-        acc11_0 = fma(s0_11, b0_0, acc11_0);
-        acc11_1 = fma(s0_11, b0_1, acc11_1);
-        let s0_12 = vec4<f32>(subgroupBroadcast(ar0.x, 6u));
-        acc12_0 = fma(s0_12, b0_0, acc12_0);
-        acc12_1 = fma(s0_12, b0_1, acc12_1);
-        let s0_13 = vec4<f32>(subgroupBroadcast(ar1.x, 6u));
-        acc13_0 = fma(s0_13, b0_0, acc13_0);
-        acc13_1 = fma(s0_13, b0_1, acc13_1);
-        let s0_14 = vec4<f32>(subgroupBroadcast(ar0.x, 7u));
-        acc14_0 = fma(s0_14, b0_0, acc14_0);
-        acc14_1 = fma(s0_14, b0_1, acc14_1);
-        let s0_15 = vec4<f32>(subgroupBroadcast(ar1.x, 7u));
-        acc15_0 = fma(s0_15, b0_0, acc15_0);
-        acc15_1 = fma(s0_15, b0_1, acc15_1);
-        let s1_0 = vec4<f32>(subgroupBroadcast(ar0.y, 0u));
-        acc0_0 = fma(s1_0, b1_0, acc0_0);
-        acc0_1 = fma(s1_0, b1_1, acc0_1);
-        let s1_1 = vec4<f32>(subgroupBroadcast(ar1.y, 0u));
-        acc1_0 = fma(s1_1, b1_0, acc1_0);
-        acc1_1 = fma(s1_1, b1_1, acc1_1);
-        let s1_2 = vec4<f32>(subgroupBroadcast(ar0.y, 1u));
-        acc2_0 = fma(s1_2, b1_0, acc2_0);
-        acc2_1 = fma(s1_2, b1_1, acc2_1);
-        let s1_3 = vec4<f32>(subgroupBroadcast(ar1.y, 1u));
-        acc3_0 = fma(s1_3, b1_0, acc3_0);
-        acc3_1 = fma(s1_3, b1_1, acc3_1);
-        let s1_4 = vec4<f32>(subgroupBroadcast(ar0.y, 2u));
-        acc4_0 = fma(s1_4, b1_0, acc4_0);
-        acc4_1 = fma(s1_4, b1_1, acc4_1);
-        let s1_5 = vec4<f32>(subgroupBroadcast(ar1.y, 2u));
-        acc5_0 = fma(s1_5, b1_0, acc5_0);
-        acc5_1 = fma(s1_5, b1_1, acc5_1);
-        let s1_6 = vec4<f32>(subgroupBroadcast(ar0.y, 3u));
-        acc6_0 = fma(s1_6, b1_0, acc6_0);
-        acc6_1 = fma(s1_6, b1_1, acc6_1);
-        let s1_7 = vec4<f32>(subgroupBroadcast(ar1.y, 3u));
-        acc7_0 = fma(s1_7, b1_0, acc7_0);
-        acc7_1 = fma(s1_7, b1_1, acc7_1);
-        let s1_8 = vec4<f32>(subgroupBroadcast(ar0.y, 4u));
-        acc8_0 = fma(s1_8, b1_0, acc8_0);
-        acc8_1 = fma(s1_8, b1_1, acc8_1);
-        let s1_9 = vec4<f32>(subgroupBroadcast(ar1.y, 4u));
-        acc9_0 = fma(s1_9, b1_0, acc9_0);
-        acc9_1 = fma(s1_9, b1_1, acc9_1);
-        let s1_10 = vec4<f32>(subgroupBroadcast(ar0.y, 5u));
-        acc10_0 = fma(s1_10, b1_0, acc10_0);
-        acc10_1 = fma(s1_10, b1_1, acc10_1);
-        let s1_11 = vec4<f32>(subgroupBroadcast(ar1.y, 5u));
-        acc11_0 = fma(s1_11, b1_0, acc11_0);
-        acc11_1 = fma(s1_11, b1_1, acc11_1);
-        let s1_12 = vec4<f32>(subgroupBroadcast(ar0.y, 6u));
-        acc12_0 = fma(s1_12, b1_0, acc12_0);
-        acc12_1 = fma(s1_12, b1_1, acc12_1);
-        let s1_13 = vec4<f32>(subgroupBroadcast(ar1.y, 6u));
-        acc13_0 = fma(s1_13, b1_0, acc13_0);
-        acc13_1 = fma(s1_13, b1_1, acc13_1);
-        let s1_14 = vec4<f32>(subgroupBroadcast(ar0.y, 7u));
-        acc14_0 = fma(s1_14, b1_0, acc14_0);
-        acc14_1 = fma(s1_14, b1_1, acc14_1);
-        let s1_15 = vec4<f32>(subgroupBroadcast(ar1.y, 7u));
-        acc15_0 = fma(s1_15, b1_0, acc15_0);
-        acc15_1 = fma(s1_15, b1_1, acc15_1);
-        let s2_0 = vec4<f32>(subgroupBroadcast(ar0.z, 0u));
-        acc0_0 = fma(s2_0, b2_0, acc0_0);
-        acc0_1 = fma(s2_0, b2_1, acc0_1);
-        let s2_1 = vec4<f32>(subgroupBroadcast(ar1.z, 0u));
-        acc1_0 = fma(s2_1, b2_0, acc1_0);
-        acc1_1 = fma(s2_1, b2_1, acc1_1);
-        let s2_2 = vec4<f32>(subgroupBroadcast(ar0.z, 1u));
-        acc2_0 = fma(s2_2, b2_0, acc2_0);
-        acc2_1 = fma(s2_2, b2_1, acc2_1);
-        let s2_3 = vec4<f32>(subgroupBroadcast(ar1.z, 1u));
-        acc3_0 = fma(s2_3, b2_0, acc3_0);
-        acc3_1 = fma(s2_3, b2_1, acc3_1);
-        let s2_4 = vec4<f32>(subgroupBroadcast(ar0.z, 2u));
-        acc4_0 = fma(s2_4, b2_0, acc4_0);
-        acc4_1 = fma(s2_4, b2_1, acc4_1);
-        let s2_5 = vec4<f32>(subgroupBroadcast(ar1.z, 2u));
-        acc5_0 = fma(s2_5, b2_0, acc5_0);
-        acc5_1 = fma(s2_5, b2_1, acc5_1);
-        let s2_6 = vec4<f32>(subgroupBroadcast(ar0.z, 3u));
-        acc6_0 = fma(s2_6, b2_0, acc6_0);
-        acc6_1 = fma(s2_6, b2_1, acc6_1);
-        let s2_7 = vec4<f32>(subgroupBroadcast(ar1.z, 3u));
-        acc7_0 = fma(s2_7, b2_0, acc7_0);
-        acc7_1 = fma(s2_7, b2_1, acc7_1);
-        let s2_8 = vec4<f32>(subgroupBroadcast(ar0.z, 4u));
-        acc8_0 = fma(s2_8, b2_0, acc8_0);
-        acc8_1 = fma(s2_8, b2_1, acc8_1);
-        let s2_9 = vec4<f32>(subgroupBroadcast(ar1.z, 4u));
-        acc9_0 = fma(s2_9, b2_0, acc9_0);
-        acc9_1 = fma(s2_9, b2_1, acc9_1);
-        let s2_10 = vec4<f32>(subgroupBroadcast(ar0.z, 5u));
-        acc10_0 = fma(s2_10, b2_0, acc10_0);
-        acc10_1 = fma(s2_10, b2_1, acc10_1);
-        let s2_11 = vec4<f32>(subgroupBroadcast(ar1.z, 5u));
-        acc11_0 = fma(s2_11, b2_0, acc11_0);
-        acc11_1 = fma(s2_11, b2_1, acc11_1);
-        let s2_12 = vec4<f32>(subgroupBroadcast(ar0.z, 6u));
-        acc12_0 = fma(s2_12, b2_0, acc12_0);
-        acc12_1 = fma(s2_12, b2_1, acc12_1);
-        let s2_13 = vec4<f32>(subgroupBroadcast(ar1.z, 6u));
-        acc13_0 = fma(s2_13, b2_0, acc13_0);
-        acc13_1 = fma(s2_13, b2_1, acc13_1);
-        let s2_14 = vec4<f32>(subgroupBroadcast(ar0.z, 7u));
-        acc14_0 = fma(s2_14, b2_0, acc14_0);
-        acc14_1 = fma(s2_14, b2_1, acc14_1);
-        let s2_15 = vec4<f32>(subgroupBroadcast(ar1.z, 7u));
-        acc15_0 = fma(s2_15, b2_0, acc15_0);
-        acc15_1 = fma(s2_15, b2_1, acc15_1);
-        let s3_0 = vec4<f32>(subgroupBroadcast(ar0.w, 0u));
-        acc0_0 = fma(s3_0, b3_0, acc0_0);
-        acc0_1 = fma(s3_0, b3_1, acc0_1);
-        let s3_1 = vec4<f32>(subgroupBroadcast(ar1.w, 0u));
-        acc1_0 = fma(s3_1, b3_0, acc1_0);
-        acc1_1 = fma(s3_1, b3_1, acc1_1);
-        let s3_2 = vec4<f32>(subgroupBroadcast(ar0.w, 1u));
-        acc2_0 = fma(s3_2, b3_0, acc2_0);
-        acc2_1 = fma(s3_2, b3_1, acc2_1);
-        let s3_3 = vec4<f32>(subgroupBroadcast(ar1.w, 1u));
-        acc3_0 = fma(s3_3, b3_0, acc3_0);
-        acc3_1 = fma(s3_3, b3_1, acc3_1);
-        let s3_4 = vec4<f32>(subgroupBroadcast(ar0.w, 2u));
-        acc4_0 = fma(s3_4, b3_0, acc4_0);
-        acc4_1 = fma(s3_4, b3_1, acc4_1);
-        let s3_5 = vec4<f32>(subgroupBroadcast(ar1.w, 2u));
-        acc5_0 = fma(s3_5, b3_0, acc5_0);
-        acc5_1 = fma(s3_5, b3_1, acc5_1);
-        let s3_6 = vec4<f32>(subgroupBroadcast(ar0.w, 3u));
-        acc6_0 = fma(s3_6, b3_0, acc6_0);
-        acc6_1 = fma(s3_6, b3_1, acc6_1);
-        let s3_7 = vec4<f32>(subgroupBroadcast(ar1.w, 3u));
-        acc7_0 = fma(s3_7, b3_0, acc7_0);
-        acc7_1 = fma(s3_7, b3_1, acc7_1);
-        let s3_8 = vec4<f32>(subgroupBroadcast(ar0.w, 4u));
-        acc8_0 = fma(s3_8, b3_0, acc8_0);
-        acc8_1 = fma(s3_8, b3_1, acc8_1);
-        let s3_9 = vec4<f32>(subgroupBroadcast(ar1.w, 4u));
-        acc9_0 = fma(s3_9, b3_0, acc9_0);
-        acc9_1 = fma(s3_9, b3_1, acc9_1);
-        let s3_10 = vec4<f32>(subgroupBroadcast(ar0.w, 5u));
-        acc10_0 = fma(s3_10, b3_0, acc10_0);
-        acc10_1 = fma(s3_10, b3_1, acc10_1);
-        let s3_11 = vec4<f32>(subgroupBroadcast(ar1.w, 5u));
-        acc11_0 = fma(s3_11, b3_0, acc11_0);
-        acc11_1 = fma(s3_11, b3_1, acc11_1);
-        let s3_12 = vec4<f32>(subgroupBroadcast(ar0.w, 6u));
-        acc12_0 = fma(s3_12, b3_0, acc12_0);
-        acc12_1 = fma(s3_12, b3_1, acc12_1);
-        let s3_13 = vec4<f32>(subgroupBroadcast(ar1.w, 6u));
-        acc13_0 = fma(s3_13, b3_0, acc13_0);
-        acc13_1 = fma(s3_13, b3_1, acc13_1);
-        let s3_14 = vec4<f32>(subgroupBroadcast(ar0.w, 7u));
-        acc14_0 = fma(s3_14, b3_0, acc14_0);
-        acc14_1 = fma(s3_14, b3_1, acc14_1);
-        let s3_15 = vec4<f32>(subgroupBroadcast(ar1.w, 7u));
-        acc15_0 = fma(s3_15, b3_0, acc15_0);
-        acc15_1 = fma(s3_15, b3_1, acc15_1);
-    }
-    for (var k0 = k_fast; k0 < params.k; k0 += 4u) {
-        let ar = checked_a_fragment(a_base, arow, k0);
-        let ar0 = ar[0];
-        let ar1 = ar[1];
-        let bf0 = checked_b_fragment(b_base, k0, col0 + 0u);
-        let b0_0 = bf0[0];
-        let b1_0 = bf0[1];
-        let b2_0 = bf0[2];
-        let b3_0 = bf0[3];
-        let bf1 = checked_b_fragment(b_base, k0, col0 + 4u);
+        let bf1 = b_fragment(b_base, k0, col0 + 4u);
         let b0_1 = bf1[0];
         let b1_1 = bf1[1];
         let b2_1 = bf1[2];

@@ -5,7 +5,8 @@
 override WG: u32 = 256u;
 
 struct Params {
-    n: u32,
+    // Number of vec4s (buffers are padded to vec4s).
+    n4: u32,
     lr: f32,
     weight_decay: f32,
     // SGD
@@ -21,10 +22,10 @@ struct Params {
 }
 var<immediate> params: Params;
 
-@group(0) @binding(0) var<storage, read> grad: array<f32>;
-@group(0) @binding(1) var<storage, read_write> param: array<f32>;
-@group(0) @binding(2) var<storage, read_write> state0: array<f32>;
-@group(0) @binding(3) var<storage, read_write> state1: array<f32>;
+@group(0) @binding(0) var<storage, read> grad: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> state0: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> state1: array<vec4<f32>>;
 
 fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid;
@@ -34,7 +35,7 @@ fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
        @builtin(local_invocation_index) lid: u32) {
     let i = linear_id(wid, nwg, lid);
-    if i >= params.n {
+    if i >= params.n4 {
         return;
     }
     let p = param[i];
@@ -45,7 +46,7 @@ fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 fn sgd_momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
     let i = linear_id(wid, nwg, lid);
-    if i >= params.n {
+    if i >= params.n4 {
         return;
     }
     let p = param[i];
@@ -59,7 +60,7 @@ fn sgd_momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = linear_id(wid, nwg, lid);
-    if i >= params.n {
+    if i >= params.n4 {
         return;
     }
     var p = param[i];
@@ -73,5 +74,5 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let v = params.beta2 * state1[i] + (1.0 - params.beta2) * g * g;
     state0[i] = m;
     state1[i] = v;
-    param[i] = p - (params.lr / params.bias1) * m / (sqrt(v) / sqrt(params.bias2) + params.eps);
+    param[i] = p - (params.lr / params.bias1) * m / (sqrt(v) / sqrt(params.bias2) + vec4<f32>(params.eps));
 }

@@ -1,4 +1,5 @@
-// Elementwise functions of one input: y[i] = f(x[i]).
+// Elementwise functions of one input: y[i] = f(x[i]), four elements per
+// invocation (buffers are padded to whole vec4s; see buffer.rs).
 // OP selects f; the codes are UnaryOp::code() in src/backend/mod.rs.
 // The math mirrors the CPU reference in src/backend/cpu.rs.
 
@@ -6,14 +7,15 @@ override OP: u32 = 0u;
 override WG: u32 = 256u;
 
 struct Params {
-    n: u32,
+    // Number of vec4s.
+    n4: u32,
     p0: f32,
     p1: f32,
 }
 var<immediate> params: Params;
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(0) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> y: array<vec4<f32>>;
 
 // Abramowitz & Stegun 7.1.26, as cpu::erf.
 fn erf(v: f32) -> f32 {
@@ -90,7 +92,8 @@ fn apply(v: f32) -> f32 {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = (wid.x + wid.y * nwg.x) * WG + lid;
-    if i < params.n {
-        y[i] = apply(x[i]);
+    if i < params.n4 {
+        let v = x[i];
+        y[i] = vec4<f32>(apply(v.x), apply(v.y), apply(v.z), apply(v.w));
     }
 }

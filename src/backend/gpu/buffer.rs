@@ -63,10 +63,11 @@ impl Pool {
 }
 
 /// The size class of a request of `bytes`: the smallest `m · 2^e ≥ bytes`
-/// with `8 ≤ m < 16` (and at least 16 bytes, since wgpu cannot bind an empty
-/// buffer).
+/// with `8 ≤ m < 16`, after rounding up to whole 16-byte vec4s (elementwise
+/// kernels read and write whole vec4s; an empty buffer cannot be bound).
+/// Classes are multiples of 16: below 128 bytes the step divides 16.
 pub(crate) fn size_class(bytes: u64) -> u64 {
-    let bytes = bytes.max(16);
+    let bytes = bytes.max(1).div_ceil(16) * 16;
     let e = (63 - bytes.leading_zeros()).saturating_sub(3);
     let step = 1u64 << e;
     bytes.div_ceil(step) * step
@@ -117,15 +118,15 @@ mod tests {
     fn size_classes_waste_at_most_an_eighth() {
         assert_eq!(size_class(0), 16);
         assert_eq!(size_class(16), 16);
-        assert_eq!(size_class(17), 18);
+        assert_eq!(size_class(20), 32);
         assert_eq!(size_class(4000), 4096);
         assert_eq!(size_class(4097), 4608);
         for bytes in (4u64..400_000).step_by(4 * 97) {
             let c = size_class(bytes);
-            let wanted = bytes.max(16);
+            let wanted = bytes.div_ceil(16) * 16;
             assert!(c >= wanted && (c - wanted) * 8 <= wanted, "{bytes} -> {c}");
-            // f32 requests give classes that stay multiples of 4, as copies need.
-            assert_eq!(c % 4, 0, "{bytes} -> {c}");
+            // Whole vec4s, as the elementwise kernels read and write.
+            assert_eq!(c % 16, 0, "{bytes} -> {c}");
         }
     }
 }

@@ -11,18 +11,27 @@ use std::sync::Arc;
 /// holds this many dims and strides per view).
 pub(crate) const MAX_RANK: usize = 8;
 
+/// Vec4s covering `n` f32s: the elementwise kernels work four at a time,
+/// computing harmlessly on the padding of the last one (buffers are padded
+/// to whole vec4s, see buffer.rs).
+pub(crate) fn vec4s(n: usize) -> usize {
+    n.div_ceil(4)
+}
+
 pub(crate) fn fill(ctx: &Arc<Context>, n: usize, value: f32) -> GpuBuffer {
     let wg = ctx.tuning.elementwise_wg;
     let kernel = Kernel { shader: Shader::Fill, entry: "main", constants: &[("WG", wg as f64)] };
-    launch(ctx, Output { op: "full", n, slot: 0 }, &kernel, &[], &[n as u32, value.to_bits()], ctx.groups_1d(n, wg))
+    let params = [vec4s(n) as u32, value.to_bits()];
+    launch(ctx, Output { op: "full", n, slot: 0 }, &kernel, &[], &params, ctx.groups_1d(vec4s(n), wg))
 }
 
 pub(crate) fn unary(ctx: &Arc<Context>, op: UnaryOp, x: &GpuBuffer, n: usize) -> GpuBuffer {
     let wg = ctx.tuning.elementwise_wg;
     let (code, p0, p1) = op.code();
     let kernel = Kernel { shader: Shader::Unary, entry: "main", constants: &[("OP", code as f64), ("WG", wg as f64)] };
-    let params = [n as u32, p0.to_bits(), p1.to_bits()];
-    launch(ctx, Output { op: "unary op", n, slot: 1 }, &kernel, &[Bind::read(0, x)], &params, ctx.groups_1d(n, wg))
+    let params = [vec4s(n) as u32, p0.to_bits(), p1.to_bits()];
+    let groups = ctx.groups_1d(vec4s(n), wg);
+    launch(ctx, Output { op: "unary op", n, slot: 1 }, &kernel, &[Bind::read(0, x)], &params, groups)
 }
 
 /// Pads a list of dims or strides to the kernel's fixed array length.
@@ -46,15 +55,22 @@ pub(crate) fn binary(
     b: (&GpuBuffer, &Strided),
 ) -> GpuBuffer {
     let n: usize = a.1.dims.iter().product();
+    let wg = ctx.tuning.elementwise_wg;
+    let constants = [("OP", op as u32 as f64), ("WG", wg as f64)];
+    if a.1.is_contiguous() && b.1.is_contiguous() {
+        let kernel = Kernel { shader: Shader::Binary, entry: "contiguous", constants: &constants };
+        let params = [vec4s(n) as u32];
+        let groups = ctx.groups_1d(vec4s(n), wg);
+        let inputs = [Bind::read(3, a.0), Bind::read(4, b.0)];
+        return launch(ctx, Output { op: "binary op", n, slot: 5 }, &kernel, &inputs, &params, groups);
+    }
     let mut strides = vec![a.1.strides.clone(), b.1.strides.clone()];
     let dims = coalesce(&a.1.dims, &mut strides);
     let mut params = vec![n as u32, dims.len() as u32, a.1.offset as u32, b.1.offset as u32];
     params.extend(padded(&dims, "binary op"));
     params.extend(padded(&strides[0], "binary op"));
     params.extend(padded(&strides[1], "binary op"));
-    let wg = ctx.tuning.elementwise_wg;
-    let kernel =
-        Kernel { shader: Shader::Binary, entry: "main", constants: &[("OP", op as u32 as f64), ("WG", wg as f64)] };
+    let kernel = Kernel { shader: Shader::Binary, entry: "main", constants: &constants };
     launch(
         ctx,
         Output { op: "binary op", n, slot: 2 },
@@ -69,6 +85,7 @@ pub(crate) fn dropout(ctx: &Arc<Context>, x: &GpuBuffer, n: usize, p: f32, key: 
     let wg = ctx.tuning.elementwise_wg;
     let kernel = Kernel { shader: Shader::Dropout, entry: "main", constants: &[("WG", wg as f64)] };
     let scale = 1.0 / (1.0 - p);
-    let params = [n as u32, rng::dropout_threshold(p), key[0], key[1], scale.to_bits()];
-    launch(ctx, Output { op: "dropout", n, slot: 1 }, &kernel, &[Bind::read(0, x)], &params, ctx.groups_1d(n, wg))
+    let params = [vec4s(n) as u32, rng::dropout_threshold(p), key[0], key[1], scale.to_bits()];
+    let groups = ctx.groups_1d(vec4s(n), wg);
+    launch(ctx, Output { op: "dropout", n, slot: 1 }, &kernel, &[Bind::read(0, x)], &params, groups)
 }

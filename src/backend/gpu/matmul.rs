@@ -36,6 +36,7 @@ pub(crate) fn matmul(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, s: Matmul
                         ("TRANS_B", flag(s.trans_b)),
                         ("ALIGNED_A", flag(aligned_a)),
                         ("ALIGNED_B", flag(aligned_b)),
+                        ("K_TAIL", flag(s.k % 4 != 0)),
                     ],
                     vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, &out), Bind::read(3, a), Bind::read(4, b)],
                     (s.n as u32).div_ceil(wg * SUBGROUP_TILE_COLS),

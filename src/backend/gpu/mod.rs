@@ -423,7 +423,7 @@ impl Context {
             return GpuBuffer::poisoned(Error::TooLarge { op, bytes, limit });
         }
         // Round up to the class, unless that would cross the limit.
-        let class = size_class(bytes).min(limit.max(16) & !3);
+        let class = size_class(bytes).min(limit.max(16) & !15);
         if let Some(buffer) = lock(&self.pool).take(class) {
             return GpuBuffer::new(buffer, class, self.clone());
         }

@@ -1,6 +1,7 @@
 //! Fused optimizer updates: one dispatch per parameter, in place, so a
 //! training step never reads parameters back to the host.
 
+use super::elementwise::vec4s;
 use super::{Bind, Context, GpuBuffer, Kernel, Shader};
 use crate::backend::UpdateRule;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ pub(crate) fn update(
         UpdateRule::Adam { lr, beta1, beta2, eps, weight_decay, decoupled, bias1, bias2 } => (
             "adam",
             [
-                n as u32,
+                vec4s(n) as u32,
                 lr.to_bits(),
                 weight_decay.to_bits(),
                 0,
@@ -44,7 +45,7 @@ pub(crate) fn update(
     let result = {
         let mut binds = vec![Bind::read(0, grad), Bind::write(1, param)];
         binds.extend(state.iter().enumerate().map(|(i, s)| Bind::write(2 + i as u32, s)));
-        ctx.dispatch(&kernel, &binds, &params, ctx.groups_1d(n, wg))
+        ctx.dispatch(&kernel, &binds, &params, ctx.groups_1d(vec4s(n), wg))
     };
     if let Err(e) = result {
         *param = GpuBuffer::poisoned(e.clone());
