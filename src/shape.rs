@@ -149,14 +149,14 @@ impl From<usize> for Shape {
 /// An axis argument: a `usize`, or a negative `i32`/`isize` counting from the
 /// end as in PyTorch (`-1` is the last axis).
 pub trait Dim: Copy {
-    /// Resolves the axis against a rank, panicking with the op's name when it
-    /// is out of range.
-    fn index(self, rank: usize, op: &str) -> usize;
+    /// Resolves the axis against a tensor's shape, panicking with the op's
+    /// name and the shape when it is out of range.
+    fn index(self, shape: &Shape, op: &str) -> usize;
 }
 
 impl Dim for usize {
-    fn index(self, rank: usize, op: &str) -> usize {
-        assert!(self < rank, "{op}: axis {self} out of range for a tensor of rank {rank}");
+    fn index(self, shape: &Shape, op: &str) -> usize {
+        assert!(self < shape.rank(), "{op}: axis {self} out of range for shape {shape}");
         self
     }
 }
@@ -164,14 +164,11 @@ impl Dim for usize {
 macro_rules! signed_dim {
     ($($t:ty),*) => {$(
         impl Dim for $t {
-            fn index(self, rank: usize, op: &str) -> usize {
-                let r = rank as i64;
+            fn index(self, shape: &Shape, op: &str) -> usize {
+                let r = shape.rank() as i64;
                 let i = self as i64;
                 let resolved = if i < 0 { i + r } else { i };
-                assert!(
-                    (0..r).contains(&resolved),
-                    "{op}: axis {self} out of range for a tensor of rank {rank}"
-                );
+                assert!((0..r).contains(&resolved), "{op}: axis {self} out of range for shape {shape}");
                 resolved as usize
             }
         }
@@ -271,15 +268,16 @@ mod tests {
 
     #[test]
     fn negative_axes_count_from_the_end() {
-        assert_eq!((-1i32).index(3, "t"), 2);
-        assert_eq!((-3i32).index(3, "t"), 0);
-        assert_eq!(1usize.index(3, "t"), 1);
+        let s = Shape::from([2, 3, 4]);
+        assert_eq!((-1i32).index(&s, "t"), 2);
+        assert_eq!((-3i32).index(&s, "t"), 0);
+        assert_eq!(1usize.index(&s, "t"), 1);
     }
 
     #[test]
-    #[should_panic(expected = "sum: axis 3 out of range for a tensor of rank 3")]
+    #[should_panic(expected = "sum: axis 3 out of range for shape [2, 3, 4]")]
     fn axis_out_of_range_names_the_op() {
-        3usize.index(3, "sum");
+        3usize.index(&Shape::from([2, 3, 4]), "sum");
     }
 
     #[test]

@@ -274,10 +274,10 @@ impl Tensor {
 
     /// The value of a one-element tensor.
     pub fn item(&self) -> Result<f32> {
-        assert_eq!(
-            self.elem_count(),
-            1,
-            "item: tensor of shape {} has {} elements, not 1",
+        assert!(
+            self.elem_count() == 1,
+            "item: tensor of shape {} has {} elements,
+            not 1",
             self.shape(),
             self.elem_count()
         );
@@ -339,9 +339,8 @@ impl Tensor {
     /// assert_eq!(w.to_vec().unwrap(), vec![0.7, 0.7]);
     /// ```
     pub fn assign(&self, src: &Tensor) {
-        assert_eq!(
-            self.shape(),
-            src.shape(),
+        assert!(
+            self.shape() == src.shape(),
             "assign: source shape {} does not match destination shape {}",
             src.shape(),
             self.shape()

@@ -314,7 +314,10 @@ fn the_workgroup_tiled_matmul_matches_too() {
     if gpu().is_none() {
         return;
     }
-    let dev = Device::Gpu(wgrad::GpuDevice::with_options(wgrad::GpuOptions { subgroups: false }).unwrap());
+    let dev = Device::Gpu(
+        wgrad::GpuDevice::with_options(wgrad::GpuOptions { subgroups: false, ..wgrad::GpuOptions::from_env() })
+            .unwrap(),
+    );
     let cases: &[(&[usize], &[usize])] =
         &[(&[1, 1], &[1, 1]), (&[129, 65], &[65, 257]), (&[3, 17, 65], &[3, 65, 5]), (&[17, 3], &[3, 63])];
     for (i, &(sa, sb)) in cases.iter().enumerate() {

@@ -136,9 +136,8 @@ impl Gradients {
 
     /// Sets the gradient of `variable` (e.g. after clipping).
     pub fn insert(&mut self, variable: &Tensor, grad: Tensor) {
-        assert_eq!(
-            variable.shape(),
-            grad.shape(),
+        assert!(
+            variable.shape() == grad.shape(),
             "Gradients::insert: gradient shape {} does not match variable shape {}",
             grad.shape(),
             variable.shape()
@@ -191,9 +190,8 @@ impl Tensor {
     /// As [`backward`](Self::backward), with an explicit seed gradient of this
     /// tensor's shape (a vector-Jacobian product).
     pub fn backward_with(&self, seed: Tensor) -> Gradients {
-        assert_eq!(
-            seed.shape(),
-            self.shape(),
+        assert!(
+            seed.shape() == self.shape(),
             "backward_with: seed shape {} does not match tensor shape {}",
             seed.shape(),
             self.shape()
@@ -227,9 +225,8 @@ impl Tensor {
                     if !need {
                         continue;
                     }
-                    assert_eq!(
-                        ig.shape(),
-                        input.shape(),
+                    assert!(
+                        ig.shape() == input.shape(),
                         "backward of {op}: gradient shape {} does not match input shape {} (a bug in wgrad)",
                         ig.shape(),
                         input.shape()

@@ -17,9 +17,8 @@ const BCE_GRAD_EPS: f32 = 1e-12;
 impl Tensor {
     /// Mean squared error against `target` (same shape).
     pub fn mse_loss(&self, target: &Tensor) -> Tensor {
-        assert_eq!(
-            self.shape(),
-            target.shape(),
+        assert!(
+            self.shape() == target.shape(),
             "mse_loss: prediction shape {} does not match target shape {}",
             self.shape(),
             target.shape()
@@ -31,9 +30,8 @@ impl Tensor {
     /// `[0, 1]` (same shape): `-mean(t·log p + (1-t)·log(1-p))`, with the logs
     /// clamped at -100 as PyTorch does, so `p` of exactly 0 or 1 stays finite.
     pub fn binary_cross_entropy(&self, target: &Tensor) -> Tensor {
-        assert_eq!(
-            self.shape(),
-            target.shape(),
+        assert!(
+            self.shape() == target.shape(),
             "binary_cross_entropy: prediction shape {} does not match target shape {}",
             self.shape(),
             target.shape()

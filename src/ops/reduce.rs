@@ -21,7 +21,7 @@ impl Tensor {
 
     /// Sum along `axis`; with `keepdim` the axis stays with length 1.
     pub fn sum_dim(&self, axis: impl Dim, keepdim: bool) -> Tensor {
-        let axis = axis.index(self.rank(), "sum_dim");
+        let axis = axis.index(self.shape(), "sum_dim");
         let input_shape = self.shape().clone();
         self.reduce_raw(ReduceOp::Sum, axis, keepdim).record("sum_dim", &[self], move |c| {
             let kept = c.grad.reshape(input_shape.with_dim(axis, 1));
@@ -36,7 +36,7 @@ impl Tensor {
 
     /// Mean along `axis`.
     pub fn mean_dim(&self, axis: impl Dim, keepdim: bool) -> Tensor {
-        let axis = axis.index(self.rank(), "mean_dim");
+        let axis = axis.index(self.shape(), "mean_dim");
         let len = self.dims()[axis];
         self.sum_dim(axis, keepdim).mul_scalar(1.0 / len as f32)
     }
@@ -49,7 +49,7 @@ impl Tensor {
     /// Maximum along `axis`. The gradient goes to the first maximal element
     /// (the arg-max) only.
     pub fn max_dim(&self, axis: impl Dim, keepdim: bool) -> Tensor {
-        let axis = axis.index(self.rank(), "max_dim");
+        let axis = axis.index(self.shape(), "max_dim");
         assert!(self.dims()[axis] > 0, "max_dim: axis {axis} of shape {} is empty", self.shape());
         self.reduce_raw(ReduceOp::Max, axis, keepdim).record("max_dim", &[self], move |c| {
             let x = &c.inputs[0];
@@ -67,7 +67,7 @@ impl Tensor {
     /// Index of the first maximum along `axis`, as f32 values (not
     /// differentiable).
     pub fn argmax(&self, axis: impl Dim, keepdim: bool) -> Tensor {
-        let axis = axis.index(self.rank(), "argmax");
+        let axis = axis.index(self.shape(), "argmax");
         assert!(self.dims()[axis] > 0, "argmax: axis {axis} of shape {} is empty", self.shape());
         self.reduce_raw(ReduceOp::ArgMax, axis, keepdim)
     }

@@ -30,9 +30,8 @@ impl Tensor {
     /// The same elements with another shape of the same size (no copy).
     pub fn reshape(&self, shape: impl Into<Shape>) -> Tensor {
         let shape = shape.into();
-        assert_eq!(
-            shape.elem_count(),
-            self.elem_count(),
+        assert!(
+            shape.elem_count() == self.elem_count(),
             "reshape: cannot reshape {} ({} elements) into {shape} ({} elements)",
             self.shape(),
             self.elem_count(),
@@ -47,7 +46,7 @@ impl Tensor {
 
     /// Merges axes `start..=end` into one.
     pub fn flatten(&self, start: impl Dim, end: impl Dim) -> Tensor {
-        let (s, e) = (start.index(self.rank(), "flatten"), end.index(self.rank(), "flatten"));
+        let (s, e) = (start.index(self.shape(), "flatten"), end.index(self.shape(), "flatten"));
         assert!(s <= e, "flatten: start axis {s} after end axis {e} for shape {}", self.shape());
         let d = self.dims();
         let mut dims = d[..s].to_vec();
@@ -66,8 +65,8 @@ impl Tensor {
 
     /// Removes `axis`, which must have length 1.
     pub fn squeeze(&self, axis: impl Dim) -> Tensor {
-        let axis = axis.index(self.rank(), "squeeze");
-        assert_eq!(self.dims()[axis], 1, "squeeze: axis {axis} of shape {} is not 1", self.shape());
+        let axis = axis.index(self.shape(), "squeeze");
+        assert!(self.dims()[axis] == 1, "squeeze: axis {axis} of shape {} is not 1", self.shape());
         self.reshape(self.shape().without_dim(axis))
     }
 
@@ -95,7 +94,7 @@ impl Tensor {
 
     /// Swaps two axes.
     pub fn transpose(&self, a: impl Dim, b: impl Dim) -> Tensor {
-        let (a, b) = (a.index(self.rank(), "transpose"), b.index(self.rank(), "transpose"));
+        let (a, b) = (a.index(self.shape(), "transpose"), b.index(self.shape(), "transpose"));
         let mut order: Vec<usize> = (0..self.rank()).collect();
         order.swap(a, b);
         self.permute(&order)
@@ -125,7 +124,7 @@ impl Tensor {
 
     /// The view of `axis` from `start` for `len` elements, i.e. `x[.., start..start+len, ..]`.
     pub fn narrow(&self, axis: impl Dim, start: usize, len: usize) -> Tensor {
-        let axis = axis.index(self.rank(), "narrow");
+        let axis = axis.index(self.shape(), "narrow");
         let size = self.dims()[axis];
         assert!(
             start.checked_add(len).is_some_and(|end| end <= size),
@@ -149,7 +148,7 @@ impl Tensor {
     pub fn cat(tensors: &[&Tensor], axis: impl Dim) -> Tensor {
         assert!(!tensors.is_empty(), "cat: no tensors given");
         let first = tensors[0];
-        let axis = axis.index(first.rank(), "cat");
+        let axis = axis.index(first.shape(), "cat");
         for t in tensors {
             same_device("cat", first, t);
             assert!(
@@ -183,8 +182,13 @@ impl Tensor {
     /// Picks entries of `axis` by index: `out[.., j, ..] = self[.., indices[j], ..]`.
     /// `indices` is a 1-D tensor of integer values.
     pub fn index_select(&self, axis: impl Dim, indices: &Tensor) -> Tensor {
-        let axis = axis.index(self.rank(), "index_select");
-        assert_eq!(indices.rank(), 1, "index_select: indices must be 1-D, got shape {}", indices.shape());
+        let axis = axis.index(self.shape(), "index_select");
+        assert!(
+            indices.rank() == 1,
+            "index_select: indices must be 1-D,
+            got shape {}",
+            indices.shape()
+        );
         let m = indices.elem_count();
         let (outer, _, inner) = self.shape().split_at_axis(axis);
         // The indices, read as [outer, m, inner] with the outer and inner axes broadcast.
@@ -196,7 +200,7 @@ impl Tensor {
     /// likewise for any axis, as `torch.gather`. `index` has `self`'s shape
     /// except along `axis`, and holds integer values.
     pub fn gather(&self, axis: impl Dim, index: &Tensor) -> Tensor {
-        let axis = axis.index(self.rank(), "gather");
+        let axis = axis.index(self.shape(), "gather");
         assert!(
             index.rank() == self.rank()
                 && index.dims().iter().zip(self.dims()).enumerate().all(|(i, (a, b))| i == axis || a == b),

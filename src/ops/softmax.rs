@@ -14,7 +14,7 @@ impl Tensor {
 
     /// `exp(x) / Σ exp(x)` along `axis`.
     pub fn softmax(&self, axis: impl Dim) -> Tensor {
-        let axis = axis.index(self.rank(), "softmax");
+        let axis = axis.index(self.shape(), "softmax");
         self.softmax_raw(axis, false).record("softmax", &[self], move |c| {
             // dx = s ⊙ (g − Σ g⊙s)
             let s = c.out;
@@ -25,7 +25,7 @@ impl Tensor {
 
     /// `x − log Σ exp(x)` along `axis`, computed without forming the softmax.
     pub fn log_softmax(&self, axis: impl Dim) -> Tensor {
-        let axis = axis.index(self.rank(), "log_softmax");
+        let axis = axis.index(self.shape(), "log_softmax");
         self.softmax_raw(axis, true).record("log_softmax", &[self], move |c| {
             // dx = g − softmax(x) · Σ g
             let total = c.grad.sum_dim(axis, true);

@@ -39,9 +39,8 @@ pub trait Optimizer {
 /// Runs one fused update of `param` with `grad` and the optimizer `state`
 /// buffers (created as zeros on first use).
 fn update(param: &Tensor, grad: &Tensor, state: &mut Vec<Tensor>, count: usize, rule: UpdateRule) {
-    assert_eq!(
-        param.shape(),
-        grad.shape(),
+    assert!(
+        param.shape() == grad.shape(),
         "optimizer step: gradient shape {} does not match parameter shape {}",
         grad.shape(),
         param.shape()

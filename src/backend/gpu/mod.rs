@@ -179,17 +179,34 @@ impl Tuning {
 }
 
 /// Choices made when opening a GPU device.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct GpuOptions {
     /// Use subgroup operations where the adapter has them (subgroups of at
     /// least 8 lanes). They make matmul several times faster; turning them
     /// off selects the workgroup-tiled kernel every adapter can run.
     pub subgroups: bool,
+    /// Take the first adapter whose name contains this (case-insensitive).
+    pub adapter: Option<String>,
+    /// Graphics APIs to try, as wgpu's comma list (`"vulkan"`, `"metal,dx12"`);
+    /// `None` tries Vulkan, Metal and DX12.
+    pub backends: Option<String>,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { subgroups: true }
+        GpuOptions { subgroups: true, adapter: None, backends: None }
+    }
+}
+
+impl GpuOptions {
+    /// The defaults, with `adapter` from `WGPU_ADAPTER_NAME` and `backends`
+    /// from `WGPU_BACKEND` where those are set.
+    pub fn from_env() -> Self {
+        GpuOptions {
+            adapter: std::env::var("WGPU_ADAPTER_NAME").ok(),
+            backends: std::env::var("WGPU_BACKEND").ok(),
+            ..GpuOptions::default()
+        }
     }
 }
 
@@ -256,9 +273,10 @@ impl GpuDevice {
     /// Opens a new device on the best adapter wgpu finds: a discrete GPU
     /// before an integrated one before a software one. `WGPU_BACKEND`
     /// (e.g. `vulkan`, `metal`, `dx12`) restricts the APIs tried, and
-    /// `WGPU_ADAPTER_NAME` picks the first adapter whose name contains it.
+    /// `WGPU_ADAPTER_NAME` picks the first adapter whose name contains it
+    /// (see [`GpuOptions::from_env`]).
     pub fn new() -> Result<GpuDevice> {
-        Self::with_options(GpuOptions::default())
+        Self::with_options(GpuOptions::from_env())
     }
 
     /// As [`new`](Self::new), with explicit options.
@@ -267,12 +285,12 @@ impl GpuDevice {
     }
 
     async fn open(options: GpuOptions) -> Result<GpuDevice> {
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+        let backends = options.backends.as_deref().map_or(wgpu::Backends::PRIMARY, wgpu::Backends::from_comma_list);
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends,
             ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
         });
-        let wanted = std::env::var("WGPU_ADAPTER_NAME").ok().map(|s| s.to_lowercase());
+        let wanted = options.adapter.as_ref().map(|s| s.to_lowercase());
         let mut adapters = instance.enumerate_adapters(backends).await;
         let found: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
         adapters.retain(|a| {
