@@ -119,3 +119,41 @@ fn a_failed_save_leaves_the_old_file_intact() {
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["model.safetensors"]);
 }
+
+/// Unmounts the tmpfs when the test ends, however it ends.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_save_and_keeps_the_old_model() {
+    // A real full disk: a 64 KiB tmpfs. Mounting needs privileges; without
+    // them the test says so and checks nothing (the failing-writer unit test
+    // in src/io covers the same path).
+    let dir = tempfile::tempdir().unwrap();
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(dir.path()).output();
+    match mounted {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => return eprintln!("skipping: cannot mount a tmpfs: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        Err(e) => return eprintln!("skipping: cannot run mount: {e}"),
+    }
+    let _unmount = Mounted(dir.path().to_path_buf());
+    let path = dir.path().join("model.safetensors");
+    let small = tiny(&Device::Cpu);
+    io::save(&small, &path, io::Dtype::F32).unwrap();
+    let before = std::fs::read(&path).unwrap();
+    // 100k weights (400 KB) do not fit in 64 KiB.
+    let big = nn::Sequential::new().add(nn::Flatten).add(nn::Linear::new(784, 128, &Device::Cpu));
+    let err = io::save(&big, &path, io::Dtype::F32).unwrap_err();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(err.to_string().contains("model.safetensors"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), before, "the old file is untouched");
+    io::load(&tiny(&Device::Cpu), &path).unwrap();
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["model.safetensors"], "the temporary file is gone");
+}
