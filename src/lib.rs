@@ -23,6 +23,8 @@
 //!   and what is computed from them, and never inside [`no_grad`].
 //! - [`gradcheck`] compares autograd against finite differences.
 
+#![warn(missing_docs)]
+
 mod autograd;
 mod backend;
 pub mod data;

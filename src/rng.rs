@@ -8,7 +8,7 @@
 //!
 //! Dropout does not draw from a stream at all: whether element `i` of the
 //! `c`-th dropout call is kept is a pure function of `(seed, c, i)`
-//! ([`dropout_keep`]). The GPU kernel evaluates the same 32-bit integer hash,
+//! (see `dropout_keep` in this module's source). The GPU kernel evaluates the same 32-bit integer hash,
 //! so CPU and GPU runs of one seed drop exactly the same elements.
 //!
 //! ```
