@@ -13,6 +13,7 @@ use crate::optim::{LrSchedule, Optimizer, clip_grad_norm};
 use crate::rng::Generator;
 use crate::{Device, Result, Tensor, no_grad};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::borrow::Cow;
 use std::time::Instant;
 
 /// Settings of [`fit`]; `Default` is the Keras example's (5 epochs, batch 32).
@@ -124,9 +125,9 @@ pub fn fit(
     let device = device_of(model);
     let (train, held_out) = if config.validation_split > 0.0 {
         let (t, v) = data.split_last(config.validation_split);
-        (t, Some(v))
+        (Cow::Owned(t), Some(v))
     } else {
-        (data.clone(), None)
+        (Cow::Borrowed(data), None)
     };
     let mut generator = Generator::new(config.shuffle_seed);
     let params = model.parameters();
