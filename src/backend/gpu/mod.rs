@@ -225,6 +225,8 @@ pub(crate) struct Context {
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
     pool: Mutex<Pool>,
+    /// Mappable buffers for reading back, by size class.
+    staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     batch: Mutex<Batch>,
     /// Why the device was lost, once it has been.
     lost: Arc<Mutex<Option<String>>>,
@@ -363,6 +365,7 @@ impl GpuDevice {
                 pipelines: Mutex::default(),
                 bind_groups: Mutex::default(),
                 pool: Mutex::default(),
+                staging: Mutex::default(),
                 batch: Mutex::default(),
                 lost,
                 uncaptured,
@@ -463,6 +466,9 @@ impl Context {
     fn clear_pool(&self) {
         lock(&self.bind_groups).clear();
         lock(&self.pool).clear();
+        for buffer in lock(&self.staging).drain().flat_map(|(_, v)| v) {
+            buffer.destroy();
+        }
     }
 
     fn create_buffer(&self, class: u64) -> Result<wgpu::Buffer> {
@@ -683,11 +689,16 @@ impl Context {
             return Ok(Vec::new());
         }
         let bytes = n as u64 * 4;
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        // Readback buffers are kept by size class too: a loop that reads its
+        // loss every step would otherwise create one per step.
+        let class = size_class(bytes);
+        let staging = lock(&self.staging).get_mut(&class).and_then(Vec::pop).unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: class,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         let index = {
             let mut batch = lock(&self.batch);
@@ -695,7 +706,7 @@ impl Context {
             self.submit(&mut batch)
         };
         let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        staging.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
             let _ = sender.send(r);
         });
         self.wait(index)?;
@@ -707,10 +718,12 @@ impl Context {
             None => return Err(Error::Gpu("reading back a tensor: the map callback never ran".into())),
         }
         let data = {
-            let view = staging.get_mapped_range(..).map_err(|e| Error::Gpu(format!("reading back a tensor: {e}")))?;
+            let view =
+                staging.get_mapped_range(..bytes).map_err(|e| Error::Gpu(format!("reading back a tensor: {e}")))?;
             bytemuck::cast_slice::<u8, f32>(&view).to_vec()
         };
         staging.unmap();
+        lock(&self.staging).entry(class).or_default().push(staging);
         Ok(data)
     }
 
