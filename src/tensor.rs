@@ -167,19 +167,24 @@ impl Tensor {
     /// A tensor holding `data` in row-major order. Fails if `data` does not
     /// have exactly as many elements as `shape`.
     pub fn from_vec(data: Vec<f32>, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
-        Tensor::from_slice(&data, shape, device)
+        let shape = Self::check_len(data.len(), shape.into())?;
+        Ok(Tensor::from_storage(device.backend().upload_vec(data), shape, device.clone()))
     }
 
     /// As [`from_vec`](Self::from_vec), copying from a slice.
     pub fn from_slice(data: &[f32], shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
-        let shape = shape.into();
-        if data.len() != shape.elem_count() {
+        let shape = Self::check_len(data.len(), shape.into())?;
+        Ok(Tensor::from_storage(device.backend().upload(data), shape, device.clone()))
+    }
+
+    fn check_len(len: usize, shape: Shape) -> Result<Shape> {
+        if len != shape.elem_count() {
             return Err(Error::Shape {
                 op: "from_vec",
-                msg: format!("{} values do not fill shape {shape} ({} elements)", data.len(), shape.elem_count()),
+                msg: format!("{len} values do not fill shape {shape} ({} elements)", shape.elem_count()),
             });
         }
-        Ok(Tensor::from_storage(device.backend().upload(data), shape, device.clone()))
+        Ok(shape)
     }
 
     /// `[start, start+1, …]` below `end`, as a 1-D tensor.
@@ -192,7 +197,7 @@ impl Tensor {
         assert!(step != 0.0 && step.is_finite(), "arange: step must be finite and non-zero, got {step}");
         let n = ((end - start) / step).ceil().max(0.0) as usize;
         let data: Vec<f32> = (0..n).map(|i| start + i as f32 * step).collect();
-        Tensor::from_slice(&data, [n], device).expect("arange: length matches by construction")
+        Tensor::from_vec(data, [n], device).expect("arange: length matches by construction")
     }
 
     /// Samples from N(0, 1), drawn from the calling thread's default generator
@@ -211,7 +216,7 @@ impl Tensor {
     ) -> Tensor {
         let shape = shape.into();
         let data: Vec<f32> = (0..shape.elem_count()).map(|_| mean + std * generator.normal()).collect();
-        Tensor::from_slice(&data, shape, device).expect("randn: length matches by construction")
+        Tensor::from_vec(data, shape, device).expect("randn: length matches by construction")
     }
 
     /// Samples uniformly from `[low, high)`, drawn from the calling thread's
@@ -230,7 +235,7 @@ impl Tensor {
     ) -> Tensor {
         let shape = shape.into();
         let data: Vec<f32> = (0..shape.elem_count()).map(|_| low + (high - low) * generator.uniform()).collect();
-        Tensor::from_slice(&data, shape, device).expect("rand_uniform: length matches by construction")
+        Tensor::from_vec(data, shape, device).expect("rand_uniform: length matches by construction")
     }
 
     // ----- inspection -------------------------------------------------------
@@ -291,7 +296,7 @@ impl Tensor {
             return Ok(self.clone());
         }
         let data = self.to_vec()?;
-        let out = Tensor::from_slice(&data, self.shape().clone(), device)?;
+        let out = Tensor::from_vec(data, self.shape().clone(), device)?;
         let from = self.device().clone();
         Ok(out.record("to_device", &[self], move |c| {
             vec![Some(c.grad.to_device(&from).expect("to_device backward: copy failed"))]

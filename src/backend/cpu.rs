@@ -333,6 +333,10 @@ impl Backend for Cpu {
         Storage::Cpu(data.to_vec())
     }
 
+    fn upload_vec(&self, data: Vec<f32>) -> Storage {
+        Storage::Cpu(data)
+    }
+
     fn to_vec(&self, x: &Storage, n: usize) -> Result<Vec<f32>> {
         Ok(x.cpu()[..n].to_vec())
     }

@@ -180,6 +180,10 @@ pub(crate) enum UpdateRule {
 /// out of `to_vec` — as CUDA's asynchronous errors do, but as a `Result`.
 pub(crate) trait Backend {
     fn upload(&self, data: &[f32]) -> Storage;
+    /// As `upload`, taking ownership (the CPU keeps the vector as it is).
+    fn upload_vec(&self, data: Vec<f32>) -> Storage {
+        self.upload(&data)
+    }
     fn to_vec(&self, x: &Storage, n: usize) -> Result<Vec<f32>>;
     fn full(&self, n: usize, value: f32) -> Storage;
     fn unary(&self, op: UnaryOp, x: &Storage, n: usize) -> Storage;
