@@ -66,7 +66,7 @@ impl Device {
             Device::Cpu => DeviceInfo {
                 name: cpu_name(),
                 backend: "cpu".into(),
-                device_type: format!("{} threads", rayon::current_num_threads()),
+                device_type: format!("{} threads", crate::backend::cpu::threads()),
                 driver: "wgrad CPU backend (gemm)".into(),
             },
             Device::Gpu(g) => g.info(),

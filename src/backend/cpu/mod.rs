@@ -3,26 +3,30 @@
 //!
 //! Kernels are plain loops over contiguous slices, written so the compiler
 //! vectorises the common cases (contiguous operands, a broadcast row such as a
-//! bias). Large loops are split over the cores with rayon; matmul goes to the
-//! `gemm` crate, whose packed GEMM matches OpenBLAS on the machines we
-//! measured (see Cargo.toml).
+//! bias). Loops and products from a few tens of microseconds up are split
+//! over the cores by [`pool`], whose workers stay awake between the pieces of
+//! a training step; matmul goes to the `gemm` crate, whose packed GEMM matches
+//! OpenBLAS on the machines we measured (see Cargo.toml).
 
 use super::{AxisView, Backend, BinaryOp, MatmulSpec, ReduceOp, Storage, UnaryOp, UpdateRule};
 use crate::Result;
 use crate::rng;
 use crate::shape::{Strided, coalesce};
-use rayon::prelude::*;
+use pool::Chunks;
+
+mod pool;
+pub(crate) use pool::threads;
 
 /// The CPU backend. It has no state: all of it is in the storages.
 pub(crate) struct Cpu;
 
 /// Loops shorter than this stay on one thread: splitting them costs more than
-/// it saves (rayon's fork/join is a few microseconds).
-const PAR_MIN: usize = 1 << 16;
+/// it saves (a fork to a spinning worker costs about a microsecond).
+const PAR_MIN: usize = 1 << 15;
 /// Elements per parallel chunk.
-const CHUNK: usize = 1 << 14;
+const CHUNK: usize = 1 << 13;
 /// Multiply-adds from which a matmul is split over the cores.
-const PAR_MATMUL_MACS: usize = 1 << 23;
+const PAR_MATMUL_MACS: usize = 1 << 19;
 
 /// Runs `body` compiled for the widest vector instructions this CPU has,
 /// detected at run time: the crate itself is built for baseline x86-64
@@ -66,7 +70,10 @@ fn simd<R>(body: impl FnOnce() -> R) -> R {
 /// cores when `out` is large.
 fn fill_chunks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
     if out.len() >= PAR_MIN {
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, chunk)| {
+        let chunks = Chunks::new(out, CHUNK);
+        // SAFETY: task c takes piece c only.
+        pool::run(chunks.count(), &|c| {
+            let chunk = unsafe { chunks.get(c) };
             simd(
                 #[inline(always)]
                 || f(c * CHUNK, chunk),
@@ -86,11 +93,17 @@ fn for_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Syn
     if row_len == 0 {
         return;
     }
-    if out.len() >= PAR_MIN && out.len() / row_len > 1 {
-        out.par_chunks_mut(row_len).enumerate().for_each(|(r, row)| {
+    let rows = out.len() / row_len;
+    if out.len() >= PAR_MIN && rows > 1 {
+        // Whole rows per task, about CHUNK elements each.
+        let per_task = (CHUNK / row_len).clamp(1, rows.div_ceil(2));
+        let chunks = Chunks::new(out, per_task * row_len);
+        // SAFETY: task c takes piece c only.
+        pool::run(chunks.count(), &|c| {
+            let chunk = unsafe { chunks.get(c) };
             simd(
                 #[inline(always)]
-                || f(r, row),
+                || chunk.chunks_mut(row_len).enumerate().for_each(|(r, row)| f(c * per_task + r, row)),
             )
         });
     } else {
@@ -437,39 +450,59 @@ impl Backend for Cpu {
         // Row and column strides of the stored operands.
         let (rsa, csa) = if s.trans_a { (1, s.m) } else { (s.k, 1) };
         let (rsb, csb) = if s.trans_b { (1, s.k) } else { (s.n, 1) };
-        // Small products (the MNIST layers at batch 32) finish before a
-        // fork/join would pay for itself; measured threshold.
-        let parallelism =
-            if s.m * s.n * s.k >= PAR_MATMUL_MACS { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+        let macs = s.m * s.n * s.k;
         for (i, c) in out.chunks_mut(s.m * s.n).enumerate() {
             let pa = &a[i * s.a_batch_stride..];
             let pb = &b[i * s.b_batch_stride..];
             assert!(pa.len() >= s.m * s.k && pb.len() >= s.k * s.n, "matmul: operand too short");
-            // SAFETY: the asserts above bound every element the strides can
-            // reach (the largest offsets are (m-1)·rs + (k-1)·cs < m·k and
-            // likewise for B), and C is a distinct, exactly sized buffer.
-            unsafe {
-                gemm::gemm(
-                    s.m,
-                    s.n,
-                    s.k,
-                    c.as_mut_ptr(),
-                    1,
-                    s.n as isize,
-                    false,
-                    pa.as_ptr(),
-                    csa as isize,
-                    rsa as isize,
-                    pb.as_ptr(),
-                    csb as isize,
-                    rsb as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    parallelism,
-                );
+            let cptr = OutPtr(c.as_mut_ptr());
+            // Rows m0..m1 and columns n0..n1 of C.
+            let block = |(m0, m1): (usize, usize), (n0, n1): (usize, usize)| {
+                // SAFETY: the asserts above bound every element the strides
+                // can reach (the largest offsets are (m-1)·rs + (k-1)·cs <
+                // m·k and likewise for B); this block of C is written by this
+                // call alone, and C is a distinct, exactly sized buffer.
+                unsafe {
+                    gemm::gemm(
+                        m1 - m0,
+                        n1 - n0,
+                        s.k,
+                        cptr.at(m0 * s.n + n0),
+                        1,
+                        s.n as isize,
+                        false,
+                        pa.as_ptr().add(m0 * rsa),
+                        csa as isize,
+                        rsa as isize,
+                        pb.as_ptr().add(n0 * csb),
+                        csb as isize,
+                        rsb as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            };
+            let threads = pool::threads();
+            if macs < PAR_MATMUL_MACS || threads == 1 {
+                block((0, s.m), (0, s.n));
+                continue;
+            }
+            // Cut the longer side of C into blocks, a multiple of 16 wide
+            // (the microkernels' width); more blocks than threads for large
+            // products, so a thread the VM preempts does not hold up the rest.
+            let per_thread = if macs >= 1 << 25 { 4 } else { 1 };
+            let long = s.m.max(s.n);
+            let width = long.div_ceil(threads * per_thread).next_multiple_of(16);
+            let blocks = long.div_ceil(width);
+            let span = |i: usize| (i * width, ((i + 1) * width).min(long));
+            if s.n >= s.m {
+                pool::run(blocks, &|i| block((0, s.m), span(i)));
+            } else {
+                pool::run(blocks, &|i| block(span(i), (0, s.n)));
             }
         }
         Storage::Cpu(out)
@@ -732,6 +765,21 @@ impl Backend for Cpu {
     }
 }
 
+/// C's base pointer, shared by the two halves of a split product, which
+/// write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: only used to write disjoint column ranges of one buffer that
+// outlives the `pool::run` it is shared across.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// Runs `f` on matching chunks of a parameter, its gradient and its state
 /// buffers, over all cores when they are large.
 fn zip_chunks(
@@ -742,26 +790,22 @@ fn zip_chunks(
 ) {
     let n = p.len();
     let mut state: Vec<&mut [f32]> = state.iter_mut().map(|s| &mut s.cpu_mut()[..n]).collect();
-    // Waking the pool costs more than a few hundred thousand updates take
-    // (measured: the MNIST model's 100k-weight layer is faster on one core).
-    if n < PAR_MIN * 16 {
+    if n < PAR_MIN {
         simd(
             #[inline(always)]
             || f(p, g, &mut state),
         );
         return;
     }
-    // Split every state buffer into the same chunks as p.
-    let mut per_chunk: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(CHUNK)).map(|_| Vec::new()).collect();
-    for s in state {
-        for (c, part) in s.chunks_mut(CHUNK).enumerate() {
-            per_chunk[c].push(part);
-        }
-    }
-    p.par_chunks_mut(CHUNK).zip(g.par_chunks(CHUNK)).zip(per_chunk.par_iter_mut()).for_each(|((p, g), s)| {
+    let p = Chunks::new(p, CHUNK);
+    let state: Vec<Chunks> = state.into_iter().map(|s| Chunks::new(s, CHUNK)).collect();
+    pool::run(p.count(), &|c| {
+        // SAFETY: task c takes piece c of each buffer only.
+        let (p, mut s): (_, Vec<&mut [f32]>) = unsafe { (p.get(c), state.iter().map(|s| s.get(c)).collect()) };
+        let g = &g[c * CHUNK..(c * CHUNK + p.len())];
         simd(
             #[inline(always)]
-            || f(p, g, s),
+            || f(p, g, &mut s),
         )
     });
 }
@@ -789,6 +833,57 @@ mod tests {
             (exp(88.72) - 88.72f32.exp()).abs()
                 <= 2.0 * (88.72f32.exp() - f32::from_bits(88.72f32.exp().to_bits() - 1))
         );
+    }
+
+    /// A plain triple loop over the stored (possibly transposed) operands.
+    fn naive(a: &[f32], b: &[f32], s: MatmulSpec) -> Vec<f32> {
+        let mut c = vec![0.0f64; s.batch * s.m * s.n];
+        for i in 0..s.batch {
+            for r in 0..s.m {
+                for col in 0..s.n {
+                    let mut acc = 0.0f64;
+                    for k in 0..s.k {
+                        let x = if s.trans_a {
+                            a[i * s.a_batch_stride + k * s.m + r]
+                        } else {
+                            a[i * s.a_batch_stride + r * s.k + k]
+                        };
+                        let y = if s.trans_b {
+                            b[i * s.b_batch_stride + col * s.k + k]
+                        } else {
+                            b[i * s.b_batch_stride + k * s.n + col]
+                        };
+                        acc += x as f64 * y as f64;
+                    }
+                    c[(i * s.m + r) * s.n + col] = acc;
+                }
+            }
+        }
+        c.into_iter().map(|v| v as f32).collect()
+    }
+
+    #[test]
+    fn split_products_match_a_plain_loop() {
+        // Above PAR_MATMUL_MACS, cut along columns (n >= m) or rows (m > n),
+        // with widths that leave a ragged last block; plus one below it.
+        let shapes = [(32, 784, 131), (517, 40, 33), (70, 300, 70), (1, 1, 600_000), (5, 7, 3)];
+        for (m, k, n) in shapes {
+            for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
+                let batch = if m * n * k < 1 << 21 { 2 } else { 1 };
+                let s = MatmulSpec { batch, m, n, k, trans_a, trans_b, a_batch_stride: m * k, b_batch_stride: k * n };
+                let a: Vec<f32> = (0..batch * m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0).collect();
+                let b: Vec<f32> = (0..batch * k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0).collect();
+                let got = Cpu.matmul(&Storage::Cpu(a.clone()), &Storage::Cpu(b.clone()), s);
+                let want = naive(&a, &b, s);
+                let got = got.cpu();
+                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{m}x{k}x{n} {trans_a} {trans_b} [{j}]: {g} vs {w}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
