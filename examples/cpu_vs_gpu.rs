@@ -2,12 +2,17 @@
 //! of small elementwise ops, softmax cross-entropy, one MLP training step at
 //! several batch sizes, and one epoch of the seed's MNIST model.
 //!
-//!     cargo run --release --example cpu_vs_gpu [-- --json results.json]
+//!     cargo run --release --example cpu_vs_gpu [-- --json results.json] [--peers]
 //!
 //! Prints a table (steady-state medians; cold starts, which include
 //! compiling GPU pipelines, in a second table), the batch size from which
 //! the GPU wins the training step, and draws `cpu_vs_gpu.svg`. Every GPU
 //! timing ends with the device idle: the work is finished, not just queued.
+//!
+//! `--peers` then runs `benches/peers.py` in the same run, which measures
+//! the workloads that numpy, JAX and Keras 3 (on JAX) also do, the same way,
+//! and prints them beside ours: the machine is too noisy to compare against
+//! figures from another run.
 
 use clap::Parser;
 use plotters::prelude::*;
@@ -35,6 +40,28 @@ struct Args {
     /// MNIST directory for the epoch benchmark
     #[arg(long, default_value = "data/mnist")]
     data: PathBuf,
+    /// Measure only these workloads (comma-separated names, e.g.
+    /// `matmul,mnist_epoch`)
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Also measure the peers (numpy, JAX, Keras on JAX; those installed)
+    /// with `benches/peers.py`, in this run
+    #[arg(long)]
+    peers: bool,
+    /// The Python that runs `benches/peers.py`
+    #[arg(long, default_value = "python3")]
+    python: PathBuf,
+}
+
+/// A peer library's measurement of one of our workloads.
+#[derive(Clone, Debug)]
+struct Peer {
+    library: String,
+    workload: String,
+    size: String,
+    seconds: f64,
+    cold_seconds: f64,
+    gflops: Option<f64>,
 }
 
 /// One measured workload on one device.
@@ -90,9 +117,14 @@ struct Bench<'a> {
     reps: usize,
     records: Vec<Record>,
     mnist: &'a Dataset,
+    only: Vec<String>,
 }
 
 impl Bench<'_> {
+    fn wants(&self, workload: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|w| w == workload)
+    }
+
     fn add(
         &mut self,
         workload: &'static str,
@@ -100,6 +132,9 @@ impl Bench<'_> {
         flops: Option<f64>,
         run: &dyn Fn(&Device) -> Result<Step>,
     ) -> Result<()> {
+        if !self.wants(workload) {
+            return Ok(());
+        }
         for (name, dev) in self.devices.clone() {
             let mut step = run(&dev)?;
             let (cold, seconds) = measure(self.reps, &mut step)?;
@@ -124,7 +159,13 @@ fn run(args: Args) -> Result<()> {
         Err(e) => eprintln!("no GPU, measuring the CPU only: {e}"),
     }
     let data = mnist::load(&args.data)?;
-    let mut bench = Bench { devices, reps: if args.quick { 2 } else { 7 }, records: Vec::new(), mnist: &data.train };
+    let mut bench = Bench {
+        devices,
+        reps: if args.quick { 2 } else { 7 },
+        records: Vec::new(),
+        mnist: &data.train,
+        only: args.only.clone(),
+    };
 
     let sizes: &[usize] = if args.quick { &[128, 512] } else { &[128, 256, 512, 1024, 2048] };
     for &n in sizes {
@@ -195,7 +236,8 @@ fn run(args: Args) -> Result<()> {
 
     let reps = bench.reps.min(3);
     let mnist_data = bench.mnist.clone();
-    for (name, dev) in bench.devices.clone() {
+    let epoch_devices = if bench.wants("mnist_epoch") { bench.devices.clone() } else { Vec::new() };
+    for (name, dev) in epoch_devices {
         manual_seed(0);
         let mut model = seed_model(&dev, 128);
         let mut opt = Adam::new(model.parameters(), 1e-3);
@@ -212,8 +254,12 @@ fn run(args: Args) -> Result<()> {
     }
 
     report(&bench.records, gpu.as_ref().ok());
+    let peers = if args.peers { run_peers(&args, bench.reps)? } else { Vec::new() };
+    if args.peers {
+        report_peers(&bench.records, &peers);
+    }
     if let Some(path) = &args.json {
-        std::fs::write(path, json(&bench.records))
+        std::fs::write(path, json(&bench.records, &peers))
             .map_err(|e| wgrad::Error::Mismatch(format!("{}: {e}", path.display())))?;
         println!("\nwrote {}", path.display());
     }
@@ -289,29 +335,126 @@ fn report(records: &[Record], gpu: Option<&Device>) {
         .filter(|(c, _)| c.workload == "train_step")
         .find(|(c, g)| g.is_some_and(|g| g.seconds < c.seconds))
         .map(|(c, _)| c.size.clone());
+    let measured = records.iter().any(|r| r.workload == "train_step");
     match (gpu, crossover) {
         (None, _) => {}
+        _ if !measured => {}
         (Some(_), Some(size)) => println!("\nThe GPU wins the training step from {size} on."),
         (Some(_), None) => println!("\nThe GPU wins the training step at none of the batch sizes measured."),
     }
 }
 
-fn json(records: &[Record]) -> String {
-    let items: Vec<String> = records
-        .iter()
-        .map(|r| {
-            format!(
-                "  {{\"workload\": \"{}\", \"size\": \"{}\", \"device\": \"{}\", \"seconds\": {:e}, \"cold_seconds\": {:e}, \"gflops\": {}}}",
-                r.workload,
-                r.size,
-                r.device,
-                r.seconds,
-                r.cold_seconds,
-                r.gflops().map_or("null".into(), |g| format!("{g:.3}"))
-            )
-        })
-        .collect();
+fn json(records: &[Record], peers: &[Peer]) -> String {
+    let gflops = |g: Option<f64>| g.map_or("null".into(), |g| format!("{g:.3}"));
+    let ours = records.iter().map(|r| {
+        format!(
+            "  {{\"workload\": \"{}\", \"size\": \"{}\", \"device\": \"{}\", \"library\": \"wgrad\", \"seconds\": {:e}, \"cold_seconds\": {:e}, \"gflops\": {}}}",
+            r.workload,
+            r.size,
+            r.device,
+            r.seconds,
+            r.cold_seconds,
+            gflops(r.gflops())
+        )
+    });
+    let theirs = peers.iter().map(|p| {
+        format!(
+            "  {{\"workload\": \"{}\", \"size\": \"{}\", \"device\": \"cpu\", \"library\": \"{}\", \"seconds\": {:e}, \"cold_seconds\": {:e}, \"gflops\": {}}}",
+            p.workload,
+            p.size,
+            p.library,
+            p.seconds,
+            p.cold_seconds,
+            gflops(p.gflops)
+        )
+    });
+    let items: Vec<String> = ours.chain(theirs).collect();
     format!("[\n{}\n]\n", items.join(",\n"))
+}
+
+/// Runs `benches/peers.py` and reads its records (tab-separated lines).
+fn run_peers(args: &Args, reps: usize) -> Result<Vec<Peer>> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers.py");
+    println!("\nmeasuring the peers: {} {} ...", args.python.display(), script.display());
+    let fail = |e: &dyn std::fmt::Display| wgrad::Error::Mismatch(format!("peers ({}): {e}", script.display()));
+    let out = std::process::Command::new(&args.python)
+        .arg(&script)
+        .arg("--data")
+        .arg(&args.data)
+        .arg("--reps")
+        .arg(reps.to_string())
+        .arg("--format")
+        .arg("tsv")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| fail(&e))?;
+    if !out.status.success() {
+        return Err(fail(&out.status));
+    }
+    let parse = |v: &str| v.parse::<f64>().map_err(|e| fail(&format!("{v:?}: {e}")));
+    let mut peers = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let [library, workload, size, seconds, cold, gflops] = f[..] else {
+            return Err(fail(&format!("unexpected line {line:?}")));
+        };
+        peers.push(Peer {
+            library: library.into(),
+            workload: workload.into(),
+            size: size.into(),
+            seconds: parse(seconds)?,
+            cold_seconds: parse(cold)?,
+            gflops: if gflops == "-" { None } else { Some(parse(gflops)?) },
+        });
+    }
+    Ok(peers)
+}
+
+/// Our CPU and GPU beside each peer, for the workloads the peers measured.
+fn report_peers(records: &[Record], peers: &[Peer]) {
+    if peers.is_empty() {
+        println!("\nNo peer could be measured (see above).");
+        return;
+    }
+    let mut libraries: Vec<&str> = peers.iter().map(|p| p.library.as_str()).collect();
+    libraries.dedup();
+    let mut rows: Vec<(&str, &str)> = peers.iter().map(|p| (p.workload.as_str(), p.size.as_str())).collect();
+    rows.sort();
+    rows.dedup();
+    let cell = |seconds: f64, gflops: Option<f64>, workload: &str| {
+        let t =
+            if workload == "elementwise_chain" { format!("{} /op", human(seconds / 1000.0)) } else { human(seconds) };
+        gflops.map_or(t.clone(), |g| format!("{t} ({g:.0} GFLOP/s)"))
+    };
+    println!("\nPeers, measured in this run on the same CPU (steady-state medians):\n");
+    println!("| workload | size | wgrad CPU | wgrad GPU | {} |", libraries.join(" | "));
+    println!("|---|---|---|---|{}", "---|".repeat(libraries.len()));
+    for (workload, size) in rows {
+        let ours = |device: &str| {
+            records
+                .iter()
+                .find(|r| r.device == device && r.workload == workload && r.size == size)
+                .map_or("–".into(), |r| cell(r.seconds, r.gflops(), workload))
+        };
+        let theirs: Vec<String> = libraries
+            .iter()
+            .map(|l| {
+                peers
+                    .iter()
+                    .find(|p| p.library == *l && p.workload == workload && p.size == size)
+                    .map_or("–".into(), |p| cell(p.seconds, p.gflops, workload))
+            })
+            .collect();
+        println!("| {workload} | {size} | {} | {} | {} |", ours("cpu"), ours("gpu"), theirs.join(" | "));
+    }
+    let cold: Vec<String> = peers
+        .iter()
+        .filter(|p| p.workload == "mnist_epoch")
+        .map(|p| format!("{} {}", p.library, human(p.cold_seconds)))
+        .collect();
+    if !cold.is_empty() {
+        println!("\nFirst epoch, compilation included: {}.", cold.join(", "));
+    }
 }
 
 /// A horizontal bar per workload: how many times faster the GPU is than
