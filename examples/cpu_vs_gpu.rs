@@ -12,7 +12,8 @@
 //! `--peers` then runs `benches/peers.py` in the same run, which measures
 //! the workloads that numpy, JAX and Keras 3 (on JAX) also do, the same way,
 //! and prints them beside ours: the machine is too noisy to compare against
-//! figures from another run.
+//! figures from another run. `--burn` likewise builds and runs
+//! `benches/burn_peer`, burn's wgpu backend on the same adapter.
 
 use clap::Parser;
 use plotters::prelude::*;
@@ -51,6 +52,10 @@ struct Args {
     /// The Python that runs `benches/peers.py`
     #[arg(long, default_value = "python3")]
     python: PathBuf,
+    /// Also build and measure burn-wgpu (`benches/burn_peer`, a separate
+    /// project: the first build compiles burn, ~12 minutes on 2 cores)
+    #[arg(long)]
+    burn: bool,
 }
 
 /// A peer library's measurement of one of our workloads.
@@ -254,17 +259,21 @@ fn run(args: Args) -> Result<()> {
     }
 
     report(&bench.records, gpu.as_ref().ok());
-    let peers = if args.peers {
-        // Our figures are in hand: a peer that cannot run is a note, not a failure.
-        let peers = run_peers(&args, bench.reps).unwrap_or_else(|e| {
-            eprintln!("{e}");
-            Vec::new()
-        });
-        report_peers(&bench.records, &peers);
-        peers
-    } else {
+    // Our figures are in hand: a peer that cannot run is a note, not a failure.
+    let note = |e: wgrad::Error| {
+        eprintln!("{e}");
         Vec::new()
     };
+    let mut peers = Vec::new();
+    if args.peers {
+        peers.extend(run_peers(&args, bench.reps).unwrap_or_else(note));
+    }
+    if args.burn {
+        peers.extend(run_burn().unwrap_or_else(note));
+    }
+    if args.peers || args.burn {
+        report_peers(&bench.records, &peers);
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, json(&bench.records, &peers))
             .map_err(|e| wgrad::Error::Mismatch(format!("{}: {e}", path.display())))?;
@@ -382,19 +391,26 @@ fn json(records: &[Record], peers: &[Peer]) -> String {
 /// Runs `benches/peers.py` and reads its records (tab-separated lines).
 fn run_peers(args: &Args, reps: usize) -> Result<Vec<Peer>> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers.py");
-    println!("\nmeasuring the peers: {} {} ...", args.python.display(), script.display());
-    let fail = |e: &dyn std::fmt::Display| wgrad::Error::Mismatch(format!("peers ({}): {e}", script.display()));
-    let out = std::process::Command::new(&args.python)
-        .arg(&script)
-        .arg("--data")
-        .arg(&args.data)
-        .arg("--reps")
-        .arg(reps.to_string())
-        .arg("--format")
-        .arg("tsv")
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .map_err(|e| fail(&format!("cannot run {}: {e}", args.python.display())))?;
+    let mut command = std::process::Command::new(&args.python);
+    command.arg(&script).arg("--data").arg(&args.data).arg("--reps").arg(reps.to_string()).args(["--format", "tsv"]);
+    run_tsv(command, &format!("{} {}", args.python.display(), script.display()))
+}
+
+/// Builds and runs `benches/burn_peer` (burn-wgpu) and reads its records.
+fn run_burn() -> Result<Vec<Peer>> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/burn_peer/Cargo.toml");
+    let mut command = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+    command.args(["run", "--quiet", "--release", "--manifest-path"]).arg(&manifest);
+    run_tsv(command, &format!("cargo run --release --manifest-path {}", manifest.display()))
+}
+
+/// Runs a peer that prints tab-separated records: library, workload, size,
+/// seconds, cold seconds, GFLOP/s or `-`.
+fn run_tsv(mut command: std::process::Command, what: &str) -> Result<Vec<Peer>> {
+    println!("\nmeasuring the peers: {what} ...");
+    let fail = |e: &dyn std::fmt::Display| wgrad::Error::Mismatch(format!("peers ({what}): {e}"));
+    let out =
+        command.stderr(std::process::Stdio::inherit()).output().map_err(|e| fail(&format!("cannot run it: {e}")))?;
     if !out.status.success() {
         return Err(fail(&out.status));
     }
@@ -429,8 +445,11 @@ fn report_peers(records: &[Record], peers: &[Peer]) {
     rows.sort();
     rows.dedup();
     let cell = |seconds: f64, gflops: Option<f64>, workload: &str| {
-        let t =
-            if workload == "elementwise_chain" { format!("{} /op", human(seconds / 1000.0)) } else { human(seconds) };
+        let t = if workload.starts_with("elementwise_chain") {
+            format!("{} /op", human(seconds / 1000.0))
+        } else {
+            human(seconds)
+        };
         gflops.map_or(t.clone(), |g| format!("{t} ({g:.0} GFLOP/s)"))
     };
     println!("\nPeers, measured in this run on the same CPU (steady-state medians):\n");

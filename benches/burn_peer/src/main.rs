@@ -1,0 +1,64 @@
+//! burn-wgpu on two of `examples/cpu_vs_gpu.rs`'s GPU workloads, measured the
+//! same way (one cold run, one warm-up, the median of 7), printed as the
+//! tab-separated records `benches/peers.py --format tsv` prints:
+//! library, workload, size, seconds, cold seconds, GFLOP/s or `-`.
+//!
+//!     cargo run --release --manifest-path benches/burn_peer/Cargo.toml
+//!
+//! Run it right after `cargo run --release --example cpu_vs_gpu -- --only
+//! matmul,elementwise_chain`: the machine is too noisy to compare runs far
+//! apart. Every timing ends with the result read back to the host.
+
+use burn::prelude::{Device, Tensor};
+use burn::tensor::{DeviceKind, Distribution};
+use std::time::Instant;
+
+/// (cold, median) seconds of `f`.
+fn measure(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
+    let t = Instant::now();
+    f();
+    let cold = t.elapsed().as_secs_f64();
+    f();
+    let mut times: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    (cold, times[times.len() / 2])
+}
+
+fn main() {
+    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    let n = 1024;
+    let a = Tensor::<2>::random([n, n], Distribution::Default, &device);
+    let b = Tensor::<2>::random([n, n], Distribution::Default, &device);
+    let (cold, secs) = measure(7, || {
+        let c = a.clone().matmul(b.clone()).into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(c.len(), n * n);
+        std::hint::black_box(c);
+    });
+    let gflops = 2.0 * (n * n * n) as f64 / secs / 1e9;
+    println!("burn-wgpu\tmatmul\t1024\t{secs}\t{cold}\t{gflops}");
+
+    // burn fuses elementwise chains into few kernels by itself; the second
+    // record forces a dispatch per op, as wgrad does.
+    let x = Tensor::<1>::ones([1024], &device);
+    let want = 1.0001f32.powi(1000);
+    for (workload, sync_each) in [("elementwise_chain", false), ("elementwise_chain_synced", true)] {
+        let (cold, secs) = measure(if sync_each { 3 } else { 7 }, || {
+            let mut y = x.clone();
+            for _ in 0..1000 {
+                y = y * 1.0001;
+                if sync_each {
+                    device.sync().unwrap();
+                }
+            }
+            let v = y.into_data().try_to_vec::<f32>().unwrap();
+            assert!((v[0] - want).abs() < 1e-3, "{} != {want}", v[0]);
+        });
+        println!("burn-wgpu\t{workload}\t1000 ops x 1024\t{secs}\t{cold}\t-");
+    }
+}
