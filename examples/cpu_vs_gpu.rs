@@ -303,6 +303,11 @@ fn human(seconds: f64) -> String {
     }
 }
 
+/// A steady-state time; the elementwise chains per op (1000 ops a run).
+fn steady(workload: &str, seconds: f64) -> String {
+    if workload.starts_with("elementwise_chain") { format!("{} /op", human(seconds / 1000.0)) } else { human(seconds) }
+}
+
 fn pairs(records: &[Record]) -> Vec<(&Record, Option<&Record>)> {
     records
         .iter()
@@ -321,8 +326,7 @@ fn report(records: &[Record], gpu: Option<&Device>) {
     println!("|---|---|---|---|---|---|---|");
     let gf = |r: Option<&Record>| r.and_then(Record::gflops).map_or("–".into(), |g| format!("{g:.1}"));
     for (c, g) in pairs(records) {
-        let per_op = c.workload == "elementwise_chain";
-        let t = |r: &Record| if per_op { format!("{} /op", human(r.seconds / 1000.0)) } else { human(r.seconds) };
+        let t = |r: &Record| steady(r.workload, r.seconds);
         println!(
             "| {} | {} | {} | {} | {} | {} | {} |",
             c.workload,
@@ -361,29 +365,22 @@ fn report(records: &[Record], gpu: Option<&Device>) {
 }
 
 fn json(records: &[Record], peers: &[Peer]) -> String {
-    let gflops = |g: Option<f64>| g.map_or("null".into(), |g| format!("{g:.3}"));
-    let ours = records.iter().map(|r| {
+    let item = |workload: &str,
+                size: &str,
+                device: &str,
+                library: &str,
+                seconds: f64,
+                cold: f64,
+                gflops: Option<f64>| {
+        let gflops = gflops.map_or("null".into(), |g| format!("{g:.3}"));
         format!(
-            "  {{\"workload\": \"{}\", \"size\": \"{}\", \"device\": \"{}\", \"library\": \"wgrad\", \"seconds\": {:e}, \"cold_seconds\": {:e}, \"gflops\": {}}}",
-            r.workload,
-            r.size,
-            r.device,
-            r.seconds,
-            r.cold_seconds,
-            gflops(r.gflops())
+            "  {{\"workload\": \"{workload}\", \"size\": \"{size}\", \"device\": \"{device}\", \"library\": \"{library}\", \"seconds\": {seconds:e}, \"cold_seconds\": {cold:e}, \"gflops\": {gflops}}}"
         )
-    });
-    let theirs = peers.iter().map(|p| {
-        format!(
-            "  {{\"workload\": \"{}\", \"size\": \"{}\", \"device\": \"cpu\", \"library\": \"{}\", \"seconds\": {:e}, \"cold_seconds\": {:e}, \"gflops\": {}}}",
-            p.workload,
-            p.size,
-            p.library,
-            p.seconds,
-            p.cold_seconds,
-            gflops(p.gflops)
-        )
-    });
+    };
+    let ours =
+        records.iter().map(|r| item(r.workload, &r.size, r.device, "wgrad", r.seconds, r.cold_seconds, r.gflops()));
+    let theirs =
+        peers.iter().map(|p| item(&p.workload, &p.size, "cpu", &p.library, p.seconds, p.cold_seconds, p.gflops));
     let items: Vec<String> = ours.chain(theirs).collect();
     format!("[\n{}\n]\n", items.join(",\n"))
 }
@@ -445,11 +442,7 @@ fn report_peers(records: &[Record], peers: &[Peer]) {
     rows.sort();
     rows.dedup();
     let cell = |seconds: f64, gflops: Option<f64>, workload: &str| {
-        let t = if workload.starts_with("elementwise_chain") {
-            format!("{} /op", human(seconds / 1000.0))
-        } else {
-            human(seconds)
-        };
+        let t = steady(workload, seconds);
         gflops.map_or(t.clone(), |g| format!("{t} ({g:.0} GFLOP/s)"))
     };
     println!("\nPeers, measured in this run on the same CPU (steady-state medians):\n");
