@@ -83,35 +83,6 @@ pub(crate) enum UnaryOp {
     InRange(f32, f32),
 }
 
-impl UnaryOp {
-    /// The kernel's operation code and its two scalar operands. The GPU
-    /// shader switches on the same codes, so the two must stay in step with
-    /// `shaders/unary.wgsl`.
-    pub fn code(self) -> (u32, f32, f32) {
-        use UnaryOp::*;
-        match self {
-            Neg => (0, 0.0, 0.0),
-            Exp => (1, 0.0, 0.0),
-            Log => (2, 0.0, 0.0),
-            Sqrt => (3, 0.0, 0.0),
-            Abs => (4, 0.0, 0.0),
-            Sign => (5, 0.0, 0.0),
-            Relu => (6, 0.0, 0.0),
-            Sigmoid => (7, 0.0, 0.0),
-            Tanh => (8, 0.0, 0.0),
-            Gelu => (9, 0.0, 0.0),
-            GeluGrad => (10, 0.0, 0.0),
-            AddScalar(s) => (11, s, 0.0),
-            MulScalar(s) => (12, s, 0.0),
-            PowScalar(p) => (13, p, 0.0),
-            MaxScalar(s) => (14, s, 0.0),
-            MinScalar(s) => (15, s, 0.0),
-            GtScalar(s) => (16, s, 0.0),
-            InRange(lo, hi) => (17, lo, hi),
-        }
-    }
-}
-
 /// Elementwise functions of two (broadcast) inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BinaryOp {

@@ -185,7 +185,7 @@ fn row_sum(row: &[f32]) -> f32 {
 }
 
 /// tanh through one exponential of a non-positive number (no overflow),
-/// the formula shaders/unary.wgsl uses.
+/// the formula shaders/elementwise.wgsl uses.
 #[inline(always)]
 fn tanh(x: f32) -> f32 {
     let e = exp(-2.0 * x.abs());
@@ -194,7 +194,7 @@ fn tanh(x: f32) -> f32 {
 }
 
 /// erf(x), Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
-/// `shaders/unary.wgsl` evaluates the same polynomial.
+/// `shaders/elementwise.wgsl` evaluates the same polynomial.
 #[inline]
 pub(crate) fn erf(x: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());

@@ -12,9 +12,10 @@
 //! computation to the `to_vec` that reports them.
 
 use super::Context;
+use super::fusion::{self, Expr};
 use crate::Error;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// Memory use of one GPU device, for checking that a long run is flat.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,11 +74,18 @@ pub(crate) fn size_class(bytes: u64) -> u64 {
     bytes.div_ceil(step) * step
 }
 
-/// A buffer on loan from the pool; it returns there when dropped.
+/// A buffer on loan from the pool; it returns there when the last handle
+/// drops (a tensor's storage, or a pending expression reading it).
 pub(crate) struct Pooled {
     pub buffer: wgpu::Buffer,
     pub class: u64,
     ctx: Arc<Context>,
+}
+
+impl Pooled {
+    pub fn new(buffer: wgpu::Buffer, class: u64, ctx: Arc<Context>) -> Self {
+        Pooled { buffer, class, ctx }
+    }
 }
 
 impl Drop for Pooled {
@@ -87,26 +95,77 @@ impl Drop for Pooled {
     }
 }
 
-/// The storage of a GPU tensor: a pooled buffer, or the error that
-/// prevented producing it.
-pub(crate) struct GpuBuffer(pub(crate) Result<Pooled, Error>);
+/// The storage of a GPU tensor: a pooled buffer, the error that prevented
+/// producing it, or — until something needs it — the pending elementwise
+/// expression that will compute it (see [`fusion`](super::fusion)).
+pub(crate) struct GpuBuffer(Arc<Cell>);
+
+pub(crate) struct Cell {
+    ready: OnceLock<Result<Arc<Pooled>, Error>>,
+    pending: Mutex<Option<(Arc<Context>, Expr)>>,
+}
+
+impl Cell {
+    /// The buffer, computing it first if it is pending.
+    fn get(&self) -> Result<&Arc<Pooled>, &Error> {
+        self.ready
+            .get_or_init(|| {
+                let (ctx, expr) = lock(&self.pending).take().expect("a GPU buffer is either ready or pending");
+                fusion::run(&ctx, &expr)
+            })
+            .as_ref()
+    }
+
+    /// Computes the buffer now if it is pending and reads `buffer`.
+    pub fn run_if_reads(&self, buffer: &Arc<Pooled>) {
+        let reads = lock(&self.pending).as_ref().is_some_and(|(_, e)| e.reads(buffer));
+        if reads {
+            let _ = self.get();
+        }
+    }
+
+    pub fn is_pending(&self) -> bool {
+        lock(&self.pending).is_some()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl GpuBuffer {
-    pub fn new(buffer: wgpu::Buffer, class: u64, ctx: Arc<Context>) -> Self {
-        GpuBuffer(Ok(Pooled { buffer, class, ctx }))
+    pub fn ready(result: Result<Arc<Pooled>, Error>) -> Self {
+        GpuBuffer(Arc::new(Cell { ready: OnceLock::from(result), pending: Mutex::new(None) }))
     }
 
     pub fn poisoned(error: Error) -> Self {
-        GpuBuffer(Err(error))
+        Self::ready(Err(error))
+    }
+
+    /// A buffer `expr` computes when it is first needed.
+    pub fn pending(ctx: &Arc<Context>, expr: Expr) -> Self {
+        let cell = Arc::new(Cell { ready: OnceLock::new(), pending: Mutex::new(Some((ctx.clone(), expr))) });
+        ctx.register_pending(Arc::downgrade(&cell));
+        GpuBuffer(cell)
+    }
+
+    /// The buffer (computed first if it was pending) or its error.
+    pub fn get(&self) -> Result<&Arc<Pooled>, &Error> {
+        self.0.get()
+    }
+
+    /// The expression computing this buffer, while it is pending.
+    pub fn expr(&self) -> Option<Expr> {
+        lock(&self.0.pending).as_ref().map(|(_, e)| e.clone())
     }
 
     /// The first error among `buffers`, if any is poisoned.
     pub fn first_error<'a>(buffers: impl IntoIterator<Item = &'a GpuBuffer>) -> Option<Error> {
-        buffers.into_iter().find_map(|b| b.0.as_ref().err().cloned())
+        buffers.into_iter().find_map(|b| b.get().err().cloned())
     }
 
     pub fn wgpu(&self) -> Option<&wgpu::Buffer> {
-        self.0.as_ref().ok().map(|p| &p.buffer)
+        self.get().ok().map(|p| &p.buffer)
     }
 }
 

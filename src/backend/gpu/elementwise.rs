@@ -1,8 +1,9 @@
-//! Elementwise kernels: fill, unary and binary ops (with broadcasting by
-//! strides), and dropout.
+//! Elementwise kernels: fill, binary ops with broadcasting by strides, and
+//! dropout. Unary ops and binary ops on contiguous operands are fused
+//! ([`fusion`]).
 
-use super::{Bind, Context, GpuBuffer, Kernel, Output, Shader, launch};
-use crate::backend::{BinaryOp, UnaryOp};
+use super::{Bind, Context, GpuBuffer, Kernel, Output, Shader, fusion, launch};
+use crate::backend::BinaryOp;
 use crate::rng;
 use crate::shape::{Strided, coalesce};
 use std::sync::Arc;
@@ -25,15 +26,6 @@ pub(crate) fn fill(ctx: &Arc<Context>, n: usize, value: f32) -> GpuBuffer {
     launch(ctx, Output { op: "full", n, slot: 0 }, &kernel, &[], &params, ctx.groups_1d(vec4s(n), wg))
 }
 
-pub(crate) fn unary(ctx: &Arc<Context>, op: UnaryOp, x: &GpuBuffer, n: usize) -> GpuBuffer {
-    let wg = ctx.tuning.elementwise_wg;
-    let (code, p0, p1) = op.code();
-    let kernel = Kernel { shader: Shader::Unary, entry: "main", constants: &[("OP", code as f64), ("WG", wg as f64)] };
-    let params = [vec4s(n) as u32, p0.to_bits(), p1.to_bits()];
-    let groups = ctx.groups_1d(vec4s(n), wg);
-    launch(ctx, Output { op: "unary op", n, slot: 1 }, &kernel, &[Bind::read(0, x)], &params, groups)
-}
-
 /// Pads a list of dims or strides to the kernel's fixed array length.
 pub(crate) fn padded(values: &[usize], what: &str) -> [u32; MAX_RANK] {
     assert!(
@@ -48,6 +40,8 @@ pub(crate) fn padded(values: &[usize], what: &str) -> [u32; MAX_RANK] {
     out
 }
 
+/// `op(a, b)` with broadcasting. Contiguous operands of the output's size
+/// fuse ([`fusion`]); other layouts run a generated strided kernel now.
 pub(crate) fn binary(
     ctx: &Arc<Context>,
     op: BinaryOp,
@@ -55,14 +49,8 @@ pub(crate) fn binary(
     b: (&GpuBuffer, &Strided),
 ) -> GpuBuffer {
     let n: usize = a.1.dims.iter().product();
-    let wg = ctx.tuning.elementwise_wg;
-    let constants = [("OP", op as u32 as f64), ("WG", wg as f64)];
     if a.1.is_contiguous() && b.1.is_contiguous() {
-        let kernel = Kernel { shader: Shader::Binary, entry: "contiguous", constants: &constants };
-        let params = [vec4s(n) as u32];
-        let groups = ctx.groups_1d(vec4s(n), wg);
-        let inputs = [Bind::read(3, a.0), Bind::read(4, b.0)];
-        return launch(ctx, Output { op: "binary op", n, slot: 5 }, &kernel, &inputs, &params, groups);
+        return fusion::binary(ctx, op, a.0, b.0, n);
     }
     let mut strides = vec![a.1.strides.clone(), b.1.strides.clone()];
     let dims = coalesce(&a.1.dims, &mut strides);
@@ -70,15 +58,16 @@ pub(crate) fn binary(
     params.extend(padded(&dims, "binary op"));
     params.extend(padded(&strides[0], "binary op"));
     params.extend(padded(&strides[1], "binary op"));
-    let kernel = Kernel { shader: Shader::Binary, entry: "main", constants: &constants };
-    launch(
-        ctx,
-        Output { op: "binary op", n, slot: 2 },
-        &kernel,
-        &[Bind::read(0, a.0), Bind::read(1, b.0)],
-        &params,
-        ctx.groups_1d(n, wg),
-    )
+    let out = ctx.alloc("binary op", n);
+    if out.get().is_err() {
+        return out;
+    }
+    let wg = ctx.tuning.elementwise_wg;
+    let binds = [Bind::read(0, a.0), Bind::read(1, b.0), Bind::write(2, &out)];
+    match ctx.dispatch_generated(fusion::strided_binary_kernel(op), wg, &binds, &params, ctx.groups_1d(n, wg)) {
+        Ok(()) => out,
+        Err(e) => GpuBuffer::poisoned(e),
+    }
 }
 
 pub(crate) fn dropout(ctx: &Arc<Context>, x: &GpuBuffer, n: usize, p: f32, key: [u32; 2]) -> GpuBuffer {

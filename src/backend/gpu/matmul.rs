@@ -16,7 +16,7 @@ const TILED_THREAD_TILE: u32 = 4;
 
 pub(crate) fn matmul(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, s: MatmulSpec) -> GpuBuffer {
     let out = ctx.alloc("matmul", s.batch * s.m * s.n);
-    if out.0.is_err() {
+    if out.get().is_err() {
         return out;
     }
     let t = ctx.tuning;

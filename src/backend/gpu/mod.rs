@@ -9,6 +9,8 @@
 //! - Dispatches are recorded into one long-lived compute pass and submitted
 //!   in batches; only a read back to the host (or an upload into a reused
 //!   buffer) submits early, and only a read back waits.
+//! - Elementwise ops are fused: a chain of them runs as one generated
+//!   kernel when its result is needed ([`fusion`]).
 //! - Per-dispatch parameters (sizes, strides, scalars) travel as immediate
 //!   data (push constants), so no uniform buffer is created or written per op.
 //!
@@ -20,6 +22,7 @@
 mod buffer;
 mod copy;
 mod elementwise;
+mod fusion;
 mod matmul;
 mod optim;
 mod reduce;
@@ -33,7 +36,8 @@ use crate::{Error, Result};
 use buffer::{Pool, size_class};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 /// Dispatches recorded before the batch is submitted without being asked:
 /// often enough that the GPU starts on a long chain while the host is still
@@ -47,8 +51,6 @@ const IMMEDIATE_BYTES: u32 = 128;
 /// The WGSL sources, one file per kernel family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Shader {
-    Unary,
-    Binary,
     Copy,
     Fill,
     Reduce,
@@ -63,8 +65,6 @@ pub(crate) enum Shader {
 impl Shader {
     fn source(self) -> &'static str {
         match self {
-            Shader::Unary => include_str!("../../../shaders/unary.wgsl"),
-            Shader::Binary => include_str!("../../../shaders/binary.wgsl"),
             Shader::Copy => include_str!("../../../shaders/copy.wgsl"),
             Shader::Fill => include_str!("../../../shaders/fill.wgsl"),
             Shader::Reduce => include_str!("../../../shaders/reduce.wgsl"),
@@ -135,6 +135,19 @@ struct Batch {
     dispatches: u32,
 }
 
+/// Weak handles on pending buffers; pruned of computed and dropped ones
+/// whenever it doubles.
+struct Registry {
+    cells: Vec<Weak<buffer::Cell>>,
+    prune_at: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry { cells: Vec::new(), prune_at: 256 }
+    }
+}
+
 /// Kernel sizes for one adapter (override constants).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Tuning {
@@ -190,21 +203,27 @@ pub struct GpuOptions {
     /// Graphics APIs to try, as wgpu's comma list (`"vulkan"`, `"metal,dx12"`);
     /// `None` tries Vulkan, Metal and DX12.
     pub backends: Option<String>,
+    /// Fuse chains of elementwise ops into one kernel each, run when their
+    /// result is needed. Off, every op dispatches its own kernel at once
+    /// (useful when profiling one op, or bisecting a suspected fusion bug).
+    pub fusion: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { subgroups: true, adapter: None, backends: None }
+        GpuOptions { subgroups: true, adapter: None, backends: None, fusion: true }
     }
 }
 
 impl GpuOptions {
     /// The defaults, with `adapter` from `WGPU_ADAPTER_NAME` and `backends`
-    /// from `WGPU_BACKEND` where those are set.
+    /// from `WGPU_BACKEND` where those are set, and fusion off where
+    /// `WGRAD_FUSION=0`.
     pub fn from_env() -> Self {
         GpuOptions {
             adapter: std::env::var("WGPU_ADAPTER_NAME").ok(),
             backends: std::env::var("WGPU_BACKEND").ok(),
+            fusion: std::env::var("WGRAD_FUSION").map_or(true, |v| v != "0"),
             ..GpuOptions::default()
         }
     }
@@ -223,6 +242,15 @@ pub(crate) struct Context {
     modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
     layouts: Mutex<HashMap<Vec<(u32, bool)>, Layout>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+    /// Pipelines of generated kernels, by source.
+    generated: Mutex<HashMap<String, Arc<Pipeline>>>,
+    /// Whether elementwise ops are fused.
+    fusion: bool,
+    /// Pending (fused, not yet computed) buffers, so that an in-place write
+    /// can first compute those that read its target.
+    pending: Mutex<Registry>,
+    /// Kernels dispatched since the device was opened.
+    dispatched: AtomicU64,
     bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
     pool: Mutex<Pool>,
     /// Mappable buffers for reading back, by size class.
@@ -363,6 +391,10 @@ impl GpuDevice {
                 modules: Mutex::default(),
                 layouts: Mutex::default(),
                 pipelines: Mutex::default(),
+                generated: Mutex::default(),
+                fusion: options.fusion,
+                pending: Mutex::default(),
+                dispatched: AtomicU64::new(0),
                 bind_groups: Mutex::default(),
                 pool: Mutex::default(),
                 staging: Mutex::default(),
@@ -384,6 +416,13 @@ impl GpuDevice {
             device_type: format!("{:?}", i.device_type),
             driver,
         }
+    }
+
+    /// Kernels dispatched since the device was opened: with fusion, a
+    /// chain of elementwise ops counts once. For profiling, and for checking
+    /// that a loop dispatches what you expect.
+    pub fn kernels_dispatched(&self) -> u64 {
+        self.ctx.dispatched.load(Ordering::Relaxed)
     }
 
     /// Bytes live, bytes pooled and allocations made so far.
@@ -411,7 +450,10 @@ impl GpuDevice {
     /// tensor on it becomes unreadable and reading one returns
     /// [`Error::DeviceLost`]. For testing how a program copes with a lost GPU.
     pub fn simulate_device_loss(&self) {
-        let _ = self.ctx.submit(&mut lock(&self.ctx.batch));
+        // Let recorded work finish first, so the loss is reported the same
+        // way (by the lost callback) whatever was in flight.
+        let index = self.ctx.submit(&mut lock(&self.ctx.batch));
+        let _ = self.ctx.wait(index);
         self.ctx.device.destroy();
         let _ = self.ctx.device.poll(wgpu::PollType::Poll);
     }
@@ -435,29 +477,56 @@ impl Context {
 
     /// A buffer for `n` f32s, from the pool when one of its class is free.
     pub(crate) fn alloc(self: &Arc<Self>, op: &'static str, n: usize) -> GpuBuffer {
+        GpuBuffer::ready(self.alloc_pooled(op, n))
+    }
+
+    pub(crate) fn alloc_pooled(self: &Arc<Self>, op: &'static str, n: usize) -> Result<Arc<buffer::Pooled>> {
         if let Some(e) = self.lost_error() {
-            return GpuBuffer::poisoned(e);
+            return Err(e);
         }
         let bytes = (n as u64).saturating_mul(4);
         let limit = self.max_binding();
         if bytes > limit {
-            return GpuBuffer::poisoned(Error::TooLarge { op, bytes, limit });
+            return Err(Error::TooLarge { op, bytes, limit });
         }
         // Round up to the class, unless that would cross the limit.
         let class = size_class(bytes).min(limit.max(16) & !15);
-        if let Some(buffer) = lock(&self.pool).take(class) {
-            return GpuBuffer::new(buffer, class, self.clone());
-        }
-        match self.create_buffer(class) {
-            Ok(b) => GpuBuffer::new(b, class, self.clone()),
-            Err(_) => {
-                // Give the pool's memory back to the driver and try once more.
-                self.clear_pool();
-                match self.create_buffer(class) {
-                    Ok(b) => GpuBuffer::new(b, class, self.clone()),
-                    Err(e) => GpuBuffer::poisoned(e),
+        let pooled = lock(&self.pool).take(class);
+        let buffer = match pooled {
+            Some(buffer) => buffer,
+            None => match self.create_buffer(class) {
+                Ok(b) => b,
+                Err(_) => {
+                    // Give the pool's memory back to the driver and try once more.
+                    self.clear_pool();
+                    self.create_buffer(class)?
                 }
-            }
+            },
+        };
+        Ok(Arc::new(buffer::Pooled::new(buffer, class, self.clone())))
+    }
+
+    /// Remembers a pending buffer (see [`before_write`](Self::before_write)).
+    fn register_pending(&self, cell: Weak<buffer::Cell>) {
+        let mut registry = lock(&self.pending);
+        registry.cells.push(cell);
+        if registry.cells.len() >= registry.prune_at {
+            registry.cells.retain(|c| c.upgrade().is_some_and(|c| c.is_pending()));
+            registry.prune_at = (2 * registry.cells.len()).max(256);
+        }
+    }
+
+    /// Makes `target` safe to write in place: computes it if it is pending,
+    /// and computes every pending expression that reads it, so none of them
+    /// later sees the new contents.
+    pub(crate) fn before_write(&self, target: &GpuBuffer) {
+        let Ok(buffer) = target.get() else { return };
+        if Arc::strong_count(buffer) == 1 {
+            return;
+        }
+        let cells: Vec<Arc<buffer::Cell>> = lock(&self.pending).cells.iter().filter_map(Weak::upgrade).collect();
+        for cell in cells {
+            cell.run_if_reads(buffer);
         }
     }
 
@@ -509,11 +578,37 @@ impl Context {
         if let Some(p) = lock(&self.pipelines).get(&key) {
             return p.clone();
         }
+        let module = self.module(kernel.shader);
+        let p = Arc::new(self.build_pipeline(&module, kernel.entry, kernel.constants, &key.signature));
+        lock(&self.pipelines).insert(key, p.clone());
+        p
+    }
+
+    /// The pipeline of a generated kernel (entry point `main`, override `WG`).
+    fn generated_pipeline(&self, source: String, signature: Vec<(u32, bool)>, wg: u32) -> Arc<Pipeline> {
+        if let Some(p) = lock(&self.generated).get(&source) {
+            return p.clone();
+        }
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("generated"),
+            source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
+        });
+        let p = Arc::new(self.build_pipeline(&module, "main", &[("WG", wg as f64)], &signature));
+        lock(&self.generated).insert(source, p.clone());
+        p
+    }
+
+    fn build_pipeline(
+        &self,
+        module: &wgpu::ShaderModule,
+        entry: &str,
+        constants: &[(&str, f64)],
+        signature: &[(u32, bool)],
+    ) -> Pipeline {
         let (layout, pipeline_layout) = lock(&self.layouts)
-            .entry(key.signature.clone())
+            .entry(signature.to_vec())
             .or_insert_with(|| {
-                let entries: Vec<wgpu::BindGroupLayoutEntry> = key
-                    .signature
+                let entries: Vec<wgpu::BindGroupLayoutEntry> = signature
                     .iter()
                     .map(|&(slot, write)| wgpu::BindGroupLayoutEntry {
                         binding: slot,
@@ -537,28 +632,48 @@ impl Context {
                 (bgl, pl)
             })
             .clone();
-        let module = self.module(kernel.shader);
         let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(kernel.entry),
+            label: Some(entry),
             layout: Some(&pipeline_layout),
-            module: &module,
-            entry_point: Some(kernel.entry),
+            module,
+            entry_point: Some(entry),
             compilation_options: wgpu::PipelineCompilationOptions {
-                constants: kernel.constants,
+                constants,
                 // Every kernel writes its workgroup memory before reading it.
                 zero_initialize_workgroup_memory: false,
             },
             cache: None,
         });
-        let p = Arc::new(Pipeline { pipeline, layout });
-        lock(&self.pipelines).insert(key, p.clone());
-        p
+        Pipeline { pipeline, layout }
     }
 
     /// Records one dispatch. `params` is the immediate data (padded to the
     /// full immediate block). Returns the error that poisons the outputs
     /// instead, if an input is poisoned or the device is lost.
     pub(crate) fn dispatch(&self, kernel: &Kernel, binds: &[Bind], params: &[u32], groups: [u32; 3]) -> Result<()> {
+        self.dispatch_with(|signature| self.pipeline(kernel, signature), binds, params, groups)
+    }
+
+    /// As [`dispatch`](Self::dispatch), for a generated kernel's `source`
+    /// (entry point `main`, workgroup size override `WG`).
+    pub(crate) fn dispatch_generated(
+        &self,
+        source: String,
+        wg: u32,
+        binds: &[Bind],
+        params: &[u32],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        self.dispatch_with(|signature| self.generated_pipeline(source, signature, wg), binds, params, groups)
+    }
+
+    fn dispatch_with(
+        &self,
+        pipeline: impl FnOnce(Vec<(u32, bool)>) -> Arc<Pipeline>,
+        binds: &[Bind],
+        params: &[u32],
+        groups: [u32; 3],
+    ) -> Result<()> {
         if let Some(e) = GpuBuffer::first_error(binds.iter().map(|b| b.buffer)) {
             return Err(e);
         }
@@ -570,10 +685,22 @@ impl Context {
         }
         let mut signature: Vec<(u32, bool)> = binds.iter().map(|b| (b.slot, b.write)).collect();
         signature.sort_unstable();
-        let pipeline = self.pipeline(kernel, signature);
-        let bind_group = self.bind_group(&pipeline.layout, binds);
+        let pipeline = pipeline(signature);
+        let buffers: Vec<(u32, &wgpu::Buffer)> =
+            binds.iter().map(|b| (b.slot, b.buffer.wgpu().expect("not poisoned"))).collect();
+        self.record(&pipeline, &buffers, params, groups);
+        Ok(())
+    }
+
+    /// Records one dispatch of `pipeline` on `buffers` (slot, buffer).
+    fn record(&self, pipeline: &Pipeline, buffers: &[(u32, &wgpu::Buffer)], params: &[u32], groups: [u32; 3]) {
+        if groups.contains(&0) {
+            return;
+        }
+        let bind_group = self.bind_group(&pipeline.layout, buffers);
         let mut block = [0u32; (IMMEDIATE_BYTES / 4) as usize];
         block[..params.len()].copy_from_slice(params);
+        self.dispatched.fetch_add(1, Ordering::Relaxed);
 
         let mut batch = lock(&self.batch);
         let pass = self.pass(&mut batch);
@@ -585,15 +712,14 @@ impl Context {
         if batch.dispatches >= SUBMIT_EVERY {
             self.submit(&mut batch);
         }
-        Ok(())
     }
 
-    /// The bind group of `binds` (whose buffers are not poisoned), from the
-    /// cache or newly made.
-    fn bind_group(&self, layout: &wgpu::BindGroupLayout, binds: &[Bind]) -> wgpu::BindGroup {
+    /// The bind group of `buffers` (slot, buffer), from the cache or newly
+    /// made.
+    fn bind_group(&self, layout: &wgpu::BindGroupLayout, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
         let key = BindKey {
             layout: layout.clone(),
-            buffers: binds.iter().map(|b| (b.slot, b.buffer.wgpu().expect("not poisoned").clone())).collect(),
+            buffers: buffers.iter().map(|&(slot, buffer)| (slot, buffer.clone())).collect(),
         };
         let mut cache = lock(&self.bind_groups);
         if let Some(group) = cache.get(&key) {
@@ -680,7 +806,7 @@ impl Context {
     /// Reads the first `n` f32s of `src` back to the host, after all work
     /// recorded before this call.
     pub(crate) fn download(&self, src: &GpuBuffer, n: usize) -> Result<Vec<f32>> {
-        let src = match &src.0 {
+        let src = match src.get() {
             Ok(p) => &p.buffer,
             Err(e) => return Err(e.clone()),
         };
@@ -761,7 +887,7 @@ impl Backend for GpuDevice {
     }
 
     fn unary(&self, op: UnaryOp, x: &Storage, n: usize) -> Storage {
-        Storage::Gpu(elementwise::unary(&self.ctx, op, x.gpu(), n))
+        Storage::Gpu(fusion::unary(&self.ctx, op, x.gpu(), n))
     }
 
     fn binary(&self, op: BinaryOp, a: (&Storage, &Strided), b: (&Storage, &Strided)) -> Storage {
@@ -785,6 +911,7 @@ impl Backend for GpuDevice {
     }
 
     fn copy_into(&self, out: &mut Storage, dst: &Strided, x: &Storage) {
+        self.ctx.before_write(out.gpu());
         copy::copy_into(&self.ctx, out.gpu_mut(), dst, x.gpu());
     }
 
@@ -817,6 +944,10 @@ impl Backend for GpuDevice {
     }
 
     fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [&mut Storage], n: usize) {
+        self.ctx.before_write(param.gpu());
+        for s in state.iter() {
+            self.ctx.before_write(s.gpu());
+        }
         let state: Vec<&mut GpuBuffer> = state.iter_mut().map(|s| s.gpu_mut()).collect();
         optim::update(&self.ctx, rule, param.gpu_mut(), grad.gpu(), state, n);
     }
@@ -841,7 +972,7 @@ pub(crate) fn launch(
     groups: [u32; 3],
 ) -> GpuBuffer {
     let buffer = ctx.alloc(out.op, out.n);
-    if buffer.0.is_err() {
+    if buffer.get().is_err() {
         return buffer;
     }
     let mut binds: Vec<Bind> = inputs.iter().map(|b| Bind { slot: b.slot, buffer: b.buffer, write: b.write }).collect();
