@@ -2,7 +2,7 @@
 //! reference and the unfused GPU compute, dispatch once per chain, never run
 //! what nobody reads, survive shared subexpressions, and never let an
 //! in-place write (assign, an optimizer step) leak into a result computed
-//! before it.
+//! before it; synchronize finishes what is pending.
 
 mod common;
 
@@ -111,6 +111,22 @@ fn results_nobody_reads_never_run() {
     }
     gpu.synchronize().unwrap();
     assert_eq!(gpu.kernels_dispatched(), before, "dropped pending results dispatched kernels");
+}
+
+#[test]
+fn synchronize_runs_pending_results_once() {
+    let Some((gpu, dev)) = device(true) else { return };
+    let x = rand(&[300], -1.0, 1.0, 9).to_device(&dev).unwrap();
+    gpu.synchronize().unwrap();
+    let before = gpu.kernels_dispatched();
+    // Alive and pending: synchronize must finish it, as it finishes all
+    // queued work (a benchmark timing up to synchronize relies on it).
+    let y = (x.exp() + 1.0).log();
+    gpu.synchronize().unwrap();
+    assert_eq!(gpu.kernels_dispatched(), before + 1, "synchronize ran the pending chain as one kernel");
+    let expected: Vec<f32> = x.to_vec().unwrap().iter().map(|v| (v.exp() + 1.0).ln()).collect();
+    assert_close(&y.to_vec().unwrap(), &expected, 1e-6, 1e-5, "softplus");
+    assert_eq!(gpu.kernels_dispatched(), before + 1, "reading it back did not compute it again");
 }
 
 #[test]

@@ -116,6 +116,11 @@ impl Cell {
             .as_ref()
     }
 
+    /// Computes the buffer now if it is pending.
+    pub fn run(&self) {
+        let _ = self.get();
+    }
+
     /// Computes the buffer now if it is pending and reads `buffer`.
     pub fn run_if_reads(&self, buffer: &Arc<Pooled>) {
         let reads = lock(&self.pending).as_ref().is_some_and(|(_, e)| e.reads(buffer));

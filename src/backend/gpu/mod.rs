@@ -435,8 +435,11 @@ impl GpuDevice {
         self.ctx.clear_pool();
     }
 
-    /// Submits all recorded work and waits for the GPU to finish it.
+    /// Finishes all work: runs every pending (fused, not yet computed)
+    /// result still alive, submits everything recorded and waits for the
+    /// GPU to finish it. Time GPU work up to here, or up to a read back.
     pub fn synchronize(&self) -> Result<()> {
+        self.ctx.run_pending();
         let index = self.ctx.submit(&mut lock(&self.ctx.batch));
         self.ctx.wait(index)
     }
@@ -513,6 +516,14 @@ impl Context {
         if registry.cells.len() >= registry.prune_at {
             registry.cells.retain(|c| c.upgrade().is_some_and(|c| c.is_pending()));
             registry.prune_at = (2 * registry.cells.len()).max(256);
+        }
+    }
+
+    /// Computes every pending buffer that is still alive.
+    fn run_pending(&self) {
+        let cells = std::mem::take(&mut lock(&self.pending).cells);
+        for cell in cells.iter().filter_map(Weak::upgrade) {
+            cell.run();
         }
     }
 
