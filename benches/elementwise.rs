@@ -1,5 +1,6 @@
 //! Elementwise ops, CPU vs GPU: a chain of 1000 small dependent ops read
-//! once at the end (per-op overhead), and single ops on large tensors
+//! once at the end (per-op overhead; on the GPU with fusion, as by default,
+//! and without, one dispatch per op), and single ops on large tensors
 //! (bandwidth).
 
 mod common;
@@ -10,7 +11,8 @@ use wgrad::Tensor;
 fn chain(c: &mut Criterion) {
     let mut group = c.benchmark_group("elementwise_chain_1000_ops");
     group.sample_size(10);
-    for (name, dev) in common::devices() {
+    let unfused = common::gpu_unfused().map(|d| ("gpu unfused", d));
+    for (name, dev) in common::devices().into_iter().chain(unfused) {
         let x = Tensor::ones([1024], &dev);
         group.bench_function(name, |b| {
             b.iter(|| {

@@ -15,6 +15,13 @@ pub fn devices() -> Vec<(&'static str, Device)> {
     out
 }
 
+/// A second GPU device with elementwise fusion off (one dispatch per op), to
+/// show what fusion saves.
+pub fn gpu_unfused() -> Option<Device> {
+    let options = wgrad::GpuOptions { fusion: false, ..wgrad::GpuOptions::from_env() };
+    wgrad::GpuDevice::with_options(options).ok().map(Device::Gpu)
+}
+
 /// Times `f` followed by waiting for `dev` to finish.
 pub fn iter_synced<T>(b: &mut Bencher, dev: &Device, mut f: impl FnMut() -> T) {
     b.iter(|| {
