@@ -73,7 +73,8 @@ impl Device {
         }
     }
 
-    /// Waits for all work queued on this device (a no-op on the CPU).
+    /// Finishes all work queued on this device, including fused elementwise
+    /// results not yet computed (a no-op on the CPU).
     pub fn synchronize(&self) -> Result<()> {
         match self {
             Device::Cpu => Ok(()),

@@ -22,6 +22,11 @@
 //! - Gradients are recorded only for variables ([`Tensor::requires_grad`])
 //!   and what is computed from them, and never inside [`no_grad`].
 //! - [`gradcheck`] compares autograd against finite differences.
+//! - On a GPU, ops return before their work is done: kernels are queued
+//!   and run asynchronously, and chains of elementwise ops are fused into one
+//!   generated kernel that runs when its result is needed. Reading a tensor
+//!   ([`Tensor::to_vec`], [`Tensor::item`]) or [`Device::synchronize`] waits
+//!   for everything it depends on; time GPU work up to one of them.
 
 #![warn(missing_docs)]
 
