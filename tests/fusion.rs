@@ -182,6 +182,75 @@ fn in_place_writes_do_not_reach_results_computed_before_them() {
     assert_close(&p.to_vec().unwrap(), &stepped, 1e-6, 1e-6, "the step itself");
 }
 
+/// Layer normalisation written out by hand: every op after the two
+/// reductions broadcasts a row or a column.
+fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor) -> Tensor {
+    let mean = x.mean_dim(1, true);
+    let centred = x - &mean;
+    let std = (centred.sqr().mean_dim(1, true) + 1e-5).sqrt();
+    (&(&centred / &std) * gamma + beta).relu()
+}
+
+#[test]
+fn broadcasting_ops_fuse_and_match_the_cpu() {
+    let Some((gpu, dev)) = device(true) else { return };
+    let (_, unfused) = device(false).expect("a GPU was found above");
+    for (rows, cols) in [(1, 1), (3, 5), (32, 128), (7, 257)] {
+        let x = rand(&[rows, cols], -2.0, 2.0, 10);
+        let gamma = rand(&[cols], 0.5, 1.5, 11);
+        let beta = rand(&[cols], -0.5, 0.5, 12);
+        let on = |d: &Device| {
+            let to = |t: &Tensor| t.to_device(d).unwrap();
+            layer_norm(&to(&x), &to(&gamma), &to(&beta)).to_vec().unwrap()
+        };
+        let cpu = on(&Device::Cpu);
+        let what = format!("layer norm {rows}x{cols}");
+        assert_close(&on(&dev), &cpu, 1e-5, 1e-4, &what);
+        assert_close(&on(&dev), &on(&unfused), 1e-6, 1e-5, &format!("fused vs unfused {what}"));
+    }
+
+    // Given the row statistics, the rest is one kernel: five inputs, two of
+    // them broadcast along rows and two along columns.
+    let to = |t: Tensor| t.to_device(&dev).unwrap();
+    let x = to(rand(&[32, 128], -2.0, 2.0, 13));
+    let (gamma, beta) = (to(rand(&[128], 0.5, 1.5, 14)), to(rand(&[128], -0.5, 0.5, 15)));
+    let mean = x.mean_dim(1, true);
+    let std = (&x - &mean).sqr().mean_dim(1, true).sqrt();
+    gpu.synchronize().unwrap();
+    let before = gpu.kernels_dispatched();
+    let y = (&(&(&x - &mean) / &std) * &gamma + &beta).relu();
+    gpu.synchronize().unwrap();
+    assert_eq!(gpu.kernels_dispatched() - before, 1, "normalise, scale, shift and relu in one kernel");
+    drop(y);
+
+    // A linear layer's bias and activation: the matmul, then one kernel.
+    let w = to(rand(&[64, 128], -0.1, 0.1, 16));
+    let b = to(rand(&[64], -0.1, 0.1, 17));
+    gpu.synchronize().unwrap();
+    let before = gpu.kernels_dispatched();
+    let h = x.linear(&w, Some(&b)).relu();
+    gpu.synchronize().unwrap();
+    assert_eq!(gpu.kernels_dispatched() - before, 2, "matmul, then bias + relu");
+    drop(h);
+}
+
+#[test]
+fn expressions_over_different_shapes_still_combine_correctly() {
+    let Some((_, dev)) = device(true) else { return };
+    // `a` is pending over [4, 6] with a broadcast input; reshaped to
+    // [6, 4] and combined with a broadcast over that shape, its index space
+    // differs, so it is computed first instead of inlined.
+    let x = rand(&[4, 6], -1.0, 1.0, 18);
+    let r = rand(&[6], -1.0, 1.0, 19);
+    let c = rand(&[4], -1.0, 1.0, 20);
+    let on = |d: &Device| {
+        let to = |t: &Tensor| t.to_device(d).unwrap();
+        let a = (&to(&x) * &to(&r)).exp();
+        (a.reshape([6, 4]) + &to(&c)).to_vec().unwrap()
+    };
+    assert_close(&on(&dev), &on(&Device::Cpu), 1e-6, 1e-5, "reshaped broadcast chain");
+}
+
 #[test]
 fn a_contiguous_prefix_of_a_pending_result_fuses() {
     let Some((_, dev)) = device(true) else { return };

@@ -2,20 +2,26 @@
 //!
 //! On a GPU a small elementwise op costs its dispatch, not its arithmetic
 //! (on lavapipe ~40 µs of thread hand-off per dispatch, on a discrete GPU a
-//! few µs of launch). So a unary op, or a binary op on two contiguous
-//! operands of one size, dispatches nothing when called: it returns a
-//! *pending* buffer that holds the expression computing it (an SSA list of
-//! ops over buffers already computed, the leaves). An op on a pending input
-//! extends its expression instead of reading a buffer. The expression runs
-//! — one WGSL kernel, written here from the op list and compiled once per
-//! distinct list — when something needs the buffer itself: a kernel that
-//! binds it (matmul, reduce, a strided op, ...), a read back, or an
+//! few µs of launch). So a unary or binary op dispatches nothing when
+//! called: it returns a *pending* buffer that holds the expression computing
+//! it (an SSA list of ops over buffers already computed, the leaves). An op
+//! on a contiguous pending input extends its expression instead of reading
+//! a buffer. The expression runs — one WGSL kernel, written here from the
+//! op list and compiled once per distinct list — when something needs the
+//! buffer itself: a kernel that binds it (matmul, reduce, a copy, ...), a
+//! read back, [`synchronize`](super::GpuDevice::synchronize), or an
 //! expression that would grow past the limits below. A pending result that
 //! is dropped unread never runs.
 //!
-//! Scalar operands travel as immediate data, so `x * 0.5` and `x * 0.25`
-//! share a kernel. Equal nodes are merged when expressions combine, so
-//! `y + y` does not copy `y`'s expression twice.
+//! Broadcasting is part of the expression: a binary operand that is not
+//! contiguous (a bias row, a per-row statistic) becomes a leaf read through
+//! its strides, so `(x - mean) / std * gamma + beta` is one kernel. Without
+//! such leaves a kernel handles four elements per invocation through vec4
+//! loads; with them, one, decomposing its index over the dims (coalesced).
+//! Element counts, dims, strides and scalar operands travel as immediate
+//! data, so `x * 0.5` and `x * 0.25`, or batch 32 and batch 64, share a
+//! kernel. Equal nodes are merged when expressions combine, so `y + y` does
+//! not copy `y`'s expression twice.
 //!
 //! Correctness rests on buffers being immutable, with two exceptions that
 //! write in place (`copy_into` and the optimizer update): before either
@@ -26,18 +32,19 @@
 //! the trade every fusing compiler makes against a dispatch.
 
 use super::buffer::Pooled;
-use super::elementwise::vec4s;
+use super::elementwise::{MAX_RANK, vec4s};
 use super::{Context, GpuBuffer};
 use crate::Error;
 use crate::backend::{BinaryOp, UnaryOp};
+use crate::shape::{Strided, coalesce};
 use std::fmt::Write;
 use std::sync::Arc;
 
 /// Ops one generated kernel may compute per element.
 pub(crate) const MAX_OPS: usize = 24;
-/// Scalar operands one kernel may take: its immediate data is 128 bytes,
-/// one u32 of which is the element count.
-const MAX_SCALARS: usize = 31;
+/// The u32 words of immediate data a kernel has (128 bytes): the element
+/// count, the dims and views of its strided leaves, and its scalars.
+const WORDS: usize = 32;
 /// Buffers one kernel may read (plus the one it writes): the adapter
 /// minimum of storage buffers per shader stage is 8.
 const MAX_LEAVES: usize = 6;
@@ -47,17 +54,40 @@ const LIBRARY: &str = include_str!("../../../shaders/elementwise.wgsl");
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Node {
-    /// The element of the leaf buffer with this index.
+    /// The element of the leaf with this index.
     Leaf(usize),
     Unary(UnaryOp, usize),
     Binary(BinaryOp, usize, usize),
 }
 
-/// An elementwise expression over `n` elements of its leaves.
+/// A buffer an expression reads: element `i` of the result reads element
+/// `i` of the buffer, or, with a view, the element the view maps the
+/// row-major index `i` of the expression's dims to (broadcasting, strides).
+#[derive(Clone)]
+struct Leaf {
+    buffer: Arc<Pooled>,
+    view: Option<View>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct View {
+    offset: usize,
+    strides: Vec<usize>,
+}
+
+impl Leaf {
+    fn same(&self, other: &Leaf) -> bool {
+        Arc::ptr_eq(&self.buffer, &other.buffer) && self.view == other.view
+    }
+}
+
+/// An elementwise expression over the first `n` elements of its index space.
 #[derive(Clone)]
 pub(crate) struct Expr {
     n: usize,
-    leaves: Vec<Arc<Pooled>>,
+    /// The dims the strided leaves' views are over (`None` without any).
+    dims: Option<Vec<usize>>,
+    leaves: Vec<Leaf>,
     /// In dependency order; arguments index earlier nodes.
     nodes: Vec<Node>,
     root: usize,
@@ -65,7 +95,18 @@ pub(crate) struct Expr {
 
 impl Expr {
     fn leaf(n: usize, buffer: Arc<Pooled>) -> Expr {
-        Expr { n, leaves: vec![buffer], nodes: vec![Node::Leaf(0)], root: 0 }
+        Expr { n, dims: None, leaves: vec![Leaf { buffer, view: None }], nodes: vec![Node::Leaf(0)], root: 0 }
+    }
+
+    /// `buffer` read through `view`, a layout over `view.dims`.
+    fn strided(buffer: Arc<Pooled>, view: &Strided) -> Expr {
+        Expr {
+            n: view.dims.iter().product(),
+            dims: Some(view.dims.clone()),
+            leaves: vec![Leaf { buffer, view: Some(View { offset: view.offset, strides: view.strides.clone() }) }],
+            nodes: vec![Node::Leaf(0)],
+            root: 0,
+        }
     }
 
     fn ops(&self) -> usize {
@@ -76,13 +117,30 @@ impl Expr {
         self.nodes.iter().map(|n| if let Node::Unary(op, _) = n { scalars(*op).len() } else { 0 }).sum()
     }
 
+    /// The strided leaves' views coalesced over the dims: the dims, and per
+    /// strided leaf (in leaf order) its strides.
+    fn layout(&self) -> (Vec<usize>, Vec<Vec<usize>>) {
+        let Some(dims) = &self.dims else { return (Vec::new(), Vec::new()) };
+        let mut strides: Vec<Vec<usize>> =
+            self.leaves.iter().filter_map(|l| l.view.as_ref().map(|v| v.strides.clone())).collect();
+        let dims = coalesce(dims, &mut strides);
+        (dims, strides)
+    }
+
+    /// Immediate words the kernel needs: the count, the dims, each strided
+    /// leaf's offset and strides, the scalars.
+    fn words(&self) -> usize {
+        let (dims, strides) = self.layout();
+        1 + dims.len() + strides.iter().map(|s| 1 + s.len()).sum::<usize>() + self.scalars()
+    }
+
     fn fits(&self) -> bool {
-        self.ops() <= MAX_OPS && self.scalars() <= MAX_SCALARS && self.leaves.len() <= MAX_LEAVES
+        self.ops() <= MAX_OPS && self.leaves.len() <= MAX_LEAVES && self.words() <= WORDS
     }
 
     /// Whether the expression reads `buffer`.
     pub fn reads(&self, buffer: &Arc<Pooled>) -> bool {
-        self.leaves.iter().any(|l| Arc::ptr_eq(l, buffer))
+        self.leaves.iter().any(|l| Arc::ptr_eq(&l.buffer, buffer))
     }
 
     /// The index of `node`, appended unless an equal node exists.
@@ -95,13 +153,17 @@ impl Expr {
     }
 
     /// Merges `other` into this expression; returns the index of its root.
+    /// The two must agree on their dims where both have any.
     fn absorb(&mut self, other: &Expr) -> usize {
+        if self.dims.is_none() {
+            self.dims = other.dims.clone();
+        }
         let mut map = Vec::with_capacity(other.nodes.len());
         for node in &other.nodes {
             let node = match *node {
                 Node::Leaf(l) => {
                     let leaf = &other.leaves[l];
-                    let index = match self.leaves.iter().position(|m| Arc::ptr_eq(m, leaf)) {
+                    let index = match self.leaves.iter().position(|m| m.same(leaf)) {
                         Some(i) => i,
                         None => {
                             self.leaves.push(leaf.clone());
@@ -124,16 +186,23 @@ impl Expr {
         self
     }
 
-    /// `op(self, other)`.
-    fn binary(mut self, op: BinaryOp, other: &Expr) -> Expr {
+    /// `op(self, other)`, or `None` when the two index their strided leaves
+    /// through different dims.
+    fn binary(mut self, op: BinaryOp, other: &Expr) -> Option<Expr> {
+        if let (Some(a), Some(b)) = (&self.dims, &other.dims)
+            && a != b
+        {
+            return None;
+        }
         let b = self.absorb(other);
         self.root = self.intern(Node::Binary(op, self.root, b));
-        self
+        Some(self)
     }
 
-    /// The WGSL function `f(x0, x1, ...) -> f32` computing one element, and
-    /// the scalar operands it reads from `params.s`.
-    fn function(&self) -> (String, Vec<f32>) {
+    /// The WGSL function `f(x0, x1, ...) -> f32` computing one element; its
+    /// scalar operands are the immediate words from `first_scalar` on, whose
+    /// values it returns.
+    fn function(&self, first_scalar: usize) -> (String, Vec<f32>) {
         let name = |i: usize| match self.nodes[i] {
             Node::Leaf(l) => format!("x{l}"),
             _ => format!("t{i}"),
@@ -149,7 +218,7 @@ impl Expr {
                         .iter()
                         .map(|&v| {
                             values.push(v);
-                            format!("params.s[{}]", values.len() - 1)
+                            format!("bitcast<f32>(params.w[{}])", first_scalar + values.len() - 1)
                         })
                         .collect();
                     unary_wgsl(op, &name(a), &names)
@@ -162,43 +231,86 @@ impl Expr {
         (src, values)
     }
 
-    /// The whole kernel: four elements per invocation through vec4 views of
-    /// the leaves (buffers are padded to whole vec4s), output at binding
-    /// `leaves.len()`.
-    fn kernel(&self) -> (String, Vec<f32>) {
-        let (function, values) = self.function();
-        let mut src = String::with_capacity(LIBRARY.len() + 1024);
+    /// The whole kernel and its immediate words. Without strided leaves it
+    /// computes four elements per invocation through vec4 views of the
+    /// leaves (buffers are padded to whole vec4s); with them, one element,
+    /// decomposing its index over the coalesced dims. The output is at
+    /// binding `leaves.len()`.
+    fn kernel(&self) -> (String, Vec<u32>) {
+        let (dims, strides) = self.layout();
+        let leaves = self.leaves.len();
+        let vec4 = strided_count(self) == 0;
+        // Words: count, dims, per strided leaf offset and strides, scalars.
+        let mut words = vec![if vec4 { vec4s(self.n) } else { self.n } as u32];
+        words.extend(dims.iter().map(|&d| d as u32));
+        let mut index_of = vec![String::from("i"); leaves];
+        let mut views = strides.iter();
+        for (l, leaf) in self.leaves.iter().enumerate() {
+            let Some(view) = &leaf.view else { continue };
+            let strides = views.next().expect("one stride list per strided leaf");
+            let mut terms = vec![format!("params.w[{}]", words.len())];
+            words.push(view.offset as u32);
+            for (d, &s) in strides.iter().enumerate() {
+                if s != 0 {
+                    terms.push(format!("c{d} * params.w[{}]", words.len()));
+                }
+                words.push(s as u32);
+            }
+            index_of[l] = terms.join(" + ");
+        }
+        let (function, values) = self.function(words.len());
+        words.extend(values.iter().map(|v| v.to_bits()));
+
+        let mut src = String::with_capacity(LIBRARY.len() + 2048);
         src.push_str(LIBRARY);
         src.push_str(
-            "\nstruct Params {\n    n4: u32,\n    s: array<f32, 31>,\n}\nvar<immediate> params: Params;\n\
+            "\nstruct Params {\n    w: array<u32, 32>,\n}\nvar<immediate> params: Params;\n\
              override WG: u32 = 256u;\n\n",
         );
-        let leaves = self.leaves.len();
+        let element = if vec4 { "vec4<f32>" } else { "f32" };
         for l in 0..leaves {
-            let _ = writeln!(src, "@group(0) @binding({l}) var<storage, read> in{l}: array<vec4<f32>>;");
+            let _ = writeln!(src, "@group(0) @binding({l}) var<storage, read> in{l}: array<{element}>;");
         }
-        let _ = writeln!(src, "@group(0) @binding({leaves}) var<storage, read_write> out: array<vec4<f32>>;\n");
+        let _ = writeln!(src, "@group(0) @binding({leaves}) var<storage, read_write> out: array<{element}>;\n");
         src.push_str(&function);
-        let lane = |c: &str| {
-            let args: Vec<String> = (0..leaves).map(|l| format!("v{l}.{c}")).collect();
-            format!("f({})", args.join(", "))
-        };
-        let loads: String = (0..leaves).map(|l| format!("        let v{l} = in{l}[i];\n")).collect();
-        let _ = write!(
-            src,
+        src.push_str(
             "\n@compute @workgroup_size(WG)\n\
              fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,\n\
-             \x20       @builtin(local_invocation_index) lid: u32) {{\n\
+             \x20       @builtin(local_invocation_index) lid: u32) {\n\
              \x20   let i = (wid.x + wid.y * nwg.x) * WG + lid;\n\
-             \x20   if i < params.n4 {{\n{loads}\
-             \x20       out[i] = vec4<f32>({}, {}, {}, {});\n    }}\n}}\n",
-            lane("x"),
-            lane("y"),
-            lane("z"),
-            lane("w"),
+             \x20   if i >= params.w[0] {\n        return;\n    }\n",
         );
-        (src, values)
+        if vec4 {
+            for l in 0..leaves {
+                let _ = writeln!(src, "    let v{l} = in{l}[i];");
+            }
+            let lane = |c: &str| {
+                let args: Vec<String> = (0..leaves).map(|l| format!("v{l}.{c}")).collect();
+                format!("f({})", args.join(", "))
+            };
+            let _ =
+                writeln!(src, "    out[i] = vec4<f32>({}, {}, {}, {});", lane("x"), lane("y"), lane("z"), lane("w"));
+        } else {
+            // Coordinates, innermost first; the outermost needs no modulo.
+            src.push_str("    var rest = i;\n");
+            for d in (0..dims.len()).rev() {
+                if d == 0 {
+                    src.push_str("    let c0 = rest;\n");
+                } else {
+                    let _ = writeln!(src, "    let c{d} = rest % params.w[{}];", 1 + d);
+                    let _ = writeln!(src, "    rest = rest / params.w[{}];", 1 + d);
+                }
+            }
+            let args: Vec<String> = index_of.iter().enumerate().map(|(l, at)| format!("in{l}[{at}]")).collect();
+            let _ = writeln!(src, "    out[i] = f({});", args.join(", "));
+        }
+        src.push_str("}\n");
+        (src, words)
     }
+}
+
+fn strided_count(e: &Expr) -> usize {
+    e.leaves.iter().filter(|l| l.view.is_some()).count()
 }
 
 /// The scalar operands of `op`.
@@ -251,52 +363,6 @@ fn binary_wgsl(op: BinaryOp, a: &str, b: &str) -> String {
     }
 }
 
-/// The WGSL of `op` on two strided views with broadcasting: each output
-/// element's row-major index is mapped through each input's strides (0 along
-/// broadcast axes), after `shape::coalesce` has merged what it can.
-pub(crate) fn strided_binary_kernel(op: BinaryOp) -> String {
-    let body = format!("fn f(x0: f32, x1: f32) -> f32 {{\n    return {};\n}}\n", binary_wgsl(op, "x0", "x1"));
-    format!(
-        "struct Params {{
-    n: u32,
-    rank: u32,
-    a_offset: u32,
-    b_offset: u32,
-    dims: array<u32, 8>,
-    a_strides: array<u32, 8>,
-    b_strides: array<u32, 8>,
-}}
-var<immediate> params: Params;
-override WG: u32 = 256u;
-
-@group(0) @binding(0) var<storage, read> a: array<f32>;
-@group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> out: array<f32>;
-
-{body}
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {{
-    let i = (wid.x + wid.y * nwg.x) * WG + lid;
-    if i >= params.n {{
-        return;
-    }}
-    var rest = i;
-    var ia = params.a_offset;
-    var ib = params.b_offset;
-    for (var d = params.rank; d > 0u; d--) {{
-        let dim = params.dims[d - 1u];
-        let c = rest % dim;
-        rest = rest / dim;
-        ia += c * params.a_strides[d - 1u];
-        ib += c * params.b_strides[d - 1u];
-    }}
-    out[i] = f(a[ia], b[ib]);
-}}
-"
-    )
-}
-
 /// The expression `x` contributes over its first `n` elements: its pending
 /// expression, or the buffer itself as a leaf.
 fn operand(x: &GpuBuffer, n: usize) -> Result<Expr, Error> {
@@ -316,6 +382,25 @@ fn computed(x: &GpuBuffer, n: usize) -> Result<Expr, Error> {
     }
 }
 
+/// What one side of a binary op contributes: a contiguous operand inlines
+/// its pending expression; another layout reads the computed buffer
+/// through it.
+fn side(x: (&GpuBuffer, &Strided), n: usize) -> Result<Expr, Error> {
+    if x.1.is_contiguous() {
+        return operand(x.0, n);
+    }
+    let mut strides = vec![x.1.strides.clone()];
+    let rank = coalesce(&x.1.dims, &mut strides).len();
+    assert!(
+        rank <= MAX_RANK,
+        "binary op: the GPU kernels address at most {MAX_RANK} non-contiguous axes, this view needs {rank}"
+    );
+    match x.0.get() {
+        Ok(buffer) => Ok(Expr::strided(buffer.clone(), x.1)),
+        Err(e) => Err(e.clone()),
+    }
+}
+
 /// `op(x)` over the first `n` elements of `x`.
 pub(crate) fn unary(ctx: &Arc<Context>, op: UnaryOp, x: &GpuBuffer, n: usize) -> GpuBuffer {
     let build = || -> Result<Expr, Error> {
@@ -328,20 +413,31 @@ pub(crate) fn unary(ctx: &Arc<Context>, op: UnaryOp, x: &GpuBuffer, n: usize) ->
     }
 }
 
-/// `op(a, b)` over the first `n` elements of two contiguous operands.
-pub(crate) fn binary(ctx: &Arc<Context>, op: BinaryOp, a: &GpuBuffer, b: &GpuBuffer, n: usize) -> GpuBuffer {
+/// `op(a, b)` with broadcasting: `a` and `b` are read through layouts of
+/// the output's shape.
+pub(crate) fn binary(
+    ctx: &Arc<Context>,
+    op: BinaryOp,
+    a: (&GpuBuffer, &Strided),
+    b: (&GpuBuffer, &Strided),
+) -> GpuBuffer {
+    let n: usize = a.1.dims.iter().product();
     let build = || -> Result<Expr, Error> {
-        let (mut ea, mut eb) = (operand(a, n)?, operand(b, n)?);
+        let (mut ea, mut eb) = (side(a, n)?, side(b, n)?);
         loop {
-            let e = ea.clone().binary(op, &eb);
-            if e.fits() {
+            if let Some(e) = ea.clone().binary(op, &eb)
+                && e.fits()
+            {
                 return Ok(e);
             }
-            // Compute the larger side first; two leaves always fit.
-            if ea.ops() >= eb.ops() {
-                ea = computed(a, n)?;
+            // Compute the pending side with more ops (their dims disagree,
+            // or together they are too big); two leaves always fit.
+            if ea.ops() >= eb.ops() && ea.ops() > 0 {
+                ea = computed(a.0, n)?;
+            } else if eb.ops() > 0 {
+                eb = computed(b.0, n)?;
             } else {
-                eb = computed(b, n)?;
+                unreachable!("two leaves over one shape always combine");
             }
         }
     };
@@ -362,17 +458,15 @@ pub(crate) fn run(ctx: &Arc<Context>, e: &Expr) -> Result<Arc<Pooled>, Error> {
         return Err(err);
     }
     let out = ctx.alloc_pooled("elementwise op", e.n)?;
-    let (source, values) = e.kernel();
+    let (source, words) = e.kernel();
     let wg = ctx.tuning.elementwise_wg;
     let mut signature: Vec<(u32, bool)> = (0..e.leaves.len() as u32).map(|l| (l, false)).collect();
     signature.push((e.leaves.len() as u32, true));
     let pipeline = ctx.generated_pipeline(source, signature, wg);
-    let mut params = vec![vec4s(e.n) as u32];
-    params.extend(values.iter().map(|v| v.to_bits()));
     let mut buffers: Vec<(u32, &wgpu::Buffer)> =
-        e.leaves.iter().enumerate().map(|(l, p)| (l as u32, &p.buffer)).collect();
+        e.leaves.iter().enumerate().map(|(l, leaf)| (l as u32, &leaf.buffer.buffer)).collect();
     buffers.push((e.leaves.len() as u32, &out.buffer));
-    ctx.record(&pipeline, &buffers, &params, ctx.groups_1d(vec4s(e.n), wg));
+    ctx.record(&pipeline, &buffers, &words, ctx.groups_1d(words[0] as usize, wg));
     Ok(out)
 }
 
@@ -382,8 +476,8 @@ mod tests {
 
     #[test]
     fn equal_nodes_merge_and_scalars_become_parameters() {
-        // (x0 * 2 + x0 * 2) written twice over the same leaf: one multiply.
-        let mut e = Expr { n: 4, leaves: vec![], nodes: vec![Node::Leaf(0)], root: 0 };
+        // x0 * 2 + x0 * 3, with x0 * 2 written twice: one multiply for it.
+        let mut e = Expr { n: 4, dims: None, leaves: vec![], nodes: vec![Node::Leaf(0)], root: 0 };
         let m = e.intern(Node::Unary(UnaryOp::MulScalar(2.0), 0));
         let again = e.intern(Node::Unary(UnaryOp::MulScalar(2.0), 0));
         assert_eq!(m, again);
@@ -392,10 +486,10 @@ mod tests {
         e.root = e.intern(Node::Binary(BinaryOp::Add, m, other));
         assert_eq!(e.ops(), 3);
         assert_eq!(e.scalars(), 2);
-        let (src, values) = e.function();
+        let (src, values) = e.function(1);
         assert_eq!(values, vec![2.0, 3.0]);
-        assert!(src.contains("let t1 = x0 * params.s[0];"), "{src}");
-        assert!(src.contains("let t2 = x0 * params.s[1];"), "{src}");
+        assert!(src.contains("let t1 = x0 * bitcast<f32>(params.w[1]);"), "{src}");
+        assert!(src.contains("let t2 = x0 * bitcast<f32>(params.w[2]);"), "{src}");
         assert!(src.contains("let t3 = t1 + t2;"), "{src}");
         assert!(src.contains("return t3;"), "{src}");
     }

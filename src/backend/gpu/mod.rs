@@ -662,29 +662,6 @@ impl Context {
     /// full immediate block). Returns the error that poisons the outputs
     /// instead, if an input is poisoned or the device is lost.
     pub(crate) fn dispatch(&self, kernel: &Kernel, binds: &[Bind], params: &[u32], groups: [u32; 3]) -> Result<()> {
-        self.dispatch_with(|signature| self.pipeline(kernel, signature), binds, params, groups)
-    }
-
-    /// As [`dispatch`](Self::dispatch), for a generated kernel's `source`
-    /// (entry point `main`, workgroup size override `WG`).
-    pub(crate) fn dispatch_generated(
-        &self,
-        source: String,
-        wg: u32,
-        binds: &[Bind],
-        params: &[u32],
-        groups: [u32; 3],
-    ) -> Result<()> {
-        self.dispatch_with(|signature| self.generated_pipeline(source, signature, wg), binds, params, groups)
-    }
-
-    fn dispatch_with(
-        &self,
-        pipeline: impl FnOnce(Vec<(u32, bool)>) -> Arc<Pipeline>,
-        binds: &[Bind],
-        params: &[u32],
-        groups: [u32; 3],
-    ) -> Result<()> {
         if let Some(e) = GpuBuffer::first_error(binds.iter().map(|b| b.buffer)) {
             return Err(e);
         }
@@ -696,7 +673,7 @@ impl Context {
         }
         let mut signature: Vec<(u32, bool)> = binds.iter().map(|b| (b.slot, b.write)).collect();
         signature.sort_unstable();
-        let pipeline = pipeline(signature);
+        let pipeline = self.pipeline(kernel, signature);
         let buffers: Vec<(u32, &wgpu::Buffer)> =
             binds.iter().map(|b| (b.slot, b.buffer.wgpu().expect("not poisoned"))).collect();
         self.record(&pipeline, &buffers, params, groups);
@@ -902,7 +879,7 @@ impl Backend for GpuDevice {
     }
 
     fn binary(&self, op: BinaryOp, a: (&Storage, &Strided), b: (&Storage, &Strided)) -> Storage {
-        Storage::Gpu(elementwise::binary(&self.ctx, op, (a.0.gpu(), a.1), (b.0.gpu(), b.1)))
+        Storage::Gpu(fusion::binary(&self.ctx, op, (a.0.gpu(), a.1), (b.0.gpu(), b.1)))
     }
 
     fn reduce(&self, op: ReduceOp, x: &Storage, v: AxisView) -> Storage {
