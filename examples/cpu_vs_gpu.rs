@@ -13,7 +13,8 @@
 //! the workloads that numpy, JAX and Keras 3 (on JAX) also do, the same way,
 //! and prints them beside ours: the machine is too noisy to compare against
 //! figures from another run. `--burn` likewise builds and runs
-//! `benches/burn_peer`, burn's wgpu backend on the same adapter.
+//! `benches/burn_peer`: burn's wgpu backend on the same adapter, and its
+//! ndarray backend on the CPU.
 
 use clap::Parser;
 use plotters::prelude::*;
@@ -52,8 +53,9 @@ struct Args {
     /// The Python that runs `benches/peers.py`
     #[arg(long, default_value = "python3")]
     python: PathBuf,
-    /// Also build and measure burn-wgpu (`benches/burn_peer`, a separate
-    /// project: the first build compiles burn, ~12 minutes on 2 cores)
+    /// Also build and measure burn (`benches/burn_peer`, a separate project:
+    /// its wgpu backend on the GPU, its ndarray backend on the CPU; the first
+    /// build compiles burn, ~12 minutes on 2 cores)
     #[arg(long)]
     burn: bool,
 }
@@ -67,6 +69,13 @@ struct Peer {
     seconds: f64,
     cold_seconds: f64,
     gflops: Option<f64>,
+}
+
+impl Peer {
+    /// Where it ran: the wgpu peers on the GPU adapter, the rest on the CPU.
+    fn device(&self) -> &'static str {
+        if self.library.ends_with("wgpu") { "gpu" } else { "cpu" }
+    }
 }
 
 /// One measured workload on one device.
@@ -380,7 +389,7 @@ fn json(records: &[Record], peers: &[Peer]) -> String {
     let ours =
         records.iter().map(|r| item(r.workload, &r.size, r.device, "wgrad", r.seconds, r.cold_seconds, r.gflops()));
     let theirs =
-        peers.iter().map(|p| item(&p.workload, &p.size, "cpu", &p.library, p.seconds, p.cold_seconds, p.gflops));
+        peers.iter().map(|p| item(&p.workload, &p.size, p.device(), &p.library, p.seconds, p.cold_seconds, p.gflops));
     let items: Vec<String> = ours.chain(theirs).collect();
     format!("[\n{}\n]\n", items.join(",\n"))
 }
@@ -393,7 +402,8 @@ fn run_peers(args: &Args, reps: usize) -> Result<Vec<Peer>> {
     run_tsv(command, &format!("{} {}", args.python.display(), script.display()))
 }
 
-/// Builds and runs `benches/burn_peer` (burn-wgpu) and reads its records.
+/// Builds and runs `benches/burn_peer` (burn-wgpu, burn-ndarray) and reads
+/// its records.
 fn run_burn() -> Result<Vec<Peer>> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/burn_peer/Cargo.toml");
     let mut command = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
@@ -445,7 +455,7 @@ fn report_peers(records: &[Record], peers: &[Peer]) {
         let t = steady(workload, seconds);
         gflops.map_or(t.clone(), |g| format!("{t} ({g:.0} GFLOP/s)"))
     };
-    println!("\nPeers, measured in this run on the same CPU (steady-state medians):\n");
+    println!("\nPeers, measured in this run on the same CPU and adapter (steady-state medians):\n");
     println!("| workload | size | wgrad CPU | wgrad GPU | {} |", libraries.join(" | "));
     println!("|---|---|---|---|{}", "---|".repeat(libraries.len()));
     for (workload, size) in rows {
