@@ -1,5 +1,6 @@
-//! burn-wgpu on two of `examples/cpu_vs_gpu.rs`'s GPU workloads, measured the
-//! same way (one cold run, one warm-up, the median of 7), printed as the
+//! burn on two of `examples/cpu_vs_gpu.rs`'s workloads — its wgpu backend
+//! on the same adapter as wgrad's GPU, its ndarray backend on the CPU —
+//! measured the same way (one cold run, one warm-up, the median of 7), printed as the
 //! tab-separated records `benches/peers.py --format tsv` prints:
 //! library, workload, size, seconds, cold seconds, GFLOP/s or `-`.
 //!
@@ -31,7 +32,16 @@ fn measure(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
 }
 
 fn main() {
-    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    peer("burn-wgpu", Device::wgpu(DeviceKind::DefaultDevice), true);
+    // The CPU backend the peer table names; burn 0.22 deprecates it
+    // in favour of `flex`.
+    #[allow(deprecated)]
+    peer("burn-ndarray", Device::ndarray(), false);
+}
+
+/// The records of `library` on `device`; `synced` adds the chain with a
+/// sync after every op (a GPU backend's per-dispatch cost).
+fn peer(library: &str, device: Device, synced: bool) {
     let n = 1024;
     let a = Tensor::<2>::random([n, n], Distribution::Default, &device);
     let b = Tensor::<2>::random([n, n], Distribution::Default, &device);
@@ -41,13 +51,19 @@ fn main() {
         std::hint::black_box(c);
     });
     let gflops = 2.0 * (n * n * n) as f64 / secs / 1e9;
-    println!("burn-wgpu\tmatmul\t1024\t{secs}\t{cold}\t{gflops}");
+    println!("{library}\tmatmul\t1024\t{secs}\t{cold}\t{gflops}");
 
-    // burn fuses elementwise chains into few kernels, as wgrad does; the
-    // second record forces a dispatch per op (wgrad's `WGRAD_FUSION=0`).
+    // burn fuses elementwise chains into few kernels on the GPU, as wgrad
+    // does; the synced record forces a dispatch per op (wgrad's
+    // `WGRAD_FUSION=0`).
     let x = Tensor::<1>::ones([1024], &device);
     let want = 1.0001f32.powi(1000);
-    for (workload, sync_each) in [("elementwise_chain", false), ("elementwise_chain_synced", true)] {
+    let variants: &[(&str, bool)] = if synced {
+        &[("elementwise_chain", false), ("elementwise_chain_synced", true)]
+    } else {
+        &[("elementwise_chain", false)]
+    };
+    for &(workload, sync_each) in variants {
         let (cold, secs) = measure(if sync_each { 3 } else { 7 }, || {
             let mut y = x.clone();
             for _ in 0..1000 {
@@ -59,6 +75,6 @@ fn main() {
             let v = y.into_data().try_to_vec::<f32>().unwrap();
             assert!((v[0] - want).abs() < 1e-3, "{} != {want}", v[0]);
         });
-        println!("burn-wgpu\t{workload}\t1000 ops x 1024\t{secs}\t{cold}\t-");
+        println!("{library}\t{workload}\t1000 ops x 1024\t{secs}\t{cold}\t-");
     }
 }
