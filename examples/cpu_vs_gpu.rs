@@ -446,8 +446,13 @@ fn report_peers(records: &[Record], peers: &[Peer]) {
         println!("\nNo peer could be measured (see above).");
         return;
     }
-    let mut libraries: Vec<&str> = peers.iter().map(|p| p.library.as_str()).collect();
-    libraries.dedup();
+    // One column per library, in the order they were measured.
+    let mut libraries: Vec<&str> = Vec::new();
+    for p in peers {
+        if !libraries.contains(&p.library.as_str()) {
+            libraries.push(&p.library);
+        }
+    }
     let mut rows: Vec<(&str, &str)> = peers.iter().map(|p| (p.workload.as_str(), p.size.as_str())).collect();
     rows.sort();
     rows.dedup();

@@ -125,7 +125,7 @@ impl Cell {
     pub fn run_if_reads(&self, buffer: &Arc<Pooled>) {
         let reads = lock(&self.pending).as_ref().is_some_and(|(_, e)| e.reads(buffer));
         if reads {
-            let _ = self.get();
+            self.run();
         }
     }
 

@@ -239,7 +239,8 @@ impl Expr {
     fn kernel(&self) -> (String, Vec<u32>) {
         let (dims, strides) = self.layout();
         let leaves = self.leaves.len();
-        let vec4 = strided_count(self) == 0;
+        // Strided leaves exist exactly when the expression has dims.
+        let vec4 = self.dims.is_none();
         // Words: count, dims, per strided leaf offset and strides, scalars.
         let mut words = vec![if vec4 { vec4s(self.n) } else { self.n } as u32];
         words.extend(dims.iter().map(|&d| d as u32));
@@ -309,10 +310,6 @@ impl Expr {
     }
 }
 
-fn strided_count(e: &Expr) -> usize {
-    e.leaves.iter().filter(|l| l.view.is_some()).count()
-}
-
 /// The scalar operands of `op`.
 fn scalars(op: UnaryOp) -> Vec<f32> {
     use UnaryOp::*;
@@ -367,7 +364,7 @@ fn binary_wgsl(op: BinaryOp, a: &str, b: &str) -> String {
 /// expression, or the buffer itself as a leaf.
 fn operand(x: &GpuBuffer, n: usize) -> Result<Expr, Error> {
     if let Some(mut e) = x.expr() {
-        // A contiguous view may cover a prefix of its buffer.
+        // The caller's count rules: its view never covers more than the buffer.
         e.n = n;
         return Ok(e);
     }
