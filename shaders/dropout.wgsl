@@ -1,9 +1,8 @@
-// Inverted dropout: out[i] = keep(i) ? x[i] · scale : 0, where keep(i) is a
-// pure function of the call's key and i. mix32 and the key schedule are the
+// Inverted dropout: out[i] = x[i] · (keep(i) ? scale : 0), where keep(i) is a
+// pure function of the call's key and i (a dropped NaN or infinity stays
+// visible as NaN, as in PyTorch). mix32 and the key schedule are the
 // CPU's (src/rng.rs) bit for bit, so one seed drops the same elements on
 // both devices. Four elements per invocation (buffers are padded to vec4s).
-
-override WG: u32 = 256u;
 
 struct Params {
     n4: u32,
@@ -36,12 +35,11 @@ fn keeps(e: u32) -> bool {
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    let i = linear_id(wid, nwg, lid);
     if i >= params.n4 {
         return;
     }
-    let v = x[i] * params.scale;
     let e = 4u * i;
     let keep = vec4<bool>(keeps(e), keeps(e + 1u), keeps(e + 2u), keeps(e + 3u));
-    out[i] = select(vec4<f32>(0.0), v, keep);
+    out[i] = x[i] * select(vec4<f32>(0.0), vec4<f32>(params.scale), keep);
 }

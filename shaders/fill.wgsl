@@ -1,7 +1,5 @@
 // out[i] = value, for zeros/ones/full, a vec4 per invocation.
 
-override WG: u32 = 256u;
-
 struct Params {
     n4: u32,
     value: f32,
@@ -13,7 +11,7 @@ var<immediate> params: Params;
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.x + wid.y * nwg.x) * WG + lid;
+    let i = linear_id(wid, nwg, lid);
     if i < params.n4 {
         out[i] = vec4<f32>(params.value);
     }

@@ -1,12 +1,12 @@
 // Gather along an axis and its adjoint, on a [outer, len, inner] input.
 // Indices are integer-valued f32, read through a strided [outer, m, inner]
 // view (index_select broadcasts one index vector over outer and inner).
-//   gather:      out[o, j, i] = x[o, idx(o, j, i), i]   (NaN for a bad index)
+//   gather:      out[o, j, i] = x[o, idx(o, j, i), i]
 //   scatter_add: out[o, l, i] = Σ_j [idx(o, j, i) = l] · x[o, j, i]
+// An index that is not an integer in 0..len is reported (check.wgsl); gather
+// writes NaN in its place and scatter_add skips it.
 // scatter_add has one invocation per output element and loops over j, so it
 // needs no float atomics (WGSL has none) and is deterministic.
-
-override WG: u32 = 256u;
 
 struct Params {
     outer: u32,
@@ -15,25 +15,25 @@ struct Params {
     m: u32,
     idx_offset: u32,
     idx_strides: array<u32, 3>,
+    check_slot: u32,
+    check_id: u32,
 }
 var<immediate> params: Params;
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> ids: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> errors: array<atomic<u32>>;
 
 const NONE: u32 = 0xffffffffu;
 
 fn index_at(o: u32, j: u32, i: u32) -> u32 {
     let v = ids[params.idx_offset + o * params.idx_strides[0] + j * params.idx_strides[1] + i * params.idx_strides[2]];
-    if v >= 0.0 && v < f32(params.len) && v == floor(v) {
+    if !is_nan(v) && v >= 0.0 && v < f32(params.len) && v == floor(v) {
         return u32(v);
     }
+    report(v, params.len);
     return NONE;
-}
-
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
 }
 
 @compute @workgroup_size(WG)
@@ -48,8 +48,7 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let i = e % params.inner;
     let l = index_at(o, j, i);
     if l == NONE {
-        // A runtime NaN (a constant one would be rejected).
-        out[e] = bitcast<f32>(0x7fc00000u | (l & 0u));
+        out[e] = nan();
     } else {
         out[e] = x[(o * params.len + l) * params.inner + i];
     }

@@ -17,12 +17,12 @@
 // and zero what lies past K, so one unrolled body serves every tile and any
 // M, N, K. Where the layout allows (ALIGNED_A/ALIGNED_B: the contiguous axis
 // and the batch stride are multiples of 4) fragments are read as vec4s
-// through a second binding of A and B. WG (a multiple of the subgroup size),
+// through a second binding of A and B. WG (the prelude's workgroup size, a
+// multiple of the subgroup size),
 // the transpose, alignment and K_TAIL flags are override constants
 // (src/backend/gpu/matmul.rs): branches on them cost nothing at run time,
 // unlike branches on values, which a SIMD-on-CPU driver runs both sides of.
 
-override WG: u32 = 64u;
 override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override ALIGNED_A: bool = false;

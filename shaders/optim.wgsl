@@ -2,8 +2,6 @@
 // and rewrites the parameter and its state in place. The formulas are
 // PyTorch's (torch.optim.SGD / Adam / AdamW), as in src/backend/cpu.rs.
 
-override WG: u32 = 256u;
-
 struct Params {
     // Number of vec4s (buffers are padded to vec4s).
     n4: u32,
@@ -26,10 +24,6 @@ var<immediate> params: Params;
 @group(0) @binding(1) var<storage, read_write> param: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> state0: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> state1: array<vec4<f32>>;
-
-fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * WG + lid;
-}
 
 @compute @workgroup_size(WG)
 fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -1,5 +1,6 @@
 // Reductions along one axis of a [outer, len, inner] view into [outer, inner].
-// OP: 0 sum, 1 max, 2 argmax (first maximum; written as f32).
+// OP: 0 sum, 1 max, 2 argmax (first maximum; written as f32). WG is a power
+// of two.
 //   rows:    inner == 1. One workgroup per row; each invocation folds a
 //            strided slice of the row, then a tree in workgroup memory
 //            combines them, so rows of any length work.
@@ -7,8 +8,6 @@
 //            invocations read neighbouring addresses.
 
 override OP: u32 = 0u;
-override WG: u32 = 64u; // a power of two
-
 struct Params {
     outer: u32,
     len: u32,
@@ -47,7 +46,7 @@ fn finish(acc: Acc) -> f32 {
 @compute @workgroup_size(WG)
 fn rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = group_id(wid, nwg);
     if row >= params.outer {
         return;
     }
@@ -75,7 +74,7 @@ fn rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 @compute @workgroup_size(WG)
 fn columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let t = (wid.x + wid.y * nwg.x) * WG + lid;
+    let t = linear_id(wid, nwg, lid);
     if t >= params.outer * params.inner {
         return;
     }

@@ -71,6 +71,20 @@ pub enum Error {
         msg: String,
     },
 
+    /// An index (or class label) that the data handed to an op held is not
+    /// an integer in `0..bound`. Only the data reveals it, so it is reported
+    /// the same way on every device: the op's result, and everything
+    /// computed from it, is poisoned, and reading any of it returns this.
+    #[error("{op}: index {index} is out of range for an axis of size {bound}")]
+    IndexOutOfRange {
+        /// The op that met the index.
+        op: &'static str,
+        /// The offending value (indices are stored as f32).
+        index: f32,
+        /// The size of the axis it indexes.
+        bound: usize,
+    },
+
     /// An op produced NaN or infinity inside [`crate::detect_anomaly`].
     #[error("anomaly: {0}")]
     Anomaly(String),

@@ -1,5 +1,7 @@
 //! Every public op family panics on misuse with the op's name and the
-//! shapes involved, the way indexing out of bounds does.
+//! shapes involved, the way indexing out of bounds does. (Errors only the
+//! data reveals, such as an index out of range, are not panics: see
+//! `tests/data_errors.rs`.)
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use wgrad::nn::{self, Module};
@@ -63,11 +65,6 @@ fn shape_ops() {
     check(|| drop(Tensor::cat(&[&t(&[2, 3]), &t(&[2, 4])], 0)), "cat", &["[2, 4]", "[2, 3]"]);
     check(|| drop(t(&[2, 3]).index_select(0, &t(&[2, 1]))), "index_select", &["[2, 1]"]);
     check(|| drop(t(&[2, 3]).gather(1, &t(&[3, 3]))), "gather", &["[3, 3]", "[2, 3]"]);
-    check(
-        || drop(t(&[2, 3]).index_select(1, &Tensor::from_vec(vec![5.0], [1], &Device::Cpu).unwrap())),
-        "gather",
-        &["index 5", "size 3"],
-    );
     check(|| t(&[2]).assign(&t(&[3])), "assign", &["[3]", "[2]"]);
 }
 
@@ -76,8 +73,6 @@ fn losses() {
     check(|| drop(t(&[2, 3]).mse_loss(&t(&[3, 2]))), "mse_loss", &["[2, 3]", "[3, 2]"]);
     check(|| drop(t(&[4]).binary_cross_entropy(&t(&[2]))), "binary_cross_entropy", &["[4]", "[2]"]);
     check(|| drop(t(&[4, 10]).cross_entropy(&t(&[3]))), "cross_entropy", &["[4, 10]", "[3]"]);
-    let bad_label = Tensor::from_vec(vec![0.0, 10.0], [2], &Device::Cpu).unwrap();
-    check(|| drop(t(&[2, 10]).cross_entropy(&bad_label)), "cross_entropy: label", &["10", "size 10"]);
 }
 
 #[test]

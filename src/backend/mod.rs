@@ -20,36 +20,41 @@ use crate::shape::Strided;
 pub(crate) enum Storage {
     Cpu(Vec<f32>),
     Gpu(gpu::GpuBuffer),
+    /// CPU storage whose computation failed (bad data, no memory): reading
+    /// it, or anything computed from it, returns the error. (A GPU buffer
+    /// carries its own failure, see [`gpu::GpuBuffer`].)
+    Poisoned(crate::Error),
 }
 
 impl Storage {
     /// The host slice of a CPU storage. Ops check devices before calling a
-    /// backend, so a GPU storage here is a bug in wgrad, not a user error.
+    /// backend, and the CPU backend checks for poison before it reads, so
+    /// anything else here is a bug in wgrad, not a user error.
     pub fn cpu(&self) -> &[f32] {
         match self {
             Storage::Cpu(v) => v,
-            Storage::Gpu(_) => unreachable!("CPU kernel handed GPU storage"),
+            _ => unreachable!("CPU kernel handed GPU or poisoned storage"),
         }
     }
 
     pub fn cpu_mut(&mut self) -> &mut Vec<f32> {
         match self {
             Storage::Cpu(v) => v,
-            Storage::Gpu(_) => unreachable!("CPU kernel handed GPU storage"),
+            _ => unreachable!("CPU kernel handed GPU or poisoned storage"),
         }
     }
 
     pub fn gpu(&self) -> &gpu::GpuBuffer {
         match self {
             Storage::Gpu(b) => b,
-            Storage::Cpu(_) => unreachable!("GPU kernel handed CPU storage"),
+            _ => unreachable!("GPU kernel handed CPU storage"),
         }
     }
 
     pub fn gpu_mut(&mut self) -> &mut gpu::GpuBuffer {
         match self {
             Storage::Gpu(b) => b,
-            Storage::Cpu(_) => unreachable!("GPU kernel handed CPU storage"),
+            _ => unreachable!("GPU kernel handed CPU storage"),
         }
     }
 }
@@ -145,10 +150,11 @@ pub(crate) enum UpdateRule {
 /// layout says otherwise; outputs are always new contiguous storage, except
 /// for the in-place `copy_into` and `update`.
 ///
-/// Only reading back can fail. A GPU fault (out of memory, a tensor over the
-/// binding limit, a lost device) poisons the storage it happens to, every
-/// result computed from poisoned storage is poisoned too, and the error comes
-/// out of `to_vec` — as CUDA's asynchronous errors do, but as a `Result`.
+/// Only reading back can fail. A fault (out of memory, a tensor over the
+/// binding limit, a lost device, an index out of range) poisons the storage
+/// it happens to, every result computed from poisoned storage is poisoned
+/// too, and the error comes out of `to_vec` — as CUDA's asynchronous errors
+/// do, but as a `Result`, and the same way on every device.
 pub(crate) trait Backend {
     fn upload(&self, data: &[f32]) -> Storage;
     /// As `upload`, taking ownership (the CPU keeps the vector as it is).
@@ -171,11 +177,14 @@ pub(crate) trait Backend {
     /// Writes contiguous `x` into the strided region `dst` of `out`, in place.
     fn copy_into(&self, out: &mut Storage, dst: &Strided, x: &Storage);
     /// `out[o, j, i] = x[o, idx[o, j, i], i]` for `x: [outer, len, inner]`, where
-    /// `idx` is read through a layout of shape `[outer, m, inner]`.
-    fn gather(&self, x: &Storage, v: AxisView, idx: (&Storage, &Strided), m: usize) -> Storage;
+    /// `idx` is read through a layout of shape `[outer, m, inner]`. An
+    /// index that is not an integer in `0..len` poisons the result with
+    /// `Error::IndexOutOfRange` naming `op`.
+    fn gather(&self, op: &'static str, x: &Storage, v: AxisView, idx: (&Storage, &Strided), m: usize) -> Storage;
     /// The adjoint of `gather`: `out[o, l, i] = Σ_j [idx[o,j,i] = l] · g[o, j, i]`.
-    fn scatter_add(&self, g: &Storage, v: AxisView, idx: (&Storage, &Strided), m: usize) -> Storage;
-    /// Per-row `logsumexp(logits) - logits[label]` for `[rows, classes]` logits.
+    fn scatter_add(&self, op: &'static str, g: &Storage, v: AxisView, idx: (&Storage, &Strided), m: usize) -> Storage;
+    /// Per-row `logsumexp(logits) - logits[label]` for `[rows, classes]` logits;
+    /// a label that is not a class index poisons the result.
     fn cross_entropy(&self, logits: &Storage, labels: &Storage, rows: usize, classes: usize) -> Storage;
     /// `(softmax(logits) - onehot(label)) · grad_rows[row]`.
     fn cross_entropy_backward(

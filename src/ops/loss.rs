@@ -61,8 +61,9 @@ impl Tensor {
     /// Cross-entropy of `[batch, classes]` logits against `[batch]` integer
     /// class labels, averaged over the batch.
     ///
-    /// A label outside `0..classes` panics on the CPU; on a GPU, where the
-    /// check would need a round trip, it makes that row's loss NaN.
+    /// A label that is not an integer in `0..classes` poisons the loss and
+    /// everything computed from it, on every device: reading it returns
+    /// [`crate::Error::IndexOutOfRange`].
     pub fn cross_entropy(&self, labels: &Tensor) -> Tensor {
         self.cross_entropy_per_sample(labels).mean()
     }

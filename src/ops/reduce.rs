@@ -55,7 +55,7 @@ impl Tensor {
             let x = &c.inputs[0];
             let idx = x.reduce_raw(ReduceOp::ArgMax, axis, true);
             let g = c.grad.reshape(idx.shape().clone());
-            vec![Some(g.scatter_add_raw(axis, &idx, x.dims()[axis]))]
+            vec![Some(g.scatter_add_raw("max_dim", axis, &idx, x.dims()[axis]))]
         })
     }
 

@@ -218,22 +218,22 @@ impl Tensor {
         same_device(op, self, index);
         let (outer, len, inner) = self.shape().split_at_axis(axis);
         let view = AxisView { outer, len, inner };
-        let storage = self.device().backend().gather(&self.read(), view, (&index.read(), &layout), m);
+        let storage = self.device().backend().gather(op, &self.read(), view, (&index.read(), &layout), m);
         let out = Tensor::from_storage(storage, self.shape().with_dim(axis, m), self.device().clone());
         let index = index.detach();
         out.record(op, &[self], move |c| {
-            let storage = c.grad.device().backend().scatter_add(&c.grad.read(), view, (&index.read(), &layout), m);
+            let storage = c.grad.device().backend().scatter_add(op, &c.grad.read(), view, (&index.read(), &layout), m);
             vec![Some(Tensor::from_storage(storage, c.inputs[0].shape().clone(), c.grad.device().clone()))]
         })
     }
 
     /// Adds `self` (of `index`'s shape) into zeros of length `len` along
     /// `axis` at the positions `index` names: the adjoint of `gather`.
-    pub(crate) fn scatter_add_raw(&self, axis: usize, index: &Tensor, len: usize) -> Tensor {
+    pub(crate) fn scatter_add_raw(&self, op: &'static str, axis: usize, index: &Tensor, len: usize) -> Tensor {
         let (outer, m, inner) = self.shape().split_at_axis(axis);
         let view = AxisView { outer, len, inner };
         let layout = Strided { dims: vec![outer, m, inner], strides: vec![m * inner, inner, 1], offset: 0 };
-        let storage = self.device().backend().scatter_add(&self.read(), view, (&index.read(), &layout), m);
+        let storage = self.device().backend().scatter_add(op, &self.read(), view, (&index.read(), &layout), m);
         Tensor::from_storage(storage, self.shape().with_dim(axis, len), self.device().clone())
     }
 }

@@ -1,65 +1,76 @@
-//! Data movement kernels: strided gather/scatter copies (permute,
-//! broadcast_to, narrow, cat and their backwards) and gather/scatter-add
-//! along an axis by index.
+//! Strided copies: permute, broadcast_to, narrow, cat and their backwards
+//! read or write a view of a buffer through `shaders/copy.wgsl`.
 
-use super::elementwise::padded;
-use super::{Bind, Context, GpuBuffer, Kernel, Output, Shader, launch};
-use crate::backend::AxisView;
+use super::pipelines::{Kernel, Shader, params};
+use super::pool::Pooled;
+use super::{Bind, Context, GpuBuffer};
+use crate::Result;
 use crate::shape::{Strided, coalesce};
 use std::sync::Arc;
 
-/// Immediate data for a strided view: n, rank, offset, pad, dims, strides.
-fn view_params(view: &Strided, what: &str) -> (usize, Vec<u32>) {
-    let n: usize = view.dims.iter().product();
-    let mut strides = vec![view.strides.clone()];
-    let dims = coalesce(&view.dims, &mut strides);
-    let mut params = vec![n as u32, dims.len() as u32, view.offset as u32, 0];
-    params.extend(padded(&dims, what));
-    params.extend(padded(&strides[0], what));
-    (n, params)
-}
+/// Axes a view may have (after coalescing) to travel as immediate data;
+/// views of more axes are read from a storage buffer.
+pub(crate) const MAX_RANK: usize = 8;
 
-pub(crate) fn copy_strided(ctx: &Arc<Context>, x: &GpuBuffer, view: &Strided) -> GpuBuffer {
-    let (n, params) = view_params(view, "copy");
-    let wg = ctx.tuning.elementwise_wg;
-    let kernel = Kernel { shader: Shader::Copy, entry: "gather_strided", constants: &[("WG", wg as f64)] };
-    launch(ctx, Output { op: "copy", n, slot: 1 }, &kernel, &[Bind::read(0, x)], &params, ctx.groups_1d(n, wg))
-}
-
-pub(crate) fn copy_into(ctx: &Arc<Context>, out: &mut GpuBuffer, dst: &Strided, x: &GpuBuffer) {
-    let (n, params) = view_params(dst, "copy_into");
-    let wg = ctx.tuning.elementwise_wg;
-    let kernel = Kernel { shader: Shader::Copy, entry: "scatter_strided", constants: &[("WG", wg as f64)] };
-    let result = ctx.dispatch(&kernel, &[Bind::read(0, x), Bind::write(1, out)], &params, ctx.groups_1d(n, wg));
-    if let Err(e) = result {
-        *out = GpuBuffer::poisoned(e);
+params! {
+    /// A strided view of `n` elements.
+    ViewParams {
+        n: u32,
+        rank: u32,
+        offset: u32,
+        _pad: u32,
+        dims: [u32; MAX_RANK],
+        strides: [u32; MAX_RANK],
     }
 }
 
-/// `gather` (or, with `scatter`, its adjoint `scatter_add`) along the middle
-/// axis of `v`; `idx` is a `[outer, m, inner]` strided view of the indices.
-pub(crate) fn gather(
-    ctx: &Arc<Context>,
-    x: &GpuBuffer,
-    v: AxisView,
-    idx: (&GpuBuffer, &Strided),
-    m: usize,
-    scatter: bool,
-) -> GpuBuffer {
-    let layout = idx.1;
-    assert_eq!(layout.dims, [v.outer, m, v.inner], "gather: index view must be [outer, m, inner]");
-    let mut params = vec![v.outer as u32, v.len as u32, v.inner as u32, m as u32, layout.offset as u32];
-    params.extend(layout.strides.iter().map(|&s| s as u32));
-    let n = if scatter { v.outer * v.len * v.inner } else { v.outer * m * v.inner };
+/// The view coalesced: its element count, dims and strides.
+fn coalesced(view: &Strided) -> (usize, Vec<usize>, Vec<usize>) {
+    let n: usize = view.dims.iter().product();
+    let mut strides = vec![view.strides.clone()];
+    let dims = coalesce(&view.dims, &mut strides);
+    let strides = strides.pop().expect("one view");
+    (n, dims, strides)
+}
+
+/// Records `entry` (a gather or scatter through `view`) from `x` into `out`.
+fn record(ctx: &Arc<Context>, entry: &'static str, view: &Strided, x: &Arc<Pooled>, out: &Arc<Pooled>) -> Result<()> {
+    let (n, dims, strides) = coalesced(view);
     let wg = ctx.tuning.elementwise_wg;
-    let entry = if scatter { "scatter_add" } else { "gather" };
-    let kernel = Kernel { shader: Shader::Gather, entry, constants: &[("WG", wg as f64)] };
-    launch(
-        ctx,
-        Output { op: entry, n, slot: 2 },
-        &kernel,
-        &[Bind::read(0, x), Bind::read(1, idx.0)],
-        &params,
-        ctx.groups_1d(n, wg),
-    )
+    let groups = ctx.groups_1d(n, wg);
+    let constants = [("WG", wg as f64)];
+    let mut binds = vec![Bind::read(0, x), Bind::write(1, out)];
+    let mut params =
+        ViewParams { n: n as u32, rank: dims.len() as u32, offset: view.offset as u32, ..Default::default() };
+    if dims.len() <= MAX_RANK {
+        for (d, (&dim, &stride)) in dims.iter().zip(&strides).enumerate() {
+            params.dims[d] = dim as u32;
+            params.strides[d] = stride as u32;
+        }
+        let kernel = Kernel::Static { shader: Shader::Copy, entry, constants: &constants };
+        return ctx.record(&kernel, &binds, &params, groups);
+    }
+    // [rank, offset, dims…, strides…] in a buffer.
+    let mut words = vec![dims.len() as u32, view.offset as u32];
+    words.extend(dims.iter().chain(&strides).map(|&v| v as u32));
+    let meta = ctx.alloc("copy", words.len())?;
+    ctx.queue.write(&meta.buffer, bytemuck::cast_slice(&words));
+    binds.push(Bind::read(2, &meta));
+    let entry = if entry == "gather_strided" { "gather_strided_words" } else { "scatter_strided_words" };
+    let kernel = Kernel::Static { shader: Shader::Copy, entry, constants: &constants };
+    ctx.record(&kernel, &binds, &params, groups)
+}
+
+/// The view `src` of `x`, copied into a new contiguous buffer.
+pub(crate) fn copy_strided(ctx: &Arc<Context>, x: &GpuBuffer, src: &Strided) -> GpuBuffer {
+    let n = src.dims.iter().product();
+    ctx.compute("copy", n, |out| record(ctx, "gather_strided", src, x.get()?, out))
+}
+
+/// Writes contiguous `x` into the region `dst` of `out`, in place.
+pub(crate) fn copy_into(ctx: &Arc<Context>, out: &mut GpuBuffer, dst: &Strided, x: &GpuBuffer) {
+    let result = out.get().and_then(|o| record(ctx, "scatter_strided", dst, x.get()?, o));
+    if let Err(e) = result {
+        *out = GpuBuffer::poisoned(e);
+    }
 }

@@ -4,7 +4,8 @@
 //! Transpose and alignment flags are override constants, and batches beyond
 //! the 65535 workgroups one dispatch dimension allows take several dispatches.
 
-use super::{Bind, Context, GpuBuffer, Kernel, Shader};
+use super::pipelines::{Kernel, Shader, params};
+use super::{Bind, Context, GpuBuffer};
 use crate::backend::MatmulSpec;
 use std::sync::Arc;
 
@@ -14,15 +15,25 @@ const SUBGROUP_TILE_COLS: u32 = 8;
 /// Each invocation of matmul_tiled.wgsl computes a 4 × 4 block.
 const TILED_THREAD_TILE: u32 = 4;
 
-pub(crate) fn matmul(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, s: MatmulSpec) -> GpuBuffer {
-    let out = ctx.alloc("matmul", s.batch * s.m * s.n);
-    if out.get().is_err() {
-        return out;
+params! {
+    /// One dispatch of a batched product (both matmul kernels).
+    MatmulParams {
+        m: u32,
+        n: u32,
+        k: u32,
+        a_batch_stride: u32,
+        b_batch_stride: u32,
+        /// Batch index of workgroup z = 0.
+        first_batch: u32,
     }
-    let t = ctx.tuning;
-    let flag = |f: bool| f as u32 as f64;
-    let (constants, binds, groups_x, groups_y): (Vec<(&'static str, f64)>, Vec<Bind>, u32, u32) =
-        match t.matmul_subgroup_wg {
+}
+
+pub(crate) fn matmul(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, s: MatmulSpec) -> GpuBuffer {
+    ctx.compute("matmul", s.batch * s.m * s.n, |out| {
+        let (a, b) = (a.get()?, b.get()?);
+        let t = ctx.tuning;
+        let flag = |f: bool| f as u32 as f64;
+        let (constants, binds, groups_x, groups_y) = match t.matmul_subgroup_wg {
             Some(wg) => {
                 // vec4 loads along each operand's contiguous axis need that axis
                 // and the batch stride to be multiples of 4.
@@ -38,7 +49,7 @@ pub(crate) fn matmul(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, s: Matmul
                         ("ALIGNED_B", flag(aligned_b)),
                         ("K_TAIL", flag(s.k % 4 != 0)),
                     ],
-                    vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, &out), Bind::read(3, a), Bind::read(4, b)],
+                    vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, out), Bind::read(3, a), Bind::read(4, b)],
                     (s.n as u32).div_ceil(wg * SUBGROUP_TILE_COLS),
                     (s.m as u32).div_ceil(SUBGROUP_TILE_ROWS),
                 )
@@ -51,24 +62,28 @@ pub(crate) fn matmul(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, s: Matmul
                     ("TRANS_A", flag(s.trans_a)),
                     ("TRANS_B", flag(s.trans_b)),
                 ],
-                vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, &out)],
+                vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, out)],
                 (s.n as u32).div_ceil(t.matmul_wn * TILED_THREAD_TILE),
                 (s.m as u32).div_ceil(t.matmul_wm * TILED_THREAD_TILE),
             ),
         };
-    let shader = if t.matmul_subgroup_wg.is_some() { Shader::Matmul } else { Shader::MatmulTiled };
-    let kernel = Kernel { shader, entry: "main", constants: &constants };
-    let max_z = ctx.limits.max_compute_workgroups_per_dimension as usize;
-    let mut first = 0;
-    while first < s.batch {
-        let count = (s.batch - first).min(max_z);
-        let params =
-            [s.m as u32, s.n as u32, s.k as u32, s.a_batch_stride as u32, s.b_batch_stride as u32, first as u32];
-        if let Err(e) = ctx.dispatch(&kernel, &binds, &params, [groups_x, groups_y, count as u32]) {
-            return GpuBuffer::poisoned(e);
+        let shader = if t.matmul_subgroup_wg.is_some() { Shader::Matmul } else { Shader::MatmulTiled };
+        let kernel = Kernel::Static { shader, entry: "main", constants: &constants };
+        let max_z = ctx.limits.max_compute_workgroups_per_dimension as usize;
+        let mut first = 0;
+        while first < s.batch {
+            let count = (s.batch - first).min(max_z);
+            let params = MatmulParams {
+                m: s.m as u32,
+                n: s.n as u32,
+                k: s.k as u32,
+                a_batch_stride: s.a_batch_stride as u32,
+                b_batch_stride: s.b_batch_stride as u32,
+                first_batch: first as u32,
+            };
+            ctx.record(&kernel, &binds, &params, [groups_x, groups_y, count as u32])?;
+            first += count;
         }
-        first += count;
-    }
-    drop(binds);
-    out
+        Ok(())
+    })
 }

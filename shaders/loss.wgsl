@@ -1,0 +1,75 @@
+// Cross-entropy from logits with integer labels, forward and backward, one
+// workgroup per row (row statistics from online_softmax.wgsl). A label that
+// is not an integer in 0..classes is reported (check.wgsl) and its row is NaN.
+
+struct Params {
+    rows: u32,
+    // The number of classes (the row length online_softmax.wgsl reads).
+    len: u32,
+    check_slot: u32,
+    check_id: u32,
+}
+var<immediate> params: Params;
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> labels: array<f32>;
+@group(0) @binding(2) var<storage, read> grad_rows: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> errors: array<atomic<u32>>;
+
+// The label of `row`, or NONE when it is not an integer in 0..classes.
+const NONE: u32 = 0xffffffffu;
+
+fn label_of(row: u32) -> u32 {
+    let v = labels[row];
+    if !is_nan(v) && v >= 0.0 && v < f32(params.len) && v == floor(v) {
+        return u32(v);
+    }
+    return NONE;
+}
+
+// label_of, reporting a bad label (from one invocation per row).
+fn checked_label(row: u32, lid: u32) -> u32 {
+    let label = label_of(row);
+    if label == NONE && lid == 0u {
+        report(labels[row], params.len);
+    }
+    return label;
+}
+
+// out[row] = logsumexp(x[row]) - x[row][label]; NaN for an invalid label.
+@compute @workgroup_size(WG)
+fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let row = group_id(wid, nwg);
+    if row >= params.rows {
+        return;
+    }
+    let s = row_stats(row, lid);
+    let label = checked_label(row, lid);
+    if lid == 0u {
+        if label == NONE {
+            out[row] = nan();
+        } else {
+            out[row] = s.max + log(s.sum) - x[row * params.len + label];
+        }
+    }
+}
+
+// out[row][j] = (softmax(x[row])[j] - [j == label]) · grad_rows[row].
+@compute @workgroup_size(WG)
+fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                          @builtin(local_invocation_index) lid: u32) {
+    let row = group_id(wid, nwg);
+    if row >= params.rows {
+        return;
+    }
+    let s = row_stats(row, lid);
+    let g = grad_rows[row];
+    let label = checked_label(row, lid);
+    let base = row * params.len;
+    for (var l = lid; l < params.len; l += WG) {
+        let p = exp(x[base + l] - s.max) / s.sum;
+        out[base + l] = select((p - select(0.0, 1.0, l == label)) * g, nan(), label == NONE);
+    }
+}

@@ -1,0 +1,148 @@
+//! Elementwise kernels: unary functions, binary functions with broadcasting,
+//! fill and dropout. NaN and infinity follow IEEE-754 and PyTorch: every
+//! function of a NaN is NaN (comparisons and masks give 0).
+
+use super::math::{exp, gelu, gelu_grad, sigmoid, tanh};
+use super::simd::{fill_chunks, for_rows, map};
+use super::{output, row_offset};
+use crate::Result;
+use crate::backend::{BinaryOp, UnaryOp};
+use crate::rng;
+use crate::shape::{Strided, coalesce};
+
+pub(super) fn unary(op: UnaryOp, x: &[f32]) -> Result<Vec<f32>> {
+    use UnaryOp::*;
+    match op {
+        Neg => map(x, |v| -v),
+        Exp => map(x, exp),
+        Log => map(x, f32::ln),
+        Sqrt => map(x, f32::sqrt),
+        Abs => map(x, f32::abs),
+        Sign => map(x, |v| {
+            if v > 0.0 {
+                1.0
+            } else if v < 0.0 {
+                -1.0
+            } else {
+                // ±0 → 0, NaN → NaN.
+                v * 0.0
+            }
+        }),
+        // `v <= 0` is false for NaN, which passes through.
+        Relu => map(x, |v| if v <= 0.0 { 0.0 } else { v }),
+        Sigmoid => map(x, sigmoid),
+        Tanh => map(x, tanh),
+        Gelu => map(x, gelu),
+        GeluGrad => map(x, gelu_grad),
+        AddScalar(s) => map(x, |v| v + s),
+        MulScalar(s) => map(x, |v| v * s),
+        PowScalar(p) => map(x, |v| v.powf(p)),
+        // NaN on either side gives NaN.
+        MaxScalar(s) => map(x, |v| if v.is_nan() || v >= s { v } else { s }),
+        MinScalar(s) => map(x, |v| if v.is_nan() || v <= s { v } else { s }),
+        GtScalar(s) => map(x, |v| if v > s { 1.0 } else { 0.0 }),
+        InRange(lo, hi) => map(x, |v| if v >= lo && v <= hi { 1.0 } else { 0.0 }),
+    }
+}
+
+pub(super) fn binary(op: BinaryOp, a: (&[f32], &Strided), b: (&[f32], &Strided)) -> Result<Vec<f32>> {
+    match op {
+        BinaryOp::Add => binary_loop(a, b, |x, y| x + y),
+        BinaryOp::Sub => binary_loop(a, b, |x, y| x - y),
+        BinaryOp::Mul => binary_loop(a, b, |x, y| x * y),
+        BinaryOp::Div => binary_loop(a, b, |x, y| x / y),
+        // NaN on either side gives NaN; on ties, `a`.
+        BinaryOp::Max => binary_loop(a, b, |x, y| if x.is_nan() || x >= y { x } else { y }),
+        BinaryOp::Min => binary_loop(a, b, |x, y| if x.is_nan() || x <= y { x } else { y }),
+        BinaryOp::Ge => binary_loop(a, b, |x, y| if x >= y { 1.0 } else { 0.0 }),
+        BinaryOp::Eq => binary_loop(a, b, |x, y| if x == y { 1.0 } else { 0.0 }),
+    }
+}
+
+fn binary_loop(a: (&[f32], &Strided), b: (&[f32], &Strided), f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Vec<f32>> {
+    let n: usize = a.1.dims.iter().product();
+    let mut out = output(n)?;
+    if a.1.is_contiguous() && b.1.is_contiguous() {
+        fill_chunks(
+            &mut out,
+            #[inline(always)]
+            |start, chunk| {
+                for ((o, &x), &y) in chunk.iter_mut().zip(&a.0[start..]).zip(&b.0[start..]) {
+                    *o = f(x, y);
+                }
+            },
+        );
+        return Ok(out);
+    }
+    let mut strides = vec![a.1.strides.clone(), b.1.strides.clone()];
+    let dims = coalesce(&a.1.dims, &mut strides);
+    let (sa, sb) = (&strides[0], &strides[1]);
+    let row_len = *dims.last().expect("coalesce keeps at least one axis");
+    let (ia, ib) = (sa[sa.len() - 1], sb[sb.len() - 1]);
+    let (xa, xb) = (a.0, b.0);
+    let (oa, ob) = (a.1.offset, b.1.offset);
+    for_rows(
+        &mut out,
+        row_len,
+        #[inline(always)]
+        |r, row| {
+            let pa = oa + row_offset(&dims, sa, r);
+            let pb = ob + row_offset(&dims, sb, r);
+            // The three cases a broadcast bias or scalar produces, as slices so
+            // they vectorise; anything else strides.
+            match (ia, ib) {
+                (1, 1) => {
+                    for ((o, &x), &y) in row.iter_mut().zip(&xa[pa..]).zip(&xb[pb..]) {
+                        *o = f(x, y);
+                    }
+                }
+                (1, 0) => {
+                    let y = xb[pb];
+                    for (o, &x) in row.iter_mut().zip(&xa[pa..]) {
+                        *o = f(x, y);
+                    }
+                }
+                (0, 1) => {
+                    let x = xa[pa];
+                    for (o, &y) in row.iter_mut().zip(&xb[pb..]) {
+                        *o = f(x, y);
+                    }
+                }
+                _ => {
+                    for (j, o) in row.iter_mut().enumerate() {
+                        *o = f(xa[pa + j * ia], xb[pb + j * ib]);
+                    }
+                }
+            }
+        },
+    );
+    Ok(out)
+}
+
+pub(super) fn full(n: usize, value: f32) -> Result<Vec<f32>> {
+    let mut out = output(n)?;
+    if value != 0.0 || value.is_sign_negative() {
+        fill_chunks(&mut out, |_, chunk| chunk.fill(value));
+    }
+    Ok(out)
+}
+
+/// `x · keep(i) / (1 - p)`: a dropped element is `x · 0`, so NaN and
+/// infinity stay visible (NaN), as in PyTorch.
+pub(super) fn dropout(x: &[f32], p: f32, key: [u32; 2]) -> Result<Vec<f32>> {
+    let threshold = rng::dropout_threshold(p);
+    let scale = 1.0 / (1.0 - p);
+    let mut out = output(x.len())?;
+    fill_chunks(
+        &mut out,
+        #[inline(always)]
+        |start, chunk| {
+            for (j, (o, &v)) in chunk.iter_mut().zip(&x[start..]).enumerate() {
+                // Branch-free (a select, not a jump), so it vectorises.
+                let keep = rng::dropout_keep(key, threshold, (start + j) as u32);
+                *o = v * if keep { scale } else { 0.0 };
+            }
+        },
+    );
+    Ok(out)
+}

@@ -1,0 +1,112 @@
+//! How the CPU kernels run their loops: compiled for the widest vector
+//! instructions this CPU has, and split over the cores by [`pool`](super::pool)
+//! when they are long enough to pay for it.
+
+use super::pool::{self, Chunks};
+
+/// Loops shorter than this stay on one thread: splitting them costs more than
+/// it saves (a fork to a spinning worker costs about a microsecond).
+pub(super) const PAR_MIN: usize = 1 << 15;
+/// Elements per parallel chunk.
+pub(super) const CHUNK: usize = 1 << 13;
+
+/// Runs `body` compiled for the widest vector instructions this CPU has,
+/// detected at run time: the crate itself is built for baseline x86-64
+/// (SSE2), which would leave the loops 4 lanes wide. `body` is inlined into
+/// a function with the wider target features, so its loops vectorise for
+/// them. Elsewhere, or on older CPUs, it runs as built.
+#[inline(always)]
+pub(super) fn simd<R>(body: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static LEVEL: OnceLock<u8> = OnceLock::new();
+        let level = *LEVEL.get_or_init(|| {
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+                2
+            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                1
+            } else {
+                0
+            }
+        });
+        #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+        fn avx512<R>(body: impl FnOnce() -> R) -> R {
+            body()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<R>(body: impl FnOnce() -> R) -> R {
+            body()
+        }
+        // SAFETY: the features were detected on this CPU just above.
+        match level {
+            2 => return unsafe { avx512(body) },
+            1 => return unsafe { avx2(body) },
+            _ => {}
+        }
+    }
+    body()
+}
+
+/// Fills `out` by calling `f(start, chunk)` on consecutive chunks, over all
+/// cores when `out` is large.
+pub(super) fn fill_chunks(out: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    if out.len() >= PAR_MIN {
+        let chunks = Chunks::new(out, CHUNK);
+        pool::run(chunks.count(), &|c| {
+            // SAFETY: task c takes piece c only (`pool::run` runs each task once).
+            let chunk = unsafe { chunks.get(c) };
+            simd(
+                #[inline(always)]
+                || f(c * CHUNK, chunk),
+            )
+        });
+    } else {
+        simd(
+            #[inline(always)]
+            || f(0, out),
+        );
+    }
+}
+
+/// Runs `f(row, out_row)` for each `row_len`-long row of `out`, over all
+/// cores when `out` is large.
+pub(super) fn for_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if row_len == 0 {
+        return;
+    }
+    let rows = out.len() / row_len;
+    if out.len() >= PAR_MIN && rows > 1 {
+        // Whole rows per task, about CHUNK elements each.
+        let per_task = (CHUNK / row_len).clamp(1, rows.div_ceil(2));
+        let chunks = Chunks::new(out, per_task * row_len);
+        pool::run(chunks.count(), &|c| {
+            // SAFETY: task c takes piece c only (`pool::run` runs each task once).
+            let chunk = unsafe { chunks.get(c) };
+            simd(
+                #[inline(always)]
+                || chunk.chunks_mut(row_len).enumerate().for_each(|(r, row)| f(c * per_task + r, row)),
+            )
+        });
+    } else {
+        simd(
+            #[inline(always)]
+            || out.chunks_mut(row_len).enumerate().for_each(|(r, row)| f(r, row)),
+        );
+    }
+}
+
+/// `f` of every element of `x`.
+pub(super) fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> crate::Result<Vec<f32>> {
+    let mut out = super::output(x.len())?;
+    fill_chunks(
+        &mut out,
+        #[inline(always)]
+        |start, chunk| {
+            for (o, &v) in chunk.iter_mut().zip(&x[start..]) {
+                *o = f(v);
+            }
+        },
+    );
+    Ok(out)
+}

@@ -1,0 +1,237 @@
+//! Opening a device: options, adapter choice, the limits and kernel sizes
+//! that follow from the adapter, and the device's health (lost, or an
+//! uncaught wgpu error).
+
+use crate::{Error, Result};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::pipelines::IMMEDIATE_BYTES;
+
+/// Kernel sizes for one adapter (override constants).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tuning {
+    /// Workgroup size of the elementwise and copy kernels.
+    pub elementwise_wg: u32,
+    /// Workgroup size of the one-workgroup-per-row kernels (a power of two).
+    pub row_wg: u32,
+    /// The subgroup matmul's workgroup size (a multiple of the subgroup
+    /// size), or `None` to use the workgroup-tiled kernel instead.
+    pub matmul_subgroup_wg: Option<u32>,
+    /// The tiled matmul's invocations along M and N, and its K step.
+    pub matmul_wm: u32,
+    pub matmul_wn: u32,
+    pub matmul_bk: u32,
+}
+
+impl Tuning {
+    fn for_adapter(info: &wgpu::AdapterInfo, subgroups: bool) -> Self {
+        if info.device_type == wgpu::DeviceType::Cpu {
+            // Software rasterisers (lavapipe, WARP) run a workgroup on one CPU
+            // thread, SIMD across invocations: barriers are dear, and small
+            // workgroups spread a matmul evenly over the cores.
+            Tuning {
+                elementwise_wg: 256,
+                row_wg: 32,
+                matmul_subgroup_wg: subgroups.then_some(info.subgroup_max_size.max(8)),
+                matmul_wm: 8,
+                matmul_wn: 8,
+                matmul_bk: 32,
+            }
+        } else {
+            Tuning {
+                elementwise_wg: 256,
+                row_wg: 128,
+                matmul_subgroup_wg: subgroups.then_some(info.subgroup_max_size.max(64)),
+                matmul_wm: 16,
+                matmul_wn: 16,
+                matmul_bk: 16,
+            }
+        }
+    }
+}
+
+/// Choices made when opening a GPU device.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// Use subgroup operations where the adapter has them (subgroups of at
+    /// least 8 lanes). They make matmul several times faster; turning them
+    /// off selects the workgroup-tiled kernel every adapter can run.
+    pub subgroups: bool,
+    /// Take the first adapter whose name contains this (case-insensitive).
+    pub adapter: Option<String>,
+    /// Graphics APIs to try, as wgpu's comma list (`"vulkan"`, `"metal,dx12"`);
+    /// `None` tries Vulkan, Metal and DX12.
+    pub backends: Option<String>,
+    /// Fuse chains of elementwise ops into one kernel each, run when their
+    /// result is needed. Off, every op dispatches its own kernel at once
+    /// (useful when profiling one op, or bisecting a suspected fusion bug).
+    pub fusion: bool,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions { subgroups: true, adapter: None, backends: None, fusion: true }
+    }
+}
+
+impl GpuOptions {
+    /// The defaults, with `adapter` from `WGPU_ADAPTER_NAME` and `backends`
+    /// from `WGPU_BACKEND` where those are set, and fusion off where
+    /// `WGRAD_FUSION=0`.
+    pub fn from_env() -> Self {
+        GpuOptions {
+            adapter: std::env::var("WGPU_ADAPTER_NAME").ok(),
+            backends: std::env::var("WGPU_BACKEND").ok(),
+            fusion: std::env::var("WGRAD_FUSION").map_or(true, |v| v != "0"),
+            ..GpuOptions::default()
+        }
+    }
+}
+
+/// What a device is, for logs and benchmark tables.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The adapter's name, e.g. "NVIDIA GeForce RTX 4090" or "llvmpipe (LLVM 15.0.6, 256 bits)".
+    pub name: String,
+    /// The graphics API: Vulkan, Metal, Dx12.
+    pub backend: String,
+    /// Discrete, integrated, virtual or CPU (software).
+    pub device_type: String,
+    /// The driver and its version.
+    pub driver: String,
+}
+
+impl fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}, {}, {})", self.name, self.backend, self.device_type, self.driver)
+    }
+}
+
+impl DeviceInfo {
+    pub(crate) fn of(i: &wgpu::AdapterInfo) -> Self {
+        let driver =
+            if i.driver_info.is_empty() { i.driver.clone() } else { format!("{} {}", i.driver, i.driver_info) };
+        DeviceInfo {
+            name: i.name.clone(),
+            backend: format!("{:?}", i.backend),
+            device_type: format!("{:?}", i.device_type),
+            driver,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether the device is still usable: filled in by wgpu's callbacks.
+#[derive(Clone, Default)]
+pub(crate) struct Health {
+    /// Why the device was lost, once it has been.
+    lost: Arc<Mutex<Option<String>>>,
+    /// The first wgpu error no error scope caught.
+    uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+impl Health {
+    fn watch(device: &wgpu::Device) -> Self {
+        let health = Health::default();
+        let lost = health.lost.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            *lock(&lost) = Some(format!("{reason:?}: {msg}"));
+        });
+        let uncaptured = health.uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            lock(&uncaptured).get_or_insert_with(|| e.to_string());
+        }));
+        health
+    }
+
+    /// The error that poisons everything, if the device is gone.
+    pub fn lost(&self) -> Option<Error> {
+        lock(&self.lost).clone().map(Error::DeviceLost)
+    }
+
+    /// An error if the device was lost or wgpu reported one we did not catch.
+    pub fn check(&self) -> Result<()> {
+        if let Some(e) = self.lost() {
+            return Err(e);
+        }
+        match lock(&self.uncaptured).clone() {
+            Some(msg) => Err(Error::Gpu(msg)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// An opened device and what was learnt about its adapter.
+pub(crate) struct Opened {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub tuning: Tuning,
+    pub health: Health,
+}
+
+/// Opens a device on the best adapter that `options` allow: a discrete GPU
+/// before an integrated one before a software one.
+pub(crate) async fn open(options: &GpuOptions) -> Result<Opened> {
+    let backends = options.backends.as_deref().map_or(wgpu::Backends::PRIMARY, wgpu::Backends::from_comma_list);
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+    });
+    let wanted = options.adapter.as_ref().map(|s| s.to_lowercase());
+    let mut adapters = instance.enumerate_adapters(backends).await;
+    let found: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+    adapters.retain(|a| {
+        let info = a.get_info();
+        wanted.as_ref().is_none_or(|w| info.name.to_lowercase().contains(w))
+            && a.features().contains(wgpu::Features::IMMEDIATES)
+    });
+    let rank = |t: wgpu::DeviceType| match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    };
+    adapters.sort_by_key(|a| rank(a.get_info().device_type));
+    let Some(adapter) = adapters.into_iter().next() else {
+        let why = match (&wanted, found.is_empty()) {
+            (_, true) => format!("no adapter for backends {backends:?}"),
+            (Some(w), false) => format!("none of {found:?} matches WGPU_ADAPTER_NAME={w:?} and supports immediates"),
+            (None, false) => format!("none of {found:?} supports immediate data (push constants)"),
+        };
+        return Err(Error::NoAdapter(why));
+    };
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    if limits.max_immediate_size < IMMEDIATE_BYTES {
+        return Err(Error::NoAdapter(format!(
+            "{} offers {} bytes of immediate data, wgrad needs {IMMEDIATE_BYTES}",
+            info.name, limits.max_immediate_size
+        )));
+    }
+    let subgroups =
+        options.subgroups && adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
+    let mut features = wgpu::Features::IMMEDIATES;
+    if subgroups {
+        features |= wgpu::Features::SUBGROUP;
+    }
+    let (device, queue) = adapter
+        .request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgrad"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        })
+        .await
+        .map_err(|e| Error::NoAdapter(format!("{}: {e}", info.name)))?;
+    let health = Health::watch(&device);
+    Ok(Opened { tuning: Tuning::for_adapter(&info, subgroups), device, queue, info, limits, health })
+}

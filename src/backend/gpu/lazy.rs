@@ -1,0 +1,418 @@
+//! Lazy buffers: the storage of a GPU tensor, which may be computed, failed,
+//! or pending — an elementwise expression that runs when something needs it.
+//!
+//! On a GPU a small elementwise op costs its dispatch, not its arithmetic
+//! (on lavapipe ~40 µs of thread hand-off per dispatch, on a discrete GPU a
+//! few µs of launch). So a unary or binary op dispatches nothing when
+//! called: it returns a *pending* buffer that holds the expression computing
+//! it (an SSA list of ops over buffers already computed, the leaves). An op
+//! on a contiguous pending input extends its expression instead of reading
+//! a buffer. The expression runs — one kernel, written by [`fusion`] from
+//! the op list and compiled once per distinct list — when something needs
+//! the buffer itself: a kernel that binds it, a read back,
+//! [`synchronize`](super::GpuDevice::synchronize), or an expression that
+//! would grow past the limits below. A pending result that is dropped unread
+//! never runs.
+//!
+//! Broadcasting is part of the expression: a binary operand that is not
+//! contiguous (a bias row, a per-row statistic) becomes a leaf read through
+//! its strides, so `(x - mean) / std * gamma + beta` is one kernel. Equal
+//! nodes are merged when expressions combine, so `y + y` does not copy
+//! `y`'s expression twice.
+//!
+//! Correctness rests on buffers being immutable, with two exceptions that
+//! write in place (`copy_into` and the optimizer update): before either
+//! writes a buffer, every pending expression that reads it is run
+//! ([`Lazy::before_write`]). A pending buffer that is read by more than one
+//! consumer is recomputed by each expression that inlines it — at most
+//! [`MAX_OPS`] cheap elementwise ops, the trade every fusing compiler makes
+//! against a dispatch.
+
+use super::fusion;
+use super::pool::Pooled;
+use super::{Bind, Context, Kernel};
+use crate::backend::{BinaryOp, UnaryOp};
+use crate::shape::{Strided, coalesce};
+use crate::{Error, Result};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+/// Ops one generated kernel may compute per element.
+pub(crate) const MAX_OPS: usize = 24;
+/// The u32 words of immediate data a kernel has (128 bytes): the element
+/// count, the dims and views of its strided leaves, and its scalars. An
+/// expression needing more (two strided leaves of high rank) reads its
+/// words from a storage buffer instead.
+pub(crate) const WORDS: usize = 32;
+/// Buffers one kernel may read: with the one it writes and a storage
+/// buffer of words, the adapter minimum of 8 storage buffers per stage.
+const MAX_LEAVES: usize = 6;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The storage of a GPU tensor: a pooled buffer, the error that prevented
+/// producing it, or — until something needs it — the pending elementwise
+/// expression that will compute it.
+pub(crate) struct GpuBuffer(Arc<Cell>);
+
+pub(crate) struct Cell {
+    ready: OnceLock<Result<Arc<Pooled>, Error>>,
+    pending: Mutex<Option<(Arc<Context>, Expr)>>,
+}
+
+impl Cell {
+    /// The buffer, computing it first if it is pending.
+    fn get(&self) -> Result<&Arc<Pooled>, &Error> {
+        self.ready
+            .get_or_init(|| {
+                let (ctx, expr) = lock(&self.pending).take().expect("a GPU buffer is either ready or pending");
+                run(&ctx, &expr)
+            })
+            .as_ref()
+    }
+
+    /// Computes the buffer now if it is pending and reads `buffer` (or, with
+    /// `None`, in any case).
+    fn run_if_reads(&self, buffer: Option<&Arc<Pooled>>) {
+        let reads = lock(&self.pending).as_ref().is_some_and(|(_, e)| buffer.is_none_or(|b| e.reads(b)));
+        if reads {
+            let _ = self.get();
+        }
+    }
+
+    fn is_pending(&self) -> bool {
+        lock(&self.pending).is_some()
+    }
+}
+
+impl GpuBuffer {
+    pub fn ready(result: Result<Arc<Pooled>>) -> Self {
+        GpuBuffer(Arc::new(Cell { ready: OnceLock::from(result), pending: Mutex::new(None) }))
+    }
+
+    pub fn poisoned(error: Error) -> Self {
+        Self::ready(Err(error))
+    }
+
+    /// A buffer `expr` computes when it is first needed.
+    fn pending(ctx: &Arc<Context>, expr: Expr) -> Self {
+        let cell = Arc::new(Cell { ready: OnceLock::new(), pending: Mutex::new(Some((ctx.clone(), expr))) });
+        ctx.lazy.register(Arc::downgrade(&cell));
+        GpuBuffer(cell)
+    }
+
+    /// The buffer (computed first if it was pending) or its error.
+    pub fn get(&self) -> Result<&Arc<Pooled>> {
+        self.0.get().map_err(Error::clone)
+    }
+
+    /// The expression computing this buffer, while it is pending.
+    fn expr(&self) -> Option<Expr> {
+        lock(&self.0.pending).as_ref().map(|(_, e)| e.clone())
+    }
+}
+
+/// Weak handles on pending buffers, so that an in-place write can first
+/// compute those that read its target; pruned of computed and dropped ones
+/// whenever it doubles.
+pub(crate) struct Lazy {
+    /// Whether elementwise ops are fused (else each runs at once).
+    pub fusion: bool,
+    pending: Mutex<Registry>,
+}
+
+struct Registry {
+    cells: Vec<Weak<Cell>>,
+    prune_at: usize,
+}
+
+impl Lazy {
+    pub fn new(fusion: bool) -> Self {
+        Lazy { fusion, pending: Mutex::new(Registry { cells: Vec::new(), prune_at: 256 }) }
+    }
+
+    fn register(&self, cell: Weak<Cell>) {
+        let mut registry = lock(&self.pending);
+        registry.cells.push(cell);
+        if registry.cells.len() >= registry.prune_at {
+            registry.cells.retain(|c| c.upgrade().is_some_and(|c| c.is_pending()));
+            registry.prune_at = (2 * registry.cells.len()).max(256);
+        }
+    }
+
+    /// Computes every pending buffer that is still alive.
+    pub fn run_all(&self) {
+        let cells = std::mem::take(&mut lock(&self.pending).cells);
+        for cell in cells.iter().filter_map(Weak::upgrade) {
+            cell.run_if_reads(None);
+        }
+    }
+
+    /// Makes `target` safe to write in place: computes it if it is pending,
+    /// and computes every pending expression that reads it, so none of them
+    /// later sees the new contents.
+    pub fn before_write(&self, target: &GpuBuffer) {
+        let Ok(buffer) = target.get() else { return };
+        if Arc::strong_count(buffer) == 1 {
+            return;
+        }
+        let cells: Vec<Arc<Cell>> = lock(&self.pending).cells.iter().filter_map(Weak::upgrade).collect();
+        for cell in cells {
+            cell.run_if_reads(Some(buffer));
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum Node {
+    /// The element of the leaf with this index.
+    Leaf(usize),
+    Unary(UnaryOp, usize),
+    Binary(BinaryOp, usize, usize),
+}
+
+/// A buffer an expression reads: element `i` of the result reads element
+/// `i` of the buffer, or, with a view, the element the view maps the
+/// row-major index `i` of the expression's dims to (broadcasting, strides).
+#[derive(Clone)]
+pub(super) struct Leaf {
+    pub buffer: Arc<Pooled>,
+    pub view: Option<View>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct View {
+    pub offset: usize,
+    pub strides: Vec<usize>,
+}
+
+impl Leaf {
+    fn same(&self, other: &Leaf) -> bool {
+        Arc::ptr_eq(&self.buffer, &other.buffer) && self.view == other.view
+    }
+}
+
+/// An elementwise expression over the first `n` elements of its index space.
+#[derive(Clone)]
+pub(crate) struct Expr {
+    pub(super) n: usize,
+    /// The dims the strided leaves' views are over (`None` without any).
+    pub(super) dims: Option<Vec<usize>>,
+    pub(super) leaves: Vec<Leaf>,
+    /// In dependency order; arguments index earlier nodes.
+    pub(super) nodes: Vec<Node>,
+    pub(super) root: usize,
+}
+
+impl Expr {
+    fn leaf(n: usize, buffer: Arc<Pooled>) -> Expr {
+        Expr { n, dims: None, leaves: vec![Leaf { buffer, view: None }], nodes: vec![Node::Leaf(0)], root: 0 }
+    }
+
+    /// `buffer` read through `view`, a layout over `view.dims`.
+    fn strided(buffer: Arc<Pooled>, view: &Strided) -> Expr {
+        Expr {
+            n: view.dims.iter().product(),
+            dims: Some(view.dims.clone()),
+            leaves: vec![Leaf { buffer, view: Some(View { offset: view.offset, strides: view.strides.clone() }) }],
+            nodes: vec![Node::Leaf(0)],
+            root: 0,
+        }
+    }
+
+    pub(super) fn ops(&self) -> usize {
+        self.nodes.iter().filter(|n| !matches!(n, Node::Leaf(_))).count()
+    }
+
+    pub(super) fn scalars(&self) -> usize {
+        self.nodes.iter().map(|n| if let Node::Unary(op, _) = n { fusion::scalars(*op).len() } else { 0 }).sum()
+    }
+
+    /// The strided leaves' views coalesced over the dims: the dims, and per
+    /// strided leaf (in leaf order) its strides.
+    pub(super) fn layout(&self) -> (Vec<usize>, Vec<Vec<usize>>) {
+        let Some(dims) = &self.dims else { return (Vec::new(), Vec::new()) };
+        let mut strides: Vec<Vec<usize>> =
+            self.leaves.iter().filter_map(|l| l.view.as_ref().map(|v| v.strides.clone())).collect();
+        let dims = coalesce(dims, &mut strides);
+        (dims, strides)
+    }
+
+    /// Words of parameters the kernel needs: the count, the dims, each
+    /// strided leaf's offset and strides, the scalars.
+    pub(super) fn words(&self) -> usize {
+        let (dims, strides) = self.layout();
+        1 + dims.len() + strides.iter().map(|s| 1 + s.len()).sum::<usize>() + self.scalars()
+    }
+
+    fn fits(&self) -> bool {
+        self.ops() <= MAX_OPS && self.leaves.len() <= MAX_LEAVES && self.words() <= WORDS
+    }
+
+    /// Whether the expression reads `buffer`.
+    fn reads(&self, buffer: &Arc<Pooled>) -> bool {
+        self.leaves.iter().any(|l| Arc::ptr_eq(&l.buffer, buffer))
+    }
+
+    /// The index of `node`, appended unless an equal node exists.
+    pub(super) fn intern(&mut self, node: Node) -> usize {
+        if let Some(i) = self.nodes.iter().position(|&m| m == node) {
+            return i;
+        }
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Merges `other` into this expression; returns the index of its root.
+    /// The two must agree on their dims where both have any.
+    fn absorb(&mut self, other: &Expr) -> usize {
+        if self.dims.is_none() {
+            self.dims = other.dims.clone();
+        }
+        let mut map = Vec::with_capacity(other.nodes.len());
+        for node in &other.nodes {
+            let node = match *node {
+                Node::Leaf(l) => {
+                    let leaf = &other.leaves[l];
+                    let index = match self.leaves.iter().position(|m| m.same(leaf)) {
+                        Some(i) => i,
+                        None => {
+                            self.leaves.push(leaf.clone());
+                            self.leaves.len() - 1
+                        }
+                    };
+                    Node::Leaf(index)
+                }
+                Node::Unary(op, a) => Node::Unary(op, map[a]),
+                Node::Binary(op, a, b) => Node::Binary(op, map[a], map[b]),
+            };
+            map.push(self.intern(node));
+        }
+        map[other.root]
+    }
+
+    /// `op(self)`.
+    fn unary(mut self, op: UnaryOp) -> Expr {
+        self.root = self.intern(Node::Unary(op, self.root));
+        self
+    }
+
+    /// `op(self, other)`, or `None` when the two index their strided leaves
+    /// through different dims.
+    fn binary(mut self, op: BinaryOp, other: &Expr) -> Option<Expr> {
+        if let (Some(a), Some(b)) = (&self.dims, &other.dims)
+            && a != b
+        {
+            return None;
+        }
+        let b = self.absorb(other);
+        self.root = self.intern(Node::Binary(op, self.root, b));
+        Some(self)
+    }
+}
+
+/// The expression `x` contributes over its first `n` elements: its pending
+/// expression, or the buffer itself as a leaf.
+fn operand(x: &GpuBuffer, n: usize) -> Result<Expr> {
+    if let Some(mut e) = x.expr() {
+        // The caller's count rules: its view never covers more than the buffer.
+        e.n = n;
+        return Ok(e);
+    }
+    computed(x, n)
+}
+
+/// `x`, computed, as a leaf.
+fn computed(x: &GpuBuffer, n: usize) -> Result<Expr> {
+    Ok(Expr::leaf(n, x.get()?.clone()))
+}
+
+/// What one side of a binary op contributes: a contiguous operand inlines
+/// its pending expression; another layout reads the computed buffer
+/// through it.
+fn side(x: (&GpuBuffer, &Strided), n: usize) -> Result<Expr> {
+    if x.1.is_contiguous() {
+        return operand(x.0, n);
+    }
+    Ok(Expr::strided(x.0.get()?.clone(), x.1))
+}
+
+/// `op(x)` over the first `n` elements of `x`.
+pub(crate) fn unary(ctx: &Arc<Context>, op: UnaryOp, x: &GpuBuffer, n: usize) -> GpuBuffer {
+    let build = || -> Result<Expr> {
+        let e = operand(x, n)?.unary(op);
+        if e.fits() { Ok(e) } else { Ok(computed(x, n)?.unary(op)) }
+    };
+    match build() {
+        Ok(e) => finish(ctx, e),
+        Err(e) => GpuBuffer::poisoned(e),
+    }
+}
+
+/// `op(a, b)` with broadcasting: `a` and `b` are read through layouts of
+/// the output's shape.
+pub(crate) fn binary(
+    ctx: &Arc<Context>,
+    op: BinaryOp,
+    a: (&GpuBuffer, &Strided),
+    b: (&GpuBuffer, &Strided),
+) -> GpuBuffer {
+    let n: usize = a.1.dims.iter().product();
+    let build = || -> Result<Expr> {
+        let (mut ea, mut eb) = (side(a, n)?, side(b, n)?);
+        loop {
+            let combined = ea.clone().binary(op, &eb);
+            if let Some(e) = &combined
+                && e.fits()
+            {
+                return Ok(combined.expect("just matched"));
+            }
+            // Compute the pending side with more ops (their dims disagree,
+            // or together they are too big).
+            if ea.ops() >= eb.ops() && ea.ops() > 0 {
+                ea = computed(a.0, n)?;
+            } else if eb.ops() > 0 {
+                eb = computed(b.0, n)?;
+            } else {
+                // Two leaves over one shape always combine; when their
+                // views need more words than the immediates hold, the
+                // kernel reads them from a buffer.
+                return Ok(combined.expect("two leaves share the output's dims"));
+            }
+        }
+    };
+    match build() {
+        Ok(e) => finish(ctx, e),
+        Err(e) => GpuBuffer::poisoned(e),
+    }
+}
+
+/// A pending buffer for `e`, or with fusion off, `e` computed now.
+fn finish(ctx: &Arc<Context>, e: Expr) -> GpuBuffer {
+    if ctx.lazy.fusion { GpuBuffer::pending(ctx, e) } else { GpuBuffer::ready(run(ctx, &e)) }
+}
+
+/// Dispatches the kernel computing `e` into a new buffer.
+fn run(ctx: &Arc<Context>, e: &Expr) -> Result<Arc<Pooled>> {
+    let out = ctx.alloc("elementwise op", e.n)?;
+    let wg = ctx.tuning.elementwise_wg;
+    let words_in_buffer = e.words() > WORDS;
+    let (source, words) = fusion::kernel(e, words_in_buffer);
+    let mut binds: Vec<Bind> =
+        e.leaves.iter().enumerate().map(|(l, leaf)| Bind::read(l as u32, &leaf.buffer)).collect();
+    binds.push(Bind::write(e.leaves.len() as u32, &out));
+    let groups = ctx.groups_1d(words[0] as usize, wg);
+    let kernel = Kernel::Generated { source, wg };
+    if words_in_buffer {
+        let meta = ctx.alloc("elementwise op", words.len())?;
+        ctx.queue.write(&meta.buffer, bytemuck::cast_slice(&words));
+        binds.push(Bind::read(e.leaves.len() as u32 + 1, &meta));
+        ctx.record(&kernel, &binds, &(), groups)?;
+    } else {
+        let mut block = fusion::Words::default();
+        block.w[..words.len()].copy_from_slice(&words);
+        ctx.record(&kernel, &binds, &block, groups)?;
+    }
+    Ok(out)
+}

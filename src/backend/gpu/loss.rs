@@ -1,0 +1,39 @@
+//! Cross-entropy from logits with integer labels, forward and backward
+//! (`shaders/loss.wgsl`).
+
+use super::pipelines::{Kernel, Shader, params};
+use super::{Bind, Context, GpuBuffer};
+use std::sync::Arc;
+
+params! {
+    /// `rows` rows of `len` logits.
+    LossParams { rows: u32, len: u32, check_slot: u32, check_id: u32 }
+}
+
+/// Per-row losses, or with `grad_rows` the gradient of the logits.
+pub(crate) fn cross_entropy(
+    ctx: &Arc<Context>,
+    logits: &GpuBuffer,
+    labels: &GpuBuffer,
+    grad_rows: Option<&GpuBuffer>,
+    rows: usize,
+    classes: usize,
+) -> GpuBuffer {
+    let wg = ctx.tuning.row_wg;
+    let (entry, n) = match grad_rows {
+        Some(_) => ("cross_entropy_backward", rows * classes),
+        None => ("cross_entropy", rows),
+    };
+    ctx.compute("cross_entropy", n, |out| {
+        let grad_rows = grad_rows.map(|g| g.get()).transpose()?;
+        let mut binds =
+            vec![Bind::read(0, logits.get()?), Bind::read(1, labels.get()?), Bind::write(3, out), ctx.errors(4)];
+        binds.extend(grad_rows.map(|g| Bind::read(2, g)));
+        let kernel = Kernel::Static { shader: Shader::Loss, entry, constants: &[("WG", wg as f64)] };
+        let check = ctx.check("cross_entropy")?;
+        let params = LossParams { rows: rows as u32, len: classes as u32, check_slot: check.slot, check_id: check.id };
+        ctx.record(&kernel, &binds, &params, ctx.spread(rows as u64))?;
+        out.taint.add(check);
+        Ok(())
+    })
+}

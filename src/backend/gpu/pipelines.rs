@@ -1,0 +1,371 @@
+//! Shader sources, and the caches of what is built from them: shader
+//! modules, bind group layouts, compute pipelines and bind groups.
+//!
+//! Every WGSL file is compiled with `shaders/prelude.wgsl` in front of it
+//! (the workgroup size override, invocation ids, IEEE-754 classification by
+//! bits), so no kernel carries its own copy. Pipelines are built once per
+//! (shader, entry point, override constants, binding signature) — or per
+//! source, for generated kernels — and bind groups once per (layout,
+//! buffers): pooled buffers recur from step to step, so a training loop soon
+//! finds every bind group it needs in the cache.
+//!
+//! Kernel parameters are `#[repr(C)]` structs declared with [`params!`],
+//! which also records their field names and offsets; a test compares them
+//! with the WGSL `struct Params` of the shader they belong to.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The largest number of bytes of immediate data a kernel uses; the Vulkan
+/// minimum of 128 bytes is enough.
+pub(crate) const IMMEDIATE_BYTES: u32 = 128;
+
+/// Bind groups kept for reuse; the cap only guards against pathological
+/// patterns.
+const BIND_GROUP_CACHE: usize = 4096;
+
+const PRELUDE: &str = include_str!("../../../shaders/prelude.wgsl");
+
+/// The WGSL sources, one file per kernel family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Shader {
+    Copy,
+    Fill,
+    Reduce,
+    Softmax,
+    Loss,
+    Gather,
+    Dropout,
+    Optim,
+    Matmul,
+    MatmulTiled,
+}
+
+impl Shader {
+    /// Every shader, for tests that check them all.
+    #[cfg(test)]
+    pub const ALL: [Shader; 10] = [
+        Shader::Copy,
+        Shader::Fill,
+        Shader::Reduce,
+        Shader::Softmax,
+        Shader::Loss,
+        Shader::Gather,
+        Shader::Dropout,
+        Shader::Optim,
+        Shader::Matmul,
+        Shader::MatmulTiled,
+    ];
+
+    /// The file's text and the shared pieces it uses, in the order they
+    /// are concatenated after the prelude.
+    fn parts(self) -> &'static [&'static str] {
+        const ONLINE_SOFTMAX: &str = include_str!("../../../shaders/online_softmax.wgsl");
+        const CHECK: &str = include_str!("../../../shaders/check.wgsl");
+        match self {
+            Shader::Copy => &[include_str!("../../../shaders/copy.wgsl")],
+            Shader::Fill => &[include_str!("../../../shaders/fill.wgsl")],
+            Shader::Reduce => &[include_str!("../../../shaders/reduce.wgsl")],
+            Shader::Softmax => &[ONLINE_SOFTMAX, include_str!("../../../shaders/softmax.wgsl")],
+            Shader::Loss => &[ONLINE_SOFTMAX, CHECK, include_str!("../../../shaders/loss.wgsl")],
+            Shader::Gather => &[CHECK, include_str!("../../../shaders/gather.wgsl")],
+            Shader::Dropout => &[include_str!("../../../shaders/dropout.wgsl")],
+            Shader::Optim => &[include_str!("../../../shaders/optim.wgsl")],
+            Shader::Matmul => &[include_str!("../../../shaders/matmul.wgsl")],
+            Shader::MatmulTiled => &[include_str!("../../../shaders/matmul_tiled.wgsl")],
+        }
+    }
+
+    /// The complete WGSL source the device compiles.
+    pub fn source(self) -> String {
+        with_prelude(self.parts())
+    }
+}
+
+/// `parts` after the prelude.
+pub(crate) fn with_prelude(parts: &[&str]) -> String {
+    let mut src = String::with_capacity(PRELUDE.len() + parts.iter().map(|p| p.len() + 1).sum::<usize>());
+    src.push_str(PRELUDE);
+    for p in parts {
+        src.push('\n');
+        src.push_str(p);
+    }
+    src
+}
+
+/// What a dispatch runs: an entry point of a WGSL file with its override
+/// constants, or a generated kernel (entry `main`, override `WG`).
+pub(crate) enum Kernel<'a> {
+    Static { shader: Shader, entry: &'static str, constants: &'a [(&'static str, f64)] },
+    Generated { source: String, wg: u32 },
+}
+
+/// Parameter structs mirror a WGSL `struct Params` field by field; the
+/// field table lets a test check the two against each other.
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) trait ParamsLayout: bytemuck::Pod {
+    /// (name, byte offset) of each field, in declaration order.
+    const FIELDS: &'static [(&'static str, usize)];
+}
+
+/// Declares a `#[repr(C)]` parameter struct and its [`ParamsLayout`].
+macro_rules! params {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        pub(crate) struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+        impl $crate::backend::gpu::pipelines::ParamsLayout for $name {
+            const FIELDS: &'static [(&'static str, usize)] =
+                &[$((stringify!($field), std::mem::offset_of!($name, $field))),*];
+        }
+    };
+}
+pub(crate) use params;
+
+/// The key of one pipeline: which code, and the slots it binds (slot,
+/// written), sorted.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum PipelineKey {
+    Static { shader: Shader, entry: &'static str, constants: Vec<(&'static str, u64)>, signature: Vec<(u32, bool)> },
+    Generated { source: String, signature: Vec<(u32, bool)> },
+}
+
+pub(crate) struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// The bind group layout of one binding signature, and its pipeline layout.
+type Layout = (wgpu::BindGroupLayout, wgpu::PipelineLayout);
+
+#[derive(Default)]
+struct Built {
+    modules: HashMap<Shader, wgpu::ShaderModule>,
+    layouts: HashMap<Vec<(u32, bool)>, Layout>,
+    pipelines: HashMap<PipelineKey, Arc<Pipeline>>,
+}
+
+/// Shader modules, layouts and pipelines, built on first use.
+pub(crate) struct Pipelines {
+    device: wgpu::Device,
+    built: Mutex<Built>,
+}
+
+impl Pipelines {
+    pub fn new(device: wgpu::Device) -> Self {
+        Pipelines { device, built: Mutex::default() }
+    }
+
+    fn built(&self) -> MutexGuard<'_, Built> {
+        self.built.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pipeline of `kernel` binding `signature` (slot, written; sorted).
+    pub fn get(&self, kernel: &Kernel, signature: Vec<(u32, bool)>) -> Arc<Pipeline> {
+        let key = match kernel {
+            Kernel::Static { shader, entry, constants } => PipelineKey::Static {
+                shader: *shader,
+                entry,
+                constants: constants.iter().map(|&(k, v)| (k, v.to_bits())).collect(),
+                signature,
+            },
+            Kernel::Generated { source, .. } => PipelineKey::Generated { source: source.clone(), signature },
+        };
+        if let Some(p) = self.built().pipelines.get(&key) {
+            return p.clone();
+        }
+        // Built outside the lock: compiling can take milliseconds, and two
+        // threads building the same pipeline at once only waste one build.
+        let p = Arc::new(match (kernel, &key) {
+            (Kernel::Static { shader, entry, constants }, PipelineKey::Static { signature, .. }) => {
+                let module = self.module(*shader);
+                self.build(&module, entry, constants, signature)
+            }
+            (Kernel::Generated { source, wg }, PipelineKey::Generated { signature, .. }) => {
+                let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("generated"),
+                    source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
+                });
+                self.build(&module, "main", &[("WG", *wg as f64)], signature)
+            }
+            _ => unreachable!("the key is made from the kernel"),
+        });
+        self.built().pipelines.insert(key, p.clone());
+        p
+    }
+
+    fn module(&self, shader: Shader) -> wgpu::ShaderModule {
+        if let Some(m) = self.built().modules.get(&shader) {
+            return m.clone();
+        }
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(&format!("{shader:?}")),
+            source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+        });
+        self.built().modules.insert(shader, module.clone());
+        module
+    }
+
+    fn layout(&self, signature: &[(u32, bool)]) -> Layout {
+        if let Some(l) = self.built().layouts.get(signature) {
+            return l.clone();
+        }
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = signature
+            .iter()
+            .map(|&(slot, write)| wgpu::BindGroupLayoutEntry {
+                binding: slot,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: !write },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let bgl =
+            self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: None, entries: &entries });
+        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: None,
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: IMMEDIATE_BYTES,
+        });
+        self.built().layouts.entry(signature.to_vec()).or_insert((bgl, pl)).clone()
+    }
+
+    fn build(
+        &self,
+        module: &wgpu::ShaderModule,
+        entry: &str,
+        constants: &[(&str, f64)],
+        signature: &[(u32, bool)],
+    ) -> Pipeline {
+        let (layout, pipeline_layout) = self.layout(signature);
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: Some(&pipeline_layout),
+            module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants,
+                // Every kernel writes its workgroup memory before reading it.
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        Pipeline { pipeline, layout }
+    }
+}
+
+/// A bind group's identity: its layout and the buffer at each slot.
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    layout: wgpu::BindGroupLayout,
+    buffers: Vec<(u32, wgpu::Buffer)>,
+}
+
+/// Bind groups by (layout, buffers). A cached bind group keeps its buffers
+/// alive, so giving memory back to the driver means clearing this too.
+pub(crate) struct BindGroups {
+    device: wgpu::Device,
+    cache: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
+}
+
+impl BindGroups {
+    pub fn new(device: wgpu::Device) -> Self {
+        BindGroups { device, cache: Mutex::default() }
+    }
+
+    fn cache(&self) -> MutexGuard<'_, HashMap<BindKey, wgpu::BindGroup>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The bind group of `buffers` (slot, buffer), from the cache or newly
+    /// made.
+    pub fn get(&self, layout: &wgpu::BindGroupLayout, buffers: &[(u32, &wgpu::Buffer)]) -> wgpu::BindGroup {
+        let key = BindKey {
+            layout: layout.clone(),
+            buffers: buffers.iter().map(|&(slot, buffer)| (slot, buffer.clone())).collect(),
+        };
+        let mut cache = self.cache();
+        if let Some(group) = cache.get(&key) {
+            return group.clone();
+        }
+        let entries: Vec<wgpu::BindGroupEntry> = key
+            .buffers
+            .iter()
+            .map(|(slot, buffer)| wgpu::BindGroupEntry { binding: *slot, resource: buffer.as_entire_binding() })
+            .collect();
+        let group =
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries });
+        if cache.len() >= BIND_GROUP_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, group.clone());
+        group
+    }
+
+    /// Forgets every bind group (and with them, their hold on buffers).
+    pub fn clear(&self) {
+        self.cache().clear();
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use wgpu::naga;
+
+    /// (name, offset) of every member of the WGSL `struct Params` in
+    /// `source`, and the struct's size.
+    fn wgsl_params(source: &str) -> (Vec<(String, usize)>, usize) {
+        let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)));
+        let mut layouter = naga::proc::Layouter::default();
+        layouter.update(module.to_ctx()).unwrap();
+        let (handle, ty) = module
+            .types
+            .iter()
+            .find(|(_, t)| t.name.as_deref() == Some("Params"))
+            .expect("the shader declares struct Params");
+        let naga::TypeInner::Struct { members, .. } = &ty.inner else { panic!("Params is not a struct") };
+        let fields = members.iter().map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize)).collect();
+        (fields, layouter[handle].size as usize)
+    }
+
+    /// Asserts that `P` mirrors the `struct Params` of `source`.
+    pub(crate) fn assert_mirrors<P: ParamsLayout>(source: &str, what: &str) {
+        let (fields, size) = wgsl_params(source);
+        let ours: Vec<(String, usize)> = P::FIELDS.iter().map(|&(n, o)| (n.to_string(), o)).collect();
+        assert_eq!(ours, fields, "{what}: the Rust parameter struct does not mirror WGSL's struct Params");
+        assert_eq!(std::mem::size_of::<P>(), size, "{what}: sizes differ");
+        assert!(size <= IMMEDIATE_BYTES as usize, "{what}: {size} bytes of immediates");
+    }
+
+    #[test]
+    fn parameter_structs_mirror_their_shaders() {
+        use super::super::{copy, elementwise, gather, loss, matmul, optim, reduce};
+        assert_mirrors::<copy::ViewParams>(&Shader::Copy.source(), "copy");
+        assert_mirrors::<elementwise::FillParams>(&Shader::Fill.source(), "fill");
+        assert_mirrors::<elementwise::DropoutParams>(&Shader::Dropout.source(), "dropout");
+        assert_mirrors::<gather::GatherParams>(&Shader::Gather.source(), "gather");
+        assert_mirrors::<reduce::AxisParams>(&Shader::Reduce.source(), "reduce");
+        assert_mirrors::<reduce::AxisParams>(&Shader::Softmax.source(), "softmax");
+        assert_mirrors::<loss::LossParams>(&Shader::Loss.source(), "loss");
+        assert_mirrors::<matmul::MatmulParams>(&Shader::Matmul.source(), "matmul");
+        assert_mirrors::<matmul::MatmulParams>(&Shader::MatmulTiled.source(), "matmul_tiled");
+        assert_mirrors::<optim::OptimParams>(&Shader::Optim.source(), "optim");
+    }
+
+    #[test]
+    fn every_shader_parses_with_the_prelude() {
+        for shader in Shader::ALL {
+            let source = shader.source();
+            if let Err(e) = naga::front::wgsl::parse_str(&source) {
+                panic!("{shader:?}: {}", e.emit_to_string(&source));
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Recording, batching, submission and readback.
+//!
+//! Dispatches are recorded into one long-lived compute pass and submitted
+//! in batches of [`SUBMIT_EVERY`]: often enough that the GPU starts on a
+//! long chain while the host is still recording it, rarely enough that
+//! submission overhead stays small. Only a read back waits for the GPU.
+//!
+//! The queue owns one invariant: `write_buffer` lands before the next
+//! submission's commands, so a pooled buffer that recorded (unsubmitted)
+//! commands still read must not be overwritten before those commands are
+//! submitted — [`Queue::write`] submits first.
+
+use super::Health;
+use super::pool::size_class;
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// Dispatches recorded before the batch is submitted without being asked.
+const SUBMIT_EVERY: u32 = 128;
+
+/// The encoder and compute pass currently recording.
+#[derive(Default)]
+struct Batch {
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    dispatches: u32,
+}
+
+pub(crate) struct Queue {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    batch: Mutex<Batch>,
+    /// Mappable buffers for reading back, by size class: a loop that reads
+    /// its loss every step would otherwise create one per step.
+    staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    /// Kernels dispatched since the device was opened.
+    dispatched: AtomicU64,
+}
+
+/// What one dispatch binds and runs.
+pub(crate) struct Dispatch<'a> {
+    pub pipeline: &'a wgpu::ComputePipeline,
+    pub bind_group: &'a wgpu::BindGroup,
+    pub immediates: &'a [u8],
+    pub groups: [u32; 3],
+}
+
+impl Queue {
+    pub fn new(device: wgpu::Device, queue: wgpu::Queue) -> Self {
+        Queue { device, queue, batch: Mutex::default(), staging: Mutex::default(), dispatched: AtomicU64::new(0) }
+    }
+
+    fn batch(&self) -> MutexGuard<'_, Batch> {
+        self.batch.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn dispatched(&self) -> u64 {
+        self.dispatched.load(Ordering::Relaxed)
+    }
+
+    /// Records one dispatch into the current pass.
+    pub fn dispatch(&self, d: Dispatch) {
+        self.dispatched.fetch_add(1, Ordering::Relaxed);
+        let mut batch = self.batch();
+        let pass = self.pass(&mut batch);
+        pass.set_pipeline(d.pipeline);
+        pass.set_bind_group(0, d.bind_group, &[]);
+        pass.set_immediates(0, d.immediates);
+        pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        batch.dispatches += 1;
+        if batch.dispatches >= SUBMIT_EVERY {
+            Self::submit_batch(&self.queue, &mut batch);
+        }
+    }
+
+    /// The compute pass being recorded, opened if there is none.
+    fn pass<'b>(&self, batch: &'b mut Batch) -> &'b mut wgpu::ComputePass<'static> {
+        if batch.pass.is_none() {
+            let encoder = self.encoder(batch);
+            batch.pass = Some(
+                encoder
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None })
+                    .forget_lifetime(),
+            );
+        }
+        batch.pass.as_mut().expect("just opened")
+    }
+
+    /// Ends the pass and returns the encoder, for commands outside passes.
+    fn encoder<'b>(&self, batch: &'b mut Batch) -> &'b mut wgpu::CommandEncoder {
+        batch.pass = None;
+        batch.encoder.get_or_insert_with(|| {
+            self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgrad") })
+        })
+    }
+
+    fn submit_batch(queue: &wgpu::Queue, batch: &mut Batch) -> Option<wgpu::SubmissionIndex> {
+        batch.pass = None;
+        let encoder = batch.encoder.take()?;
+        batch.dispatches = 0;
+        Some(queue.submit([encoder.finish()]))
+    }
+
+    /// Submits what is recorded (if anything) and returns its index.
+    pub fn submit(&self) -> Option<wgpu::SubmissionIndex> {
+        Self::submit_batch(&self.queue, &mut self.batch())
+    }
+
+    /// Waits for a submission (or, with `None`, for everything) to finish.
+    pub fn wait(&self, index: Option<wgpu::SubmissionIndex>, health: &Health) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::Wait { submission_index: index, timeout: None })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        health.check()
+    }
+
+    /// Writes `data` to the start of `buffer`, after every command recorded
+    /// so far (which may still read the buffer's old contents).
+    pub fn write(&self, buffer: &wgpu::Buffer, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        self.submit();
+        self.queue.write_buffer(buffer, 0, data);
+    }
+
+    /// Reads back the first `bytes` (a multiple of 4) of each `(buffer,
+    /// bytes)` as u32 words, after all work recorded before this call, in
+    /// one submission and one wait.
+    pub fn read(&self, sources: &[(&wgpu::Buffer, u64)], health: &Health) -> Result<Vec<Vec<u32>>> {
+        let staging: Vec<(wgpu::Buffer, u64)> = sources
+            .iter()
+            .map(|&(_, bytes)| {
+                let size = size_class(bytes).expect("a bound buffer's size has a class");
+                let reused = self.staging.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&size).and_then(Vec::pop);
+                let buffer = reused.unwrap_or_else(|| {
+                    self.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("readback"),
+                        size,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    })
+                });
+                (buffer, size)
+            })
+            .collect();
+        let index = {
+            let mut batch = self.batch();
+            let encoder = self.encoder(&mut batch);
+            for ((src, bytes), (dst, _)) in sources.iter().zip(&staging) {
+                if *bytes > 0 {
+                    encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
+                }
+            }
+            Self::submit_batch(&self.queue, &mut batch)
+        };
+        let mut receivers = Vec::with_capacity(staging.len());
+        for ((buffer, _), &(_, bytes)) in staging.iter().zip(sources) {
+            let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+            buffer.map_async(wgpu::MapMode::Read, ..bytes.max(4), move |r| {
+                let _ = sender.send(r);
+            });
+            receivers.push(receiver);
+        }
+        self.wait(index, health)?;
+        let mut out = Vec::with_capacity(staging.len());
+        for (((buffer, size), receiver), &(_, bytes)) in staging.into_iter().zip(receivers).zip(sources) {
+            match pollster::block_on(receiver.receive()) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    return Err(health.lost().unwrap_or_else(|| Error::Gpu(format!("reading back a tensor: {e}"))));
+                }
+                None => return Err(Error::Gpu("reading back a tensor: the map callback never ran".into())),
+            }
+            let data = {
+                let view = buffer
+                    .get_mapped_range(..bytes.max(4))
+                    .map_err(|e| Error::Gpu(format!("reading back a tensor: {e}")))?;
+                bytemuck::pod_collect_to_vec::<u8, u32>(&view[..bytes as usize])
+            };
+            buffer.unmap();
+            self.staging.lock().unwrap_or_else(|e| e.into_inner()).entry(size).or_default().push(buffer);
+            out.push(data);
+        }
+        Ok(out)
+    }
+
+    /// Drops the cached readback buffers.
+    pub fn clear_staging(&self) {
+        self.staging.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
