@@ -48,10 +48,10 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let s = row_stats(row, lid);
     let label = checked_label(row, lid);
     if lid == 0u {
-        if label == NONE {
+        if label == NONE || undefined(s) {
             out[row] = nan();
         } else {
-            out[row] = s.max + log(s.sum) - x[row * params.len + label];
+            out[row] = op_sub(s.max + log(s.sum), x[row * params.len + label]);
         }
     }
 }
@@ -69,7 +69,7 @@ fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     let label = checked_label(row, lid);
     let base = row * params.len;
     for (var l = lid; l < params.len; l += WG) {
-        let p = exp(x[base + l] - s.max) / s.sum;
-        out[base + l] = select((p - select(0.0, 1.0, l == label)) * g, nan(), label == NONE);
+        let p = op_exp(x[base + l] - s.max) / s.sum;
+        out[base + l] = select(op_mul(p - select(0.0, 1.0, l == label), g), nan(), label == NONE || undefined(s));
     }
 }

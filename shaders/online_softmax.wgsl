@@ -6,57 +6,75 @@
 // logits of ±1e4 never overflow. One workgroup per row: each invocation
 // folds a strided slice of the row, then a tree in workgroup memory
 // combines the partials.
+//
+// A row holding NaN or +∞, or only -∞, has no softmax: the CPU's
+// `exp(v - max)` turns all of it into NaN, and so do these kernels, by a
+// flag found with bit tests rather than by trusting NaN to survive the
+// arithmetic (the compiler may assume it cannot occur).
 
-// Running (max, Σ exp(x - max)); sum == 0 means empty.
+// Running (max, Σ exp(x - max)); sum == 0 means empty. `bad` is set once a
+// NaN or +∞ was seen.
 struct Stats {
     max: f32,
     sum: f32,
+    bad: bool,
 }
 
 var<workgroup> part_max: array<f32, WG>;
 var<workgroup> part_sum: array<f32, WG>;
+var<workgroup> part_bad: array<u32, WG>;
 
 fn push(s: Stats, v: f32) -> Stats {
+    let bad = s.bad || is_nan(v) || bitcast<u32>(v) == 0x7f800000u;
     if s.sum == 0.0 {
-        return Stats(v, 1.0);
+        return Stats(v, 1.0, bad);
     }
     if v > s.max {
-        return Stats(v, s.sum * exp(s.max - v) + 1.0);
+        return Stats(v, s.sum * op_exp(s.max - v) + 1.0, bad);
     }
-    return Stats(s.max, s.sum + exp(v - s.max));
+    return Stats(s.max, s.sum + op_exp(v - s.max), bad);
 }
 
 fn merge(a: Stats, b: Stats) -> Stats {
+    let bad = a.bad || b.bad;
     if b.sum == 0.0 {
-        return a;
+        return Stats(a.max, a.sum, bad);
     }
     if a.sum == 0.0 {
-        return b;
+        return Stats(b.max, b.sum, bad);
     }
     let m = max(a.max, b.max);
-    return Stats(m, a.sum * exp(a.max - m) + b.sum * exp(b.max - m));
+    return Stats(m, a.sum * op_exp(a.max - m) + b.sum * op_exp(b.max - m), bad);
+}
+
+// Whether the row has no softmax (see the top of the file).
+fn undefined(s: Stats) -> bool {
+    return s.bad || bitcast<u32>(s.max) == 0xff800000u;
 }
 
 // The statistics of row `row` (contiguous, length params.len), shared by the
 // whole workgroup. Must be called in uniform control flow.
 fn row_stats(row: u32, lid: u32) -> Stats {
     let base = row * params.len;
-    var s = Stats(0.0, 0.0);
+    var s = Stats(0.0, 0.0, false);
     for (var l = lid; l < params.len; l += WG) {
         s = push(s, x[base + l]);
     }
     part_max[lid] = s.max;
     part_sum[lid] = s.sum;
+    part_bad[lid] = u32(s.bad);
     workgroupBarrier();
     for (var w = WG / 2u; w > 0u; w = w / 2u) {
         if lid < w {
-            let m = merge(Stats(part_max[lid], part_sum[lid]), Stats(part_max[lid + w], part_sum[lid + w]));
+            let m = merge(Stats(part_max[lid], part_sum[lid], part_bad[lid] != 0u),
+                          Stats(part_max[lid + w], part_sum[lid + w], part_bad[lid + w] != 0u));
             part_max[lid] = m.max;
             part_sum[lid] = m.sum;
+            part_bad[lid] = u32(m.bad);
         }
         workgroupBarrier();
     }
-    let total = Stats(part_max[0], part_sum[0]);
+    let total = Stats(part_max[0], part_sum[0], part_bad[0] != 0u);
     workgroupBarrier();
     return total;
 }

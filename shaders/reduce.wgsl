@@ -32,8 +32,19 @@ fn fold(acc: Acc, v: f32, i: u32) -> Acc {
     if OP == 0u {
         return Acc(acc.value + v, i);
     }
-    // Max and argmax keep the first of equal maxima: on ties, the lower index.
-    if acc.index == NONE || v > acc.value || (v == acc.value && i < acc.index) {
+    if acc.index == NONE {
+        return Acc(v, i);
+    }
+    // Max and argmax: NaN wins (the first NaN, as PyTorch), then the
+    // greater value, then on ties the lower index. NaN is tested by bits:
+    // comparisons alone may not see it.
+    if is_nan(acc.value) {
+        if is_nan(v) && i < acc.index {
+            return Acc(v, i);
+        }
+        return acc;
+    }
+    if is_nan(v) || v > acc.value || (v == acc.value && i < acc.index) {
         return Acc(v, i);
     }
     return acc;

@@ -16,10 +16,13 @@ var<immediate> params: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 
 fn normalise(v: f32, s: Stats) -> f32 {
-    if LOG {
-        return v - s.max - log(s.sum);
+    if undefined(s) {
+        return nan();
     }
-    return exp(v - s.max) / s.sum;
+    if LOG {
+        return op_sub(op_sub(v, s.max), log(s.sum));
+    }
+    return op_exp(v - s.max) / s.sum;
 }
 
 @compute @workgroup_size(WG)
@@ -44,7 +47,7 @@ fn columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         return;
     }
     let base = (t / params.inner) * params.len * params.inner + t % params.inner;
-    var s = Stats(0.0, 0.0);
+    var s = Stats(0.0, 0.0, false);
     for (var l = 0u; l < params.len; l++) {
         s = push(s, x[base + l * params.inner]);
     }

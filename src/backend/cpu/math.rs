@@ -71,10 +71,11 @@ pub(super) fn gelu_grad(x: f32) -> f32 {
     cdf + x * pdf
 }
 
-/// Maximum that propagates NaN, as PyTorch's reductions do.
+/// Maximum that propagates NaN, as PyTorch's reductions do: once the
+/// running maximum `a` is NaN it stays NaN.
 #[inline]
 pub(super) fn nan_max(a: f32, b: f32) -> f32 {
-    if a.is_nan() || b > a { b } else { a }
+    if b.is_nan() || b > a { b } else { a }
 }
 
 /// Largest element (ignoring NaN), with eight partial maxima so it vectorises.

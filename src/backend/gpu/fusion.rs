@@ -36,43 +36,45 @@ pub(super) fn scalars(op: UnaryOp) -> Vec<f32> {
     }
 }
 
-/// `op(x)` in WGSL; `s` names its scalar operands.
+/// `op(x)` in WGSL; `s` names its scalar operands. Each is a function of
+/// `shaders/elementwise.wgsl`, which handles NaN and ±∞ as IEEE-754 says.
 fn unary_wgsl(op: UnaryOp, x: &str, s: &[String]) -> String {
     use UnaryOp::*;
     match op {
         Neg => format!("-{x}"),
-        Exp => format!("exp({x})"),
-        Log => format!("log({x})"),
-        Sqrt => format!("sqrt({x})"),
-        Abs => format!("abs({x})"),
-        Sign => format!("sign({x})"),
-        Relu => format!("max({x}, 0.0)"),
-        Sigmoid => format!("sigmoid({x})"),
-        Tanh => format!("tanh_stable({x})"),
-        Gelu => format!("gelu({x})"),
-        GeluGrad => format!("gelu_grad({x})"),
-        AddScalar(_) => format!("{x} + {}", s[0]),
-        MulScalar(_) => format!("{x} * {}", s[0]),
-        PowScalar(_) => format!("powf({x}, {})", s[0]),
-        MaxScalar(_) => format!("max({x}, {})", s[0]),
-        MinScalar(_) => format!("min({x}, {})", s[0]),
-        GtScalar(_) => format!("select(0.0, 1.0, {x} > {})", s[0]),
-        InRange(..) => format!("select(0.0, 1.0, {x} >= {} && {x} <= {})", s[0], s[1]),
+        Exp => format!("op_exp({x})"),
+        Log => format!("op_log({x})"),
+        Sqrt => format!("op_sqrt({x})"),
+        Abs => format!("op_abs({x})"),
+        Sign => format!("op_sign({x})"),
+        Relu => format!("op_relu({x})"),
+        Sigmoid => format!("op_sigmoid({x})"),
+        Tanh => format!("op_tanh({x})"),
+        Gelu => format!("op_gelu({x})"),
+        GeluGrad => format!("op_gelu_grad({x})"),
+        AddScalar(_) => format!("op_add({x}, {})", s[0]),
+        MulScalar(_) => format!("op_mul({x}, {})", s[0]),
+        PowScalar(_) => format!("op_pow({x}, {})", s[0]),
+        MaxScalar(_) => format!("op_max({x}, {})", s[0]),
+        MinScalar(_) => format!("op_min({x}, {})", s[0]),
+        GtScalar(_) => format!("op_gt({x}, {})", s[0]),
+        InRange(..) => format!("op_in_range({x}, {}, {})", s[0], s[1]),
     }
 }
 
 /// `op(a, b)` in WGSL.
 fn binary_wgsl(op: BinaryOp, a: &str, b: &str) -> String {
-    match op {
-        BinaryOp::Add => format!("{a} + {b}"),
-        BinaryOp::Sub => format!("{a} - {b}"),
-        BinaryOp::Mul => format!("{a} * {b}"),
-        BinaryOp::Div => format!("{a} / {b}"),
-        BinaryOp::Max => format!("select({b}, {a}, {a} >= {b})"),
-        BinaryOp::Min => format!("select({b}, {a}, {a} <= {b})"),
-        BinaryOp::Ge => format!("select(0.0, 1.0, {a} >= {b})"),
-        BinaryOp::Eq => format!("select(0.0, 1.0, {a} == {b})"),
-    }
+    let f = match op {
+        BinaryOp::Add => "op_add",
+        BinaryOp::Sub => "op_sub",
+        BinaryOp::Mul => "op_mul",
+        BinaryOp::Div => "op_div",
+        BinaryOp::Max => "op_max",
+        BinaryOp::Min => "op_min",
+        BinaryOp::Ge => "op_ge",
+        BinaryOp::Eq => "op_eq",
+    };
+    format!("{f}({a}, {b})")
 }
 
 /// The WGSL function `f(x0, x1, ...) -> f32` computing one element of `e`;
@@ -209,9 +211,9 @@ mod tests {
         assert_eq!(e.scalars(), 2);
         let (src, values) = function(&e, 1, &|k| format!("params.w[{k}]"));
         assert_eq!(values, vec![2.0, 3.0]);
-        assert!(src.contains("let t1 = x0 * bitcast<f32>(params.w[1]);"), "{src}");
-        assert!(src.contains("let t2 = x0 * bitcast<f32>(params.w[2]);"), "{src}");
-        assert!(src.contains("let t3 = t1 + t2;"), "{src}");
+        assert!(src.contains("let t1 = op_mul(x0, bitcast<f32>(params.w[1]));"), "{src}");
+        assert!(src.contains("let t2 = op_mul(x0, bitcast<f32>(params.w[2]));"), "{src}");
+        assert!(src.contains("let t3 = op_add(t1, t2);"), "{src}");
         assert!(src.contains("return t3;"), "{src}");
     }
 }

@@ -62,12 +62,13 @@ impl Shader {
     fn parts(self) -> &'static [&'static str] {
         const ONLINE_SOFTMAX: &str = include_str!("../../../shaders/online_softmax.wgsl");
         const CHECK: &str = include_str!("../../../shaders/check.wgsl");
+        const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
         match self {
             Shader::Copy => &[include_str!("../../../shaders/copy.wgsl")],
             Shader::Fill => &[include_str!("../../../shaders/fill.wgsl")],
             Shader::Reduce => &[include_str!("../../../shaders/reduce.wgsl")],
-            Shader::Softmax => &[ONLINE_SOFTMAX, include_str!("../../../shaders/softmax.wgsl")],
-            Shader::Loss => &[ONLINE_SOFTMAX, CHECK, include_str!("../../../shaders/loss.wgsl")],
+            Shader::Softmax => &[ELEMENTWISE, ONLINE_SOFTMAX, include_str!("../../../shaders/softmax.wgsl")],
+            Shader::Loss => &[ELEMENTWISE, ONLINE_SOFTMAX, CHECK, include_str!("../../../shaders/loss.wgsl")],
             Shader::Gather => &[CHECK, include_str!("../../../shaders/gather.wgsl")],
             Shader::Dropout => &[include_str!("../../../shaders/dropout.wgsl")],
             Shader::Optim => &[include_str!("../../../shaders/optim.wgsl")],
