@@ -13,6 +13,10 @@
 
 use std::fmt;
 
+/// The most f32 elements a tensor can have: `isize::MAX` bytes, the most
+/// any allocation can span.
+pub(crate) const MAX_ELEMENTS: usize = isize::MAX as usize / 4;
+
 /// The dimensions of a tensor, outermost first. A scalar has no dimensions.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Shape(Vec<usize>);
@@ -28,18 +32,46 @@ impl Shape {
         self.0.len()
     }
 
-    /// Number of elements (1 for a scalar).
-    pub fn elem_count(&self) -> usize {
-        self.0.iter().product()
+    /// Number of elements (1 for a scalar), or `None` when the shape is
+    /// too large to exist: its f32s would take more bytes than an address
+    /// space holds (`isize::MAX`). A shape with a zero dimension is empty,
+    /// whatever its other dimensions.
+    pub fn checked_elem_count(&self) -> Option<usize> {
+        if self.0.contains(&0) {
+            return Some(0);
+        }
+        let n = self.0.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))?;
+        (n <= MAX_ELEMENTS).then_some(n)
     }
 
-    /// Row-major strides of a contiguous tensor of this shape.
+    /// Number of elements (1 for a scalar). Panics if the shape is too
+    /// large to exist (see [`checked_elem_count`](Self::checked_elem_count));
+    /// every tensor's shape was checked when it was made, so this never
+    /// panics for `tensor.shape()`.
+    pub fn elem_count(&self) -> usize {
+        self.checked_elem_count().unwrap_or_else(|| panic!("shape {self} has more elements than memory can hold"))
+    }
+
+    /// This shape, which the op `op` is about to create, or a panic naming
+    /// `op` when it is too large to exist.
+    pub(crate) fn checked(self, op: &str) -> Shape {
+        assert!(
+            self.checked_elem_count().is_some(),
+            "{op}: shape {self} has more elements than memory can hold ({} bytes or more)",
+            MAX_ELEMENTS as u128 * 4
+        );
+        self
+    }
+
+    /// Row-major strides of a contiguous tensor of this shape. (Those of an
+    /// empty shape saturate instead of overflowing: nothing is read through
+    /// them.)
     pub fn strides(&self) -> Vec<usize> {
         let mut strides = vec![0; self.rank()];
-        let mut acc = 1;
+        let mut acc = 1usize;
         for (s, &d) in strides.iter_mut().zip(&self.0).rev() {
             *s = acc;
-            acc *= d;
+            acc = acc.saturating_mul(d);
         }
         strides
     }
@@ -249,6 +281,29 @@ pub(crate) fn coalesce(dims: &[usize], views: &mut [Vec<usize>]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn element_counts_never_wrap() {
+        // 3 · X wraps to exactly 1 in 64-bit arithmetic.
+        let x = 0xAAAA_AAAA_AAAA_AAABusize;
+        assert_eq!(3usize.wrapping_mul(x), 1);
+        assert_eq!(Shape::from([3, x]).checked_elem_count(), None);
+        assert_eq!(Shape::from([1 << 32, 1 << 32]).checked_elem_count(), None);
+        assert_eq!(Shape::from([usize::MAX]).checked_elem_count(), None);
+        // The largest count whose bytes fit, and one more.
+        assert_eq!(Shape::from([MAX_ELEMENTS]).checked_elem_count(), Some(MAX_ELEMENTS));
+        assert_eq!(Shape::from([MAX_ELEMENTS + 1]).checked_elem_count(), None);
+        // Empty shapes are empty whatever else they hold, strides included.
+        assert_eq!(Shape::from([usize::MAX, 0, usize::MAX]).checked_elem_count(), Some(0));
+        assert_eq!(Shape::from([0, 1 << 40, 1 << 40]).strides(), vec![usize::MAX, 1 << 40, 1]);
+        assert_eq!(Shape::from(()).checked_elem_count(), Some(1));
+    }
+
+    #[test]
+    #[should_panic(expected = "zeros: shape [3, 12297829382473034411] has more elements than memory can hold")]
+    fn a_shape_too_large_to_exist_panics_naming_the_op() {
+        let _ = Shape::from([3, 0xAAAA_AAAA_AAAA_AAAB]).checked("zeros");
+    }
 
     #[test]
     fn broadcast_follows_numpy() {

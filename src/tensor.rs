@@ -43,8 +43,17 @@ pub(crate) struct Inner {
     id: u64,
     shape: Shape,
     device: Device,
-    storage: Arc<RwLock<Storage>>,
+    storage: Arc<StorageCell>,
     grad: GradState,
+}
+
+/// Storage shared by a tensor and its views (reshapes, detached handles,
+/// the variable and its clones), with a version counter that every
+/// in-place write bumps: a backward pass compares it with the version its
+/// forward saw, as PyTorch does, instead of silently using new values.
+pub(crate) struct StorageCell {
+    data: RwLock<Storage>,
+    version: AtomicU64,
 }
 
 enum GradState {
@@ -84,10 +93,11 @@ impl Drop for Inner {
 impl Tensor {
     /// A new untracked tensor owning `storage`.
     pub(crate) fn from_storage(storage: Storage, shape: Shape, device: Device) -> Tensor {
-        Self::with_storage(Arc::new(RwLock::new(storage)), shape, device, false)
+        let cell = StorageCell { data: RwLock::new(storage), version: AtomicU64::new(0) };
+        Self::with_storage(Arc::new(cell), shape, device, false)
     }
 
-    fn with_storage(storage: Arc<RwLock<Storage>>, shape: Shape, device: Device, variable: bool) -> Tensor {
+    fn with_storage(storage: Arc<StorageCell>, shape: Shape, device: Device, variable: bool) -> Tensor {
         LIVE_TENSORS.fetch_add(1, Ordering::Relaxed);
         Tensor(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -118,11 +128,23 @@ impl Tensor {
     }
 
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, Storage> {
-        self.0.storage.read().unwrap_or_else(|e| e.into_inner())
+        self.0.storage.data.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The storage, for an in-place write: bumps its version.
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Storage> {
-        self.0.storage.write().unwrap_or_else(|e| e.into_inner())
+        self.0.storage.version.fetch_add(1, Ordering::Relaxed);
+        self.0.storage.data.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many in-place writes the storage has had (see [`StorageCell`]).
+    pub(crate) fn version(&self) -> u64 {
+        self.0.storage.version.load(Ordering::Relaxed)
+    }
+
+    /// A tensor of `shape` whose storage holds `error` instead of values.
+    fn poisoned(error: Error, shape: Shape, device: &Device) -> Tensor {
+        Tensor::from_storage(device.backend().poisoned(error), shape, device.clone())
     }
 
     /// Whether two handles share storage (a tensor and its reshapes).
@@ -133,20 +155,50 @@ impl Tensor {
     // ----- creation -------------------------------------------------------
 
     /// A tensor of `shape` filled with `value`.
+    ///
+    /// Panics, naming the op and the shape, if the shape has more elements
+    /// than memory can hold. If the device cannot allocate it, the tensor
+    /// is poisoned: reading it (or anything computed from it) returns
+    /// [`Error::OutOfMemory`] or [`Error::TooLarge`]. [`try_full`](Self::try_full)
+    /// returns either error at once instead.
     pub fn full(shape: impl Into<Shape>, value: f32, device: &Device) -> Tensor {
-        let shape = shape.into();
+        Self::filled("full", shape.into(), value, device)
+    }
+
+    fn filled(op: &str, shape: Shape, value: f32, device: &Device) -> Tensor {
+        let shape = shape.checked(op);
         let storage = device.backend().full(shape.elem_count(), value);
         Tensor::from_storage(storage, shape, device.clone())
     }
 
-    /// A tensor of zeros.
-    pub fn zeros(shape: impl Into<Shape>, device: &Device) -> Tensor {
-        Tensor::full(shape, 0.0, device)
+    /// As [`full`](Self::full), but a shape too large to exist, or an
+    /// allocation the device refuses, is an error instead of a panic or a
+    /// poisoned tensor.
+    ///
+    /// ```
+    /// use wgrad::{Device, Error, Tensor};
+    /// let err = Tensor::try_full([1 << 40, 1 << 40], 0.0, &Device::Cpu).unwrap_err();
+    /// assert!(matches!(err, Error::Shape { .. }), "{err}");
+    /// ```
+    pub fn try_full(shape: impl Into<Shape>, value: f32, device: &Device) -> Result<Tensor> {
+        let shape = Self::check_size("try_full", shape.into())?;
+        let storage = device.backend().full(shape.elem_count(), value);
+        match device.backend().error(&storage) {
+            Some(e) => Err(e),
+            None => Ok(Tensor::from_storage(storage, shape, device.clone())),
+        }
     }
 
-    /// A tensor of ones.
+    /// A tensor of zeros (see [`full`](Self::full) for what happens when it
+    /// does not fit).
+    pub fn zeros(shape: impl Into<Shape>, device: &Device) -> Tensor {
+        Self::filled("zeros", shape.into(), 0.0, device)
+    }
+
+    /// A tensor of ones (see [`full`](Self::full) for what happens when it
+    /// does not fit).
     pub fn ones(shape: impl Into<Shape>, device: &Device) -> Tensor {
-        Tensor::full(shape, 1.0, device)
+        Self::filled("ones", shape.into(), 1.0, device)
     }
 
     /// A scalar (shape `[]`).
@@ -178,6 +230,7 @@ impl Tensor {
     }
 
     fn check_len(len: usize, shape: Shape) -> Result<Shape> {
+        let shape = Self::check_size("from_vec", shape)?;
         if len != shape.elem_count() {
             return Err(Error::Shape {
                 op: "from_vec",
@@ -185,6 +238,28 @@ impl Tensor {
             });
         }
         Ok(shape)
+    }
+
+    /// `shape`, or an error if it has more elements than memory can hold.
+    fn check_size(op: &'static str, shape: Shape) -> Result<Shape> {
+        match shape.checked_elem_count() {
+            Some(_) => Ok(shape),
+            None => Err(Error::Shape { op, msg: format!("shape {shape} has more elements than memory can hold") }),
+        }
+    }
+
+    /// A tensor of `shape` whose element `i` is `f(i)`, computed on the
+    /// host; poisoned with [`Error::OutOfMemory`] if the host cannot hold it.
+    fn generate(op: &str, shape: Shape, device: &Device, mut f: impl FnMut(usize) -> f32) -> Tensor {
+        let shape = shape.checked(op);
+        let n = shape.elem_count();
+        let mut data = Vec::new();
+        if data.try_reserve_exact(n).is_err() {
+            let error = Error::OutOfMemory(format!("{op}: {n} elements of shape {shape} on the host"));
+            return Tensor::poisoned(error, shape, device);
+        }
+        data.extend((0..n).map(&mut f));
+        Tensor::from_storage(device.backend().upload_vec(data), shape, device.clone())
     }
 
     /// `[start, start+1, …]` below `end`, as a 1-D tensor.
@@ -195,9 +270,10 @@ impl Tensor {
     /// `[start, start+step, …]` up to (not including) `end`.
     pub fn arange_step(start: f32, end: f32, step: f32, device: &Device) -> Tensor {
         assert!(step != 0.0 && step.is_finite(), "arange: step must be finite and non-zero, got {step}");
-        let n = ((end - start) / step).ceil().max(0.0) as usize;
-        let data: Vec<f32> = (0..n).map(|i| start + i as f32 * step).collect();
-        Tensor::from_vec(data, [n], device).expect("arange: length matches by construction")
+        // A NaN bound gives an empty range; an infinite one, more elements
+        // than memory can hold (saturated to usize::MAX, then refused).
+        let n = ((end as f64 - start as f64) / step as f64).ceil().max(0.0) as usize;
+        Tensor::generate("arange", Shape::from([n]), device, |i| start + i as f32 * step)
     }
 
     /// Samples from N(0, 1), drawn from the calling thread's default generator
@@ -214,9 +290,7 @@ impl Tensor {
         generator: &mut Generator,
         device: &Device,
     ) -> Tensor {
-        let shape = shape.into();
-        let data: Vec<f32> = (0..shape.elem_count()).map(|_| mean + std * generator.normal()).collect();
-        Tensor::from_vec(data, shape, device).expect("randn: length matches by construction")
+        Tensor::generate("randn", shape.into(), device, |_| mean + std * generator.normal())
     }
 
     /// Samples uniformly from `[low, high)`, drawn from the calling thread's
@@ -233,9 +307,7 @@ impl Tensor {
         generator: &mut Generator,
         device: &Device,
     ) -> Tensor {
-        let shape = shape.into();
-        let data: Vec<f32> = (0..shape.elem_count()).map(|_| low + (high - low) * generator.uniform()).collect();
-        Tensor::from_vec(data, shape, device).expect("rand_uniform: length matches by construction")
+        Tensor::generate("rand_uniform", shape.into(), device, |_| low + (high - low) * generator.uniform())
     }
 
     // ----- inspection -------------------------------------------------------

@@ -28,7 +28,7 @@ mod anomaly;
 pub use anomaly::detect_anomaly;
 pub(crate) use anomaly::{check_anomaly, in_backward_of};
 
-use crate::Tensor;
+use crate::{Shape, Tensor};
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -81,12 +81,47 @@ pub fn live_nodes() -> usize {
 pub(crate) struct BackwardCtx<'a> {
     /// Gradient of the loss with respect to the op's output.
     pub grad: &'a Tensor,
-    /// The op's output (its value, for rules like sigmoid's).
-    pub out: &'a Tensor,
-    /// The op's inputs, in the order the op recorded them.
-    pub inputs: &'a [Tensor],
     /// Which inputs need a gradient; rules skip the others' products.
     pub needs: &'a [bool],
+    op: &'static str,
+    out: &'a Tensor,
+    inputs: &'a [Tensor],
+    /// The storage versions the forward saw: the inputs', then the output's.
+    versions: &'a [u64],
+}
+
+impl BackwardCtx<'_> {
+    /// Input `i`, whose values the rule uses: panics if it was modified in
+    /// place since the forward pass (PyTorch's "a variable needed for
+    /// gradient computation has been modified by an inplace operation").
+    pub fn input(&self, i: usize) -> &Tensor {
+        self.unchanged(&self.inputs[i], self.versions[i], &format!("input {i}"))
+    }
+
+    /// The op's output, whose values the rule uses (sigmoid's, softmax's):
+    /// panics as [`input`](Self::input) does if it was modified in place.
+    pub fn output(&self) -> &Tensor {
+        self.unchanged(self.out, self.versions[self.inputs.len()], "its output")
+    }
+
+    /// The shape of input `i` (needs no check: shapes never change).
+    pub fn shape(&self, i: usize) -> &Shape {
+        self.inputs[i].shape()
+    }
+
+    fn unchanged<'t>(&self, t: &'t Tensor, seen: u64, what: &str) -> &'t Tensor {
+        let now = t.version();
+        assert!(
+            now == seen,
+            "backward of `{}`: {what} (a tensor of shape {}{}) was modified in place after the forward pass \
+             (it is at version {now}, the forward saw version {seen}), so its gradient would use the new \
+             values. Run the forward pass again after modifying it, or modify a copy",
+            self.op,
+            t.shape(),
+            if t.is_variable() { ", a variable" } else { "" },
+        );
+        t
+    }
 }
 
 /// Maps an output gradient to one optional gradient per input.
@@ -96,6 +131,8 @@ pub(crate) type BackwardFn = Box<dyn FnOnce(&BackwardCtx) -> Vec<Option<Tensor>>
 pub(crate) struct Node {
     pub op: &'static str,
     pub inputs: Vec<Tensor>,
+    /// Storage versions at the forward pass: the inputs', then the output's.
+    versions: Vec<u64>,
     pub backward: BackwardFn,
     _live: LiveNode,
 }
@@ -110,9 +147,9 @@ impl Drop for LiveNode {
 }
 
 impl Node {
-    pub fn new(op: &'static str, inputs: Vec<Tensor>, backward: BackwardFn) -> Self {
+    fn new(op: &'static str, inputs: Vec<Tensor>, versions: Vec<u64>, backward: BackwardFn) -> Self {
         LIVE_NODES.fetch_add(1, Ordering::Relaxed);
-        Node { op, inputs, backward, _live: LiveNode }
+        Node { op, inputs, versions, backward, _live: LiveNode }
     }
 }
 
@@ -172,7 +209,8 @@ impl Tensor {
         if !is_grad_enabled() || !inputs.iter().any(|t| t.is_tracked()) {
             return self;
         }
-        let node = Node::new(op, inputs.iter().map(|&t| t.clone()).collect(), Box::new(backward));
+        let versions = inputs.iter().map(|t| t.version()).chain([self.version()]).collect();
+        let node = Node::new(op, inputs.iter().map(|&t| t.clone()).collect(), versions, Box::new(backward));
         self.attach(node);
         self
     }
@@ -216,9 +254,9 @@ impl Tensor {
                          backward(); run the forward pass again before calling backward once more"
                     )
                 });
-                let Node { op, inputs, backward, _live } = node;
+                let Node { op, inputs, versions, backward, _live } = node;
                 let needs: Vec<bool> = inputs.iter().map(Tensor::is_tracked).collect();
-                let ctx = BackwardCtx { grad: &g, out: &t, inputs: &inputs, needs: &needs };
+                let ctx = BackwardCtx { grad: &g, needs: &needs, op, out: &t, inputs: &inputs, versions: &versions };
                 let input_grads = in_backward_of(op, || backward(&ctx));
                 for ((input, need), ig) in inputs.iter().zip(&needs).zip(input_grads) {
                     let Some(ig) = ig else { continue };

@@ -162,6 +162,12 @@ pub(crate) trait Backend {
         self.upload(&data)
     }
     fn to_vec(&self, x: &Storage, n: usize) -> Result<Vec<f32>>;
+    /// Storage of this device holding `error` instead of values.
+    fn poisoned(&self, error: crate::Error) -> Storage;
+    /// The error `x` holds, if it is poisoned; known without waiting for
+    /// the device only for errors found when the work was recorded
+    /// (allocation, a lost device), not for those its kernels find.
+    fn error(&self, x: &Storage) -> Option<crate::Error>;
     fn full(&self, n: usize, value: f32) -> Storage;
     fn unary(&self, op: UnaryOp, x: &Storage, n: usize) -> Storage;
     /// `a` and `b` are read through layouts of the output's shape (broadcast

@@ -3,6 +3,7 @@
 
 use super::same_device;
 use crate::Tensor;
+use crate::autograd::BackwardCtx;
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::shape::{Shape, Strided};
 
@@ -16,9 +17,11 @@ impl Tensor {
     /// Applies a binary kernel with broadcasting, without recording anything.
     pub(crate) fn zip_raw(&self, rhs: &Tensor, op: BinaryOp, name: &str) -> Tensor {
         same_device(name, self, rhs);
-        let shape = Shape::broadcast(self.shape(), rhs.shape()).unwrap_or_else(|| {
-            panic!("{name}: shapes {} and {} cannot be broadcast together", self.shape(), rhs.shape())
-        });
+        let shape = Shape::broadcast(self.shape(), rhs.shape())
+            .unwrap_or_else(|| {
+                panic!("{name}: shapes {} and {} cannot be broadcast together", self.shape(), rhs.shape())
+            })
+            .checked(name);
         let la = Strided { dims: shape.dims().to_vec(), strides: self.shape().broadcast_strides(&shape), offset: 0 };
         let lb = Strided { dims: shape.dims().to_vec(), strides: rhs.shape().broadcast_strides(&shape), offset: 0 };
         let storage = if self.same_storage(rhs) {
@@ -32,52 +35,48 @@ impl Tensor {
     }
 
     /// A recorded unary op whose gradient is `grad · dfdx`, with `dfdx`
-    /// computed from the input and the output by `rule`.
+    /// computed by `rule` from what it reads of the context (the input, or
+    /// the output).
     fn unary_op(
         &self,
         name: &'static str,
         op: UnaryOp,
-        rule: impl FnOnce(&Tensor, &Tensor) -> Tensor + Send + Sync + 'static,
+        rule: impl FnOnce(&BackwardCtx) -> Tensor + Send + Sync + 'static,
     ) -> Tensor {
-        self.map_raw(op).record(name, &[self], move |c| vec![Some(c.grad * &rule(&c.inputs[0], c.out))])
+        self.map_raw(op).record(name, &[self], move |c| vec![Some(c.grad * &rule(c))])
     }
 
     /// Elementwise `self + rhs`, broadcasting.
     pub fn add(&self, rhs: &Tensor) -> Tensor {
         self.zip_raw(rhs, BinaryOp::Add, "add").record("add", &[self, rhs], |c| {
-            vec![
-                c.needs[0].then(|| c.grad.sum_to(c.inputs[0].shape())),
-                c.needs[1].then(|| c.grad.sum_to(c.inputs[1].shape())),
-            ]
+            vec![c.needs[0].then(|| c.grad.sum_to(c.shape(0))), c.needs[1].then(|| c.grad.sum_to(c.shape(1)))]
         })
     }
 
     /// Elementwise `self - rhs`, broadcasting.
     pub fn sub(&self, rhs: &Tensor) -> Tensor {
         self.zip_raw(rhs, BinaryOp::Sub, "sub").record("sub", &[self, rhs], |c| {
-            vec![
-                c.needs[0].then(|| c.grad.sum_to(c.inputs[0].shape())),
-                c.needs[1].then(|| c.grad.neg().sum_to(c.inputs[1].shape())),
-            ]
+            vec![c.needs[0].then(|| c.grad.sum_to(c.shape(0))), c.needs[1].then(|| c.grad.neg().sum_to(c.shape(1)))]
         })
     }
 
     /// Elementwise `self * rhs`, broadcasting.
     pub fn mul(&self, rhs: &Tensor) -> Tensor {
         self.zip_raw(rhs, BinaryOp::Mul, "mul").record("mul", &[self, rhs], |c| {
-            let [a, b] = c.inputs else { unreachable!() };
-            vec![c.needs[0].then(|| (c.grad * b).sum_to(a.shape())), c.needs[1].then(|| (c.grad * a).sum_to(b.shape()))]
+            vec![
+                c.needs[0].then(|| (c.grad * c.input(1)).sum_to(c.shape(0))),
+                c.needs[1].then(|| (c.grad * c.input(0)).sum_to(c.shape(1))),
+            ]
         })
     }
 
     /// Elementwise `self / rhs`, broadcasting.
     pub fn div(&self, rhs: &Tensor) -> Tensor {
         self.zip_raw(rhs, BinaryOp::Div, "div").record("div", &[self, rhs], |c| {
-            let [a, b] = c.inputs else { unreachable!() };
             vec![
-                c.needs[0].then(|| (c.grad / b).sum_to(a.shape())),
+                c.needs[0].then(|| (c.grad / c.input(1)).sum_to(c.shape(0))),
                 // d(a/b)/db = -a/b² = -out/b
-                c.needs[1].then(|| (c.grad * c.out / b).neg().sum_to(b.shape())),
+                c.needs[1].then(|| (c.grad * c.output() / c.input(1)).neg().sum_to(c.shape(1))),
             ]
         })
     }
@@ -86,7 +85,7 @@ impl Tensor {
     /// gradient goes to `self`.
     pub fn maximum(&self, rhs: &Tensor) -> Tensor {
         self.zip_raw(rhs, BinaryOp::Max, "maximum").record("maximum", &[self, rhs], |c| {
-            let [a, b] = c.inputs else { unreachable!() };
+            let (a, b) = (c.input(0), c.input(1));
             let mask = a.zip_raw(b, BinaryOp::Ge, "maximum");
             vec![
                 c.needs[0].then(|| (c.grad * &mask).sum_to(a.shape())),
@@ -99,7 +98,7 @@ impl Tensor {
     /// gradient goes to `self`.
     pub fn minimum(&self, rhs: &Tensor) -> Tensor {
         self.zip_raw(rhs, BinaryOp::Min, "minimum").record("minimum", &[self, rhs], |c| {
-            let [a, b] = c.inputs else { unreachable!() };
+            let (a, b) = (c.input(0), c.input(1));
             let mask = b.zip_raw(a, BinaryOp::Ge, "minimum");
             vec![
                 c.needs[0].then(|| (c.grad * &mask).sum_to(a.shape())),
@@ -141,22 +140,22 @@ impl Tensor {
 
     /// `eˣ`.
     pub fn exp(&self) -> Tensor {
-        self.unary_op("exp", UnaryOp::Exp, |_, out| out.clone())
+        self.unary_op("exp", UnaryOp::Exp, |c| c.output().clone())
     }
 
     /// Natural logarithm (`-inf` at 0, NaN below).
     pub fn log(&self) -> Tensor {
-        self.map_raw(UnaryOp::Log).record("log", &[self], |c| vec![Some(c.grad / &c.inputs[0])])
+        self.map_raw(UnaryOp::Log).record("log", &[self], |c| vec![Some(c.grad / c.input(0))])
     }
 
     /// Square root.
     pub fn sqrt(&self) -> Tensor {
-        self.unary_op("sqrt", UnaryOp::Sqrt, |_, out| out.powf(-1.0).mul_scalar(0.5))
+        self.unary_op("sqrt", UnaryOp::Sqrt, |c| c.output().powf(-1.0).mul_scalar(0.5))
     }
 
     /// `xᵖ`.
     pub fn powf(&self, p: f32) -> Tensor {
-        self.unary_op("powf", UnaryOp::PowScalar(p), move |x, _| x.powf(p - 1.0).mul_scalar(p))
+        self.unary_op("powf", UnaryOp::PowScalar(p), move |c| c.input(0).powf(p - 1.0).mul_scalar(p))
     }
 
     /// `1 / x`.
@@ -171,20 +170,20 @@ impl Tensor {
 
     /// `|x|` (gradient 0 at 0).
     pub fn abs(&self) -> Tensor {
-        self.unary_op("abs", UnaryOp::Abs, |x, _| x.map_raw(UnaryOp::Sign))
+        self.unary_op("abs", UnaryOp::Abs, |c| c.input(0).map_raw(UnaryOp::Sign))
     }
 
     /// Elementwise `max(x, s)`.
     pub fn maximum_scalar(&self, s: f32) -> Tensor {
-        self.unary_op("maximum_scalar", UnaryOp::MaxScalar(s), move |x, _| {
-            x.map_raw(UnaryOp::InRange(s, f32::INFINITY))
+        self.unary_op("maximum_scalar", UnaryOp::MaxScalar(s), move |c| {
+            c.input(0).map_raw(UnaryOp::InRange(s, f32::INFINITY))
         })
     }
 
     /// Elementwise `min(x, s)`.
     pub fn minimum_scalar(&self, s: f32) -> Tensor {
-        self.unary_op("minimum_scalar", UnaryOp::MinScalar(s), move |x, _| {
-            x.map_raw(UnaryOp::InRange(f32::NEG_INFINITY, s))
+        self.unary_op("minimum_scalar", UnaryOp::MinScalar(s), move |c| {
+            c.input(0).map_raw(UnaryOp::InRange(f32::NEG_INFINITY, s))
         })
     }
 
@@ -193,27 +192,27 @@ impl Tensor {
     pub fn clamp(&self, lo: f32, hi: f32) -> Tensor {
         assert!(lo <= hi, "clamp: lower bound {lo} above upper bound {hi}");
         let out = self.map_raw(UnaryOp::MaxScalar(lo)).map_raw(UnaryOp::MinScalar(hi));
-        out.record("clamp", &[self], move |c| vec![Some(c.grad * &c.inputs[0].map_raw(UnaryOp::InRange(lo, hi)))])
+        out.record("clamp", &[self], move |c| vec![Some(c.grad * &c.input(0).map_raw(UnaryOp::InRange(lo, hi)))])
     }
 
     /// `max(x, 0)`.
     pub fn relu(&self) -> Tensor {
-        self.unary_op("relu", UnaryOp::Relu, |x, _| x.map_raw(UnaryOp::GtScalar(0.0)))
+        self.unary_op("relu", UnaryOp::Relu, |c| c.input(0).map_raw(UnaryOp::GtScalar(0.0)))
     }
 
     /// `1 / (1 + e⁻ˣ)`, computed without overflow.
     pub fn sigmoid(&self) -> Tensor {
-        self.unary_op("sigmoid", UnaryOp::Sigmoid, |_, s| s * &(1.0 - s))
+        self.unary_op("sigmoid", UnaryOp::Sigmoid, |c| c.output() * &(1.0 - c.output()))
     }
 
     /// Hyperbolic tangent.
     pub fn tanh(&self) -> Tensor {
-        self.unary_op("tanh", UnaryOp::Tanh, |_, t| 1.0 - &t.sqr())
+        self.unary_op("tanh", UnaryOp::Tanh, |c| 1.0 - &c.output().sqr())
     }
 
     /// GELU, `x·Φ(x)` with the exact normal CDF (PyTorch's default).
     pub fn gelu(&self) -> Tensor {
-        self.unary_op("gelu", UnaryOp::Gelu, |x, _| x.map_raw(UnaryOp::GeluGrad))
+        self.unary_op("gelu", UnaryOp::Gelu, |c| c.input(0).map_raw(UnaryOp::GeluGrad))
     }
 }
 

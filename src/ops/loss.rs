@@ -44,7 +44,7 @@ impl Tensor {
         let per_elem = &(&t * &log_p) + &(&(1.0 - &t) * &log_q);
         let loss = crate::no_grad(|| per_elem.mean().neg());
         loss.record("binary_cross_entropy", &[self, target], move |c| {
-            let [p, t] = c.inputs else { unreachable!() };
+            let (p, t) = (c.input(0), c.input(1));
             let g = c.grad.mul_scalar(1.0 / n);
             vec![
                 // d/dp = (p - t) / (p (1 - p))
@@ -83,7 +83,7 @@ impl Tensor {
         let out = Tensor::from_storage(storage, [rows].into(), self.device().clone());
         let labels = labels.detach();
         out.record("cross_entropy", &[self], move |c| {
-            let x = &c.inputs[0];
+            let x = c.input(0);
             let backend = x.device().backend();
             let storage = backend.cross_entropy_backward(&x.read(), &labels.read(), &c.grad.read(), rows, classes);
             vec![Some(Tensor::from_storage(storage, x.shape().clone(), x.device().clone()))]

@@ -62,6 +62,19 @@ impl Tensor {
         let b_batch = Shape::from(&bd[..bd.len() - 2]);
         let batch_shape =
             Shape::broadcast(&a_batch, &b_batch).unwrap_or_else(|| fail("batch axes cannot be broadcast"));
+        let mut out_dims = batch_shape.dims().to_vec();
+        out_dims.extend([m, n]);
+        let out_shape = Shape::from(out_dims).checked("matmul");
+        if out_shape.elem_count() == 0 {
+            // Nothing to compute (and the batch count may not even fit in a
+            // usize when m or n is 0): zeros, whose gradients are zeros.
+            return crate::no_grad(|| Tensor::zeros(out_shape, self.device())).record("matmul", &[self, rhs], |c| {
+                vec![
+                    c.needs[0].then(|| Tensor::zeros(c.shape(0).clone(), c.grad.device())),
+                    c.needs[1].then(|| Tensor::zeros(c.shape(1).clone(), c.grad.device())),
+                ]
+            });
+        }
         let batch = batch_shape.elem_count();
 
         // Each operand is read with batch stride 0 (one matrix for all),
@@ -93,26 +106,28 @@ impl Tensor {
         } else {
             self.device().backend().matmul(&a.read(), &b.read(), spec)
         };
-        let mut out_dims = batch_shape.dims().to_vec();
-        out_dims.extend([m, n]);
-        let out = Tensor::from_storage(storage, Shape::from(out_dims), self.device().clone());
+        let out = Tensor::from_storage(storage, out_shape, self.device().clone());
 
+        // Each gradient reads the other operand only, as PyTorch saves them:
+        // updating a weight in place between the forward and the backward
+        // is an error only where the weight's value is needed.
         out.record("matmul", &[self, rhs], move |c| {
-            let [a, b] = c.inputs else { unreachable!() };
             let g = c.grad;
             let da = c.needs[0].then(|| {
+                let b = c.input(1);
                 let d = if ta { b.matmul_t(g, tb, true) } else { g.matmul_t(b, false, !tb) };
-                d.sum_to(a.shape())
+                d.sum_to(c.shape(0))
             });
             let db = c.needs[1].then(|| {
-                if b.rank() == 2 && a.rank() > 2 && !ta {
+                let a = c.input(0);
+                if c.shape(1).rank() == 2 && a.rank() > 2 && !ta {
                     // Fold the batch into the rows: Σ_b A_bᵀ g_b = [A_1; …]ᵀ [g_1; …].
                     let a2 = a.reshape([a.elem_count() / k, k]);
                     let g2 = g.reshape([g.elem_count() / n, n]);
                     if tb { g2.matmul_t(&a2, true, false) } else { a2.matmul_t(&g2, true, false) }
                 } else {
                     let d = if tb { g.matmul_t(a, true, ta) } else { a.matmul_t(g, !ta, false) };
-                    d.sum_to(b.shape())
+                    d.sum_to(c.shape(1))
                 }
             });
             vec![da, db]

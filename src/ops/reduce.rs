@@ -52,7 +52,7 @@ impl Tensor {
         let axis = axis.index(self.shape(), "max_dim");
         assert!(self.dims()[axis] > 0, "max_dim: axis {axis} of shape {} is empty", self.shape());
         self.reduce_raw(ReduceOp::Max, axis, keepdim).record("max_dim", &[self], move |c| {
-            let x = &c.inputs[0];
+            let x = c.input(0);
             let idx = x.reduce_raw(ReduceOp::ArgMax, axis, true);
             let g = c.grad.reshape(idx.shape().clone());
             vec![Some(g.scatter_add_raw("max_dim", axis, &idx, x.dims()[axis]))]

@@ -30,12 +30,13 @@ impl Tensor {
     /// The same elements with another shape of the same size (no copy).
     pub fn reshape(&self, shape: impl Into<Shape>) -> Tensor {
         let shape = shape.into();
+        let count = shape.checked_elem_count();
         assert!(
-            shape.elem_count() == self.elem_count(),
+            count == Some(self.elem_count()),
             "reshape: cannot reshape {} ({} elements) into {shape} ({} elements)",
             self.shape(),
             self.elem_count(),
-            shape.elem_count()
+            count.map_or("more than memory can hold".to_string(), |c| c.to_string())
         );
         if &shape == self.shape() && !self.is_tracked() {
             return self.clone();
@@ -117,6 +118,7 @@ impl Tensor {
         if &shape == self.shape() {
             return self.clone();
         }
+        let shape = shape.checked("broadcast_to");
         let view = Strided { dims: shape.dims().to_vec(), strides: self.shape().broadcast_strides(&shape), offset: 0 };
         let input_shape = self.shape().clone();
         self.copy_raw(view).record("broadcast_to", &[self], move |c| vec![Some(c.grad.sum_to(&input_shape))])
@@ -159,8 +161,9 @@ impl Tensor {
                 first.shape()
             );
         }
-        let total = tensors.iter().map(|t| t.dims()[axis]).sum();
-        let shape = first.shape().with_dim(axis, total);
+        let total = tensors.iter().try_fold(0usize, |acc, t| acc.checked_add(t.dims()[axis]));
+        let total = total.unwrap_or_else(|| panic!("cat: the lengths along axis {axis} overflow"));
+        let shape = first.shape().with_dim(axis, total).checked("cat");
         let out = Tensor::zeros(shape.clone(), first.device());
         let mut starts = Vec::with_capacity(tensors.len());
         {
@@ -216,14 +219,15 @@ impl Tensor {
 
     fn gather_op(&self, op: &'static str, axis: usize, index: &Tensor, layout: Strided, m: usize) -> Tensor {
         same_device(op, self, index);
+        let out_shape = self.shape().with_dim(axis, m).checked(op);
         let (outer, len, inner) = self.shape().split_at_axis(axis);
         let view = AxisView { outer, len, inner };
         let storage = self.device().backend().gather(op, &self.read(), view, (&index.read(), &layout), m);
-        let out = Tensor::from_storage(storage, self.shape().with_dim(axis, m), self.device().clone());
+        let out = Tensor::from_storage(storage, out_shape, self.device().clone());
         let index = index.detach();
         out.record(op, &[self], move |c| {
             let storage = c.grad.device().backend().scatter_add(op, &c.grad.read(), view, (&index.read(), &layout), m);
-            vec![Some(Tensor::from_storage(storage, c.inputs[0].shape().clone(), c.grad.device().clone()))]
+            vec![Some(Tensor::from_storage(storage, c.shape(0).clone(), c.grad.device().clone()))]
         })
     }
 

@@ -17,7 +17,7 @@ impl Tensor {
         let axis = axis.index(self.shape(), "softmax");
         self.softmax_raw(axis, false).record("softmax", &[self], move |c| {
             // dx = s ⊙ (g − Σ g⊙s)
-            let s = c.out;
+            let s = c.output();
             let dot = (c.grad * s).sum_dim(axis, true);
             vec![Some(s * &(c.grad - &dot))]
         })
@@ -29,7 +29,7 @@ impl Tensor {
         self.softmax_raw(axis, true).record("log_softmax", &[self], move |c| {
             // dx = g − softmax(x) · Σ g
             let total = c.grad.sum_dim(axis, true);
-            vec![Some(c.grad - &(c.out.exp() * &total))]
+            vec![Some(c.grad - &(c.output().exp() * &total))]
         })
     }
 }

@@ -99,6 +99,14 @@ impl Backend for Cpu {
         }
     }
 
+    fn poisoned(&self, error: Error) -> Storage {
+        Storage::Poisoned(error)
+    }
+
+    fn error(&self, x: &Storage) -> Option<Error> {
+        poisoned(&[x])
+    }
+
     fn full(&self, n: usize, value: f32) -> Storage {
         store(elementwise::full(n, value))
     }

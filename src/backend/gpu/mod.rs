@@ -333,6 +333,14 @@ impl Backend for GpuDevice {
         self.ctx.download(x.gpu(), n)
     }
 
+    fn poisoned(&self, error: crate::Error) -> Storage {
+        Storage::Gpu(GpuBuffer::poisoned(error))
+    }
+
+    fn error(&self, x: &Storage) -> Option<crate::Error> {
+        x.gpu().get().err()
+    }
+
     fn full(&self, n: usize, value: f32) -> Storage {
         Storage::Gpu(elementwise::fill(&self.ctx, n, value))
     }

@@ -1,0 +1,81 @@
+//! In-place changes cannot corrupt gradients silently: every storage keeps
+//! a version counter that in-place writes (`assign`, optimizer steps,
+//! loading weights) bump, and a backward pass that needs a value modified
+//! since its forward pass panics naming the op and the tensor — PyTorch's
+//! "a variable needed for gradient computation has been modified by an
+//! inplace operation". Modifications a backward does not read are fine.
+
+mod common;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use wgrad::optim::{Optimizer, Sgd};
+use wgrad::{Device, Tensor};
+
+fn panic_message(f: impl FnOnce()) -> String {
+    let err = catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
+    err.downcast_ref::<String>().cloned().or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string())).unwrap()
+}
+
+fn assigning_a_saved_input_fails_the_backward(dev: &Device) {
+    let w = Tensor::from_vec(vec![1.0, 2.0, 3.0], [3], dev).unwrap().requires_grad();
+    let loss = (&w * &w).sum();
+    w.assign(&Tensor::zeros([3], dev));
+    let msg = panic_message(|| drop(loss.backward()));
+    assert!(msg.starts_with("backward of `mul`"), "{msg}");
+    assert!(msg.contains("shape [3], a variable") && msg.contains("modified in place"), "{msg}");
+    assert!(msg.contains("version 1") && msg.contains("version 0"), "{msg}");
+}
+test_device!(assigning_a_saved_input_fails_the_backward);
+
+fn an_optimizer_step_between_forward_and_backward_fails(dev: &Device) {
+    let w = Tensor::ones([2, 2], dev).requires_grad();
+    let x = Tensor::ones([3, 2], dev);
+    let mut opt = Sgd::new(vec![w.clone()], 0.1);
+    // Two losses from one forward; stepping on the first changes w, which
+    // the second's backward (powf reads its input) needs.
+    let first = x.matmul(&w).relu().sum();
+    let second = w.powf(2.0).sum();
+    opt.step(&first.backward());
+    let msg = panic_message(|| drop(second.backward()));
+    assert!(msg.starts_with("backward of `powf`: input 0"), "{msg}");
+}
+test_device!(an_optimizer_step_between_forward_and_backward_fails);
+
+fn a_modified_output_fails_the_backward_that_reads_it(dev: &Device) {
+    let x = Tensor::from_vec(vec![0.5, -1.0], [2], dev).unwrap().requires_grad();
+    let s = x.sigmoid();
+    let loss = s.sum();
+    s.assign(&Tensor::zeros([2], dev));
+    let msg = panic_message(|| drop(loss.backward()));
+    assert!(msg.starts_with("backward of `sigmoid`: its output"), "{msg}");
+}
+test_device!(a_modified_output_fails_the_backward_that_reads_it);
+
+fn a_change_through_a_view_is_seen(dev: &Device) {
+    let w = Tensor::ones([2, 3], dev).requires_grad();
+    let loss = w.log().sum();
+    // A reshaped, detached handle shares the storage and its version.
+    w.detach().reshape([6]).assign(&Tensor::zeros([6], dev));
+    let msg = panic_message(|| drop(loss.backward()));
+    assert!(msg.starts_with("backward of `log`: input 0"), "{msg}");
+}
+test_device!(a_change_through_a_view_is_seen);
+
+fn changes_the_backward_does_not_read_are_allowed(dev: &Device) {
+    // As in PyTorch: the gradient of x·w with respect to w reads x only,
+    // and exp saves its output, not its input.
+    let w = Tensor::ones([2, 1], dev).requires_grad();
+    let x = Tensor::from_vec(vec![1.0, 2.0, 3.0, 4.0], [2, 2], dev).unwrap();
+    let loss = x.matmul(&w).sum() + w.exp().sum();
+    w.assign(&Tensor::full([2, 1], 5.0, dev));
+    let g = loss.backward().remove(&w).unwrap().to_vec().unwrap();
+    let e = 1f32.exp();
+    common::assert_close(&g, &[4.0 + e, 6.0 + e], 1e-5, 1e-5, "d/dw");
+    // And the usual loop — forward, backward, step, repeat — never trips it.
+    let mut opt = Sgd::new(vec![w.clone()], 0.01);
+    for _ in 0..3 {
+        let loss = x.matmul(&w).sqr().sum();
+        opt.step(&loss.backward());
+    }
+}
+test_device!(changes_the_backward_does_not_read_are_allowed);
