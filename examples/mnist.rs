@@ -22,24 +22,55 @@ use wgrad::optim::Adam;
 use wgrad::train::{FitConfig, evaluate, fit, predict};
 use wgrad::{Device, data::mnist, io};
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Choice {
+    Cpu,
+    Gpu,
+    /// A GPU if there is one
+    Best,
+}
+
+// Every flag is checked before any work: a bad value is a one-line error
+// and exit code 2, clap's convention.
+
+/// A whole number of at least 1.
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A finite number above 0.
+fn rate(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|e: std::num::ParseFloatError| e.to_string())?;
+    if v.is_finite() && v > 0.0 { Ok(v) } else { Err(format!("must be a finite number above 0, not {v}")) }
+}
+
+/// A number in [0, 1).
+fn fraction(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|e: std::num::ParseFloatError| e.to_string())?;
+    if (0.0..1.0).contains(&v) { Ok(v) } else { Err(format!("must be in [0, 1), not {v}")) }
+}
+
 #[derive(Parser)]
 #[command(about = "Train the seed's MNIST model on the CPU or a GPU")]
 struct Args {
-    /// cpu, gpu, or best (a GPU if there is one)
-    #[arg(long, default_value = "best")]
-    device: String,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, value_enum, default_value = "best")]
+    device: Choice,
+    #[arg(long, default_value_t = 5, value_parser = positive)]
     epochs: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = positive)]
     batch_size: usize,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, value_parser = rate)]
     lr: f32,
     /// Hidden layer widths, e.g. 128 or 128,64 (each followed by ReLU and dropout)
-    #[arg(long, default_value = "128", value_delimiter = ',')]
+    #[arg(long, default_value = "128", value_delimiter = ',', value_parser = positive)]
     hidden: Vec<usize>,
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, default_value_t = 0.2, value_parser = fraction)]
     dropout: f32,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.1, value_parser = fraction)]
     validation_split: f32,
     /// A directory with the four standard MNIST files (raw or .gz)
     #[arg(long, default_value = "data/mnist")]
@@ -65,11 +96,10 @@ fn model(hidden: &[usize], dropout: f32, device: &Device) -> nn::Sequential {
 }
 
 fn run(args: Args) -> wgrad::Result<()> {
-    let device = match args.device.as_str() {
-        "cpu" => Device::Cpu,
-        "gpu" => Device::gpu()?,
-        "best" => Device::best(),
-        other => return Err(wgrad::Error::Mismatch(format!("--device must be cpu, gpu or best, not {other:?}"))),
+    let device = match args.device {
+        Choice::Cpu => Device::Cpu,
+        Choice::Gpu => Device::gpu()?,
+        Choice::Best => Device::best(),
     };
     println!("device: {}", device.info());
     let data = mnist::load(&args.data)?;
@@ -125,5 +155,34 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_flags_are_usage_errors_before_any_work() {
+        // Each panicked, or trained to accuracy 0.10 and exited 0, before.
+        for flags in [
+            &["--batch-size", "0"][..],
+            &["--dropout", "1.5"],
+            &["--validation-split", "1"],
+            &["--lr", "nan"],
+            &["--lr=-0.1"],
+            &["--lr", "inf"],
+            &["--epochs", "0"],
+            &["--hidden", "128,0"],
+            &["--device", "tpu"],
+        ] {
+            let args = std::iter::once("mnist").chain(flags.iter().copied());
+            let err = Args::try_parse_from(args).err().unwrap_or_else(|| panic!("{flags:?} was accepted"));
+            assert_eq!(err.exit_code(), 2, "{flags:?}");
+            use clap::error::ErrorKind::{InvalidValue, ValueValidation};
+            assert!(matches!(err.kind(), ValueValidation | InvalidValue), "{flags:?}: {err}");
+        }
+        let ok = Args::try_parse_from(["mnist", "--dropout", "0", "--validation-split", "0", "--hidden", "16,8"]);
+        assert!(ok.is_ok());
     }
 }

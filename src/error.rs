@@ -19,6 +19,16 @@ pub enum Error {
         msg: String,
     },
 
+    /// An argument only known at run time cannot be used: an empty
+    /// training set, a batch size of zero, a split that leaves nothing.
+    #[error("{op}: {msg}")]
+    InvalidArgument {
+        /// The function that rejected it.
+        op: &'static str,
+        /// What is wrong with it.
+        msg: String,
+    },
+
     /// No GPU adapter could be found or opened.
     #[error(
         "no GPU adapter found ({0}). Install a Vulkan, Metal or DX12 driver; on Linux without a GPU, \

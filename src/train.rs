@@ -115,7 +115,9 @@ fn device_of(model: &dyn Module) -> Device {
 
 /// Trains a classifier with cross-entropy on its logits. Returns one
 /// [`EpochStats`] per epoch. The model's parameters must be variables on
-/// one device; batches go there.
+/// one device; batches go there. A batch size of 0, a validation split
+/// outside `[0, 1)`, or no training data is an
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument).
 pub fn fit(
     model: &mut dyn Module,
     optimizer: &mut dyn Optimizer,
@@ -123,12 +125,27 @@ pub fn fit(
     config: &FitConfig,
 ) -> Result<Vec<EpochStats>> {
     let device = device_of(model);
+    let invalid = |msg: String| Err(crate::Error::InvalidArgument { op: "fit", msg });
+    if config.batch_size == 0 {
+        return invalid("batch_size must be at least 1".into());
+    }
+    if !(0.0..1.0).contains(&config.validation_split) {
+        return invalid(format!("validation_split must be in [0, 1), not {}", config.validation_split));
+    }
     let (train, held_out) = if config.validation_split > 0.0 {
         let (t, v) = data.split_last(config.validation_split);
         (Cow::Owned(t), Some(v))
     } else {
         (Cow::Borrowed(data), None)
     };
+    if train.is_empty() {
+        return invalid(format!(
+            "no training data ({} items, validation_split {})",
+            data.len(),
+            config.validation_split
+        ));
+    }
+    let held_out = held_out.filter(|v| !v.is_empty());
     let mut generator = Generator::new(config.shuffle_seed);
     let params = model.parameters();
     let mut history = Vec::with_capacity(config.epochs);
@@ -202,9 +219,13 @@ fn progress_bar(verbose: bool, steps: usize, epoch: usize, epochs: usize) -> Pro
 
 /// Loss and accuracy of a classifier over `data`, in evaluation mode
 /// (dropout off) and without recording gradients. The model is left in
-/// evaluation mode.
+/// evaluation mode. An empty dataset or a batch size of 0 is an error.
 pub fn evaluate(model: &mut dyn Module, data: &Dataset, batch_size: usize) -> Result<Metrics> {
     let device = device_of(model);
+    if data.is_empty() || batch_size == 0 {
+        let msg = format!("nothing to evaluate ({} items, batch size {batch_size})", data.len());
+        return Err(crate::Error::InvalidArgument { op: "evaluate", msg });
+    }
     model.set_training(false);
     no_grad(|| {
         let mut running = Running::new(&device);
@@ -221,6 +242,9 @@ pub fn evaluate(model: &mut dyn Module, data: &Dataset, batch_size: usize) -> Re
 /// evaluation mode.
 pub fn predict(model: &mut dyn Module, data: &Dataset, batch_size: usize) -> Result<Vec<usize>> {
     let device = device_of(model);
+    if batch_size == 0 {
+        return Err(crate::Error::InvalidArgument { op: "predict", msg: "batch size must be at least 1".into() });
+    }
     model.set_training(false);
     no_grad(|| {
         let mut out = Vec::with_capacity(data.len());

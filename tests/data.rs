@@ -72,6 +72,24 @@ fn broken_files_are_errors_naming_the_file() {
     let msg = load_err(dir.path());
     assert!(msg.contains("8003 labels for 8004 images"), "{msg}");
 
+    // Headers claiming images of another size (zero-sized ones loaded
+    // before, and the model then panicked in its first matmul).
+    for (rows, cols) in [(0u32, 0u32), (28, 0), (14, 56)] {
+        raw_copy(dir.path());
+        edit("t10k-images-idx3-ubyte", &|b| {
+            let n = u32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+            let mut header = vec![0, 0, 8, 3];
+            for d in [n, rows, cols] {
+                header.extend(d.to_be_bytes());
+            }
+            let data = b[16..16 + (n * rows * cols) as usize].to_vec();
+            *b = [header, data].concat();
+        });
+        let msg = load_err(dir.path());
+        assert!(msg.contains("t10k-images-idx3-ubyte") && msg.contains(&format!("{rows}, {cols}]")), "{msg}");
+        assert!(msg.contains("must be [n, 28, 28]"), "{msg}");
+    }
+
     raw_copy(dir.path());
     std::fs::remove_file(path("t10k-images-idx3-ubyte")).unwrap();
     let msg = load_err(dir.path());

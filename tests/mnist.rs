@@ -67,3 +67,23 @@ fn cpu_and_gpu_follow_the_same_trajectory() {
     common::assert_close(&loss_g, &loss_c, 1e-3, 1e-3, "losses");
     common::assert_close(&w_g, &w_c, 1e-4, 1e-3, "first-layer weights");
 }
+
+#[test]
+fn fit_and_evaluate_refuse_what_they_cannot_use() {
+    let data = mnist::load("data/mnist").unwrap();
+    let mut model = seed_model(&Device::Cpu);
+    let mut opt = Adam::new(model.parameters(), 1e-3);
+    let invalid = |r: wgrad::Result<_>, what: &str| match r {
+        Err(wgrad::Error::InvalidArgument { msg, .. }) => assert!(msg.contains(what), "{msg}"),
+        other => panic!("expected InvalidArgument mentioning {what:?}, got {other:?}"),
+    };
+    // An empty training set reported loss 0 and accuracy 0 before.
+    let empty = wgrad::data::Dataset::new(Vec::new(), Vec::new(), &[28, 28], 10);
+    let quiet = FitConfig { epochs: 1, verbose: false, ..FitConfig::default() };
+    invalid(fit(&mut model, &mut opt, &empty, &quiet).map(drop), "no training data");
+    invalid(fit(&mut model, &mut opt, &data.test, &FitConfig { batch_size: 0, ..quiet }).map(drop), "batch_size");
+    let whole = FitConfig { validation_split: 1.0, epochs: 1, verbose: false, ..FitConfig::default() };
+    invalid(fit(&mut model, &mut opt, &data.test, &whole).map(drop), "validation_split");
+    invalid(evaluate(&mut model, &empty, 32).map(drop), "nothing to evaluate");
+    invalid(predict(&mut model, &data.test, 0).map(drop), "batch size");
+}

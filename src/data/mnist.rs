@@ -17,7 +17,8 @@ pub struct Mnist {
 }
 
 /// Loads MNIST from `dir`; every problem (a missing or malformed file,
-/// counts that disagree, a label above 9) is an [`Error`] naming the file.
+/// images that are not 28×28, counts that disagree, a label above 9) is an
+/// [`Error`] naming the file.
 pub fn load(dir: impl AsRef<Path>) -> Result<Mnist> {
     let dir = dir.as_ref();
     Ok(Mnist { train: load_split(dir, "train")?, test: load_split(dir, "t10k")? })
@@ -34,10 +35,12 @@ fn load_split(dir: &Path, prefix: &str) -> Result<Dataset> {
     let labels_path = find(dir, &format!("{prefix}-labels-idx1-ubyte"));
     let images = read_idx(&images_path)?;
     let labels = read_idx(&labels_path)?;
-    if images.dims.len() != 3 {
+    // What the model will need: 28×28 images (a header claiming other
+    // sizes, zero among them, loaded before and failed in the first matmul).
+    if images.dims.len() != 3 || images.dims[1..] != [28, 28] {
         return Err(Error::format(
             &images_path,
-            format!("images must be [n, rows, cols], got dimensions {:?}", images.dims),
+            format!("MNIST images must be [n, 28, 28], the file's header says {:?}", images.dims),
         ));
     }
     if labels.dims.len() != 1 {
