@@ -58,6 +58,14 @@ fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 fn scatter_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let e = linear_id(wid, nwg, lid);
+    if params.len == 0u {
+        // No output to loop for, but the indices still need checking (every
+        // one is out of range): here the launch covers them instead.
+        if e < params.outer * params.m * params.inner {
+            index_at(e / (params.m * params.inner), (e / params.inner) % params.m, e % params.inner);
+        }
+        return;
+    }
     if e >= params.outer * params.len * params.inner {
         return;
     }

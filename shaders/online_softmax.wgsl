@@ -24,15 +24,21 @@ var<workgroup> part_max: array<f32, WG>;
 var<workgroup> part_sum: array<f32, WG>;
 var<workgroup> part_bad: array<u32, WG>;
 
+// exp(a - b) for a ≤ b, 1 when the two are the same infinity (where a - b
+// would be NaN: a column whose maximum so far is -∞ meeting another -∞).
+fn exp_below(a: f32, b: f32) -> f32 {
+    return select(op_exp(a - b), 1.0, bitcast<u32>(a) == bitcast<u32>(b));
+}
+
 fn push(s: Stats, v: f32) -> Stats {
     let bad = s.bad || is_nan(v) || bitcast<u32>(v) == 0x7f800000u;
     if s.sum == 0.0 {
         return Stats(v, 1.0, bad);
     }
     if v > s.max {
-        return Stats(v, s.sum * op_exp(s.max - v) + 1.0, bad);
+        return Stats(v, s.sum * exp_below(s.max, v) + 1.0, bad);
     }
-    return Stats(s.max, s.sum + op_exp(v - s.max), bad);
+    return Stats(s.max, s.sum + exp_below(v, s.max), bad);
 }
 
 fn merge(a: Stats, b: Stats) -> Stats {
@@ -44,7 +50,7 @@ fn merge(a: Stats, b: Stats) -> Stats {
         return Stats(b.max, b.sum, bad);
     }
     let m = max(a.max, b.max);
-    return Stats(m, a.sum * op_exp(a.max - m) + b.sum * op_exp(b.max - m), bad);
+    return Stats(m, a.sum * exp_below(a.max, m) + b.sum * exp_below(b.max, m), bad);
 }
 
 // Whether the row has no softmax (see the top of the file).

@@ -1,8 +1,26 @@
 //! Errors from everything that depends on the world outside the program:
 //! GPU adapters and drivers, files, data handed in at run time.
 //!
-//! Programmer errors — shapes that do not fit an op, an axis out of range —
-//! panic instead, naming the op and the shapes, as indexing out of bounds does.
+//! The contract, the same on every device:
+//! - **Programmer errors** — shapes that do not fit an op, an axis out of
+//!   range, a shape with more elements than memory can hold — panic, with
+//!   a message that starts with the op's name (`"add: shapes [2] and [3]
+//!   cannot be broadcast together"`), as indexing out of bounds does.
+//! - **Errors only the data reveals** — an index or a class label out of
+//!   range ([`Error::IndexOutOfRange`]) — and **resources** — a tensor the
+//!   device cannot allocate ([`Error::OutOfMemory`], [`Error::TooLarge`]),
+//!   a lost device — *poison* the result: ops return at once, every result
+//!   computed from a poisoned one is poisoned too, and reading any of them
+//!   (`to_vec`, `item`) returns the error. Results that do not depend on
+//!   it are unaffected. On the GPU a kernel that meets a bad index records
+//!   it in a small error buffer (a device-side assert) that the read back
+//!   checks, so a training loop never waits for the check. Of several
+//!   errors reaching one result, the one that reached its first input wins.
+//! - **NaN and ±∞ are values, not errors**: they propagate as IEEE-754 says
+//!   (and as PyTorch, where IEEE is silent: NaN wins `max` and `argmax`).
+//!   [`crate::detect_anomaly`] finds the op that made one.
+//! - Files, adapters and arguments known only at run time return `Err`
+//!   from the call that meets them, with a message a user can act on.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,7 +107,9 @@ pub enum Error {
     IndexOutOfRange {
         /// The op that met the index.
         op: &'static str,
-        /// The offending value (indices are stored as f32).
+        /// An offending value (indices are stored as f32): of several, the
+        /// first on the CPU, and on a GPU whichever one an invocation
+        /// reported last.
         index: f32,
         /// The size of the axis it indexes.
         bound: usize,

@@ -175,6 +175,8 @@ fn reductions_softmax_and_losses() {
     rows.extend(&mixed);
     rows.extend([-INF; 7]);
     rows.extend([INF; 7]);
+    // Leading -∞s: the running maximum is -∞ when the next -∞ arrives.
+    rows.extend([-INF, -INF, -INF, 0.5, -INF, 2.0, -1.0]);
     let r = rows.len() / 7;
     let x = vec![rows];
     let shape = [r, 7];

@@ -101,6 +101,12 @@ fn zero_sized_tensors_go_through_every_copy(dev: &Device) {
     assert_eq!(g.get(&v).unwrap().to_vec().unwrap(), [1.0; 6]);
     assert_eq!(Tensor::zeros([0, 1], dev).broadcast_to([0, 4]).dims(), &[0, 4]);
     assert_eq!(Tensor::zeros([3, 0], dev).matmul(&Tensor::zeros([0, 2], dev)).to_vec().unwrap(), [0.0; 6]);
+    // A batched product over k = 0 and its backward (divided by k before).
+    let (a, b) = (Tensor::zeros([2, 1, 0], dev).requires_grad(), Tensor::zeros([0], dev).requires_grad());
+    let y = a.matmul(&b);
+    assert_eq!(y.to_vec().unwrap(), [0.0; 2]);
+    let g = y.sum().backward();
+    assert_eq!((g.get(&a).unwrap().dims(), g.get(&b).unwrap().dims()), (&[2, 1, 0][..], &[0][..]));
     assert_eq!(Tensor::zeros([4, 0], dev).sum_dim(1, false).to_vec().unwrap(), [0.0; 4]);
     assert_eq!(Tensor::zeros([0, 4], dev).softmax(1).elem_count(), 0);
 }

@@ -65,9 +65,10 @@ impl Tensor {
         let mut out_dims = batch_shape.dims().to_vec();
         out_dims.extend([m, n]);
         let out_shape = Shape::from(out_dims).checked("matmul");
-        if out_shape.elem_count() == 0 {
+        if out_shape.elem_count() == 0 || k == 0 {
             // Nothing to compute (and the batch count may not even fit in a
-            // usize when m or n is 0): zeros, whose gradients are zeros.
+            // usize when m or n is 0), or sums of nothing: zeros, whose
+            // gradients are zeros (empty ones when k is 0).
             return crate::no_grad(|| Tensor::zeros(out_shape, self.device())).record("matmul", &[self, rhs], |c| {
                 vec![
                     c.needs[0].then(|| Tensor::zeros(c.shape(0).clone(), c.grad.device())),

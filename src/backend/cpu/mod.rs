@@ -172,8 +172,10 @@ impl Backend for Cpu {
     }
 
     fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [&mut Storage], n: usize) {
-        let mut inputs: Vec<&Storage> = vec![param, grad];
+        // What is written in place first, then what is read: the GPU's order.
+        let mut inputs: Vec<&Storage> = vec![param];
         inputs.extend(state.iter().map(|s| &**s));
+        inputs.push(grad);
         if let Some(e) = poisoned(&inputs) {
             // A poisoned gradient poisons what it would have updated.
             *param = Storage::Poisoned(e.clone());

@@ -94,3 +94,22 @@ fn zip_chunks(
         )
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_of_different_lengths_are_refused_before_the_unsafe_split() {
+        // Long enough to take the parallel path, where piece c of each buffer
+        // is taken by pointer: a shorter state buffer would be read past its end.
+        let n = PAR_MIN + 5;
+        let (mut p, g, mut short) = (vec![0.0; n], vec![1.0; n], vec![0.0; n - 1]);
+        let rule = UpdateRule::Sgd { lr: 0.1, momentum: 0.9, weight_decay: 0.0, nesterov: false };
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| update(rule, &mut p, &g, &mut [&mut short])));
+        assert!(r.is_err());
+        let mut state = vec![0.0; n];
+        update(rule, &mut p, &g, &mut [&mut state]);
+        assert!(p.iter().all(|&v| (v + 0.1).abs() < 1e-7));
+    }
+}

@@ -208,6 +208,15 @@ impl<'a> Chunks<'a> {
         self.len.div_ceil(self.chunk)
     }
 
+    /// Where piece `i` starts and ends, checked to lie inside the slice
+    /// with arithmetic that cannot wrap (`i < count` bounds `i · chunk` by
+    /// `len`).
+    fn bounds(&self, i: usize) -> (usize, usize) {
+        assert!(i < self.count(), "Chunks::get: piece {i} of {}", self.count());
+        let start = i * self.chunk;
+        (start, start.saturating_add(self.chunk).min(self.len))
+    }
+
     /// Piece `i`.
     ///
     /// # Safety
@@ -215,9 +224,8 @@ impl<'a> Chunks<'a> {
     /// each task index exactly once, so taking piece `i` in task `i` is sound.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn get(&self, i: usize) -> &'a mut [f32] {
-        let start = (i * self.chunk).min(self.len);
-        let end = (start + self.chunk).min(self.len);
-        // SAFETY: in bounds by the clamps above; disjoint by the contract.
+        let (start, end) = self.bounds(i);
+        // SAFETY: in bounds by `bounds`; disjoint by the contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), end - start) }
     }
 }
@@ -260,6 +268,23 @@ mod tests {
         // SAFETY: task i takes piece i only.
         run(chunks.count(), &|i| unsafe { chunks.get(i) }.iter_mut().for_each(|x| *x += i as f32 + 1.0));
         assert!(v.iter().enumerate().all(|(j, &x)| x == (j / 100) as f32 + 1.0));
+    }
+
+    #[test]
+    fn chunk_bounds_stay_inside_the_slice_near_usize_max() {
+        let mut v = vec![0.0f32; 10];
+        // A chunk size near usize::MAX: one piece, the whole slice, and no
+        // `start + chunk` overflow.
+        let one = Chunks::new(&mut v, usize::MAX - 1);
+        assert_eq!(one.count(), 1);
+        assert_eq!(one.bounds(0), (0, 10));
+        let ragged = Chunks::new(&mut v, 4);
+        assert_eq!((ragged.count(), ragged.bounds(2)), (3, (8, 10)));
+        // An index past the pieces is refused before any pointer is formed
+        // (with usize::MAX, `i · chunk` would wrap to a small offset).
+        for i in [3, usize::MAX] {
+            assert!(catch_unwind(AssertUnwindSafe(|| ragged.bounds(i))).is_err(), "piece {i}");
+        }
     }
 
     #[test]

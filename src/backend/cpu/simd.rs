@@ -19,17 +19,7 @@ pub(super) const CHUNK: usize = 1 << 13;
 pub(super) fn simd<R>(body: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::OnceLock;
-        static LEVEL: OnceLock<u8> = OnceLock::new();
-        let level = *LEVEL.get_or_init(|| {
-            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
-                2
-            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                1
-            } else {
-                0
-            }
-        });
+        let level = level();
         #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
         fn avx512<R>(body: impl FnOnce() -> R) -> R {
             body()
@@ -46,6 +36,23 @@ pub(super) fn simd<R>(body: impl FnOnce() -> R) -> R {
         }
     }
     body()
+}
+
+/// The vector level `simd` runs at: 2 for AVX-512 (F and VL), 1 for AVX2
+/// with FMA, 0 for the baseline; detected once.
+#[cfg(target_arch = "x86_64")]
+fn level() -> u8 {
+    use std::sync::OnceLock;
+    static LEVEL: OnceLock<u8> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+            2
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            1
+        } else {
+            0
+        }
+    })
 }
 
 /// Fills `out` by calling `f(start, chunk)` on consecutive chunks, over all
@@ -109,4 +116,39 @@ pub(super) fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> crate::Result<Vec
         },
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The precondition of `simd`'s unsafe calls: every feature its level's
+    /// function enables is present on this CPU.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn the_level_only_enables_features_this_cpu_has() {
+        let needs: &[&str] = match level() {
+            2 => &["avx512f", "avx512vl", "avx2", "fma"],
+            1 => &["avx2", "fma"],
+            _ => &[],
+        };
+        for f in needs {
+            let present = match *f {
+                "avx512f" => is_x86_feature_detected!("avx512f"),
+                "avx512vl" => is_x86_feature_detected!("avx512vl"),
+                "avx2" => is_x86_feature_detected!("avx2"),
+                _ => is_x86_feature_detected!("fma"),
+            };
+            assert!(present, "level {} enables {f}, which this CPU lacks", level());
+        }
+        // And the vectorised loops compute what plain ones do.
+        let x: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut out = vec![0.0; 1000];
+        fill_chunks(&mut out, |start, chunk| {
+            for (o, &v) in chunk.iter_mut().zip(&x[start..]) {
+                *o = v * 2.0 + 1.0;
+            }
+        });
+        assert!(out.iter().zip(&x).all(|(o, v)| *o == v * 2.0 + 1.0));
+    }
 }

@@ -64,13 +64,10 @@ fn record(ctx: &Arc<Context>, entry: &'static str, view: &Strided, x: &Arc<Poole
 /// The view `src` of `x`, copied into a new contiguous buffer.
 pub(crate) fn copy_strided(ctx: &Arc<Context>, x: &GpuBuffer, src: &Strided) -> GpuBuffer {
     let n = src.dims.iter().product();
-    ctx.compute("copy", n, |out| record(ctx, "gather_strided", src, x.get()?, out))
+    ctx.compute("copy", n, &[x], |ins, out| record(ctx, "gather_strided", src, ins[0], out))
 }
 
 /// Writes contiguous `x` into the region `dst` of `out`, in place.
 pub(crate) fn copy_into(ctx: &Arc<Context>, out: &mut GpuBuffer, dst: &Strided, x: &GpuBuffer) {
-    let result = out.get().and_then(|o| record(ctx, "scatter_strided", dst, x.get()?, o));
-    if let Err(e) = result {
-        *out = GpuBuffer::poisoned(e);
-    }
+    ctx.modify(&mut [out], &[x], |bufs| record(ctx, "scatter_strided", dst, &bufs[1], &bufs[0]));
 }

@@ -19,7 +19,7 @@ params! {
 pub(crate) fn fill(ctx: &Arc<Context>, n: usize, value: f32) -> GpuBuffer {
     let wg = ctx.tuning.elementwise_wg;
     let n4 = n.div_ceil(4);
-    ctx.compute("full", n, |out| {
+    ctx.compute("full", n, &[], |_, out| {
         let kernel = Kernel::Static { shader: Shader::Fill, entry: "main", constants: &[("WG", wg as f64)] };
         let params = FillParams { n4: n4 as u32, value };
         ctx.record(&kernel, &[Bind::write(0, out)], &params, ctx.groups_1d(n4, wg))
@@ -29,7 +29,7 @@ pub(crate) fn fill(ctx: &Arc<Context>, n: usize, value: f32) -> GpuBuffer {
 pub(crate) fn dropout(ctx: &Arc<Context>, x: &GpuBuffer, n: usize, p: f32, key: [u32; 2]) -> GpuBuffer {
     let wg = ctx.tuning.elementwise_wg;
     let n4 = n.div_ceil(4);
-    ctx.compute("dropout", n, |out| {
+    ctx.compute("dropout", n, &[x], |ins, out| {
         let kernel = Kernel::Static { shader: Shader::Dropout, entry: "main", constants: &[("WG", wg as f64)] };
         let params = DropoutParams {
             n4: n4 as u32,
@@ -38,6 +38,6 @@ pub(crate) fn dropout(ctx: &Arc<Context>, x: &GpuBuffer, n: usize, p: f32, key: 
             key1: key[1],
             scale: 1.0 / (1.0 - p),
         };
-        ctx.record(&kernel, &[Bind::read(0, x.get()?), Bind::write(1, out)], &params, ctx.groups_1d(n4, wg))
+        ctx.record(&kernel, &[Bind::read(0, ins[0]), Bind::write(1, out)], &params, ctx.groups_1d(n4, wg))
     })
 }

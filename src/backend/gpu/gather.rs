@@ -45,12 +45,15 @@ fn run(
     mut p: GatherParams,
 ) -> GpuBuffer {
     let wg = ctx.tuning.elementwise_wg;
-    ctx.compute(op, n, |out| {
+    ctx.compute(op, n, &[x, idx], |ins, out| {
         let kernel = Kernel::Static { shader: Shader::Gather, entry, constants: &[("WG", wg as f64)] };
         let check = ctx.check(op)?;
         (p.check_slot, p.check_id) = (check.slot, check.id);
-        let binds = [Bind::read(0, x.get()?), Bind::read(1, idx.get()?), Bind::write(2, out), ctx.errors(3)];
-        ctx.record(&kernel, &binds, &p, ctx.groups_1d(n, wg))?;
+        let binds = [Bind::read(0, ins[0]), Bind::read(1, ins[1]), Bind::write(2, out), ctx.errors(3)];
+        // scatter_add over an empty axis still checks its indices (one
+        // invocation each, see gather.wgsl).
+        let invocations = if entry == "scatter_add" && p.len == 0 { (p.outer * p.m * p.inner) as usize } else { n };
+        ctx.record(&kernel, &binds, &p, ctx.groups_1d(invocations, wg))?;
         out.taint.add(check);
         Ok(())
     })

@@ -30,10 +30,10 @@
 
 use super::fusion;
 use super::pool::Pooled;
+use super::taint::Poison;
 use super::{Bind, Context, Kernel};
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::shape::{Strided, coalesce};
-use crate::{Error, Result};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 /// Ops one generated kernel may compute per element.
@@ -51,19 +51,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The storage of a GPU tensor: a pooled buffer, the error that prevented
-/// producing it, or — until something needs it — the pending elementwise
-/// expression that will compute it.
+/// The storage of a GPU tensor: a pooled buffer, the [`Poison`] that
+/// prevented producing it, or — until something needs it — the pending
+/// elementwise expression that will compute it.
 pub(crate) struct GpuBuffer(Arc<Cell>);
 
 pub(crate) struct Cell {
-    ready: OnceLock<Result<Arc<Pooled>, Error>>,
+    ready: OnceLock<Result<Arc<Pooled>, Poison>>,
     pending: Mutex<Option<(Arc<Context>, Expr)>>,
 }
 
 impl Cell {
     /// The buffer, computing it first if it is pending.
-    fn get(&self) -> Result<&Arc<Pooled>, &Error> {
+    fn get(&self) -> Result<&Arc<Pooled>, &Poison> {
         self.ready
             .get_or_init(|| {
                 let (ctx, expr) = lock(&self.pending).take().expect("a GPU buffer is either ready or pending");
@@ -87,12 +87,12 @@ impl Cell {
 }
 
 impl GpuBuffer {
-    pub fn ready(result: Result<Arc<Pooled>>) -> Self {
+    pub fn ready(result: Result<Arc<Pooled>, Poison>) -> Self {
         GpuBuffer(Arc::new(Cell { ready: OnceLock::from(result), pending: Mutex::new(None) }))
     }
 
-    pub fn poisoned(error: Error) -> Self {
-        Self::ready(Err(error))
+    pub fn poisoned(poison: impl Into<Poison>) -> Self {
+        Self::ready(Err(poison.into()))
     }
 
     /// A buffer `expr` computes when it is first needed.
@@ -102,9 +102,9 @@ impl GpuBuffer {
         GpuBuffer(cell)
     }
 
-    /// The buffer (computed first if it was pending) or its error.
-    pub fn get(&self) -> Result<&Arc<Pooled>> {
-        self.0.get().map_err(Error::clone)
+    /// The buffer (computed first if it was pending) or why there is none.
+    pub fn get(&self) -> Result<&Arc<Pooled>, Poison> {
+        self.0.get().map_err(Poison::clone)
     }
 
     /// The expression computing this buffer, while it is pending.
@@ -314,7 +314,7 @@ impl Expr {
 
 /// The expression `x` contributes over its first `n` elements: its pending
 /// expression, or the buffer itself as a leaf.
-fn operand(x: &GpuBuffer, n: usize) -> Result<Expr> {
+fn operand(x: &GpuBuffer, n: usize) -> Result<Expr, Poison> {
     if let Some(mut e) = x.expr() {
         // The caller's count rules: its view never covers more than the buffer.
         e.n = n;
@@ -324,14 +324,14 @@ fn operand(x: &GpuBuffer, n: usize) -> Result<Expr> {
 }
 
 /// `x`, computed, as a leaf.
-fn computed(x: &GpuBuffer, n: usize) -> Result<Expr> {
+fn computed(x: &GpuBuffer, n: usize) -> Result<Expr, Poison> {
     Ok(Expr::leaf(n, x.get()?.clone()))
 }
 
 /// What one side of a binary op contributes: a contiguous operand inlines
 /// its pending expression; another layout reads the computed buffer
 /// through it.
-fn side(x: (&GpuBuffer, &Strided), n: usize) -> Result<Expr> {
+fn side(x: (&GpuBuffer, &Strided), n: usize) -> Result<Expr, Poison> {
     if x.1.is_contiguous() {
         return operand(x.0, n);
     }
@@ -340,7 +340,7 @@ fn side(x: (&GpuBuffer, &Strided), n: usize) -> Result<Expr> {
 
 /// `op(x)` over the first `n` elements of `x`.
 pub(crate) fn unary(ctx: &Arc<Context>, op: UnaryOp, x: &GpuBuffer, n: usize) -> GpuBuffer {
-    let build = || -> Result<Expr> {
+    let build = || -> Result<Expr, Poison> {
         let e = operand(x, n)?.unary(op);
         if e.fits() { Ok(e) } else { Ok(computed(x, n)?.unary(op)) }
     };
@@ -359,8 +359,10 @@ pub(crate) fn binary(
     b: (&GpuBuffer, &Strided),
 ) -> GpuBuffer {
     let n: usize = a.1.dims.iter().product();
-    let build = || -> Result<Expr> {
-        let (mut ea, mut eb) = (side(a, n)?, side(b, n)?);
+    let build = || -> Result<Expr, Poison> {
+        let mut ea = side(a, n)?;
+        // A poisoned `b` comes after the checks `a` depends on.
+        let mut eb = side(b, n).map_err(|p| Poison::wrap(ea.leaves.iter().map(|l| &l.buffer.taint), &p))?;
         loop {
             let combined = ea.clone().binary(op, &eb);
             if let Some(e) = &combined
@@ -373,7 +375,7 @@ pub(crate) fn binary(
             if ea.ops() >= eb.ops() && ea.ops() > 0 {
                 ea = computed(a.0, n)?;
             } else if eb.ops() > 0 {
-                eb = computed(b.0, n)?;
+                eb = computed(b.0, n).map_err(|p| Poison::wrap(ea.leaves.iter().map(|l| &l.buffer.taint), &p))?;
             } else {
                 // Two leaves over one shape always combine; when their
                 // views need more words than the immediates hold, the
@@ -394,7 +396,11 @@ fn finish(ctx: &Arc<Context>, e: Expr) -> GpuBuffer {
 }
 
 /// Dispatches the kernel computing `e` into a new buffer.
-fn run(ctx: &Arc<Context>, e: &Expr) -> Result<Arc<Pooled>> {
+fn run(ctx: &Arc<Context>, e: &Expr) -> Result<Arc<Pooled>, Poison> {
+    record_expr(ctx, e).map_err(|error| Poison::after(e.leaves.iter().map(|l| &l.buffer.taint), error))
+}
+
+fn record_expr(ctx: &Arc<Context>, e: &Expr) -> crate::Result<Arc<Pooled>> {
     let out = ctx.alloc("elementwise op", e.n)?;
     let wg = ctx.tuning.elementwise_wg;
     let words_in_buffer = e.words() > WORDS;

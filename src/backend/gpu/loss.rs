@@ -24,11 +24,11 @@ pub(crate) fn cross_entropy(
         Some(_) => ("cross_entropy_backward", rows * classes),
         None => ("cross_entropy", rows),
     };
-    ctx.compute("cross_entropy", n, |out| {
-        let grad_rows = grad_rows.map(|g| g.get()).transpose()?;
-        let mut binds =
-            vec![Bind::read(0, logits.get()?), Bind::read(1, labels.get()?), Bind::write(3, out), ctx.errors(4)];
-        binds.extend(grad_rows.map(|g| Bind::read(2, g)));
+    let mut inputs = vec![logits, labels];
+    inputs.extend(grad_rows);
+    ctx.compute("cross_entropy", n, &inputs, |ins, out| {
+        let mut binds = vec![Bind::read(0, ins[0]), Bind::read(1, ins[1]), Bind::write(3, out), ctx.errors(4)];
+        binds.extend(ins.get(2).map(|g| Bind::read(2, g)));
         let kernel = Kernel::Static { shader: Shader::Loss, entry, constants: &[("WG", wg as f64)] };
         let check = ctx.check("cross_entropy")?;
         let params = LossParams { rows: rows as u32, len: classes as u32, check_slot: check.slot, check_id: check.id };

@@ -29,8 +29,8 @@ params! {
 }
 
 pub(crate) fn matmul(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, s: MatmulSpec) -> GpuBuffer {
-    ctx.compute("matmul", s.batch * s.m * s.n, |out| {
-        let (a, b) = (a.get()?, b.get()?);
+    ctx.compute("matmul", s.batch * s.m * s.n, &[a, b], |ins, out| {
+        let (a, b) = (ins[0], ins[1]);
         let t = ctx.tuning;
         let flag = |f: bool| f as u32 as f64;
         let (constants, binds, groups_x, groups_y) = match t.matmul_subgroup_wg {

@@ -54,7 +54,7 @@ use pool::{Pool, Pooled};
 use queue::Queue;
 use std::fmt;
 use std::sync::Arc;
-use taint::Checks;
+use taint::{Checks, Poison};
 
 /// Everything one wgpu device owns, each part behind its own type.
 pub(crate) struct Context {
@@ -124,16 +124,61 @@ impl Context {
         Ok(())
     }
 
-    /// A fresh buffer of `n` f32s filled by `fill` (which records the
-    /// kernels writing it); poisoned instead if allocating or `fill` fails.
+    /// A fresh buffer of `n` f32s that `fill` computes from `inputs` (it
+    /// records the kernels writing it). Poisoned instead if an input is
+    /// (after the checks of the inputs before it), or if allocating or
+    /// `fill` fails (after the checks of all inputs): the CPU's order.
     pub(crate) fn compute(
         self: &Arc<Self>,
         op: &'static str,
         n: usize,
-        fill: impl FnOnce(&Arc<Pooled>) -> Result<()>,
+        inputs: &[&GpuBuffer],
+        fill: impl FnOnce(&[&Arc<Pooled>], &Arc<Pooled>) -> Result<()>,
     ) -> GpuBuffer {
-        let result = self.alloc(op, n).and_then(|out| fill(&out).map(|()| out));
-        GpuBuffer::ready(result)
+        let mut ready: Vec<&Arc<Pooled>> = Vec::with_capacity(inputs.len());
+        for x in inputs {
+            match x.get() {
+                Ok(p) => ready.push(p),
+                Err(poison) => return GpuBuffer::poisoned(Poison::wrap(ready.iter().map(|p| &p.taint), &poison)),
+            }
+        }
+        let result = self.alloc(op, n).and_then(|out| fill(&ready, &out).map(|()| out));
+        GpuBuffer::ready(result.map_err(|e| Poison::after(ready.iter().map(|p| &p.taint), e)))
+    }
+
+    /// Runs `f` on `targets` (written in place) and then `inputs`, all
+    /// computed; poisons every target the way [`compute`](Self::compute)
+    /// poisons its output if one of them is poisoned or `f` fails.
+    pub(crate) fn modify(
+        &self,
+        targets: &mut [&mut GpuBuffer],
+        inputs: &[&GpuBuffer],
+        f: impl FnOnce(&[Arc<Pooled>]) -> Result<()>,
+    ) {
+        for t in targets.iter() {
+            self.lazy.before_write(t);
+        }
+        let mut ready: Vec<Arc<Pooled>> = Vec::with_capacity(targets.len() + inputs.len());
+        let mut poison = None;
+        for x in targets.iter().map(|t| &**t).chain(inputs.iter().copied()) {
+            match x.get() {
+                Ok(p) => ready.push(p.clone()),
+                Err(p) => {
+                    poison = Some(Poison::wrap(ready.iter().map(|p| &p.taint), &p));
+                    break;
+                }
+            }
+        }
+        let poison = match poison {
+            Some(p) => p,
+            None => match f(&ready) {
+                Ok(()) => return,
+                Err(e) => Poison::after(ready.iter().map(|p| &p.taint), e),
+            },
+        };
+        for t in targets.iter_mut() {
+            **t = GpuBuffer::poisoned(poison.clone());
+        }
     }
 
     /// A buffer for `n` f32s from the pool.
@@ -189,7 +234,15 @@ impl Context {
     /// Reads back the first `n` f32s of `src`, after all work recorded
     /// before this call; fails with the error of any check it depends on.
     fn download(&self, src: &GpuBuffer, n: usize) -> Result<Vec<f32>> {
-        let src = src.get()?;
+        let src = match src.get() {
+            Ok(p) => p,
+            Err(poison) => {
+                if poison.unresolved() {
+                    self.resolve_checks(&[])?;
+                }
+                return Err(poison.outcome());
+            }
+        };
         self.health.check()?;
         let mut words = if src.taint.unresolved() {
             self.resolve_checks(&[(&src.buffer, n as u64 * 4)])?.pop().expect("one buffer read")
@@ -215,9 +268,10 @@ impl Context {
     }
 
     fn upload(&self, data: &[f32]) -> GpuBuffer {
-        GpuBuffer::ready(self.alloc("upload", data.len()).inspect(|out| {
+        let result = self.alloc("upload", data.len()).inspect(|out| {
             self.queue.write(&out.buffer, bytemuck::cast_slice(data));
-        }))
+        });
+        GpuBuffer::ready(result.map_err(Poison::from))
     }
 }
 
@@ -338,7 +392,7 @@ impl Backend for GpuDevice {
     }
 
     fn error(&self, x: &Storage) -> Option<crate::Error> {
-        x.gpu().get().err()
+        x.gpu().get().err().map(|p| p.error().clone())
     }
 
     fn full(&self, n: usize, value: f32) -> Storage {
@@ -370,7 +424,6 @@ impl Backend for GpuDevice {
     }
 
     fn copy_into(&self, out: &mut Storage, dst: &Strided, x: &Storage) {
-        self.ctx.lazy.before_write(out.gpu());
         copy::copy_into(&self.ctx, out.gpu_mut(), dst, x.gpu());
     }
 
@@ -403,11 +456,8 @@ impl Backend for GpuDevice {
     }
 
     fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [&mut Storage], n: usize) {
-        self.ctx.lazy.before_write(param.gpu());
-        for s in state.iter() {
-            self.ctx.lazy.before_write(s.gpu());
-        }
-        let state: Vec<&mut GpuBuffer> = state.iter_mut().map(|s| s.gpu_mut()).collect();
-        optim::update(&self.ctx, rule, param.gpu_mut(), grad.gpu(), state, n);
+        let mut targets: Vec<&mut GpuBuffer> = vec![param.gpu_mut()];
+        targets.extend(state.iter_mut().map(|s| s.gpu_mut()));
+        optim::update(&self.ctx, rule, &mut targets, grad.gpu(), n);
     }
 }

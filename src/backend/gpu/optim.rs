@@ -25,14 +25,9 @@ params! {
     }
 }
 
-pub(crate) fn update(
-    ctx: &Arc<Context>,
-    rule: UpdateRule,
-    param: &mut GpuBuffer,
-    grad: &GpuBuffer,
-    mut state: Vec<&mut GpuBuffer>,
-    n: usize,
-) {
+/// One update of `targets[0]` (the parameter; then its state buffers) from
+/// `grad`, in place.
+pub(crate) fn update(ctx: &Arc<Context>, rule: UpdateRule, targets: &mut [&mut GpuBuffer], grad: &GpuBuffer, n: usize) {
     let n4 = n.div_ceil(4) as u32;
     let (entry, params) = match rule {
         UpdateRule::Sgd { lr, momentum, weight_decay, nesterov } => (
@@ -56,18 +51,12 @@ pub(crate) fn update(
         ),
     };
     let wg = ctx.tuning.elementwise_wg;
-    let result = (|| {
+    let slots = targets.len();
+    ctx.modify(targets, &[grad], |bufs| {
         let kernel = Kernel::Static { shader: Shader::Optim, entry, constants: &[("WG", wg as f64)] };
-        let param = param.get()?;
-        let state = state.iter().map(|s| s.get()).collect::<crate::Result<Vec<_>>>()?;
-        let mut binds = vec![Bind::read(0, grad.get()?), Bind::write(1, param)];
-        binds.extend(state.iter().enumerate().map(|(i, s)| Bind::write(2 + i as u32, s)));
+        // Bindings: the gradient at 0, the parameter at 1, its state from 2.
+        let mut binds = vec![Bind::read(0, &bufs[slots])];
+        binds.extend(bufs[..slots].iter().enumerate().map(|(i, b)| Bind::write(1 + i as u32, b)));
         ctx.record(&kernel, &binds, &params, ctx.groups_1d(n4 as usize, wg))
-    })();
-    if let Err(e) = result {
-        *param = GpuBuffer::poisoned(e.clone());
-        for s in state.iter_mut() {
-            **s = GpuBuffer::poisoned(e.clone());
-        }
-    }
+    });
 }

@@ -25,9 +25,9 @@ pub(crate) fn reduce(ctx: &Arc<Context>, op: ReduceOp, x: &GpuBuffer, v: AxisVie
         let wg = ctx.tuning.elementwise_wg;
         ("columns", wg, ctx.groups_1d(n, wg))
     };
-    ctx.compute("reduce", n, |out| {
+    ctx.compute("reduce", n, &[x], |ins, out| {
         let constants = [("OP", op as u32 as f64), ("WG", wg as f64)];
         let kernel = Kernel::Static { shader: Shader::Reduce, entry, constants: &constants };
-        ctx.record(&kernel, &[Bind::read(0, x.get()?), Bind::write(1, out)], &AxisParams::of(v), groups)
+        ctx.record(&kernel, &[Bind::read(0, ins[0]), Bind::write(1, out)], &AxisParams::of(v), groups)
     })
 }

@@ -15,9 +15,9 @@ pub(crate) fn softmax(ctx: &Arc<Context>, x: &GpuBuffer, v: AxisView, log: bool)
         let wg = ctx.tuning.elementwise_wg;
         ("columns", wg, ctx.groups_1d(v.outer * v.inner, wg))
     };
-    ctx.compute("softmax", n, |out| {
+    ctx.compute("softmax", n, &[x], |ins, out| {
         let constants = [("WG", wg as f64), ("LOG", log as u32 as f64)];
         let kernel = Kernel::Static { shader: Shader::Softmax, entry, constants: &constants };
-        ctx.record(&kernel, &[Bind::read(0, x.get()?), Bind::write(1, out)], &AxisParams::of(v), groups)
+        ctx.record(&kernel, &[Bind::read(0, ins[0]), Bind::write(1, out)], &AxisParams::of(v), groups)
     })
 }

@@ -47,8 +47,8 @@ impl Check {
     }
 }
 
-/// The checks a buffer's contents depend on (unresolved ones, and at most
-/// one that fired).
+/// The checks a buffer's contents depend on, in the order of the inputs
+/// they came through: unresolved ones, and at most one that fired (last).
 #[derive(Default)]
 pub(crate) struct Taint(Mutex<Vec<Arc<Check>>>);
 
@@ -62,30 +62,28 @@ impl Taint {
         self.lock().push(check);
     }
 
-    /// Adds the checks `other` depends on, dropping those resolved clean.
+    /// Adds the checks `other` depends on after this buffer's own. Order
+    /// matters: of several checks that fired, a read reports the first,
+    /// which is the CPU's rule too (an op's first poisoned input decides
+    /// its error). Checks resolved clean are dropped, and so is everything
+    /// after the first that fired, which always wins.
     pub fn extend_from(&self, other: &Taint) {
         if std::ptr::eq(self, other) {
             return;
         }
-        let theirs: Vec<Arc<Check>> =
-            other.lock().iter().filter(|c| !c.resolved() || c.failed().is_some()).cloned().collect();
+        let theirs: Vec<Arc<Check>> = other.lock().clone();
         if theirs.is_empty() {
             return;
         }
         let mut mine = self.lock();
-        mine.retain(|c| !c.resolved() || c.failed().is_some());
-        if mine.iter().any(|c| c.failed().is_some()) {
-            return;
-        }
         for c in theirs {
-            if c.failed().is_some() {
-                mine.clear();
-                mine.push(c);
-                return;
-            }
             if !mine.iter().any(|m| Arc::ptr_eq(m, &c)) {
                 mine.push(c);
             }
+        }
+        mine.retain(|c| !c.resolved() || c.failed().is_some());
+        if let Some(first_failed) = mine.iter().position(|c| c.failed().is_some()) {
+            mine.truncate(first_failed + 1);
         }
     }
 
@@ -94,9 +92,12 @@ impl Taint {
         self.lock().iter().any(|c| !c.resolved())
     }
 
-    /// The error of a check that fired, if one did.
+    /// The error of the first check that fired, once every check before
+    /// it is resolved (a read back resolves them all).
     pub fn error(&self) -> Option<Error> {
-        self.lock().iter().find_map(|c| c.failed().cloned())
+        let mine = self.lock();
+        let first = mine.iter().find(|c| !c.resolved() || c.failed().is_some())?;
+        first.failed().cloned()
     }
 }
 
@@ -167,5 +168,58 @@ pub(crate) fn outcome(taint: &Taint) -> Result<()> {
     match taint.error() {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// Why a buffer holds nothing: the error that stopped its computation (an
+/// input that held nothing, an allocation refused, the device lost), after
+/// the checks of the inputs before it. An earlier input's check that fires
+/// is the first cause and wins, as on the CPU, where an op reports its
+/// first poisoned input's error.
+#[derive(Clone)]
+pub(crate) struct Poison(Arc<(Taint, Error)>);
+
+impl Poison {
+    /// `error`, after the checks in `before` (in order).
+    pub fn after<'a>(before: impl IntoIterator<Item = &'a Taint>, error: Error) -> Self {
+        let taint = Taint::default();
+        for t in before {
+            taint.extend_from(t);
+        }
+        Poison(Arc::new((taint, error)))
+    }
+
+    /// `inner`, after the checks in `before`.
+    pub fn wrap<'a>(before: impl IntoIterator<Item = &'a Taint>, inner: &Poison) -> Self {
+        let taint = Taint::default();
+        for t in before {
+            taint.extend_from(t);
+        }
+        if taint.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return inner.clone();
+        }
+        taint.extend_from(&inner.0.0);
+        Poison(Arc::new((taint, inner.0.1.clone())))
+    }
+
+    /// The error as known when the work was recorded.
+    pub fn error(&self) -> &Error {
+        &self.0.1
+    }
+
+    /// Whether a check before the error is not resolved yet.
+    pub fn unresolved(&self) -> bool {
+        self.0.0.unresolved()
+    }
+
+    /// The error a read reports once the checks are resolved.
+    pub fn outcome(&self) -> Error {
+        self.0.0.error().unwrap_or_else(|| self.0.1.clone())
+    }
+}
+
+impl From<Error> for Poison {
+    fn from(error: Error) -> Self {
+        Poison::after([], error)
     }
 }
