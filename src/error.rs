@@ -15,7 +15,7 @@
 //!   it are unaffected. On the GPU a kernel that meets a bad index records
 //!   it in a small error buffer (a device-side assert) that the read back
 //!   checks, so a training loop never waits for the check. Of several
-//!   errors reaching one result, the one that reached its first input wins.
+//!   errors reaching one result, the earliest (the first cause) wins.
 //! - **NaN and ±∞ are values, not errors**: they propagate as IEEE-754 says
 //!   (and as PyTorch, where IEEE is silent: NaN wins `max` and `argmax`).
 //!   [`crate::detect_anomaly`] finds the op that made one.

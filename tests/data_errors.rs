@@ -106,16 +106,20 @@ fn many_checked_ops_without_a_read_back_recycle_the_gpus_error_slots() {
 
 fn the_first_cause_wins_when_errors_meet(dev: &Device) {
     // A bad index, then an op whose output the device cannot allocate: the
-    // index error came first (it reached the op through its input), on both
-    // devices, although the GPU only learns of it at the read back.
+    // index error came first, on both devices, although the GPU only learns
+    // of it at the read back.
     let x = Tensor::ones([3, 1], dev);
     let picked = x.index_select(0, &vec(&[0.0, 7.0], dev));
     let huge = picked.broadcast_to([2, 1 << 40]);
     out_of_range(huge.sum().item().unwrap_err(), "index_select", 7.0, 3);
-    // An input poisoned by allocation before one poisoned by an index: the
-    // allocation error is the first input's.
-    let too_big = Tensor::zeros([1 << 40], dev);
-    let err = (too_big.sum() + picked.sum()).item().unwrap_err();
-    assert!(matches!(err, Error::OutOfMemory(_) | Error::TooLarge { .. }), "{err:?}");
+    // Two poisoned inputs: the earlier fault wins, whichever side it is on.
+    let too_big = Tensor::zeros([1 << 40], dev).sum();
+    let later = x.index_select(0, &vec(&[5.0], dev)).sum();
+    out_of_range((&too_big + &picked.sum()).item().unwrap_err(), "index_select", 7.0, 3);
+    out_of_range((&picked.sum() + &too_big).item().unwrap_err(), "index_select", 7.0, 3);
+    for r in [&too_big + &later, &later + &too_big] {
+        let err = r.item().unwrap_err();
+        assert!(matches!(err, Error::OutOfMemory(_) | Error::TooLarge { .. }), "{err:?}");
+    }
 }
 test_device!(the_first_cause_wins_when_errors_meet);

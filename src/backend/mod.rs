@@ -23,7 +23,34 @@ pub(crate) enum Storage {
     /// CPU storage whose computation failed (bad data, no memory): reading
     /// it, or anything computed from it, returns the error. (A GPU buffer
     /// carries its own failure, see [`gpu::GpuBuffer`].)
-    Poisoned(crate::Error),
+    Poisoned(Fault),
+}
+
+/// An error that poisons a result, stamped with when it happened: of
+/// several faults that reach one result, the earliest is reported (the
+/// first cause), on every device alike.
+#[derive(Clone, Debug)]
+pub(crate) struct Fault {
+    pub error: crate::Error,
+    /// Issue order, from one counter for the whole process.
+    pub seq: u64,
+}
+
+impl Fault {
+    pub fn new(error: crate::Error) -> Self {
+        Fault { error, seq: next_seq() }
+    }
+
+    /// The earlier of two faults.
+    pub fn earlier(self, other: Fault) -> Fault {
+        if other.seq < self.seq { other } else { self }
+    }
+}
+
+/// The next number of the process-wide issue order of faults and checks.
+pub(crate) fn next_seq() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Storage {

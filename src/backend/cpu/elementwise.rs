@@ -138,9 +138,10 @@ pub(super) fn dropout(x: &[f32], p: f32, key: [u32; 2]) -> Result<Vec<f32>> {
         #[inline(always)]
         |start, chunk| {
             for (j, (o, &v)) in chunk.iter_mut().zip(&x[start..]).enumerate() {
-                // Branch-free (a select, not a jump), so it vectorises.
+                // The factor by a bit mask, not a branch, so the loop
+                // vectorises: scale where kept, +0 where dropped.
                 let keep = rng::dropout_keep(key, threshold, (start + j) as u32);
-                *o = v * if keep { scale } else { 0.0 };
+                *o = v * f32::from_bits(scale.to_bits() & (keep as u32).wrapping_neg());
             }
         },
     );

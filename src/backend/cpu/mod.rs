@@ -11,8 +11,9 @@
 //! Failures only the data or the machine reveal — an index out of range,
 //! an output the allocator refuses — poison the result
 //! ([`Storage::Poisoned`]) instead of panicking or aborting, and every
-//! result computed from poisoned storage is poisoned in turn: the same
-//! contract as the GPU's, so reading back gives the same error on both.
+//! result computed from poisoned storage is poisoned in turn (by the
+//! earliest fault among its inputs): the same contract as the GPU's, so
+//! reading back gives the same error on both.
 
 mod copy;
 mod elementwise;
@@ -28,7 +29,7 @@ mod softmax;
 
 pub(crate) use pool::threads;
 
-use super::{AxisView, Backend, BinaryOp, MatmulSpec, ReduceOp, Storage, UnaryOp, UpdateRule};
+use super::{AxisView, Backend, BinaryOp, Fault, MatmulSpec, ReduceOp, Storage, UnaryOp, UpdateRule};
 use crate::shape::Strided;
 use crate::{Error, Result};
 
@@ -56,19 +57,22 @@ pub(super) fn row_offset(dims: &[usize], strides: &[usize], mut row: usize) -> u
     at
 }
 
-/// The error of the first poisoned storage among `inputs`.
-fn poisoned(inputs: &[&Storage]) -> Option<Error> {
-    inputs.iter().find_map(|s| match s {
-        Storage::Poisoned(e) => Some(e.clone()),
-        _ => None,
-    })
+/// The earliest fault among `inputs`' (the first cause).
+fn poisoned(inputs: &[&Storage]) -> Option<Fault> {
+    inputs
+        .iter()
+        .filter_map(|s| match s {
+            Storage::Poisoned(f) => Some(f.clone()),
+            _ => None,
+        })
+        .reduce(Fault::earlier)
 }
 
 /// A kernel's result as storage: its values, or the error that poisons it.
 fn store(result: Result<Vec<f32>>) -> Storage {
     match result {
         Ok(v) => Storage::Cpu(v),
-        Err(e) => Storage::Poisoned(e),
+        Err(e) => Storage::Poisoned(Fault::new(e)),
     }
 }
 
@@ -94,17 +98,17 @@ impl Backend for Cpu {
 
     fn to_vec(&self, x: &Storage, n: usize) -> Result<Vec<f32>> {
         match x {
-            Storage::Poisoned(e) => Err(e.clone()),
+            Storage::Poisoned(f) => Err(f.error.clone()),
             _ => Ok(x.cpu()[..n].to_vec()),
         }
     }
 
     fn poisoned(&self, error: Error) -> Storage {
-        Storage::Poisoned(error)
+        Storage::Poisoned(Fault::new(error))
     }
 
     fn error(&self, x: &Storage) -> Option<Error> {
-        poisoned(&[x])
+        poisoned(&[x]).map(|f| f.error)
     }
 
     fn full(&self, n: usize, value: f32) -> Storage {
@@ -172,15 +176,13 @@ impl Backend for Cpu {
     }
 
     fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [&mut Storage], n: usize) {
-        // What is written in place first, then what is read: the GPU's order.
-        let mut inputs: Vec<&Storage> = vec![param];
+        let mut inputs: Vec<&Storage> = vec![param, grad];
         inputs.extend(state.iter().map(|s| &**s));
-        inputs.push(grad);
-        if let Some(e) = poisoned(&inputs) {
+        if let Some(f) = poisoned(&inputs) {
             // A poisoned gradient poisons what it would have updated.
-            *param = Storage::Poisoned(e.clone());
+            *param = Storage::Poisoned(f.clone());
             for s in state.iter_mut() {
-                **s = Storage::Poisoned(e.clone());
+                **s = Storage::Poisoned(f.clone());
             }
             return;
         }

@@ -32,6 +32,7 @@ use super::fusion;
 use super::pool::Pooled;
 use super::taint::Poison;
 use super::{Bind, Context, Kernel};
+use crate::backend::Fault;
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::shape::{Strided, coalesce};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -359,10 +360,15 @@ pub(crate) fn binary(
     b: (&GpuBuffer, &Strided),
 ) -> GpuBuffer {
     let n: usize = a.1.dims.iter().product();
+    // A poisoned side, with the checks of the other (the earliest decides).
+    let poisoned = |p: Poison, other: &Expr| Poison::combine(&[p], other.leaves.iter().map(|l| &l.buffer.taint));
     let build = || -> Result<Expr, Poison> {
-        let mut ea = side(a, n)?;
-        // A poisoned `b` comes after the checks `a` depends on.
-        let mut eb = side(b, n).map_err(|p| Poison::wrap(ea.leaves.iter().map(|l| &l.buffer.taint), &p))?;
+        let (mut ea, mut eb) = match (side(a, n), side(b, n)) {
+            (Ok(ea), Ok(eb)) => (ea, eb),
+            (Err(p), Ok(eb)) => return Err(poisoned(p, &eb)),
+            (Ok(ea), Err(p)) => return Err(poisoned(p, &ea)),
+            (Err(pa), Err(pb)) => return Err(Poison::combine(&[pa, pb], [])),
+        };
         loop {
             let combined = ea.clone().binary(op, &eb);
             if let Some(e) = &combined
@@ -373,9 +379,9 @@ pub(crate) fn binary(
             // Compute the pending side with more ops (their dims disagree,
             // or together they are too big).
             if ea.ops() >= eb.ops() && ea.ops() > 0 {
-                ea = computed(a.0, n)?;
+                ea = computed(a.0, n).map_err(|p| poisoned(p, &eb))?;
             } else if eb.ops() > 0 {
-                eb = computed(b.0, n).map_err(|p| Poison::wrap(ea.leaves.iter().map(|l| &l.buffer.taint), &p))?;
+                eb = computed(b.0, n).map_err(|p| poisoned(p, &ea))?;
             } else {
                 // Two leaves over one shape always combine; when their
                 // views need more words than the immediates hold, the
@@ -397,7 +403,7 @@ fn finish(ctx: &Arc<Context>, e: Expr) -> GpuBuffer {
 
 /// Dispatches the kernel computing `e` into a new buffer.
 fn run(ctx: &Arc<Context>, e: &Expr) -> Result<Arc<Pooled>, Poison> {
-    record_expr(ctx, e).map_err(|error| Poison::after(e.leaves.iter().map(|l| &l.buffer.taint), error))
+    record_expr(ctx, e).map_err(|error| Poison::new(e.leaves.iter().map(|l| &l.buffer.taint), Fault::new(error)))
 }
 
 fn record_expr(ctx: &Arc<Context>, e: &Expr) -> crate::Result<Arc<Pooled>> {

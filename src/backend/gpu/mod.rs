@@ -45,7 +45,7 @@ pub use device::{DeviceInfo, GpuOptions};
 pub(crate) use lazy::GpuBuffer;
 pub use pool::MemoryStats;
 
-use super::{AxisView, Backend, BinaryOp, MatmulSpec, ReduceOp, Storage, UnaryOp, UpdateRule};
+use super::{AxisView, Backend, BinaryOp, Fault, MatmulSpec, ReduceOp, Storage, UnaryOp, UpdateRule};
 use crate::Result;
 use crate::shape::Strided;
 use device::{Health, Tuning};
@@ -125,9 +125,9 @@ impl Context {
     }
 
     /// A fresh buffer of `n` f32s that `fill` computes from `inputs` (it
-    /// records the kernels writing it). Poisoned instead if an input is
-    /// (after the checks of the inputs before it), or if allocating or
-    /// `fill` fails (after the checks of all inputs): the CPU's order.
+    /// records the kernels writing it). Poisoned instead if an input is,
+    /// or if allocating or `fill` fails; the poison keeps the inputs'
+    /// checks, so a read reports the first cause, as the CPU does.
     pub(crate) fn compute(
         self: &Arc<Self>,
         op: &'static str,
@@ -135,15 +135,12 @@ impl Context {
         inputs: &[&GpuBuffer],
         fill: impl FnOnce(&[&Arc<Pooled>], &Arc<Pooled>) -> Result<()>,
     ) -> GpuBuffer {
-        let mut ready: Vec<&Arc<Pooled>> = Vec::with_capacity(inputs.len());
-        for x in inputs {
-            match x.get() {
-                Ok(p) => ready.push(p),
-                Err(poison) => return GpuBuffer::poisoned(Poison::wrap(ready.iter().map(|p| &p.taint), &poison)),
-            }
-        }
+        let ready = match computed(inputs.iter().copied()) {
+            Ok(ready) => ready,
+            Err(poison) => return GpuBuffer::poisoned(poison),
+        };
         let result = self.alloc(op, n).and_then(|out| fill(&ready, &out).map(|()| out));
-        GpuBuffer::ready(result.map_err(|e| Poison::after(ready.iter().map(|p| &p.taint), e)))
+        GpuBuffer::ready(result.map_err(|e| Poison::new(ready.iter().map(|p| &p.taint), Fault::new(e))))
     }
 
     /// Runs `f` on `targets` (written in place) and then `inputs`, all
@@ -158,23 +155,15 @@ impl Context {
         for t in targets.iter() {
             self.lazy.before_write(t);
         }
-        let mut ready: Vec<Arc<Pooled>> = Vec::with_capacity(targets.len() + inputs.len());
-        let mut poison = None;
-        for x in targets.iter().map(|t| &**t).chain(inputs.iter().copied()) {
-            match x.get() {
-                Ok(p) => ready.push(p.clone()),
-                Err(p) => {
-                    poison = Some(Poison::wrap(ready.iter().map(|p| &p.taint), &p));
-                    break;
+        let poison = match computed(targets.iter().map(|t| &**t).chain(inputs.iter().copied())) {
+            Err(poison) => poison,
+            Ok(ready) => {
+                let ready: Vec<Arc<Pooled>> = ready.into_iter().cloned().collect();
+                match f(&ready) {
+                    Ok(()) => return,
+                    Err(e) => Poison::new(ready.iter().map(|p| &p.taint), Fault::new(e)),
                 }
             }
-        }
-        let poison = match poison {
-            Some(p) => p,
-            None => match f(&ready) {
-                Ok(()) => return,
-                Err(e) => Poison::after(ready.iter().map(|p| &p.taint), e),
-            },
         };
         for t in targets.iter_mut() {
             **t = GpuBuffer::poisoned(poison.clone());
@@ -273,6 +262,20 @@ impl Context {
         });
         GpuBuffer::ready(result.map_err(Poison::from))
     }
+}
+
+/// Every buffer of `inputs` computed, or the poisons among them combined
+/// with the checks of the others.
+fn computed<'a>(inputs: impl Iterator<Item = &'a GpuBuffer>) -> std::result::Result<Vec<&'a Arc<Pooled>>, Poison> {
+    let mut ready = Vec::new();
+    let mut poisons = Vec::new();
+    for x in inputs {
+        match x.get() {
+            Ok(p) => ready.push(p),
+            Err(p) => poisons.push(p),
+        }
+    }
+    if poisons.is_empty() { Ok(ready) } else { Err(Poison::combine(&poisons, ready.iter().map(|p| &p.taint))) }
 }
 
 /// A GPU device: cheap to clone, shared by every tensor on it.

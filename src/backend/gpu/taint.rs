@@ -19,6 +19,7 @@
 //! few hundred steps if it never reads anything back.
 
 use super::pool::Pooled;
+use crate::backend::{Fault, next_seq};
 use crate::{Error, Result};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -32,6 +33,8 @@ pub(crate) const WORDS_PER_SLOT: u32 = 4;
 pub(crate) struct Check {
     pub id: u32,
     pub slot: u32,
+    /// Issue order among all faults and checks (see [`Fault`]).
+    seq: u64,
     op: &'static str,
     /// `Some(None)` once resolved clean, `Some(Some(e))` once it fired.
     outcome: OnceLock<Option<Error>>,
@@ -45,10 +48,16 @@ impl Check {
     fn resolved(&self) -> bool {
         self.outcome.get().is_some()
     }
+
+    /// Whether it can still decide a read: not resolved, or fired.
+    fn live(&self) -> bool {
+        !self.resolved() || self.failed().is_some()
+    }
 }
 
-/// The checks a buffer's contents depend on, in the order of the inputs
-/// they came through: unresolved ones, and at most one that fired (last).
+/// The checks a buffer's contents depend on, in issue order: unresolved
+/// ones, and at most one that fired (the last kept: an earlier fault always
+/// wins, so later checks cannot change what a read reports).
 #[derive(Default)]
 pub(crate) struct Taint(Mutex<Vec<Arc<Check>>>);
 
@@ -57,34 +66,33 @@ impl Taint {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds `check`.
+    /// Adds `check` (the newest, so it goes last).
     pub fn add(&self, check: Arc<Check>) {
-        self.lock().push(check);
+        let mut mine = self.lock();
+        if !mine.iter().any(|c| c.failed().is_some()) {
+            mine.push(check);
+        }
     }
 
-    /// Adds the checks `other` depends on after this buffer's own. Order
-    /// matters: of several checks that fired, a read reports the first,
-    /// which is the CPU's rule too (an op's first poisoned input decides
-    /// its error). Checks resolved clean are dropped, and so is everything
-    /// after the first that fired, which always wins.
+    /// Adds the checks `other` depends on: a merge of two lists in issue
+    /// order, dropping checks resolved clean and everything after the first
+    /// that fired.
     pub fn extend_from(&self, other: &Taint) {
         if std::ptr::eq(self, other) {
             return;
         }
-        let theirs: Vec<Arc<Check>> = other.lock().clone();
+        let theirs = other.lock();
         if theirs.is_empty() {
             return;
         }
         let mut mine = self.lock();
-        for c in theirs {
-            if !mine.iter().any(|m| Arc::ptr_eq(m, &c)) {
-                mine.push(c);
-            }
+        if contains_all(&mine, &theirs) {
+            // The common case in a training loop: a parameter already
+            // depends on every check its gradient does but the newest.
+            return;
         }
-        mine.retain(|c| !c.resolved() || c.failed().is_some());
-        if let Some(first_failed) = mine.iter().position(|c| c.failed().is_some()) {
-            mine.truncate(first_failed + 1);
-        }
+        let merged = merge(&mine, &theirs);
+        *mine = merged;
     }
 
     /// Whether some check it depends on is not resolved yet.
@@ -92,13 +100,72 @@ impl Taint {
         self.lock().iter().any(|c| !c.resolved())
     }
 
-    /// The error of the first check that fired, once every check before
-    /// it is resolved (a read back resolves them all).
-    pub fn error(&self) -> Option<Error> {
+    /// The earliest check that fired, once every check before it is
+    /// resolved (a read back resolves them all).
+    fn first_failed(&self) -> Option<(u64, Error)> {
         let mine = self.lock();
-        let first = mine.iter().find(|c| !c.resolved() || c.failed().is_some())?;
-        first.failed().cloned()
+        let first = mine.iter().find(|c| c.live())?;
+        first.failed().map(|e| (first.seq, e.clone()))
     }
+
+    /// The error of the earliest check that fired.
+    pub fn error(&self) -> Option<Error> {
+        self.first_failed().map(|(_, e)| e)
+    }
+}
+
+/// Whether every live check of `b` is in `a` (both in issue order), or `a`
+/// holds a check that fired before any of them (nothing `b` adds matters).
+fn contains_all(a: &[Arc<Check>], b: &[Arc<Check>]) -> bool {
+    let mut i = 0;
+    for y in b.iter().filter(|c| c.live()) {
+        while i < a.len() && a[i].seq < y.seq {
+            if a[i].failed().is_some() {
+                return true;
+            }
+            i += 1;
+        }
+        if i == a.len() || a[i].seq != y.seq {
+            return false;
+        }
+    }
+    true
+}
+
+/// `a` and `b` (each in issue order) merged, without duplicates, checks
+/// resolved clean, or anything after the first that fired.
+fn merge(a: &[Arc<Check>], b: &[Arc<Check>]) -> Vec<Arc<Check>> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < b.len() {
+        let next = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) if x.seq == y.seq => {
+                i += 1;
+                j += 1;
+                x
+            }
+            (Some(x), Some(y)) if x.seq < y.seq => {
+                i += 1;
+                x
+            }
+            (Some(x), None) => {
+                i += 1;
+                x
+            }
+            (_, Some(y)) => {
+                j += 1;
+                y
+            }
+            (None, None) => unreachable!("the loop condition"),
+        };
+        if next.live() {
+            out.push(next.clone());
+            if next.failed().is_some() {
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// The error buffer and the checks not yet resolved, by slot.
@@ -136,7 +203,7 @@ impl Checks {
             return None;
         }
         s.next_id = if id == u32::MAX { 1 } else { id + 1 };
-        let check = Arc::new(Check { id, slot, op, outcome: OnceLock::new() });
+        let check = Arc::new(Check { id, slot, seq: next_seq(), op, outcome: OnceLock::new() });
         s.slots[slot as usize] = Some(check.clone());
         s.outstanding += 1;
         Some(check)
@@ -171,55 +238,51 @@ pub(crate) fn outcome(taint: &Taint) -> Result<()> {
     }
 }
 
-/// Why a buffer holds nothing: the error that stopped its computation (an
-/// input that held nothing, an allocation refused, the device lost), after
-/// the checks of the inputs before it. An earlier input's check that fires
-/// is the first cause and wins, as on the CPU, where an op reports its
-/// first poisoned input's error.
+/// Why a buffer holds nothing: the fault that stopped its computation (an
+/// input that held nothing, an allocation refused, the device lost), and
+/// the checks of the inputs it would have been computed from. A read
+/// reports the earliest of them that fired: the first cause, as on the CPU.
 #[derive(Clone)]
-pub(crate) struct Poison(Arc<(Taint, Error)>);
+pub(crate) struct Poison(Arc<(Taint, Fault)>);
 
 impl Poison {
-    /// `error`, after the checks in `before` (in order).
-    pub fn after<'a>(before: impl IntoIterator<Item = &'a Taint>, error: Error) -> Self {
+    /// `fault`, with the checks in `taints`.
+    pub fn new<'a>(taints: impl IntoIterator<Item = &'a Taint>, fault: Fault) -> Self {
         let taint = Taint::default();
-        for t in before {
+        for t in taints {
             taint.extend_from(t);
         }
-        Poison(Arc::new((taint, error)))
+        Poison(Arc::new((taint, fault)))
     }
 
-    /// `inner`, after the checks in `before`.
-    pub fn wrap<'a>(before: impl IntoIterator<Item = &'a Taint>, inner: &Poison) -> Self {
-        let taint = Taint::default();
-        for t in before {
-            taint.extend_from(t);
-        }
-        if taint.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-            return inner.clone();
-        }
-        taint.extend_from(&inner.0.0);
-        Poison(Arc::new((taint, inner.0.1.clone())))
+    /// The poisons of several inputs and the checks of the others, as one.
+    pub fn combine<'a>(poisons: &'a [Poison], taints: impl IntoIterator<Item = &'a Taint>) -> Self {
+        let fault = poisons.iter().map(|p| p.0.1.clone()).reduce(Fault::earlier).expect("at least one poison");
+        let own = poisons.iter().map(|p| &p.0.0);
+        Poison::new(own.chain(taints), fault)
     }
 
     /// The error as known when the work was recorded.
     pub fn error(&self) -> &Error {
-        &self.0.1
+        &self.0.1.error
     }
 
-    /// Whether a check before the error is not resolved yet.
+    /// Whether a check it depends on is not resolved yet.
     pub fn unresolved(&self) -> bool {
         self.0.0.unresolved()
     }
 
     /// The error a read reports once the checks are resolved.
     pub fn outcome(&self) -> Error {
-        self.0.0.error().unwrap_or_else(|| self.0.1.clone())
+        match self.0.0.first_failed() {
+            Some((seq, e)) if seq < self.0.1.seq => e,
+            _ => self.0.1.error.clone(),
+        }
     }
 }
 
 impl From<Error> for Poison {
     fn from(error: Error) -> Self {
-        Poison::after([], error)
+        Poison::new([], Fault::new(error))
     }
 }
