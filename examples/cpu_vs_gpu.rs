@@ -253,10 +253,10 @@ fn run(args: Args) -> Result<()> {
     let epoch_devices = if bench.wants("mnist_epoch") { bench.devices.clone() } else { Vec::new() };
     for (name, dev) in epoch_devices {
         manual_seed(0);
-        let mut model = seed_model(&dev, 128);
+        let model = seed_model(&dev, 128);
         let mut opt = Adam::new(model.parameters(), 1e-3);
         let config = FitConfig { epochs: 1, verbose: false, ..FitConfig::default() };
-        let (cold, seconds) = measure(reps, || fit(&mut model, &mut opt, &mnist_data, &config).map(drop))?;
+        let (cold, seconds) = measure(reps, || fit(&model, &mut opt, &mnist_data, &config).map(drop))?;
         bench.records.push(Record {
             workload: "mnist_epoch",
             size: format!("{} digits, batch 32", mnist_data.len()),

@@ -105,12 +105,12 @@ fn run(args: Args) -> wgrad::Result<()> {
     let data = mnist::load(&args.data)?;
     println!("data: {} training and {} test digits from {}", data.train.len(), data.test.len(), args.data.display());
     wgrad::manual_seed(args.seed);
-    let mut net = model(&args.hidden, args.dropout, &device);
+    let net = model(&args.hidden, args.dropout, &device);
     println!("model: {}", net.describe());
 
     if let Some(path) = &args.load {
         io::load(&net, path)?;
-        let m = evaluate(&mut net, &data.test, 256)?;
+        let m = evaluate(&net, &data.test, 256)?;
         println!("test loss: {:.4}", m.loss);
         println!("test accuracy: {:.4}", m.accuracy);
         return Ok(());
@@ -125,16 +125,16 @@ fn run(args: Args) -> wgrad::Result<()> {
         ..FitConfig::default()
     };
     let started = Instant::now();
-    fit(&mut net, &mut opt, &data.train, &config)?;
+    fit(&net, &mut opt, &data.train, &config)?;
     println!("trained in {:.1}s", started.elapsed().as_secs_f64());
 
-    let test = evaluate(&mut net, &data.test, 256)?;
+    let test = evaluate(&net, &data.test, 256)?;
     println!("test loss: {:.4}", test.loss);
     io::save(&net, &args.save, io::Dtype::F32)?;
-    let mut reloaded = model(&args.hidden, args.dropout, &device);
+    let reloaded = model(&args.hidden, args.dropout, &device);
     io::load(&reloaded, &args.save)?;
-    let same = predict(&mut net, &data.test, 256)? == predict(&mut reloaded, &data.test, 256)?;
-    let again = evaluate(&mut reloaded, &data.test, 256)?;
+    let same = predict(&net, &data.test, 256)? == predict(&reloaded, &data.test, 256)?;
+    let again = evaluate(&reloaded, &data.test, 256)?;
     if !same || again.accuracy != test.accuracy {
         return Err(wgrad::Error::Mismatch(format!(
             "{}: the reloaded model scores {:.4}, the trained one {:.4}",

@@ -82,7 +82,7 @@ pub fn gradcheck_with(
             .iter()
             .zip(vals)
             .map(|(t, v)| {
-                let x = Tensor::from_slice(v, t.shape().clone(), t.device()).expect("gradcheck: same shape");
+                let x = Tensor::from_slice(v, t.shape().clone(), &t.device()).expect("gradcheck: same shape");
                 if variables { x.requires_grad() } else { x }
             })
             .collect()
@@ -92,7 +92,7 @@ pub fn gradcheck_with(
     let out = f(&vars);
     let mut generator = Generator::new(0x9c);
     let weights: Vec<f32> = (0..out.elem_count()).map(|_| generator.uniform() * 2.0 - 1.0).collect();
-    let seed = Tensor::from_slice(&weights, out.shape().clone(), out.device()).expect("gradcheck: same shape");
+    let seed = Tensor::from_slice(&weights, out.shape().clone(), &out.device()).expect("gradcheck: same shape");
     let grads = out.backward_with(seed);
 
     // Σ f(x)·w in f64.

@@ -21,7 +21,7 @@ use crate::rng::{Generator, with_default_generator};
 use crate::shape::Shape;
 use crate::{Device, Error, Result};
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -42,25 +42,28 @@ pub struct Tensor(pub(crate) Arc<Inner>);
 pub(crate) struct Inner {
     id: u64,
     shape: Shape,
-    device: Device,
     storage: Arc<StorageCell>,
     grad: GradState,
 }
 
 /// Storage shared by a tensor and its views (reshapes, detached handles,
-/// the variable and its clones), with a version counter that every
-/// in-place write bumps: a backward pass compares it with the version its
-/// forward saw, as PyTorch does, instead of silently using new values.
+/// the variable and its clones): the elements, the device they live on
+/// (which `Module::to_device` may change, for every view at once), and a
+/// version counter that every in-place write bumps: a backward pass
+/// compares it with the version its forward saw, as PyTorch does, instead
+/// of silently using new values.
 pub(crate) struct StorageCell {
     data: RwLock<Storage>,
+    device: RwLock<Device>,
     version: AtomicU64,
 }
 
 enum GradState {
     /// A constant: gradients stop here.
     None,
-    /// A leaf whose gradient `backward` reports.
-    Variable,
+    /// A leaf whose gradient `backward` reports while the flag is set (a
+    /// frozen parameter has it cleared: see [`Tensor::set_requires_grad`]).
+    Variable(AtomicBool),
     /// The output of a recorded op; `None` once a backward pass walked it.
     Node(Mutex<Option<Node>>),
 }
@@ -93,18 +96,17 @@ impl Drop for Inner {
 impl Tensor {
     /// A new untracked tensor owning `storage`.
     pub(crate) fn from_storage(storage: Storage, shape: Shape, device: Device) -> Tensor {
-        let cell = StorageCell { data: RwLock::new(storage), version: AtomicU64::new(0) };
-        Self::with_storage(Arc::new(cell), shape, device, false)
+        let cell = StorageCell { data: RwLock::new(storage), device: RwLock::new(device), version: AtomicU64::new(0) };
+        Self::with_storage(Arc::new(cell), shape, false)
     }
 
-    fn with_storage(storage: Arc<StorageCell>, shape: Shape, device: Device, variable: bool) -> Tensor {
+    fn with_storage(storage: Arc<StorageCell>, shape: Shape, variable: bool) -> Tensor {
         LIVE_TENSORS.fetch_add(1, Ordering::Relaxed);
         Tensor(Arc::new(Inner {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             shape,
-            device,
             storage,
-            grad: if variable { GradState::Variable } else { GradState::None },
+            grad: if variable { GradState::Variable(AtomicBool::new(true)) } else { GradState::None },
         }))
     }
 
@@ -112,7 +114,7 @@ impl Tensor {
     /// the same size (reshape's forward, `detach`).
     pub(crate) fn share_storage(&self, shape: Shape) -> Tensor {
         debug_assert_eq!(shape.elem_count(), self.elem_count());
-        Self::with_storage(self.0.storage.clone(), shape, self.device().clone(), false)
+        Self::with_storage(self.0.storage.clone(), shape, false)
     }
 
     pub(crate) fn attach(&mut self, node: Node) {
@@ -208,12 +210,12 @@ impl Tensor {
 
     /// Zeros of `self`'s shape on `self`'s device.
     pub fn zeros_like(&self) -> Tensor {
-        Tensor::zeros(self.shape().clone(), self.device())
+        Tensor::zeros(self.shape().clone(), &self.device())
     }
 
     /// Ones of `self`'s shape on `self`'s device.
     pub fn ones_like(&self) -> Tensor {
-        Tensor::ones(self.shape().clone(), self.device())
+        Tensor::ones(self.shape().clone(), &self.device())
     }
 
     /// A tensor holding `data` in row-major order. Fails if `data` does not
@@ -333,8 +335,26 @@ impl Tensor {
     }
 
     /// The device the storage lives on.
-    pub fn device(&self) -> &Device {
-        &self.0.device
+    pub fn device(&self) -> Device {
+        self.0.storage.device.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Moves the storage (shared with every view of it) to `device`, in
+    /// place: the tensor keeps its identity, so an optimizer or a model
+    /// holding it sees the move. For [`crate::nn::Module::to_device`].
+    pub(crate) fn move_storage(&self, device: &Device) -> Result<()> {
+        if &self.device() == device {
+            return Ok(());
+        }
+        let data = self.to_vec()?;
+        let storage = device.backend().upload_vec(data);
+        if let Some(e) = device.backend().error(&storage) {
+            return Err(e);
+        }
+        let mut guard = self.write();
+        *guard = storage;
+        *self.0.storage.device.write().unwrap_or_else(|e| e.into_inner()) = device.clone();
+        Ok(())
     }
 
     /// A process-unique id: [`crate::Gradients`] keys gradients by it.
@@ -364,12 +384,12 @@ impl Tensor {
     /// A copy of this tensor on `device` (the same tensor if it is already
     /// there). The copy is differentiable: gradients flow back to `self`.
     pub fn to_device(&self, device: &Device) -> Result<Tensor> {
-        if self.device() == device {
+        if &self.device() == device {
             return Ok(self.clone());
         }
         let data = self.to_vec()?;
         let out = Tensor::from_vec(data, self.shape().clone(), device)?;
-        let from = self.device().clone();
+        let from = self.device();
         Ok(out.record("to_device", &[self], move |c| {
             vec![Some(c.grad.to_device(&from).expect("to_device backward: copy failed"))]
         }))
@@ -379,23 +399,47 @@ impl Tensor {
 
     /// This tensor as a variable: a leaf whose gradient `backward` computes,
     /// like PyTorch's `requires_grad_()`. The returned handle shares storage
-    /// with `self`; optimizers update it in place.
+    /// with `self`; optimizers update it in place. (A frozen variable is
+    /// unfrozen.)
     pub fn requires_grad(self) -> Tensor {
         if self.is_variable() {
+            self.set_requires_grad(true);
             return self;
         }
-        Self::with_storage(self.0.storage.clone(), self.shape().clone(), self.device().clone(), true)
+        Self::with_storage(self.0.storage.clone(), self.shape().clone(), true)
     }
 
-    /// Whether this tensor is a variable (a leaf that receives gradients).
+    /// Freezes (`false`) or unfreezes (`true`) a variable in place, as
+    /// PyTorch's `p.requires_grad_(False)`: a frozen variable is a constant
+    /// to every op recorded after, so no gradient is computed for it and
+    /// optimizers leave it alone. Every handle on the variable sees the
+    /// change. Panics for a tensor that is not a variable.
+    pub fn set_requires_grad(&self, on: bool) {
+        match &self.0.grad {
+            GradState::Variable(flag) => flag.store(on, Ordering::Relaxed),
+            _ => panic!(
+                "set_requires_grad: only a variable (a parameter, or the result of `requires_grad()`) can be \
+                 frozen or unfrozen; this tensor of shape {} is {}",
+                self.shape(),
+                if self.is_tracked() { "computed by an op" } else { "a constant" }
+            ),
+        }
+    }
+
+    /// Whether this tensor is a variable (a leaf that can receive
+    /// gradients), frozen or not.
     pub fn is_variable(&self) -> bool {
-        matches!(self.0.grad, GradState::Variable)
+        matches!(self.0.grad, GradState::Variable(_))
     }
 
-    /// Whether gradients flow through this tensor: it is a variable or was
-    /// computed from one while recording.
+    /// Whether gradients flow through this tensor: it is a variable that is
+    /// not frozen, or was computed from one while recording.
     pub fn is_tracked(&self) -> bool {
-        !matches!(self.0.grad, GradState::None)
+        match &self.0.grad {
+            GradState::None => false,
+            GradState::Variable(flag) => flag.load(Ordering::Relaxed),
+            GradState::Node(_) => true,
+        }
     }
 
     /// A handle on the same storage that gradients do not flow through.

@@ -110,7 +110,28 @@ pub fn accuracy(logits: &Tensor, labels: &Tensor) -> Result<f32> {
 
 /// The device of a model's parameters (the CPU for a model without any).
 fn device_of(model: &dyn Module) -> Device {
-    model.parameters().first().map(|p| p.device().clone()).unwrap_or_default()
+    model.parameters().first().map(|p| p.device()).unwrap_or_default()
+}
+
+/// Evaluation mode until dropped, then the mode the model had before (also
+/// if evaluation fails or panics).
+struct EvalMode<'a> {
+    model: &'a dyn Module,
+    was_training: bool,
+}
+
+impl<'a> EvalMode<'a> {
+    fn enter(model: &'a dyn Module) -> Self {
+        let was_training = model.is_training();
+        model.eval();
+        EvalMode { model, was_training }
+    }
+}
+
+impl Drop for EvalMode<'_> {
+    fn drop(&mut self) {
+        self.model.set_training(self.was_training);
+    }
 }
 
 /// Trains a classifier with cross-entropy on its logits. Returns one
@@ -119,7 +140,7 @@ fn device_of(model: &dyn Module) -> Device {
 /// outside `[0, 1)`, or no training data is an
 /// [`Error::InvalidArgument`](crate::Error::InvalidArgument).
 pub fn fit(
-    model: &mut dyn Module,
+    model: &dyn Module,
     optimizer: &mut dyn Optimizer,
     data: &Dataset,
     config: &FitConfig,
@@ -153,7 +174,7 @@ pub fn fit(
         if let Some(schedule) = &config.schedule {
             optimizer.set_learning_rate(schedule.lr(epoch - 1));
         }
-        model.set_training(true);
+        model.train();
         let batches = train.batches(config.batch_size, Some(&mut generator), &device);
         let steps = batches.len();
         let bar = progress_bar(config.verbose, steps, epoch, config.epochs);
@@ -218,15 +239,15 @@ fn progress_bar(verbose: bool, steps: usize, epoch: usize, epochs: usize) -> Pro
 }
 
 /// Loss and accuracy of a classifier over `data`, in evaluation mode
-/// (dropout off) and without recording gradients. The model is left in
-/// evaluation mode. An empty dataset or a batch size of 0 is an error.
-pub fn evaluate(model: &mut dyn Module, data: &Dataset, batch_size: usize) -> Result<Metrics> {
+/// (dropout off) and without recording gradients; the model's mode is
+/// restored afterwards. An empty dataset or a batch size of 0 is an error.
+pub fn evaluate(model: &dyn Module, data: &Dataset, batch_size: usize) -> Result<Metrics> {
     let device = device_of(model);
     if data.is_empty() || batch_size == 0 {
         let msg = format!("nothing to evaluate ({} items, batch size {batch_size})", data.len());
         return Err(crate::Error::InvalidArgument { op: "evaluate", msg });
     }
-    model.set_training(false);
+    let _mode = EvalMode::enter(model);
     no_grad(|| {
         let mut running = Running::new(&device);
         for (x, y) in data.batches(batch_size, None, &device) {
@@ -239,13 +260,13 @@ pub fn evaluate(model: &mut dyn Module, data: &Dataset, batch_size: usize) -> Re
 }
 
 /// Class predictions (arg-max of the logits) for every item of `data`, in
-/// evaluation mode.
-pub fn predict(model: &mut dyn Module, data: &Dataset, batch_size: usize) -> Result<Vec<usize>> {
+/// evaluation mode (the model's mode is restored afterwards).
+pub fn predict(model: &dyn Module, data: &Dataset, batch_size: usize) -> Result<Vec<usize>> {
     let device = device_of(model);
     if batch_size == 0 {
         return Err(crate::Error::InvalidArgument { op: "predict", msg: "batch size must be at least 1".into() });
     }
-    model.set_training(false);
+    let _mode = EvalMode::enter(model);
     no_grad(|| {
         let mut out = Vec::with_capacity(data.len());
         for (x, _) in data.batches(batch_size, None, &device) {

@@ -189,12 +189,12 @@ fn reductions_softmax_and_losses() {
     check("log_softmax", &x, &shape, |t| t[0].log_softmax(1));
     check("softmax over columns", &x, &shape, |t| t[0].softmax(0));
     check("cross_entropy", &x, &shape, |t| {
-        let labels = Tensor::from_vec((0..r).map(|i| (i % 7) as f32).collect(), [r], t[0].device()).unwrap();
+        let labels = Tensor::from_vec((0..r).map(|i| (i % 7) as f32).collect(), [r], &t[0].device()).unwrap();
         t[0].cross_entropy_per_sample(&labels)
     });
     check("cross_entropy gradient", &x, &shape, |t| {
         let v = t[0].clone().requires_grad();
-        let labels = Tensor::from_vec((0..r).map(|i| (i % 7) as f32).collect(), [r], t[0].device()).unwrap();
+        let labels = Tensor::from_vec((0..r).map(|i| (i % 7) as f32).collect(), [r], &t[0].device()).unwrap();
         v.cross_entropy(&labels).backward().remove(&v).unwrap()
     });
 }

@@ -41,7 +41,7 @@ fn round_trip_in_each_dtype() {
 #[test]
 fn loads_a_pytorch_state_dict() {
     // tests/fixtures/make_torch_fixture.py wrote this file and the expected output.
-    let mut model = tiny(&Device::Cpu);
+    let model = tiny(&Device::Cpu);
     io::load(&model, "tests/fixtures/torch_sequential.safetensors").unwrap();
     model.set_training(false);
     let x = Tensor::from_vec(vec![1.0, -2.0, 0.5, 3.0], [1, 4], &Device::Cpu).unwrap();

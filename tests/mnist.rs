@@ -22,12 +22,12 @@ fn seed_model(dev: &Device) -> nn::Sequential {
 fn learns_the_bundled_digits(dev: &Device) {
     let data = mnist::load("data/mnist").unwrap();
     manual_seed(0);
-    let mut model = seed_model(dev);
+    let model = seed_model(dev);
     let mut opt = Adam::new(model.parameters(), 1e-3);
     // One epoch: 251 steps of batch 32.
     let config = FitConfig { epochs: 1, verbose: false, ..FitConfig::default() };
-    let history = fit(&mut model, &mut opt, &data.train, &config).unwrap();
-    let test = evaluate(&mut model, &data.test, 256).unwrap();
+    let history = fit(&model, &mut opt, &data.train, &config).unwrap();
+    let test = evaluate(&model, &data.test, 256).unwrap();
     // Chance is 0.10; one epoch of this model reaches about 0.92 here.
     assert!(test.accuracy > 0.85, "test accuracy {} after one epoch", test.accuracy);
     assert!(history[0].train.loss < 1.0, "training loss {}", history[0].train.loss);
@@ -36,9 +36,9 @@ fn learns_the_bundled_digits(dev: &Device) {
     let path = dir.path().join("mnist.safetensors");
     io::save(&model, &path, io::Dtype::F32).unwrap();
     manual_seed(99);
-    let mut reloaded = seed_model(dev);
+    let reloaded = seed_model(dev);
     io::load(&reloaded, &path).unwrap();
-    assert_eq!(predict(&mut model, &data.test, 256).unwrap(), predict(&mut reloaded, &data.test, 256).unwrap());
+    assert_eq!(predict(&model, &data.test, 256).unwrap(), predict(&reloaded, &data.test, 256).unwrap());
 }
 test_device!(learns_the_bundled_digits);
 
@@ -48,7 +48,7 @@ fn cpu_and_gpu_follow_the_same_trajectory() {
     let data = mnist::load("data/mnist").unwrap();
     let run = |dev: &Device| {
         manual_seed(7);
-        let mut model = seed_model(dev);
+        let model = seed_model(dev);
         let mut opt = Adam::new(model.parameters(), 1e-3);
         let mut losses = Vec::new();
         let mut shuffle = wgrad::Generator::new(3);
@@ -71,7 +71,7 @@ fn cpu_and_gpu_follow_the_same_trajectory() {
 #[test]
 fn fit_and_evaluate_refuse_what_they_cannot_use() {
     let data = mnist::load("data/mnist").unwrap();
-    let mut model = seed_model(&Device::Cpu);
+    let model = seed_model(&Device::Cpu);
     let mut opt = Adam::new(model.parameters(), 1e-3);
     let invalid = |r: wgrad::Result<_>, what: &str| match r {
         Err(wgrad::Error::InvalidArgument { msg, .. }) => assert!(msg.contains(what), "{msg}"),
@@ -80,10 +80,10 @@ fn fit_and_evaluate_refuse_what_they_cannot_use() {
     // An empty training set reported loss 0 and accuracy 0 before.
     let empty = wgrad::data::Dataset::new(Vec::new(), Vec::new(), &[28, 28], 10);
     let quiet = FitConfig { epochs: 1, verbose: false, ..FitConfig::default() };
-    invalid(fit(&mut model, &mut opt, &empty, &quiet).map(drop), "no training data");
-    invalid(fit(&mut model, &mut opt, &data.test, &FitConfig { batch_size: 0, ..quiet }).map(drop), "batch_size");
+    invalid(fit(&model, &mut opt, &empty, &quiet).map(drop), "no training data");
+    invalid(fit(&model, &mut opt, &data.test, &FitConfig { batch_size: 0, ..quiet }).map(drop), "batch_size");
     let whole = FitConfig { validation_split: 1.0, epochs: 1, verbose: false, ..FitConfig::default() };
-    invalid(fit(&mut model, &mut opt, &data.test, &whole).map(drop), "validation_split");
-    invalid(evaluate(&mut model, &empty, 32).map(drop), "nothing to evaluate");
-    invalid(predict(&mut model, &data.test, 0).map(drop), "batch size");
+    invalid(fit(&model, &mut opt, &data.test, &whole).map(drop), "validation_split");
+    invalid(evaluate(&model, &empty, 32).map(drop), "nothing to evaluate");
+    invalid(predict(&model, &data.test, 0).map(drop), "batch size");
 }

@@ -9,7 +9,7 @@ use wgrad::{Device, Gradients, Tensor};
 
 /// One step of `opt` on `w` with loss Σ g·w, so the gradient is exactly `g`.
 fn step_with(opt: &mut dyn Optimizer, w: &Tensor, g: &[f32]) {
-    let g = Tensor::from_slice(g, w.shape().clone(), w.device()).unwrap();
+    let g = Tensor::from_slice(g, w.shape().clone(), &w.device()).unwrap();
     let grads = (w * &g).sum().backward();
     opt.step(&grads);
 }

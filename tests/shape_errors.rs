@@ -40,7 +40,7 @@ fn matmul_and_linear() {
     check(|| drop(t(&[2, 2, 3]).matmul(&t(&[3, 3, 1]))), "matmul", &["[2, 2, 3]", "[3, 3, 1]", "batch"]);
     check(|| drop(t(&[]).matmul(&t(&[3]))), "matmul", &["[]", "[3]"]);
     let layer = nn::Linear::new(4, 2, &Device::Cpu);
-    check(|| drop(layer.forward(&t(&[8, 5]))), "matmul", &["[8, 5]", "[2, 4]"]);
+    check(|| drop(layer.forward(&t(&[8, 5]))), "Linear(4 -> 2)", &["[8, 5]", "5 features", "takes 4"]);
 }
 
 #[test]

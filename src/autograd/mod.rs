@@ -221,7 +221,7 @@ impl Tensor {
     ///
     /// Panics if the graph was already walked by an earlier `backward`.
     pub fn backward(&self) -> Gradients {
-        let seed = no_grad(|| Tensor::ones(self.shape().clone(), self.device()));
+        let seed = no_grad(|| Tensor::ones(self.shape().clone(), &self.device()));
         self.backward_with(seed)
     }
 

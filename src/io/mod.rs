@@ -80,7 +80,7 @@ pub fn load(model: &dyn Module, path: impl AsRef<Path>) -> Result<()> {
     }
     for (name, p) in &params {
         let t = loaded.remove(name).expect("checked above");
-        p.assign(&Tensor::from_vec(t.values, t.shape, p.device())?);
+        p.assign(&Tensor::from_vec(t.values, t.shape, &p.device())?);
     }
     Ok(())
 }

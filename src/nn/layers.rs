@@ -1,6 +1,6 @@
 //! Parameter-free layers: reshaping, activations and dropout.
 
-use super::Module;
+use super::{Mode, Module, Visitor};
 use crate::Tensor;
 
 /// Flattens every axis after the first (the batch axis), as Keras's and
@@ -12,9 +12,7 @@ impl Module for Flatten {
     fn forward(&self, x: &Tensor) -> Tensor {
         if x.rank() <= 2 { x.clone() } else { x.flatten(1, -1) }
     }
-    fn describe(&self) -> String {
-        "Flatten".into()
-    }
+    fn visit(&self, _: &mut Visitor) {}
 }
 
 macro_rules! activation {
@@ -27,9 +25,7 @@ macro_rules! activation {
             fn forward(&self, x: &Tensor) -> Tensor {
                 x.$method()
             }
-            fn describe(&self) -> String {
-                stringify!($name).into()
-            }
+            fn visit(&self, _: &mut Visitor) {}
         }
     )*};
 }
@@ -53,33 +49,31 @@ impl Module for Softmax {
     fn forward(&self, x: &Tensor) -> Tensor {
         x.softmax(-1)
     }
-    fn describe(&self) -> String {
-        "Softmax".into()
-    }
+    fn visit(&self, _: &mut Visitor) {}
 }
 
 /// Inverted dropout with probability `p`, active only in training mode.
 /// Its masks come from the calling thread's generator (see [`crate::rng`]).
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct Dropout {
     p: f32,
-    training: bool,
+    mode: Mode,
 }
 
 impl Dropout {
     /// Dropout with probability `p`, in training mode.
     pub fn new(p: f32) -> Self {
         assert!((0.0..=1.0).contains(&p), "Dropout: probability {p} is not in [0, 1]");
-        Dropout { p, training: true }
+        Dropout { p, mode: Mode::default() }
     }
 }
 
 impl Module for Dropout {
     fn forward(&self, x: &Tensor) -> Tensor {
-        x.dropout(self.p, self.training)
+        x.dropout(self.p, self.mode.is_training())
     }
-    fn set_training(&mut self, training: bool) {
-        self.training = training;
+    fn visit(&self, v: &mut Visitor) {
+        v.mode(&self.mode);
     }
     fn describe(&self) -> String {
         format!("Dropout({})", self.p)

@@ -1,6 +1,6 @@
 //! The fully connected layer and weight initialisation.
 
-use super::Module;
+use super::{Module, Visitor};
 use crate::rng::{Generator, with_default_generator};
 use crate::{Device, Tensor};
 
@@ -65,13 +65,22 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Tensor {
+        let inputs = self.weight.dims()[1];
+        assert!(
+            x.rank() >= 1 && x.dims()[x.rank() - 1] == inputs,
+            "{}: input of shape {} has {} features, the layer takes {inputs}",
+            self.describe(),
+            x.shape(),
+            x.dims().last().map_or("no".into(), |d| d.to_string()),
+        );
         x.linear(&self.weight, self.bias.as_ref())
     }
 
-    fn named_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("weight".to_string(), self.weight.clone())];
-        out.extend(self.bias.iter().map(|b| ("bias".to_string(), b.clone())));
-        out
+    fn visit(&self, v: &mut Visitor) {
+        v.param("weight", &self.weight);
+        if let Some(b) = &self.bias {
+            v.param("bias", b);
+        }
     }
 
     fn describe(&self) -> String {

@@ -78,15 +78,16 @@ impl Tensor {
         );
         same_device("cross_entropy", self, labels);
         let (rows, classes) = (self.dims()[0], self.dims()[1]);
-        let backend = self.device().backend();
-        let storage = backend.cross_entropy(&self.read(), &labels.read(), rows, classes);
-        let out = Tensor::from_storage(storage, [rows].into(), self.device().clone());
+        let device = self.device();
+        let storage = device.backend().cross_entropy(&self.read(), &labels.read(), rows, classes);
+        let out = Tensor::from_storage(storage, [rows].into(), device);
         let labels = labels.detach();
         out.record("cross_entropy", &[self], move |c| {
             let x = c.input(0);
-            let backend = x.device().backend();
-            let storage = backend.cross_entropy_backward(&x.read(), &labels.read(), &c.grad.read(), rows, classes);
-            vec![Some(Tensor::from_storage(storage, x.shape().clone(), x.device().clone()))]
+            let device = x.device();
+            let storage =
+                device.backend().cross_entropy_backward(&x.read(), &labels.read(), &c.grad.read(), rows, classes);
+            vec![Some(Tensor::from_storage(storage, x.shape().clone(), device))]
         })
     }
 }

@@ -69,10 +69,10 @@ impl Tensor {
             // Nothing to compute (and the batch count may not even fit in a
             // usize when m or n is 0), or sums of nothing: zeros, whose
             // gradients are zeros (empty ones when k is 0).
-            return crate::no_grad(|| Tensor::zeros(out_shape, self.device())).record("matmul", &[self, rhs], |c| {
+            return crate::no_grad(|| Tensor::zeros(out_shape, &self.device())).record("matmul", &[self, rhs], |c| {
                 vec![
-                    c.needs[0].then(|| Tensor::zeros(c.shape(0).clone(), c.grad.device())),
-                    c.needs[1].then(|| Tensor::zeros(c.shape(1).clone(), c.grad.device())),
+                    c.needs[0].then(|| Tensor::zeros(c.shape(0).clone(), &c.grad.device())),
+                    c.needs[1].then(|| Tensor::zeros(c.shape(1).clone(), &c.grad.device())),
                 ]
             });
         }

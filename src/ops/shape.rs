@@ -22,7 +22,7 @@ impl Tensor {
     /// A tensor of `shape` holding zeros except for `region`, which holds
     /// `self`.
     fn embed_raw(&self, shape: &Shape, region: &Strided) -> Tensor {
-        let out = Tensor::zeros(shape.clone(), self.device());
+        let out = Tensor::zeros(shape.clone(), &self.device());
         self.device().backend().copy_into(&mut out.write(), region, &self.read());
         out
     }
@@ -164,7 +164,7 @@ impl Tensor {
         let total = tensors.iter().try_fold(0usize, |acc, t| acc.checked_add(t.dims()[axis]));
         let total = total.unwrap_or_else(|| panic!("cat: the lengths along axis {axis} overflow"));
         let shape = first.shape().with_dim(axis, total).checked("cat");
-        let out = Tensor::zeros(shape.clone(), first.device());
+        let out = Tensor::zeros(shape.clone(), &first.device());
         let mut starts = Vec::with_capacity(tensors.len());
         {
             let mut dst = out.write();

@@ -47,12 +47,12 @@ fn update(param: &Tensor, grad: &Tensor, state: &mut Vec<Tensor>, count: usize, 
     );
     crate::ops::same_device("optimizer step", param, grad);
     if state.is_empty() {
-        *state = (0..count).map(|_| Tensor::zeros(param.shape().clone(), param.device())).collect();
+        *state = (0..count).map(|_| Tensor::zeros(param.shape().clone(), &param.device())).collect();
     }
     let mut guards: Vec<_> = state.iter().map(Tensor::write).collect();
     let mut slots: Vec<&mut Storage> = guards.iter_mut().map(|g| &mut **g).collect();
-    let backend = param.device().backend();
-    backend.update(rule, &mut param.write(), &grad.read(), &mut slots, param.elem_count());
+    let device = param.device();
+    device.backend().update(rule, &mut param.write(), &grad.read(), &mut slots, param.elem_count());
 }
 
 /// Stochastic gradient descent with optional momentum, Nesterov momentum and
