@@ -35,13 +35,38 @@ impl Device {
         DEFAULT_GPU.get_or_init(GpuDevice::new).clone().map(Device::Gpu)
     }
 
-    /// The GPU if there is one, else the CPU — saying so on stderr once.
+    /// The fastest device: a hardware GPU if wgpu finds one (discrete,
+    /// then integrated), else the CPU — saying which and why on stderr,
+    /// once. A software adapter (lavapipe, SwiftShader, WARP) emulates a GPU
+    /// on the CPU and is slower than the CPU backend, so `best` takes one
+    /// only when `WGPU_ADAPTER_NAME` asks for it; [`Device::gpu`] takes it
+    /// when it is all there is.
     pub fn best() -> Device {
-        match Device::gpu() {
-            Ok(d) => d,
+        let choice = match DEFAULT_GPU.get() {
+            Some(Ok(gpu)) if gpu.ctx_is_hardware() || std::env::var_os("WGPU_ADAPTER_NAME").is_some() => {
+                Ok(gpu.clone())
+            }
+            _ => {
+                let mut options = crate::GpuOptions::from_env();
+                options.software = options.adapter.is_some();
+                GpuDevice::with_options(options).inspect(|gpu| {
+                    // The adapter `Device::gpu` would open too: share it.
+                    let _ = DEFAULT_GPU.set(Ok(gpu.clone()));
+                })
+            }
+        };
+        static SAID: OnceLock<()> = OnceLock::new();
+        match choice {
+            Ok(gpu) => {
+                SAID.get_or_init(|| eprintln!("wgrad: using the GPU: {}", gpu.info()));
+                Device::Gpu(gpu)
+            }
             Err(e) => {
-                static SAID: OnceLock<()> = OnceLock::new();
-                SAID.get_or_init(|| eprintln!("wgrad: using the CPU: {e}"));
+                let why = match e {
+                    crate::Error::NoAdapter(why) => why,
+                    other => other.to_string(),
+                };
+                SAID.get_or_init(|| eprintln!("wgrad: using the CPU: {why}"));
                 Device::Cpu
             }
         }

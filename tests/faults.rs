@@ -73,3 +73,23 @@ fn a_lost_device_poisons_its_tensors_and_nothing_else() {
     let shared = Device::gpu().unwrap();
     assert_eq!(Tensor::ones([3], &shared).sum().item().unwrap(), 3.0);
 }
+
+#[test]
+fn best_takes_a_software_adapter_only_when_asked() {
+    let Some(dev) = common::gpu() else { return };
+    let Device::Gpu(gpu) = &dev else { unreachable!() };
+    if gpu.info().device_type != "Cpu" {
+        // A hardware GPU: best() is it.
+        assert_eq!(Device::best(), dev);
+        return;
+    }
+    // Only a software rasterizer (lavapipe here): slower than the CPU
+    // backend, so best() is the CPU, and a hardware-only open says why.
+    assert!(Device::best().is_cpu());
+    let options = GpuOptions { software: false, ..GpuOptions::default() };
+    let err = GpuDevice::with_options(options).unwrap_err().to_string();
+    assert!(err.contains("software rasterizer") && err.contains(&gpu.info().name), "{err}");
+    // Asked for by name or explicitly, it is used.
+    let named = GpuOptions { adapter: Some(gpu.info().name), ..GpuOptions::default() };
+    assert_eq!(GpuDevice::with_options(named).unwrap().info(), gpu.info());
+}

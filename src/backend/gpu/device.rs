@@ -67,11 +67,15 @@ pub struct GpuOptions {
     /// result is needed. Off, every op dispatches its own kernel at once
     /// (useful when profiling one op, or bisecting a suspected fusion bug).
     pub fusion: bool,
+    /// Accept a software adapter (lavapipe, SwiftShader, WARP: a GPU
+    /// emulated on the CPU, slower than wgrad's own CPU backend) when no
+    /// hardware one is found. [`crate::Device::best`] does not.
+    pub software: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { subgroups: true, adapter: None, backends: None, fusion: true }
+        GpuOptions { subgroups: true, adapter: None, backends: None, fusion: true, software: true }
     }
 }
 
@@ -186,10 +190,17 @@ pub(crate) async fn open(options: &GpuOptions) -> Result<Opened> {
     let wanted = options.adapter.as_ref().map(|s| s.to_lowercase());
     let mut adapters = instance.enumerate_adapters(backends).await;
     let found: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+    let software: Vec<String> = adapters
+        .iter()
+        .map(|a| a.get_info())
+        .filter(|i| i.device_type == wgpu::DeviceType::Cpu)
+        .map(|i| i.name)
+        .collect();
     adapters.retain(|a| {
         let info = a.get_info();
         wanted.as_ref().is_none_or(|w| info.name.to_lowercase().contains(w))
             && a.features().contains(wgpu::Features::IMMEDIATES)
+            && (options.software || info.device_type != wgpu::DeviceType::Cpu)
     });
     let rank = |t: wgpu::DeviceType| match t {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -202,6 +213,10 @@ pub(crate) async fn open(options: &GpuOptions) -> Result<Opened> {
     let Some(adapter) = adapters.into_iter().next() else {
         let why = match (&wanted, found.is_empty()) {
             (_, true) => format!("no adapter for backends {backends:?}"),
+            (None, false) if !options.software && software.len() == found.len() => format!(
+                "the only GPU adapters, {software:?}, are software rasterizers (a GPU emulated on the CPU, slower \
+                 than wgrad's CPU backend); Device::gpu() or WGPU_ADAPTER_NAME uses one anyway"
+            ),
             (Some(w), false) => format!("none of {found:?} matches WGPU_ADAPTER_NAME={w:?} and supports immediates"),
             (None, false) => format!("none of {found:?} supports immediate data (push constants)"),
         };

@@ -325,6 +325,11 @@ impl GpuDevice {
         })
     }
 
+    /// Whether the adapter is a hardware GPU (not a software rasterizer).
+    pub(crate) fn ctx_is_hardware(&self) -> bool {
+        self.ctx.info.device_type != wgpu::DeviceType::Cpu
+    }
+
     /// The adapter behind this device.
     pub fn info(&self) -> DeviceInfo {
         DeviceInfo::of(&self.ctx.info)
