@@ -51,17 +51,38 @@ fn op_min(a: f32, b: f32) -> f32 {
     return select(select(select(b, a, a <= b), b, is_nan(b)), a, is_nan(a));
 }
 
-// Comparisons with NaN are false.
-fn op_ge(a: f32, b: f32) -> f32 {
-    return select(0.0, 1.0, !is_nan(a) && !is_nan(b) && a >= b);
+// Comparisons: false with a NaN operand (and `ne` true), tested by bits.
+fn ordered(a: f32, b: f32) -> bool {
+    return !is_nan(a) && !is_nan(b);
+}
+
+fn op_lt(a: f32, b: f32) -> f32 {
+    return select(0.0, 1.0, ordered(a, b) && a < b);
+}
+
+fn op_le(a: f32, b: f32) -> f32 {
+    return select(0.0, 1.0, ordered(a, b) && a <= b);
 }
 
 fn op_gt(a: f32, b: f32) -> f32 {
-    return select(0.0, 1.0, !is_nan(a) && !is_nan(b) && a > b);
+    return select(0.0, 1.0, ordered(a, b) && a > b);
+}
+
+fn op_ge(a: f32, b: f32) -> f32 {
+    return select(0.0, 1.0, ordered(a, b) && a >= b);
 }
 
 fn op_eq(a: f32, b: f32) -> f32 {
-    return select(0.0, 1.0, !is_nan(a) && !is_nan(b) && a == b);
+    return select(0.0, 1.0, ordered(a, b) && a == b);
+}
+
+fn op_ne(a: f32, b: f32) -> f32 {
+    return 1.0 - op_eq(a, b);
+}
+
+// c ≠ 0 ? a : b, with a NaN condition counting as ≠ 0 (the bits decide).
+fn op_where(c: f32, a: f32, b: f32) -> f32 {
+    return select(b, a, (bitcast<u32>(c) & 0x7fffffffu) != 0u);
 }
 
 fn op_in_range(x: f32, lo: f32, hi: f32) -> f32 {

@@ -1,6 +1,6 @@
 // Reductions along one axis of a [outer, len, inner] view into [outer, inner].
-// OP: 0 sum, 1 max, 2 argmax (first maximum; written as f32). WG is a power
-// of two.
+// OP: 0 sum, 1 max, 2 argmax, 3 min, 4 argmin (indices of the first
+// extreme, written as f32). WG is a power of two.
 //   rows:    inner == 1. One workgroup per row; each invocation folds a
 //            strided slice of the row, then a tree in workgroup memory
 //            combines them, so rows of any length work.
@@ -35,23 +35,24 @@ fn fold(acc: Acc, v: f32, i: u32) -> Acc {
     if acc.index == NONE {
         return Acc(v, i);
     }
-    // Max and argmax: NaN wins (the first NaN, as PyTorch), then the
-    // greater value, then on ties the lower index. NaN is tested by bits:
-    // comparisons alone may not see it.
+    // Max, min and their indices: NaN wins (the first NaN, as PyTorch),
+    // then the greater (smaller) value, then on ties the lower index. NaN is
+    // tested by bits: comparisons alone may not see it.
     if is_nan(acc.value) {
         if is_nan(v) && i < acc.index {
             return Acc(v, i);
         }
         return acc;
     }
-    if is_nan(v) || v > acc.value || (v == acc.value && i < acc.index) {
+    let better = select((v > acc.value), (v < acc.value), (OP >= 3u));
+    if is_nan(v) || better || (v == acc.value && i < acc.index) {
         return Acc(v, i);
     }
     return acc;
 }
 
 fn finish(acc: Acc) -> f32 {
-    return select(acc.value, f32(acc.index), OP == 2u);
+    return select(acc.value, f32(acc.index), OP == 2u || OP == 4u);
 }
 
 @compute @workgroup_size(WG)

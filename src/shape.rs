@@ -178,30 +178,56 @@ impl From<usize> for Shape {
     }
 }
 
+macro_rules! tuple_shape {
+    ($($n:literal: ($($d:ident),*)),*) => {$(
+        #[doc = concat!("A shape of ", $n, " dimensions from a tuple, as PyTorch takes `(2, 3)`.")]
+        impl From<($(tuple_shape!(@usize $d),)*)> for Shape {
+            fn from(($($d,)*): ($(tuple_shape!(@usize $d),)*)) -> Self {
+                Shape(vec![$($d),*])
+            }
+        }
+    )*};
+    (@usize $d:ident) => { usize };
+}
+tuple_shape!(1: (a), 2: (a, b), 3: (a, b, c), 4: (a, b, c, d), 5: (a, b, c, d, e), 6: (a, b, c, d, e, f));
+
 /// An axis argument: a `usize`, or a negative `i32`/`isize` counting from the
 /// end as in PyTorch (`-1` is the last axis).
-pub trait Dim: Copy {
+pub trait Dim: Copy + fmt::Display {
+    /// The axis as a signed number.
+    fn signed(self) -> i64;
+
     /// Resolves the axis against a tensor's shape, panicking with the op's
     /// name and the shape when it is out of range.
-    fn index(self, shape: &Shape, op: &str) -> usize;
+    fn index(self, shape: &Shape, op: &str) -> usize {
+        resolve(self, shape.rank(), shape, op)
+    }
+
+    /// Resolves a position to insert an axis at (`0..=rank`; `-1` is after
+    /// the last axis), as `unsqueeze` takes.
+    fn insertion(self, shape: &Shape, op: &str) -> usize {
+        resolve(self, shape.rank() + 1, shape, op)
+    }
+}
+
+fn resolve(d: impl Dim, count: usize, shape: &Shape, op: &str) -> usize {
+    let (r, i) = (count as i64, d.signed());
+    let resolved = if i < 0 { i + r } else { i };
+    assert!((0..r).contains(&resolved), "{op}: axis {d} out of range for shape {shape}");
+    resolved as usize
 }
 
 impl Dim for usize {
-    fn index(self, shape: &Shape, op: &str) -> usize {
-        assert!(self < shape.rank(), "{op}: axis {self} out of range for shape {shape}");
-        self
+    fn signed(self) -> i64 {
+        i64::try_from(self).unwrap_or(i64::MAX)
     }
 }
 
 macro_rules! signed_dim {
     ($($t:ty),*) => {$(
         impl Dim for $t {
-            fn index(self, shape: &Shape, op: &str) -> usize {
-                let r = shape.rank() as i64;
-                let i = self as i64;
-                let resolved = if i < 0 { i + r } else { i };
-                assert!((0..r).contains(&resolved), "{op}: axis {self} out of range for shape {shape}");
-                resolved as usize
+            fn signed(self) -> i64 {
+                self as i64
             }
         }
     )*};

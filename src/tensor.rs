@@ -133,6 +133,20 @@ impl Tensor {
         self.0.storage.data.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Runs `f` on the storages of `tensors`, each read-locked once however
+    /// often it appears (locking one twice on a thread may deadlock).
+    pub(crate) fn with_storages<R>(tensors: &[&Tensor], f: impl FnOnce(&[&Storage]) -> R) -> R {
+        let mut owners: Vec<usize> = Vec::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            owners.push(tensors[..i].iter().position(|u| u.same_storage(t)).unwrap_or(i));
+        }
+        let guards: Vec<Option<RwLockReadGuard<'_, Storage>>> =
+            tensors.iter().enumerate().map(|(i, t)| (owners[i] == i).then(|| t.read())).collect();
+        let storages: Vec<&Storage> =
+            owners.iter().map(|&o| &**guards[o].as_ref().expect("the first holder locked it")).collect();
+        f(&storages)
+    }
+
     /// The storage, for an in-place write: bumps its version.
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Storage> {
         self.0.storage.version.fetch_add(1, Ordering::Relaxed);
@@ -223,6 +237,45 @@ impl Tensor {
     pub fn from_vec(data: Vec<f32>, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
         let shape = Self::check_len(data.len(), shape.into())?;
         Ok(Tensor::from_storage(device.backend().upload_vec(data), shape, device.clone()))
+    }
+
+    /// A tensor from nested arrays, vectors or slices of f32, shaped as
+    /// they are nested, as PyTorch's `torch.tensor([[1., 2.], [3., 4.]])`.
+    /// Rows of different lengths are an error.
+    ///
+    /// ```
+    /// use wgrad::{Device, Tensor};
+    /// let t = Tensor::new([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], &Device::Cpu).unwrap();
+    /// assert_eq!(t.dims(), &[2, 3]);
+    /// assert_eq!(t.to_vec2().unwrap(), vec![vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]]);
+    /// assert!(Tensor::new(vec![vec![1.0], vec![2.0, 3.0]], &Device::Cpu).is_err());
+    /// ```
+    pub fn new(data: impl TensorData, device: &Device) -> Result<Tensor> {
+        let shape = data.shape();
+        let mut values = Vec::new();
+        data.append(&shape, &mut values).map_err(|msg| Error::Shape {
+            op: "Tensor::new",
+            msg: format!("{msg} (the first row has shape {shape:?})"),
+        })?;
+        Tensor::from_vec(values, shape, device)
+    }
+
+    /// The elements of a 2-D tensor as rows (panics for another rank).
+    pub fn to_vec2(&self) -> Result<Vec<Vec<f32>>> {
+        assert!(self.rank() == 2, "to_vec2: tensor of shape {} is not 2-D", self.shape());
+        let cols = self.dims()[1];
+        let flat = self.to_vec()?;
+        Ok((0..self.dims()[0]).map(|r| flat[r * cols..(r + 1) * cols].to_vec()).collect())
+    }
+
+    /// The elements of a 3-D tensor as matrices of rows (panics for another
+    /// rank).
+    pub fn to_vec3(&self) -> Result<Vec<Vec<Vec<f32>>>> {
+        assert!(self.rank() == 3, "to_vec3: tensor of shape {} is not 3-D", self.shape());
+        let (rows, cols) = (self.dims()[1], self.dims()[2]);
+        let flat = self.to_vec()?;
+        let row = |m: usize, r: usize| flat[(m * rows + r) * cols..(m * rows + r + 1) * cols].to_vec();
+        Ok((0..self.dims()[0]).map(|m| (0..rows).map(|r| row(m, r)).collect()).collect())
     }
 
     /// As [`from_vec`](Self::from_vec), copying from a slice.
@@ -473,6 +526,69 @@ impl Tensor {
         let layout = crate::shape::Strided::contiguous(self.shape());
         let src = src.read();
         self.device().backend().copy_into(&mut self.write(), &layout, &src);
+    }
+}
+
+/// Data [`Tensor::new`] takes: an f32, or arrays, vectors or slices of
+/// data, nested to any depth.
+pub trait TensorData {
+    /// The dimensions, read from the first element at each level.
+    fn shape(&self) -> Vec<usize>;
+    /// Appends the elements in row-major order, checking that every element
+    /// at each level has the dimensions `dims` says.
+    fn append(&self, dims: &[usize], out: &mut Vec<f32>) -> std::result::Result<(), String>;
+}
+
+impl TensorData for f32 {
+    fn shape(&self) -> Vec<usize> {
+        Vec::new()
+    }
+    fn append(&self, _: &[usize], out: &mut Vec<f32>) -> std::result::Result<(), String> {
+        out.push(*self);
+        Ok(())
+    }
+}
+
+impl<T: TensorData> TensorData for [T] {
+    fn shape(&self) -> Vec<usize> {
+        let mut dims = vec![self.len()];
+        if let Some(first) = self.first() {
+            dims.extend(first.shape());
+        }
+        dims
+    }
+    fn append(&self, dims: &[usize], out: &mut Vec<f32>) -> std::result::Result<(), String> {
+        if dims.first() != Some(&self.len()) {
+            return Err(format!("ragged data: {} entries where {:?} were expected", self.len(), dims.first()));
+        }
+        self.iter().try_for_each(|e| e.append(&dims[1..], out))
+    }
+}
+
+impl<T: TensorData, const N: usize> TensorData for [T; N] {
+    fn shape(&self) -> Vec<usize> {
+        self.as_slice().shape()
+    }
+    fn append(&self, dims: &[usize], out: &mut Vec<f32>) -> std::result::Result<(), String> {
+        self.as_slice().append(dims, out)
+    }
+}
+
+impl<T: TensorData> TensorData for Vec<T> {
+    fn shape(&self) -> Vec<usize> {
+        self.as_slice().shape()
+    }
+    fn append(&self, dims: &[usize], out: &mut Vec<f32>) -> std::result::Result<(), String> {
+        self.as_slice().append(dims, out)
+    }
+}
+
+impl<T: TensorData + ?Sized> TensorData for &T {
+    fn shape(&self) -> Vec<usize> {
+        (**self).shape()
+    }
+    fn append(&self, dims: &[usize], out: &mut Vec<f32>) -> std::result::Result<(), String> {
+        (**self).append(dims, out)
     }
 }
 

@@ -95,6 +95,8 @@ enum Unary {
     Sum,
     Mean,
     Max,
+    Min,
+    Var,
     T,
     Flatten,
 }
@@ -111,6 +113,12 @@ enum Binary {
     Matmul,
     MseLoss,
     Bce,
+    Lt,
+    Ne,
+    Where,
+    L1,
+    Huber,
+    BceLogits,
 }
 
 #[derive(Clone, Debug)]
@@ -119,8 +127,10 @@ enum Op {
     /// add, mul, powf, maximum, minimum with a scalar.
     Scalar(u8, f32),
     Clamp(f32, f32),
-    /// sum_dim, mean_dim, max_dim, argmax, softmax, log_softmax.
+    /// sum_dim, mean_dim, max_dim, argmax, softmax, log_softmax, min_dim,
+    /// argmin, cumsum, argsort, var_dim, sort values.
     Axis(u8, isize, bool),
+    TopK(usize, isize, bool),
     Reshape(Vec<usize>),
     Permute(Vec<usize>),
     Transpose(isize, isize),
@@ -141,16 +151,19 @@ fn op() -> impl Strategy<Value = Op> {
     use Binary::*;
     use Unary::*;
     let unary = prop::sample::select(vec![
-        Neg, Exp, Log, Sqrt, Abs, Relu, Sigmoid, Tanh, Gelu, Recip, Sqr, Sum, Mean, Max, T, Flatten,
+        Neg, Exp, Log, Sqrt, Abs, Relu, Sigmoid, Tanh, Gelu, Recip, Sqr, Sum, Mean, Max, Min, Var, T, Flatten,
     ]);
-    let binary = prop::sample::select(vec![Add, Sub, Mul, Div, Maximum, Minimum, Eq, Matmul, MseLoss, Bce]);
+    let binary = prop::sample::select(vec![
+        Add, Sub, Mul, Div, Maximum, Minimum, Eq, Matmul, MseLoss, Bce, Lt, Ne, Where, L1, Huber, BceLogits,
+    ]);
     let index = prop_oneof![6 => (0u8..6).prop_map(f32::from), 1 => value()];
     let dims = prop::collection::vec(0usize..5, 0..5);
     prop_oneof![
         6 => unary.prop_map(Op::Unary),
         3 => (0u8..5, value()).prop_map(|(k, s)| Op::Scalar(k, s)),
         1 => (value(), value()).prop_map(|(a, b)| Op::Clamp(a, b)),
-        4 => (0u8..6, axis(), any::<bool>()).prop_map(|(k, a, keep)| Op::Axis(k, a, keep)),
+        4 => (0u8..12, axis(), any::<bool>()).prop_map(|(k, a, keep)| Op::Axis(k, a, keep)),
+        1 => (0usize..4, axis(), any::<bool>()).prop_map(|(k, a, l)| Op::TopK(k, a, l)),
         1 => dims.clone().prop_map(Op::Reshape),
         1 => prop::collection::vec(0usize..11, 0..11).prop_map(Op::Permute),
         1 => (axis(), axis()).prop_map(|(a, b)| Op::Transpose(a, b)),
@@ -280,6 +293,8 @@ fn step(x: &Tensor, other: &Tensor, op: &Op, dev: &Device) -> Tensor {
             Sum => x.sum(),
             Mean => x.mean(),
             Max => x.max(),
+            Min => x.min(),
+            Var => x.var(),
             T => x.t(),
             Flatten => x.flatten(0, -1),
         },
@@ -297,8 +312,15 @@ fn step(x: &Tensor, other: &Tensor, op: &Op, dev: &Device) -> Tensor {
             2 => x.max_dim(*a, *keep),
             3 => x.argmax(*a, *keep),
             4 => x.softmax(*a),
-            _ => x.log_softmax(*a),
+            5 => x.log_softmax(*a),
+            6 => x.min_dim(*a, *keep),
+            7 => x.argmin(*a, *keep),
+            8 => x.cumsum(*a),
+            9 => x.argsort(*a, *keep),
+            10 => x.var_dim(*a, *keep, 1),
+            _ => x.sort(*a, *keep).0,
         },
+        Op::TopK(k, a, largest) => x.topk(*k, *a, *largest).0,
         Op::Reshape(d) => x.reshape(d.clone()),
         Op::Permute(order) => x.permute(order),
         Op::Transpose(a, b) => x.transpose(*a, *b),
@@ -332,6 +354,12 @@ fn step(x: &Tensor, other: &Tensor, op: &Op, dev: &Device) -> Tensor {
             Matmul => x.matmul(other),
             MseLoss => x.mse_loss(other),
             Bce => x.binary_cross_entropy(other),
+            Lt => x.lt(other),
+            Ne => x.ne(other),
+            Where => x.where_cond(x, other),
+            L1 => x.l1_loss(other),
+            Huber => x.huber_loss(other, 1.0),
+            BceLogits => x.binary_cross_entropy_with_logits(other),
         },
         Op::Cat(a) => Tensor::cat(&[x, other], *a),
     }
@@ -356,11 +384,11 @@ fn inexact(op: &Op) -> bool {
     use Binary::*;
     use Unary::*;
     match op {
-        Op::Unary(u) => matches!(u, Exp | Log | Sqrt | Sigmoid | Tanh | Gelu | Recip | Sum | Mean),
+        Op::Unary(u) => matches!(u, Exp | Log | Sqrt | Sigmoid | Tanh | Gelu | Recip | Sum | Mean | Var),
         Op::Scalar(k, _) => *k == 2,
-        Op::Axis(k, _, _) => !matches!(k, 2 | 3),
+        Op::Axis(k, _, _) => !matches!(k, 2 | 3 | 6 | 7 | 9 | 11),
         Op::CrossEntropy(_) => true,
-        Op::Binary(b) => matches!(b, Div | Matmul | MseLoss | Bce),
+        Op::Binary(b) => matches!(b, Div | Matmul | MseLoss | Bce | L1 | Huber | BceLogits),
         _ => false,
     }
 }

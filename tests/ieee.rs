@@ -117,7 +117,7 @@ fn binary_ops() {
     let n = [a.len()];
     let x = vec![a, b];
     type Op = fn(&Tensor, &Tensor) -> Tensor;
-    let ops: [(&str, Op); 7] = [
+    let ops: [(&str, Op); 13] = [
         ("add", |a, b| a + b),
         ("sub", |a, b| a - b),
         ("mul", |a, b| a * b),
@@ -125,6 +125,12 @@ fn binary_ops() {
         ("maximum", |a, b| a.maximum(b)),
         ("minimum", |a, b| a.minimum(b)),
         ("eq", |a, b| a.eq(b)),
+        ("ne", |a, b| a.ne(b)),
+        ("lt", |a, b| a.lt(b)),
+        ("le", |a, b| a.le(b)),
+        ("gt", |a, b| a.gt(b)),
+        ("ge", |a, b| a.ge(b)),
+        ("where", |a, b| a.where_cond(a, b)),
     ];
     for (name, op) in ops {
         check(name, &x, &n, |t| op(&t[0], &t[1]));
@@ -181,6 +187,14 @@ fn reductions_softmax_and_losses() {
     let x = vec![rows];
     let shape = [r, 7];
     check("sum", &x, &shape, |t| t[0].sum_dim(1, false));
+    check("min", &x, &shape, |t| t[0].min_dim(1, false));
+    check("argmin", &x, &shape, |t| t[0].argmin(1, false));
+    check("argmin over columns", &x, &shape, |t| t[0].argmin(0, false));
+    check("cumsum", &x, &shape, |t| t[0].cumsum(1));
+    check("cumsum over columns", &x, &shape, |t| t[0].cumsum(0));
+    check("argsort", &x, &shape, |t| t[0].argsort(1, false));
+    check("argsort descending", &x, &shape, |t| t[0].argsort(1, true));
+    check("argsort over columns", &x, &shape, |t| t[0].argsort(0, false));
     check("max", &x, &shape, |t| t[0].max_dim(1, false));
     check("argmax", &x, &shape, |t| t[0].argmax(1, false));
     check("max over columns", &x, &shape, |t| t[0].max_dim(0, false));

@@ -109,8 +109,8 @@ pub(crate) enum UnaryOp {
     PowScalar(f32),
     MaxScalar(f32),
     MinScalar(f32),
-    /// 1 where x > s, else 0 (no gradient; used to build masks).
-    GtScalar(f32),
+    /// 1 where `x cmp s` holds, else 0 (false for NaN; no gradient).
+    CmpScalar(Cmp, f32),
     /// 1 where lo <= x <= hi, else 0 (clamp's backward mask).
     InRange(f32, f32),
 }
@@ -118,25 +118,55 @@ pub(crate) enum UnaryOp {
 /// Elementwise functions of two (broadcast) inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BinaryOp {
-    Add = 0,
-    Sub = 1,
-    Mul = 2,
-    Div = 3,
-    Max = 4,
-    Min = 5,
-    /// 1 where a >= b, else 0 (no gradient).
-    Ge = 6,
-    /// 1 where a == b, else 0 (no gradient).
-    Eq = 7,
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Max,
+    Min,
+    /// 1 where `a cmp b` holds, else 0 (false for NaN; no gradient).
+    Cmp(Cmp),
 }
 
-/// Reductions along one axis of a `[outer, len, inner]` view.
+/// A comparison, as IEEE-754 defines it: every one but `Ne` is false when
+/// an operand is NaN, and `Ne` true.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cmp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+    Ne,
+}
+
+impl Cmp {
+    #[inline(always)]
+    pub fn holds(self, a: f32, b: f32) -> bool {
+        match self {
+            Cmp::Lt => a < b,
+            Cmp::Le => a <= b,
+            Cmp::Gt => a > b,
+            Cmp::Ge => a >= b,
+            Cmp::Eq => a == b,
+            Cmp::Ne => a != b,
+        }
+    }
+}
+
+/// Reductions along one axis of a `[outer, len, inner]` view. The
+/// discriminants are the `OP` constant of `shaders/reduce.wgsl`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ReduceOp {
     Sum = 0,
+    /// NaN wins, as in PyTorch.
     Max = 1,
-    /// Index of the first maximum, as an f32.
+    /// Index of the first maximum (or the first NaN), as an f32.
     ArgMax = 2,
+    /// NaN wins, as in PyTorch.
+    Min = 3,
+    /// Index of the first minimum (or the first NaN), as an f32.
+    ArgMin = 4,
 }
 
 /// A (batched) matrix product `out[b] = op(A[b]) · op(B[b])`, where `op`
@@ -200,11 +230,20 @@ pub(crate) trait Backend {
     /// `a` and `b` are read through layouts of the output's shape (broadcast
     /// dimensions have stride 0).
     fn binary(&self, op: BinaryOp, a: (&Storage, &Strided), b: (&Storage, &Strided)) -> Storage;
+    /// `c ≠ 0 ? a : b` elementwise (a NaN condition counts as true, as it is
+    /// not 0), all three read through layouts of the output's shape.
+    fn select(&self, c: (&Storage, &Strided), a: (&Storage, &Strided), b: (&Storage, &Strided)) -> Storage;
     /// Reduces `[outer, len, inner]` to `[outer, inner]`.
     fn reduce(&self, op: ReduceOp, x: &Storage, v: AxisView) -> Storage;
     fn matmul(&self, a: &Storage, b: &Storage, spec: MatmulSpec) -> Storage;
     /// Softmax (or log-softmax) along `len` of `[outer, len, inner]`.
     fn softmax(&self, x: &Storage, v: AxisView, log: bool) -> Storage;
+    /// Inclusive running sums along `len` of `[outer, len, inner]`, from the
+    /// end when `reverse`.
+    fn cumsum(&self, x: &Storage, v: AxisView, reverse: bool) -> Storage;
+    /// The indices (as f32) that sort each line along `len` of `[outer,
+    /// len, inner]`, stably: `-∞ … -0 = +0 … +∞ < NaN`, ties in index order.
+    fn argsort(&self, x: &Storage, v: AxisView, descending: bool) -> Storage;
     /// Gathers the strided view into new contiguous storage.
     fn copy_strided(&self, x: &Storage, src: &Strided) -> Storage;
     /// Writes contiguous `x` into the strided region `dst` of `out`, in place.

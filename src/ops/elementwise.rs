@@ -4,7 +4,7 @@
 use super::same_device;
 use crate::Tensor;
 use crate::autograd::BackwardCtx;
-use crate::backend::{BinaryOp, UnaryOp};
+use crate::backend::{BinaryOp, Cmp, UnaryOp};
 use crate::shape::{Shape, Strided};
 
 impl Tensor {
@@ -16,22 +16,12 @@ impl Tensor {
 
     /// Applies a binary kernel with broadcasting, without recording anything.
     pub(crate) fn zip_raw(&self, rhs: &Tensor, op: BinaryOp, name: &str) -> Tensor {
-        same_device(name, self, rhs);
-        let shape = Shape::broadcast(self.shape(), rhs.shape())
-            .unwrap_or_else(|| {
-                panic!("{name}: shapes {} and {} cannot be broadcast together", self.shape(), rhs.shape())
-            })
-            .checked(name);
-        let la = Strided { dims: shape.dims().to_vec(), strides: self.shape().broadcast_strides(&shape), offset: 0 };
-        let lb = Strided { dims: shape.dims().to_vec(), strides: rhs.shape().broadcast_strides(&shape), offset: 0 };
-        let storage = if self.same_storage(rhs) {
-            let s = self.read();
-            self.device().backend().binary(op, (&s, &la), (&s, &lb))
-        } else {
-            let (a, b) = (self.read(), rhs.read());
-            self.device().backend().binary(op, (&a, &la), (&b, &lb))
-        };
-        Tensor::from_storage(storage, shape, self.device().clone())
+        let (shape, layouts) = broadcast(name, &[self, rhs]);
+        let device = self.device();
+        let storage = Tensor::with_storages(&[self, rhs], |s| {
+            device.backend().binary(op, (s[0], &layouts[0]), (s[1], &layouts[1]))
+        });
+        Tensor::from_storage(storage, shape, device)
     }
 
     /// A recorded unary op whose gradient is `grad · dfdx`, with `dfdx`
@@ -86,7 +76,7 @@ impl Tensor {
     pub fn maximum(&self, rhs: &Tensor) -> Tensor {
         self.zip_raw(rhs, BinaryOp::Max, "maximum").record("maximum", &[self, rhs], |c| {
             let (a, b) = (c.input(0), c.input(1));
-            let mask = a.zip_raw(b, BinaryOp::Ge, "maximum");
+            let mask = a.zip_raw(b, BinaryOp::Cmp(Cmp::Ge), "maximum");
             vec![
                 c.needs[0].then(|| (c.grad * &mask).sum_to(a.shape())),
                 c.needs[1].then(|| (c.grad * &(1.0 - &mask)).sum_to(b.shape())),
@@ -99,7 +89,7 @@ impl Tensor {
     pub fn minimum(&self, rhs: &Tensor) -> Tensor {
         self.zip_raw(rhs, BinaryOp::Min, "minimum").record("minimum", &[self, rhs], |c| {
             let (a, b) = (c.input(0), c.input(1));
-            let mask = b.zip_raw(a, BinaryOp::Ge, "minimum");
+            let mask = b.zip_raw(a, BinaryOp::Cmp(Cmp::Ge), "minimum");
             vec![
                 c.needs[0].then(|| (c.grad * &mask).sum_to(a.shape())),
                 c.needs[1].then(|| (c.grad * &(1.0 - &mask)).sum_to(b.shape())),
@@ -109,8 +99,98 @@ impl Tensor {
 
     /// 1 where `self == rhs` (broadcasting), else 0; not differentiable.
     /// With `argmax`, counts correct predictions: `pred.eq(&labels).sum()`.
+    /// Comparisons with NaN are false (and `ne` true), as IEEE-754 says.
     pub fn eq(&self, rhs: &Tensor) -> Tensor {
-        self.zip_raw(rhs, BinaryOp::Eq, "eq")
+        self.zip_raw(rhs, BinaryOp::Cmp(Cmp::Eq), "eq")
+    }
+
+    /// 1 where `self != rhs` (broadcasting), else 0.
+    pub fn ne(&self, rhs: &Tensor) -> Tensor {
+        self.zip_raw(rhs, BinaryOp::Cmp(Cmp::Ne), "ne")
+    }
+
+    /// 1 where `self < rhs` (broadcasting), else 0.
+    pub fn lt(&self, rhs: &Tensor) -> Tensor {
+        self.zip_raw(rhs, BinaryOp::Cmp(Cmp::Lt), "lt")
+    }
+
+    /// 1 where `self <= rhs` (broadcasting), else 0.
+    pub fn le(&self, rhs: &Tensor) -> Tensor {
+        self.zip_raw(rhs, BinaryOp::Cmp(Cmp::Le), "le")
+    }
+
+    /// 1 where `self > rhs` (broadcasting), else 0.
+    pub fn gt(&self, rhs: &Tensor) -> Tensor {
+        self.zip_raw(rhs, BinaryOp::Cmp(Cmp::Gt), "gt")
+    }
+
+    /// 1 where `self >= rhs` (broadcasting), else 0.
+    pub fn ge(&self, rhs: &Tensor) -> Tensor {
+        self.zip_raw(rhs, BinaryOp::Cmp(Cmp::Ge), "ge")
+    }
+
+    /// 1 where `self == s`, else 0.
+    pub fn eq_scalar(&self, s: f32) -> Tensor {
+        self.map_raw(UnaryOp::CmpScalar(Cmp::Eq, s))
+    }
+
+    /// 1 where `self != s`, else 0.
+    pub fn ne_scalar(&self, s: f32) -> Tensor {
+        self.map_raw(UnaryOp::CmpScalar(Cmp::Ne, s))
+    }
+
+    /// 1 where `self < s`, else 0.
+    pub fn lt_scalar(&self, s: f32) -> Tensor {
+        self.map_raw(UnaryOp::CmpScalar(Cmp::Lt, s))
+    }
+
+    /// 1 where `self <= s`, else 0.
+    pub fn le_scalar(&self, s: f32) -> Tensor {
+        self.map_raw(UnaryOp::CmpScalar(Cmp::Le, s))
+    }
+
+    /// 1 where `self > s`, else 0.
+    pub fn gt_scalar(&self, s: f32) -> Tensor {
+        self.map_raw(UnaryOp::CmpScalar(Cmp::Gt, s))
+    }
+
+    /// 1 where `self >= s`, else 0.
+    pub fn ge_scalar(&self, s: f32) -> Tensor {
+        self.map_raw(UnaryOp::CmpScalar(Cmp::Ge, s))
+    }
+
+    /// `on_true` where `self` (the condition) is non-zero, else `on_false`,
+    /// all three broadcast together: PyTorch's `torch.where(self, a, b)`.
+    /// Gradients go to the side each element was taken from; none to the
+    /// condition. A NaN condition counts as true (it is not 0).
+    ///
+    /// ```
+    /// use wgrad::{Device, Tensor};
+    /// let x = Tensor::from_vec(vec![-2.0, 0.5, 3.0], [3], &Device::Cpu).unwrap();
+    /// let y = x.gt_scalar(0.0).where_cond(&x, &Tensor::zeros([], &Device::Cpu));
+    /// assert_eq!(y.to_vec().unwrap(), [0.0, 0.5, 3.0]);
+    /// ```
+    pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Tensor {
+        let (shape, l) = broadcast("where_cond", &[self, on_true, on_false]);
+        let device = self.device();
+        let storage = Tensor::with_storages(&[self, on_true, on_false], |s| {
+            device.backend().select((s[0], &l[0]), (s[1], &l[1]), (s[2], &l[2]))
+        });
+        let out = Tensor::from_storage(storage, shape, device);
+        let cond = self.detach();
+        out.record("where_cond", &[on_true, on_false], move |c| {
+            let zero = Tensor::zeros([], &c.grad.device());
+            vec![
+                c.needs[0].then(|| cond.where_cond(c.grad, &zero).sum_to(c.shape(0))),
+                c.needs[1].then(|| cond.where_cond(&zero, c.grad).sum_to(c.shape(1))),
+            ]
+        })
+    }
+
+    /// `value` where `mask` is non-zero, else `self` (PyTorch's
+    /// `masked_fill`); `mask` broadcasts against `self`.
+    pub fn masked_fill(&self, mask: &Tensor, value: f32) -> Tensor {
+        mask.where_cond(&Tensor::full([], value, &self.device()), self)
     }
 
     /// `self + s`.
@@ -197,7 +277,7 @@ impl Tensor {
 
     /// `max(x, 0)`.
     pub fn relu(&self) -> Tensor {
-        self.unary_op("relu", UnaryOp::Relu, |c| c.input(0).map_raw(UnaryOp::GtScalar(0.0)))
+        self.unary_op("relu", UnaryOp::Relu, |c| c.input(0).gt_scalar(0.0))
     }
 
     /// `1 / (1 + e⁻ˣ)`, computed without overflow.
@@ -214,6 +294,27 @@ impl Tensor {
     pub fn gelu(&self) -> Tensor {
         self.unary_op("gelu", UnaryOp::Gelu, |c| c.input(0).map_raw(UnaryOp::GeluGrad))
     }
+}
+
+/// The broadcast of `tensors`' shapes (checked), and each one's layout over
+/// it; panics naming `op` when they do not broadcast or live on different
+/// devices.
+fn broadcast(op: &str, tensors: &[&Tensor]) -> (Shape, Vec<Strided>) {
+    let first = tensors[0];
+    let mut shape = first.shape().clone();
+    for t in &tensors[1..] {
+        same_device(op, first, t);
+        shape = Shape::broadcast(&shape, t.shape()).unwrap_or_else(|| {
+            let shapes: Vec<String> = tensors.iter().map(|t| t.shape().to_string()).collect();
+            panic!("{op}: shapes {} cannot be broadcast together", shapes.join(" and "))
+        });
+    }
+    let shape = shape.checked(op);
+    let layouts = tensors
+        .iter()
+        .map(|t| Strided { dims: shape.dims().to_vec(), strides: t.shape().broadcast_strides(&shape), offset: 0 })
+        .collect();
+    (shape, layouts)
 }
 
 /// `impl Op<B> for A` for every combination of owned and borrowed tensors and

@@ -14,7 +14,108 @@ const BCE_LOG_FLOOR: f32 = -100.0;
 /// And bounds the denominator of BCE's gradient, p·(1-p), away from 0.
 const BCE_GRAD_EPS: f32 = 1e-12;
 
+/// Options of [`Tensor::cross_entropy_with`], PyTorch's
+/// `CrossEntropyLoss(weight, label_smoothing)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CrossEntropyOptions<'a> {
+    /// Mixes the one-hot target with the uniform distribution: the target
+    /// is `1 - ε + ε/C` for the label and `ε/C` for every other class.
+    pub label_smoothing: f32,
+    /// A `[classes]` weight per class; the mean is then weighted, divided
+    /// by the sum of the labels' weights, as in PyTorch.
+    pub weight: Option<&'a Tensor>,
+}
+
 impl Tensor {
+    /// Mean absolute error against `target` (same shape).
+    pub fn l1_loss(&self, target: &Tensor) -> Tensor {
+        assert!(
+            self.shape() == target.shape(),
+            "l1_loss: prediction shape {} does not match target shape {}",
+            self.shape(),
+            target.shape()
+        );
+        (self - target).abs().mean()
+    }
+
+    /// Huber loss against `target` (same shape), mean over elements:
+    /// `½d²` where `|d| < delta`, else `delta·(|d| - ½delta)`, as PyTorch's
+    /// `HuberLoss`.
+    pub fn huber_loss(&self, target: &Tensor, delta: f32) -> Tensor {
+        assert!(
+            self.shape() == target.shape(),
+            "huber_loss: prediction shape {} does not match target shape {}",
+            self.shape(),
+            target.shape()
+        );
+        assert!(delta > 0.0, "huber_loss: delta must be positive, got {delta}");
+        let a = (self - target).abs();
+        // |d| split at delta: the quadratic part and the linear rest.
+        let quad = a.minimum_scalar(delta);
+        let lin = &a - &quad;
+        (&quad.sqr() * 0.5 + &lin * delta).mean()
+    }
+
+    /// Smooth L1 loss against `target` (same shape), as PyTorch's
+    /// `SmoothL1Loss(beta)`: the Huber loss divided by `beta` (L1 at 0).
+    pub fn smooth_l1_loss(&self, target: &Tensor, beta: f32) -> Tensor {
+        assert!(beta >= 0.0, "smooth_l1_loss: beta must not be negative, got {beta}");
+        if beta == 0.0 { self.l1_loss(target) } else { self.huber_loss(target, beta) / beta }
+    }
+
+    /// Binary cross-entropy of logits `self` against targets in `[0, 1]`
+    /// (same shape), mean over elements: `max(x, 0) - x·t + log(1 +
+    /// e^(-|x|))`, which never exponentiates a positive number (PyTorch's
+    /// `BCEWithLogitsLoss`).
+    pub fn binary_cross_entropy_with_logits(&self, target: &Tensor) -> Tensor {
+        assert!(
+            self.shape() == target.shape(),
+            "binary_cross_entropy_with_logits: logits shape {} does not match target shape {}",
+            self.shape(),
+            target.shape()
+        );
+        let softplus = (1.0 + &self.abs().neg().exp()).log();
+        (&(&self.relu() - &(self * target)) + &softplus).mean()
+    }
+
+    /// Cross-entropy of `[batch, classes]` logits against `[batch]` labels
+    /// with label smoothing and class weights (see [`CrossEntropyOptions`]);
+    /// with the defaults it is [`cross_entropy`](Self::cross_entropy).
+    pub fn cross_entropy_with(&self, labels: &Tensor, options: CrossEntropyOptions) -> Tensor {
+        let CrossEntropyOptions { label_smoothing: eps, weight } = options;
+        if eps == 0.0 && weight.is_none() {
+            return self.cross_entropy(labels);
+        }
+        assert!(
+            self.rank() == 2 && labels.rank() == 1 && labels.dims()[0] == self.dims()[0],
+            "cross_entropy: expected [batch, classes] logits and [batch] labels, got {} and {}",
+            self.shape(),
+            labels.shape()
+        );
+        assert!((0.0..=1.0).contains(&eps), "cross_entropy: label_smoothing {eps} is not in [0, 1]");
+        let classes = self.dims()[1];
+        let logp = self.log_softmax(1);
+        let nll = logp.gather(1, &labels.unsqueeze(1)).squeeze(1).neg();
+        let (w_rows, w_classes) = match weight {
+            Some(w) => {
+                assert!(w.dims() == [classes], "cross_entropy: weight of shape {} for {classes} classes", w.shape());
+                (w.index_select(0, labels), Some(w))
+            }
+            None => (Tensor::ones([labels.dims()[0]], &self.device()), None),
+        };
+        let mut per_row = &nll * &w_rows;
+        if eps > 0.0 {
+            // The uniform part: -Σ_c w_c · log p_c / C.
+            let weighted = match w_classes {
+                Some(w) => &logp * w,
+                None => logp.clone(),
+            };
+            let smooth = weighted.sum_dim(1, false).neg() / classes as f32;
+            per_row = &per_row * (1.0 - eps) + &smooth * eps;
+        }
+        per_row.sum() / &w_rows.sum()
+    }
+
     /// Mean squared error against `target` (same shape).
     pub fn mse_loss(&self, target: &Tensor) -> Tensor {
         assert!(
@@ -79,14 +180,16 @@ impl Tensor {
         same_device("cross_entropy", self, labels);
         let (rows, classes) = (self.dims()[0], self.dims()[1]);
         let device = self.device();
-        let storage = device.backend().cross_entropy(&self.read(), &labels.read(), rows, classes);
+        let storage =
+            Tensor::with_storages(&[self, labels], |s| device.backend().cross_entropy(s[0], s[1], rows, classes));
         let out = Tensor::from_storage(storage, [rows].into(), device);
         let labels = labels.detach();
         out.record("cross_entropy", &[self], move |c| {
             let x = c.input(0);
             let device = x.device();
-            let storage =
-                device.backend().cross_entropy_backward(&x.read(), &labels.read(), &c.grad.read(), rows, classes);
+            let storage = Tensor::with_storages(&[x, &labels, c.grad], |s| {
+                device.backend().cross_entropy_backward(s[0], s[1], s[2], rows, classes)
+            });
             vec![Some(Tensor::from_storage(storage, x.shape().clone(), device))]
         })
     }

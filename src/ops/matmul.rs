@@ -101,12 +101,8 @@ impl Tensor {
             // A stack of A's times one B is a single taller product.
             spec = MatmulSpec { batch: 1, m: batch * m, a_batch_stride: 0, ..spec };
         }
-        let storage = if a.same_storage(&b) {
-            let s = a.read();
-            self.device().backend().matmul(&s, &s, spec)
-        } else {
-            self.device().backend().matmul(&a.read(), &b.read(), spec)
-        };
+        let device = self.device();
+        let storage = Tensor::with_storages(&[&a, &b], |s| device.backend().matmul(s[0], s[1], spec));
         let out = Tensor::from_storage(storage, out_shape, self.device().clone());
 
         // Each gradient reads the other operand only, as PyTorch saves them:

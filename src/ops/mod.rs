@@ -7,11 +7,14 @@
 
 mod elementwise;
 mod loss;
+
+pub use loss::CrossEntropyOptions;
 mod matmul;
 mod nn;
 mod reduce;
 mod shape;
 mod softmax;
+mod sort;
 
 use crate::Tensor;
 

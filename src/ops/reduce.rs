@@ -64,6 +64,57 @@ impl Tensor {
         self.flat().max_dim(0, false)
     }
 
+    /// Minimum along `axis` (NaN wins, as in PyTorch). The gradient goes to
+    /// the first minimal element (the arg-min) only.
+    pub fn min_dim(&self, axis: impl Dim, keepdim: bool) -> Tensor {
+        let axis = axis.index(self.shape(), "min_dim");
+        assert!(self.dims()[axis] > 0, "min_dim: axis {axis} of shape {} is empty", self.shape());
+        self.reduce_raw(ReduceOp::Min, axis, keepdim).record("min_dim", &[self], move |c| {
+            let x = c.input(0);
+            let idx = x.reduce_raw(ReduceOp::ArgMin, axis, true);
+            let g = c.grad.reshape(idx.shape().clone());
+            vec![Some(g.scatter_add_raw("min_dim", axis, &idx, x.dims()[axis]))]
+        })
+    }
+
+    /// Minimum of all elements, as a scalar.
+    pub fn min(&self) -> Tensor {
+        self.flat().min_dim(0, false)
+    }
+
+    /// Index of the first minimum along `axis`, as f32 values (not
+    /// differentiable).
+    pub fn argmin(&self, axis: impl Dim, keepdim: bool) -> Tensor {
+        let axis = axis.index(self.shape(), "argmin");
+        assert!(self.dims()[axis] > 0, "argmin: axis {axis} of shape {} is empty", self.shape());
+        self.reduce_raw(ReduceOp::ArgMin, axis, keepdim)
+    }
+
+    /// Variance along `axis` with Bessel's correction `correction` (PyTorch's
+    /// default, 1, gives the unbiased estimate; 0 the population variance).
+    pub fn var_dim(&self, axis: impl Dim, keepdim: bool, correction: usize) -> Tensor {
+        let axis = axis.index(self.shape(), "var_dim");
+        let n = self.dims()[axis];
+        let centred = self - &self.mean_dim(axis, true);
+        // n - correction ≤ 0 gives ∞ or NaN, as in PyTorch.
+        centred.sqr().sum_dim(axis, keepdim).mul_scalar(1.0 / (n as f32 - correction as f32))
+    }
+
+    /// Variance of all elements (unbiased, as PyTorch's default).
+    pub fn var(&self) -> Tensor {
+        self.flat().var_dim(0, false, 1)
+    }
+
+    /// Standard deviation along `axis` (see [`var_dim`](Self::var_dim)).
+    pub fn std_dim(&self, axis: impl Dim, keepdim: bool, correction: usize) -> Tensor {
+        self.var_dim(axis, keepdim, correction).sqrt()
+    }
+
+    /// Standard deviation of all elements (unbiased, as PyTorch's default).
+    pub fn std(&self) -> Tensor {
+        self.var().sqrt()
+    }
+
     /// Index of the first maximum along `axis`, as f32 values (not
     /// differentiable).
     pub fn argmax(&self, axis: impl Dim, keepdim: bool) -> Tensor {

@@ -56,9 +56,10 @@ impl Tensor {
         self.reshape(dims)
     }
 
-    /// Inserts an axis of length 1 at `axis` (`0..=rank`).
-    pub fn unsqueeze(&self, axis: usize) -> Tensor {
-        assert!(axis <= self.rank(), "unsqueeze: axis {axis} out of range for shape {}", self.shape());
+    /// Inserts an axis of length 1 at `axis` (`0..=rank`; a negative one
+    /// counts from after the last axis, so `-1` appends one, as PyTorch).
+    pub fn unsqueeze(&self, axis: impl Dim) -> Tensor {
+        let axis = axis.insertion(self.shape(), "unsqueeze");
         let mut dims = self.dims().to_vec();
         dims.insert(axis, 1);
         self.reshape(dims)
@@ -71,15 +72,25 @@ impl Tensor {
         self.reshape(self.shape().without_dim(axis))
     }
 
-    /// Reorders the axes: output axis `i` is input axis `order[i]`.
-    pub fn permute(&self, order: &[usize]) -> Tensor {
+    /// Reorders the axes: output axis `i` is input axis `order[i]` (negative
+    /// axes count from the end).
+    pub fn permute<D: Dim + std::fmt::Debug>(&self, order: &[D]) -> Tensor {
         let rank = self.rank();
         let mut seen = vec![false; rank];
+        let resolved: Vec<usize> = order
+            .iter()
+            .map(|&a| {
+                let i = a.signed();
+                let r = rank as i64;
+                if (-r..r).contains(&i) { i.rem_euclid(r.max(1)) as usize } else { usize::MAX }
+            })
+            .collect();
         assert!(
-            order.len() == rank && order.iter().all(|&a| a < rank && !std::mem::replace(&mut seen[a], true)),
+            order.len() == rank && resolved.iter().all(|&a| a < rank && !std::mem::replace(&mut seen[a], true)),
             "permute: {order:?} is not a permutation of the axes of shape {}",
             self.shape()
         );
+        let order = &resolved[..];
         let strides = self.shape().strides();
         let view = Strided {
             dims: order.iter().map(|&a| self.dims()[a]).collect(),
@@ -222,7 +233,9 @@ impl Tensor {
         let out_shape = self.shape().with_dim(axis, m).checked(op);
         let (outer, len, inner) = self.shape().split_at_axis(axis);
         let view = AxisView { outer, len, inner };
-        let storage = self.device().backend().gather(op, &self.read(), view, (&index.read(), &layout), m);
+        let device = self.device();
+        let storage =
+            Tensor::with_storages(&[self, index], |s| device.backend().gather(op, s[0], view, (s[1], &layout), m));
         let out = Tensor::from_storage(storage, out_shape, self.device().clone());
         let index = index.detach();
         out.record(op, &[self], move |c| {
@@ -237,7 +250,9 @@ impl Tensor {
         let (outer, m, inner) = self.shape().split_at_axis(axis);
         let view = AxisView { outer, len, inner };
         let layout = Strided { dims: vec![outer, m, inner], strides: vec![m * inner, inner, 1], offset: 0 };
-        let storage = self.device().backend().scatter_add(op, &self.read(), view, (&index.read(), &layout), m);
+        let device = self.device();
+        let storage =
+            Tensor::with_storages(&[self, index], |s| device.backend().scatter_add(op, s[0], view, (s[1], &layout), m));
         Tensor::from_storage(storage, self.shape().with_dim(axis, len), self.device().clone())
     }
 }

@@ -40,7 +40,7 @@ pub(super) fn unary(op: UnaryOp, x: &[f32]) -> Result<Vec<f32>> {
         // NaN on either side gives NaN.
         MaxScalar(s) => map(x, |v| if v.is_nan() || v >= s { v } else { s }),
         MinScalar(s) => map(x, |v| if v.is_nan() || v <= s { v } else { s }),
-        GtScalar(s) => map(x, |v| if v > s { 1.0 } else { 0.0 }),
+        CmpScalar(c, s) => map(x, |v| if c.holds(v, s) { 1.0 } else { 0.0 }),
         InRange(lo, hi) => map(x, |v| if v >= lo && v <= hi { 1.0 } else { 0.0 }),
     }
 }
@@ -54,9 +54,47 @@ pub(super) fn binary(op: BinaryOp, a: (&[f32], &Strided), b: (&[f32], &Strided))
         // NaN on either side gives NaN; on ties, `a`.
         BinaryOp::Max => binary_loop(a, b, |x, y| if x.is_nan() || x >= y { x } else { y }),
         BinaryOp::Min => binary_loop(a, b, |x, y| if x.is_nan() || x <= y { x } else { y }),
-        BinaryOp::Ge => binary_loop(a, b, |x, y| if x >= y { 1.0 } else { 0.0 }),
-        BinaryOp::Eq => binary_loop(a, b, |x, y| if x == y { 1.0 } else { 0.0 }),
+        BinaryOp::Cmp(c) => binary_loop(a, b, |x, y| if c.holds(x, y) { 1.0 } else { 0.0 }),
     }
+}
+
+/// `c ≠ 0 ? a : b` (NaN counts as ≠ 0).
+pub(super) fn select(c: (&[f32], &Strided), a: (&[f32], &Strided), b: (&[f32], &Strided)) -> Result<Vec<f32>> {
+    let n: usize = c.1.dims.iter().product();
+    let mut out = output(n)?;
+    if c.1.is_contiguous() && a.1.is_contiguous() && b.1.is_contiguous() {
+        fill_chunks(
+            &mut out,
+            #[inline(always)]
+            |start, chunk| {
+                let (cs, as_, bs) = (&c.0[start..], &a.0[start..], &b.0[start..]);
+                for (j, o) in chunk.iter_mut().enumerate() {
+                    *o = if cs[j] != 0.0 { as_[j] } else { bs[j] };
+                }
+            },
+        );
+        return Ok(out);
+    }
+    let mut strides = vec![c.1.strides.clone(), a.1.strides.clone(), b.1.strides.clone()];
+    let dims = coalesce(&c.1.dims, &mut strides);
+    let row_len = dims[dims.len() - 1];
+    let last = |s: &[usize]| s[s.len() - 1];
+    let steps = [last(&strides[0]), last(&strides[1]), last(&strides[2])];
+    let offsets = [c.1.offset, a.1.offset, b.1.offset];
+    let data = [c.0, a.0, b.0];
+    for_rows(
+        &mut out,
+        row_len,
+        #[inline(always)]
+        |r, row| {
+            let at = [0, 1, 2].map(|k| offsets[k] + row_offset(&dims, &strides[k], r));
+            for (j, o) in row.iter_mut().enumerate() {
+                let cv = data[0][at[0] + j * steps[0]];
+                *o = if cv != 0.0 { data[1][at[1] + j * steps[1]] } else { data[2][at[2] + j * steps[2]] };
+            }
+        },
+    );
+    Ok(out)
 }
 
 fn binary_loop(a: (&[f32], &Strided), b: (&[f32], &Strided), f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Vec<f32>> {

@@ -78,6 +78,12 @@ pub(super) fn nan_max(a: f32, b: f32) -> f32 {
     if b.is_nan() || b > a { b } else { a }
 }
 
+/// Minimum that propagates NaN (see [`nan_max`]).
+#[inline]
+pub(super) fn nan_min(a: f32, b: f32) -> f32 {
+    if b.is_nan() || b < a { b } else { a }
+}
+
 /// Largest element (ignoring NaN), with eight partial maxima so it vectorises.
 pub(super) fn row_max(row: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];

@@ -2,7 +2,7 @@
 //! against, and the CPU side of the CPU-vs-GPU comparison.
 //!
 //! One file per kernel family (`elementwise`, `reduce`, `softmax`, `loss`,
-//! `matmul`, `copy`, `gather`, `optim`), plain loops over contiguous slices
+//! `matmul`, `copy`, `gather`, `scan`, `sort`, `optim`), plain loops over contiguous slices
 //! written so the compiler vectorises the common cases ([`simd`]); loops and
 //! products from a few tens of microseconds up are split over the cores by
 //! [`pool`], whose workers stay awake between the pieces of a training step;
@@ -24,8 +24,10 @@ mod matmul;
 mod optim;
 mod pool;
 mod reduce;
+mod scan;
 mod simd;
 mod softmax;
+mod sort;
 
 pub(crate) use pool::threads;
 
@@ -123,6 +125,10 @@ impl Backend for Cpu {
         run(&[a.0, b.0], || elementwise::binary(op, (a.0.cpu(), a.1), (b.0.cpu(), b.1)))
     }
 
+    fn select(&self, c: (&Storage, &Strided), a: (&Storage, &Strided), b: (&Storage, &Strided)) -> Storage {
+        run(&[c.0, a.0, b.0], || elementwise::select((c.0.cpu(), c.1), (a.0.cpu(), a.1), (b.0.cpu(), b.1)))
+    }
+
     fn reduce(&self, op: ReduceOp, x: &Storage, v: AxisView) -> Storage {
         run(&[x], || reduce::reduce(op, x.cpu(), v))
     }
@@ -133,6 +139,14 @@ impl Backend for Cpu {
 
     fn softmax(&self, x: &Storage, v: AxisView, log: bool) -> Storage {
         run(&[x], || softmax::softmax(x.cpu(), v, log))
+    }
+
+    fn cumsum(&self, x: &Storage, v: AxisView, reverse: bool) -> Storage {
+        run(&[x], || scan::cumsum(x.cpu(), v, reverse))
+    }
+
+    fn argsort(&self, x: &Storage, v: AxisView, descending: bool) -> Storage {
+        run(&[x], || sort::argsort(x.cpu(), v, descending))
     }
 
     fn copy_strided(&self, x: &Storage, src: &Strided) -> Storage {

@@ -1,8 +1,8 @@
 //! Reductions along one axis of an `[outer, len, inner]` view: sum, max
-//! (NaN wins, as in PyTorch) and argmax (the first NaN, else the first
-//! maximum).
+//! and min (NaN wins, as in PyTorch), argmax and argmin (the first NaN,
+//! else the first extreme).
 
-use super::math::nan_max;
+use super::math::{nan_max, nan_min};
 use super::output;
 use super::simd::for_rows;
 use crate::Result;
@@ -38,25 +38,28 @@ pub(super) fn reduce(op: ReduceOp, x: &[f32], v: AxisView) -> Result<Vec<f32>> {
                         }
                     }
                 }
-                ReduceOp::Max => {
+                ReduceOp::Max | ReduceOp::Min => {
                     if len == 0 {
-                        row.fill(f32::NEG_INFINITY);
+                        row.fill(if op == ReduceOp::Max { f32::NEG_INFINITY } else { f32::INFINITY });
                         return;
                     }
                     row.copy_from_slice(&block[..inner]);
+                    let pick = if op == ReduceOp::Max { nan_max } else { nan_min };
                     for l in 1..len {
                         for (r, &v) in row.iter_mut().zip(&block[l * inner..]) {
-                            *r = nan_max(*r, v);
+                            *r = pick(*r, v);
                         }
                     }
                 }
-                ReduceOp::ArgMax => {
+                ReduceOp::ArgMax | ReduceOp::ArgMin => {
+                    let max = op == ReduceOp::ArgMax;
                     for (i, r) in row.iter_mut().enumerate() {
                         let mut best = 0;
                         let mut best_v = f32::NEG_INFINITY;
                         for l in 0..len {
                             let v = block[l * inner + i];
-                            if l == 0 || (!best_v.is_nan() && (v > best_v || v.is_nan())) {
+                            let better = if max { v > best_v } else { v < best_v };
+                            if l == 0 || (!best_v.is_nan() && (better || v.is_nan())) {
                                 best = l;
                                 best_v = v;
                             }

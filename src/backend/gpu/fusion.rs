@@ -12,7 +12,7 @@
 
 use super::lazy::{Expr, Node, WORDS};
 use super::pipelines::{params, with_prelude};
-use crate::backend::{BinaryOp, UnaryOp};
+use crate::backend::{BinaryOp, Cmp, UnaryOp};
 use std::fmt::Write;
 
 /// The WGSL functions generated kernels call.
@@ -30,7 +30,7 @@ const PARAMS_WGSL: &str = "struct Params {\n    w: array<u32, 32>,\n}\nvar<immed
 pub(super) fn scalars(op: UnaryOp) -> Vec<f32> {
     use UnaryOp::*;
     match op {
-        AddScalar(s) | MulScalar(s) | PowScalar(s) | MaxScalar(s) | MinScalar(s) | GtScalar(s) => vec![s],
+        AddScalar(s) | MulScalar(s) | PowScalar(s) | MaxScalar(s) | MinScalar(s) | CmpScalar(_, s) => vec![s],
         InRange(lo, hi) => vec![lo, hi],
         Neg | Exp | Log | Sqrt | Abs | Sign | Relu | Sigmoid | Tanh | Gelu | GeluGrad => vec![],
     }
@@ -57,8 +57,20 @@ fn unary_wgsl(op: UnaryOp, x: &str, s: &[String]) -> String {
         PowScalar(_) => format!("op_pow({x}, {})", s[0]),
         MaxScalar(_) => format!("op_max({x}, {})", s[0]),
         MinScalar(_) => format!("op_min({x}, {})", s[0]),
-        GtScalar(_) => format!("op_gt({x}, {})", s[0]),
+        CmpScalar(c, _) => format!("{}({x}, {})", cmp_wgsl(c), s[0]),
         InRange(..) => format!("op_in_range({x}, {}, {})", s[0], s[1]),
+    }
+}
+
+/// The WGSL function of a comparison.
+fn cmp_wgsl(c: Cmp) -> &'static str {
+    match c {
+        Cmp::Lt => "op_lt",
+        Cmp::Le => "op_le",
+        Cmp::Gt => "op_gt",
+        Cmp::Ge => "op_ge",
+        Cmp::Eq => "op_eq",
+        Cmp::Ne => "op_ne",
     }
 }
 
@@ -71,8 +83,7 @@ fn binary_wgsl(op: BinaryOp, a: &str, b: &str) -> String {
         BinaryOp::Div => "op_div",
         BinaryOp::Max => "op_max",
         BinaryOp::Min => "op_min",
-        BinaryOp::Ge => "op_ge",
-        BinaryOp::Eq => "op_eq",
+        BinaryOp::Cmp(c) => cmp_wgsl(c),
     };
     format!("{f}({a}, {b})")
 }
@@ -102,6 +113,7 @@ fn function(e: &Expr, first_scalar: usize, word: &dyn Fn(usize) -> String) -> (S
                 unary_wgsl(op, &name(a), &names)
             }
             Node::Binary(op, a, b) => binary_wgsl(op, &name(a), &name(b)),
+            Node::Select(c, a, b) => format!("op_where({}, {}, {})", name(c), name(a), name(b)),
         };
         let _ = writeln!(src, "    let {} = {expr};", name(i));
     }

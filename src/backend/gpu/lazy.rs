@@ -171,6 +171,8 @@ pub(super) enum Node {
     Leaf(usize),
     Unary(UnaryOp, usize),
     Binary(BinaryOp, usize, usize),
+    /// `c ≠ 0 ? a : b`.
+    Select(usize, usize, usize),
 }
 
 /// A buffer an expression reads: element `i` of the result reads element
@@ -287,6 +289,7 @@ impl Expr {
                 }
                 Node::Unary(op, a) => Node::Unary(op, map[a]),
                 Node::Binary(op, a, b) => Node::Binary(op, map[a], map[b]),
+                Node::Select(c, a, b) => Node::Select(map[c], map[a], map[b]),
             };
             map.push(self.intern(node));
         }
@@ -299,16 +302,34 @@ impl Expr {
         self
     }
 
+    /// Whether `other` indexes its strided leaves through the same dims
+    /// (or one of the two has none).
+    fn compatible(&self, other: &Expr) -> bool {
+        match (&self.dims, &other.dims) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
+
     /// `op(self, other)`, or `None` when the two index their strided leaves
     /// through different dims.
     fn binary(mut self, op: BinaryOp, other: &Expr) -> Option<Expr> {
-        if let (Some(a), Some(b)) = (&self.dims, &other.dims)
-            && a != b
-        {
+        if !self.compatible(other) {
             return None;
         }
         let b = self.absorb(other);
         self.root = self.intern(Node::Binary(op, self.root, b));
+        Some(self)
+    }
+
+    /// `self ≠ 0 ? a : b`, or `None` when the three disagree on dims.
+    fn select(mut self, a: &Expr, b: &Expr) -> Option<Expr> {
+        if !self.compatible(a) || !self.compatible(b) || !a.compatible(b) {
+            return None;
+        }
+        let a = self.absorb(a);
+        let b = self.absorb(b);
+        self.root = self.intern(Node::Select(self.root, a, b));
         Some(self)
     }
 }
@@ -388,6 +409,48 @@ pub(crate) fn binary(
                 // kernel reads them from a buffer.
                 return Ok(combined.expect("two leaves share the output's dims"));
             }
+        }
+    };
+    match build() {
+        Ok(e) => finish(ctx, e),
+        Err(e) => GpuBuffer::poisoned(e),
+    }
+}
+
+/// `c ≠ 0 ? a : b` with broadcasting: all three are read through layouts of
+/// the output's shape.
+pub(crate) fn select(
+    ctx: &Arc<Context>,
+    c: (&GpuBuffer, &Strided),
+    a: (&GpuBuffer, &Strided),
+    b: (&GpuBuffer, &Strided),
+) -> GpuBuffer {
+    let n: usize = c.1.dims.iter().product();
+    let sides = [c, a, b];
+    let build = || -> Result<Expr, Poison> {
+        let made: Vec<Result<Expr, Poison>> = sides.iter().map(|&x| side(x, n)).collect();
+        if made.iter().any(Result::is_err) {
+            let taints: Vec<&Expr> = made.iter().filter_map(|r| r.as_ref().ok()).collect();
+            let poisons: Vec<Poison> = made.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
+            return Err(Poison::combine(
+                &poisons,
+                taints.iter().flat_map(|e| e.leaves.iter().map(|l| &l.buffer.taint)),
+            ));
+        }
+        let mut e: Vec<Expr> = made.into_iter().flatten().collect();
+        loop {
+            let combined = e[0].clone().select(&e[1], &e[2]);
+            if let Some(x) = &combined
+                && x.fits()
+            {
+                return Ok(combined.expect("just matched"));
+            }
+            // Compute the pending side with the most ops.
+            let (most, ops) = e.iter().enumerate().map(|(i, x)| (i, x.ops())).max_by_key(|&(_, o)| o).expect("three");
+            if ops == 0 {
+                return Ok(combined.expect("leaves share the output's dims"));
+            }
+            e[most] = computed(sides[most].0, n)?;
         }
     };
     match build() {

@@ -12,7 +12,7 @@
 //!   expression — and the fusion graph; [`fusion`] writes its WGSL;
 //! - [`taint`]: device-side asserts for errors only the data reveals;
 //! - then one file per kernel family (`copy`, `gather`, `reduce`,
-//!   `softmax`, `loss`, `matmul`, `elementwise`, `optim`), each with its
+//!   `softmax`, `loss`, `matmul`, `elementwise`, `scan`, `sort`, `optim`), each with its
 //!   parameter struct mirroring the WGSL `struct Params`.
 //!
 //! Every dispatch goes through [`Context::record`]. Small parameters travel
@@ -38,7 +38,9 @@ mod pipelines;
 mod pool;
 mod queue;
 mod reduce;
+mod scan;
 mod softmax;
+mod sort;
 mod taint;
 
 pub use device::{DeviceInfo, GpuOptions};
@@ -415,6 +417,10 @@ impl Backend for GpuDevice {
         Storage::Gpu(lazy::binary(&self.ctx, op, (a.0.gpu(), a.1), (b.0.gpu(), b.1)))
     }
 
+    fn select(&self, c: (&Storage, &Strided), a: (&Storage, &Strided), b: (&Storage, &Strided)) -> Storage {
+        Storage::Gpu(lazy::select(&self.ctx, (c.0.gpu(), c.1), (a.0.gpu(), a.1), (b.0.gpu(), b.1)))
+    }
+
     fn reduce(&self, op: ReduceOp, x: &Storage, v: AxisView) -> Storage {
         Storage::Gpu(reduce::reduce(&self.ctx, op, x.gpu(), v))
     }
@@ -425,6 +431,14 @@ impl Backend for GpuDevice {
 
     fn softmax(&self, x: &Storage, v: AxisView, log: bool) -> Storage {
         Storage::Gpu(softmax::softmax(&self.ctx, x.gpu(), v, log))
+    }
+
+    fn cumsum(&self, x: &Storage, v: AxisView, reverse: bool) -> Storage {
+        Storage::Gpu(scan::cumsum(&self.ctx, x.gpu(), v, reverse))
+    }
+
+    fn argsort(&self, x: &Storage, v: AxisView, descending: bool) -> Storage {
+        Storage::Gpu(sort::argsort(&self.ctx, x.gpu(), v, descending))
     }
 
     fn copy_strided(&self, x: &Storage, src: &Strided) -> Storage {

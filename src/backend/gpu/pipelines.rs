@@ -39,12 +39,16 @@ pub(crate) enum Shader {
     Optim,
     Matmul,
     MatmulTiled,
+    Scan,
+    Sort,
 }
 
 impl Shader {
     /// Every shader, for tests that check them all.
     #[cfg(test)]
-    pub const ALL: [Shader; 10] = [
+    pub const ALL: [Shader; 12] = [
+        Shader::Scan,
+        Shader::Sort,
         Shader::Copy,
         Shader::Fill,
         Shader::Reduce,
@@ -74,6 +78,8 @@ impl Shader {
             Shader::Optim => &[include_str!("../../../shaders/optim.wgsl")],
             Shader::Matmul => &[include_str!("../../../shaders/matmul.wgsl")],
             Shader::MatmulTiled => &[include_str!("../../../shaders/matmul_tiled.wgsl")],
+            Shader::Scan => &[include_str!("../../../shaders/scan.wgsl")],
+            Shader::Sort => &[include_str!("../../../shaders/sort.wgsl")],
         }
     }
 
@@ -358,6 +364,8 @@ pub(crate) mod tests {
         assert_mirrors::<matmul::MatmulParams>(&Shader::Matmul.source(), "matmul");
         assert_mirrors::<matmul::MatmulParams>(&Shader::MatmulTiled.source(), "matmul_tiled");
         assert_mirrors::<optim::OptimParams>(&Shader::Optim.source(), "optim");
+        assert_mirrors::<reduce::AxisParams>(&Shader::Scan.source(), "scan");
+        assert_mirrors::<reduce::AxisParams>(&Shader::Sort.source(), "sort");
     }
 
     #[test]
