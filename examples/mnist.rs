@@ -112,7 +112,7 @@ fn run(args: Args) -> wgrad::Result<()> {
         io::load(&net, path)?;
         let m = evaluate(&net, &data.test, 256)?;
         println!("test loss: {:.4}", m.loss);
-        println!("test accuracy: {:.4}", m.accuracy);
+        println!("test accuracy: {:.4}", m.accuracy());
         return Ok(());
     }
 
@@ -135,16 +135,16 @@ fn run(args: Args) -> wgrad::Result<()> {
     io::load(&reloaded, &args.save)?;
     let same = predict(&net, &data.test, 256)? == predict(&reloaded, &data.test, 256)?;
     let again = evaluate(&reloaded, &data.test, 256)?;
-    if !same || again.accuracy != test.accuracy {
+    if !same || again.accuracy() != test.accuracy() {
         return Err(wgrad::Error::Mismatch(format!(
             "{}: the reloaded model scores {:.4}, the trained one {:.4}",
             args.save.display(),
-            again.accuracy,
-            test.accuracy
+            again.accuracy(),
+            test.accuracy()
         )));
     }
     println!("saved {} and reloaded it: same predictions", args.save.display());
-    println!("test accuracy: {:.4}", test.accuracy);
+    println!("test accuracy: {:.4}", test.accuracy());
     Ok(())
 }
 

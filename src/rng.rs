@@ -4,7 +4,7 @@
 //! Each thread has a default [`Generator`]; [`manual_seed`] reseeds the calling
 //! thread's, so a run is reproducible and tests running on parallel threads do
 //! not disturb one another. Code that wants its own stream passes an explicit
-//! generator (`Tensor::randn_with`, `Linear::new_with`).
+//! generator (`Tensor::randn_with`, `Linear::with_init`).
 //!
 //! Dropout does not draw from a stream at all: whether element `i` of the
 //! `c`-th dropout call is kept is a pure function of `(seed, c, i)`
@@ -19,7 +19,7 @@
 //! assert_eq!(a, b);
 //! ```
 
-use rand::rngs::StdRng;
+use chacha20::ChaCha12Rng;
 use rand::{Rng, SeedableRng};
 use std::cell::RefCell;
 
@@ -27,17 +27,46 @@ use std::cell::RefCell;
 /// that never calls [`manual_seed`] is still reproducible.
 pub const DEFAULT_SEED: u64 = 0x5eed;
 
-/// A seedable source of random tensors and dropout keys.
+/// A seedable source of random tensors and dropout keys: ChaCha12 (rand's
+/// `StdRng` algorithm, used directly so that streams are portable and the
+/// state can be saved).
 pub struct Generator {
     seed: u64,
-    rng: StdRng,
+    rng: ChaCha12Rng,
     dropout_calls: u64,
+}
+
+/// Everything that determines a [`Generator`]'s future output: what a
+/// checkpoint saves so that a resumed run draws what an uninterrupted one
+/// would have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GeneratorState {
+    /// The seed the generator was created with.
+    pub seed: u64,
+    /// How many 32-bit words of its stream it has used.
+    pub word_pos: u128,
+    /// How many dropout keys it has handed out.
+    pub dropout_calls: u64,
 }
 
 impl Generator {
     /// A generator whose whole stream is determined by `seed`.
     pub fn new(seed: u64) -> Self {
-        Generator { seed, rng: StdRng::seed_from_u64(seed), dropout_calls: 0 }
+        Generator { seed, rng: ChaCha12Rng::seed_from_u64(seed), dropout_calls: 0 }
+    }
+
+    /// Its state, to restore with [`from_state`](Self::from_state).
+    pub fn state(&self) -> GeneratorState {
+        GeneratorState { seed: self.seed, word_pos: self.rng.get_word_pos(), dropout_calls: self.dropout_calls }
+    }
+
+    /// A generator in `state`: it draws exactly what the one `state` was
+    /// taken from would have drawn next.
+    pub fn from_state(state: GeneratorState) -> Self {
+        let mut g = Generator::new(state.seed);
+        g.rng.set_word_pos(state.word_pos);
+        g.dropout_calls = state.dropout_calls;
+        g
     }
 
     /// The seed this generator was created with.
@@ -94,6 +123,17 @@ thread_local! {
 /// init, shuffling and dropout keys), as `torch.manual_seed` does.
 pub fn manual_seed(seed: u64) {
     DEFAULT.with(|g| *g.borrow_mut() = Generator::new(seed));
+}
+
+/// The state of the calling thread's default generator (see
+/// [`GeneratorState`]).
+pub fn default_generator_state() -> GeneratorState {
+    DEFAULT.with(|g| g.borrow().state())
+}
+
+/// Puts the calling thread's default generator in `state`.
+pub fn set_default_generator_state(state: GeneratorState) {
+    DEFAULT.with(|g| *g.borrow_mut() = Generator::from_state(state));
 }
 
 /// Runs `f` with the calling thread's default generator.
@@ -168,6 +208,28 @@ mod tests {
         assert_ne!(dropout_key(1, 0), dropout_key(2, 0));
         assert_ne!(dropout_key(1, 0), dropout_key(1, 1));
         assert_ne!(dropout_key(1 << 32, 0), dropout_key(0, 0));
+    }
+
+    #[test]
+    fn a_restored_state_continues_the_stream() {
+        let mut a = Generator::new(11);
+        for _ in 0..37 {
+            a.uniform();
+        }
+        a.next_dropout_key();
+        let state = a.state();
+        let mut b = Generator::from_state(state);
+        for _ in 0..100 {
+            assert_eq!(a.normal().to_bits(), b.normal().to_bits());
+        }
+        assert_eq!(a.next_dropout_key(), b.next_dropout_key());
+        // The same stream as rand's StdRng from the same seed.
+        let mut std = rand::rngs::StdRng::seed_from_u64(11);
+        let mut ours = Generator::new(11);
+        assert_eq!(
+            (0..8).map(|_| std.next_u32()).collect::<Vec<_>>(),
+            (0..8).map(|_| ours.rng.next_u32()).collect::<Vec<_>>()
+        );
     }
 
     #[test]

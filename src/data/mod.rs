@@ -1,5 +1,6 @@
-//! Datasets: the MNIST reader, in-memory datasets, the Keras-style
-//! validation split and batching with seeded shuffling.
+//! Datasets: the MNIST reader, in-memory datasets (classification or
+//! regression), the Keras-style validation split and batching with seeded
+//! shuffling.
 //!
 //! ```no_run
 //! use wgrad::{Device, data::mnist};
@@ -19,19 +20,23 @@ pub use idx::{Idx, parse_idx, read_idx};
 use crate::rng::Generator;
 use crate::{Device, Tensor};
 
-/// Labelled examples held in host memory: inputs as f32 and integer class
-/// labels (stored as f32, the form `cross_entropy` takes).
+/// Examples held in host memory: inputs as f32, and targets that are
+/// either integer class labels (stored as f32, the form `cross_entropy`
+/// takes) or real values of a fixed shape (regression).
 #[derive(Clone, Debug)]
 pub struct Dataset {
     inputs: Vec<f32>,
-    labels: Vec<f32>,
+    targets: Vec<f32>,
     item_shape: Vec<usize>,
-    classes: usize,
+    target_shape: Vec<usize>,
+    /// The number of classes, for a classification dataset.
+    classes: Option<usize>,
 }
 
 impl Dataset {
-    /// A dataset of `labels.len()` items of `item_shape` each.
-    /// Panics if the sizes disagree or a label is not below `classes`.
+    /// A classification dataset of `labels.len()` items of `item_shape` each.
+    /// Panics if the sizes disagree or a label is not an integer below
+    /// `classes`.
     pub fn new(inputs: Vec<f32>, labels: Vec<f32>, item_shape: &[usize], classes: usize) -> Self {
         let item: usize = item_shape.iter().product();
         assert_eq!(
@@ -45,17 +50,39 @@ impl Dataset {
             labels.iter().all(|&l| l >= 0.0 && (l as usize) < classes && l.fract() == 0.0),
             "Dataset::new: labels must be integers below {classes}"
         );
-        Dataset { inputs, labels, item_shape: item_shape.to_vec(), classes }
+        Dataset {
+            inputs,
+            targets: labels,
+            item_shape: item_shape.to_vec(),
+            target_shape: Vec::new(),
+            classes: Some(classes),
+        }
+    }
+
+    /// A regression dataset: each item of `item_shape` has a real-valued
+    /// target of `target_shape` (`&[]` for one number per item). Panics if
+    /// the sizes disagree.
+    pub fn regression(inputs: Vec<f32>, targets: Vec<f32>, item_shape: &[usize], target_shape: &[usize]) -> Self {
+        let (item, target): (usize, usize) = (item_shape.iter().product(), target_shape.iter().product());
+        let n = inputs.len().checked_div(item).unwrap_or(0);
+        assert!(
+            n * item == inputs.len() && n * target == targets.len(),
+            "Dataset::regression: {} inputs of shape {item_shape:?} and {} targets of shape {target_shape:?} \
+             do not make whole items",
+            inputs.len(),
+            targets.len()
+        );
+        Dataset { inputs, targets, item_shape: item_shape.to_vec(), target_shape: target_shape.to_vec(), classes: None }
     }
 
     /// Number of items.
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.targets.len() / self.target_len().max(1)
     }
 
     /// Whether there are no items.
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.len() == 0
     }
 
     /// The shape of one input.
@@ -63,18 +90,50 @@ impl Dataset {
         &self.item_shape
     }
 
-    /// Number of classes.
-    pub fn classes(&self) -> usize {
+    /// The shape of one target (`[]` for class labels).
+    pub fn target_shape(&self) -> &[usize] {
+        &self.target_shape
+    }
+
+    /// The number of classes of a classification dataset (`None` for
+    /// regression).
+    pub fn classes(&self) -> Option<usize> {
         self.classes
     }
 
-    /// The labels, in order.
+    /// The class labels (or regression targets), in order.
     pub fn labels(&self) -> &[f32] {
-        &self.labels
+        &self.targets
     }
 
     fn item_len(&self) -> usize {
         self.item_shape.iter().product()
+    }
+
+    fn target_len(&self) -> usize {
+        self.target_shape.iter().product()
+    }
+
+    /// The items at `indices`, in that order.
+    fn subset(&self, indices: &[usize]) -> Dataset {
+        let (item, target) = (self.item_len(), self.target_len());
+        let mut inputs = Vec::with_capacity(indices.len() * item);
+        let mut targets = Vec::with_capacity(indices.len() * target);
+        for &i in indices {
+            inputs.extend_from_slice(&self.inputs[i * item..(i + 1) * item]);
+            targets.extend_from_slice(&self.targets[i * target..(i + 1) * target]);
+        }
+        Dataset { inputs, targets, ..self.clone_meta() }
+    }
+
+    fn clone_meta(&self) -> Dataset {
+        Dataset {
+            inputs: Vec::new(),
+            targets: Vec::new(),
+            item_shape: self.item_shape.clone(),
+            target_shape: self.target_shape.clone(),
+            classes: self.classes,
+        }
     }
 
     /// Splits off the last `fraction` of the items (taken before any
@@ -83,30 +142,45 @@ impl Dataset {
         assert!((0.0..1.0).contains(&fraction), "split_last: fraction {fraction} is not in [0, 1)");
         let held = (self.len() as f64 * fraction as f64).round() as usize;
         let keep = self.len() - held;
-        let at = keep * self.item_len();
-        let part = |inputs: &[f32], labels: &[f32]| Dataset {
-            inputs: inputs.to_vec(),
-            labels: labels.to_vec(),
-            item_shape: self.item_shape.clone(),
-            classes: self.classes,
-        };
-        (part(&self.inputs[..at], &self.labels[..keep]), part(&self.inputs[at..], &self.labels[keep..]))
+        let order: Vec<usize> = (0..self.len()).collect();
+        (self.subset(&order[..keep]), self.subset(&order[keep..]))
+    }
+
+    /// Splits off a random `fraction` of the items (shuffled by `generator`
+    /// first): returns (rest, held out), each in its original order.
+    pub fn split_shuffled(&self, fraction: f32, generator: &mut Generator) -> (Dataset, Dataset) {
+        assert!((0.0..1.0).contains(&fraction), "split_shuffled: fraction {fraction} is not in [0, 1)");
+        let held = (self.len() as f64 * fraction as f64).round() as usize;
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        generator.shuffle(&mut order);
+        let (mut keep, mut out) = (order[..self.len() - held].to_vec(), order[self.len() - held..].to_vec());
+        keep.sort_unstable();
+        out.sort_unstable();
+        (self.subset(&keep), self.subset(&out))
+    }
+
+    /// The number of distinct labels among the items (classification).
+    pub(crate) fn distinct_labels(&self) -> usize {
+        let mut seen = vec![false; self.classes.unwrap_or(0)];
+        for &l in &self.targets {
+            if let Some(s) = seen.get_mut(l as usize) {
+                *s = true;
+            }
+        }
+        seen.iter().filter(|&&s| s).count()
     }
 
     /// The items at `indices` as tensors on `device`: inputs
-    /// `[len, item_shape…]` and labels `[len]`.
+    /// `[len, item_shape…]` and targets `[len, target_shape…]` (`[len]`
+    /// labels for classification).
     pub fn gather(&self, indices: &[usize], device: &Device) -> (Tensor, Tensor) {
-        let item = self.item_len();
-        let mut x = Vec::with_capacity(indices.len() * item);
-        let mut y = Vec::with_capacity(indices.len());
-        for &i in indices {
-            x.extend_from_slice(&self.inputs[i * item..(i + 1) * item]);
-            y.push(self.labels[i]);
-        }
-        let mut shape = vec![indices.len()];
-        shape.extend_from_slice(&self.item_shape);
-        let x = Tensor::from_vec(x, shape, device).expect("gather: sizes match by construction");
-        let y = Tensor::from_vec(y, [indices.len()], device).expect("gather: sizes match by construction");
+        let part = self.subset(indices);
+        let mut x_shape = vec![indices.len()];
+        x_shape.extend_from_slice(&self.item_shape);
+        let mut y_shape = vec![indices.len()];
+        y_shape.extend_from_slice(&self.target_shape);
+        let x = Tensor::from_vec(part.inputs, x_shape, device).expect("gather: sizes match by construction");
+        let y = Tensor::from_vec(part.targets, y_shape, device).expect("gather: sizes match by construction");
         (x, y)
     }
 

@@ -1,5 +1,6 @@
 //! Saving and loading named parameters as safetensors, the format PyTorch,
-//! candle and burn share.
+//! candle and burn share, and checkpoints to resume training from
+//! ([`save_checkpoint`], [`load_checkpoint`]).
 //!
 //! Names and layouts are PyTorch's `state_dict` ones (see [`crate::nn`]), so
 //! a model saved here loads with `safetensors.torch.load_file` +
@@ -19,6 +20,7 @@
 //! ```
 
 use crate::nn::Module;
+use crate::optim::{Optimizer, OptimizerState};
 use crate::{Device, Error, Result, Tensor};
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
@@ -45,26 +47,39 @@ pub enum Dtype {
     BF16,
 }
 
-/// Saves `model`'s named parameters to `path` (atomically).
+/// Saves `model`'s state (parameters and buffers, see
+/// [`Module::state_dict`]) to `path` (atomically).
 pub fn save(model: &dyn Module, path: impl AsRef<Path>, dtype: Dtype) -> Result<()> {
-    save_tensors(&model.named_parameters(), path, dtype)
+    save_tensors(&model.state_dict(), path, dtype)
 }
 
-/// Loads parameters saved by [`save`] (or by PyTorch) into `model`, in place.
-/// The file must hold exactly the model's parameters with the same shapes,
-/// as PyTorch's strict `load_state_dict`; otherwise nothing is changed and
-/// the error names the offending tensor.
+/// Loads a state saved by [`save`] (or by PyTorch) into `model`, in place.
+/// The file must hold exactly the model's parameters and buffers with the
+/// same shapes, as PyTorch's strict `load_state_dict`; otherwise nothing is
+/// changed and the error names the offending tensor.
 pub fn load(model: &dyn Module, path: impl AsRef<Path>) -> Result<()> {
     let path = path.as_ref();
-    let params = model.named_parameters();
-    let mut loaded: HashMap<String, HostTensor> = read(path)?.into_iter().collect();
-    // Check everything before changing anything.
-    for (name, p) in &params {
-        match loaded.get(name) {
-            None => return Err(Error::Mismatch(format!("{}: no tensor named {name:?}", path.display()))),
+    let loaded: HashMap<String, HostTensor> = read(path)?.into_iter().collect();
+    let state = model.state_dict();
+    let assign = check_state(&state, loaded, "", path)?;
+    assign()
+}
+
+/// Checks that `loaded` (names with `prefix`) holds exactly `state`'s
+/// tensors with their shapes; returns what assigns them.
+fn check_state<'a>(
+    state: &'a [(String, Tensor)],
+    mut loaded: HashMap<String, HostTensor>,
+    prefix: &str,
+    path: &Path,
+) -> Result<impl FnOnce() -> Result<()> + 'a> {
+    for (name, p) in state {
+        let full = format!("{prefix}{name}");
+        match loaded.get(&full) {
+            None => return Err(Error::Mismatch(format!("{}: no tensor named {full:?}", path.display()))),
             Some(t) if t.shape.as_slice() != p.dims() => {
                 return Err(Error::Mismatch(format!(
-                    "{}: tensor {name:?} has shape {:?} in the file but {:?} in the model",
+                    "{}: tensor {full:?} has shape {:?} in the file but {:?} in the model",
                     path.display(),
                     t.shape,
                     p.dims()
@@ -73,21 +88,126 @@ pub fn load(model: &dyn Module, path: impl AsRef<Path>) -> Result<()> {
             Some(_) => {}
         }
     }
-    if loaded.len() > params.len() {
-        let mut extra: Vec<&String> = loaded.keys().filter(|k| !params.iter().any(|(n, _)| n == *k)).collect();
+    if loaded.len() > state.len() {
+        let mut extra: Vec<&String> =
+            loaded.keys().filter(|k| !state.iter().any(|(n, _)| &format!("{prefix}{n}") == *k)).collect();
         extra.sort();
         return Err(Error::Mismatch(format!("{}: tensors {extra:?} are not in the model", path.display())));
     }
-    for (name, p) in &params {
-        let t = loaded.remove(name).expect("checked above");
-        p.assign(&Tensor::from_vec(t.values, t.shape, &p.device())?);
+    let prefix = prefix.to_string();
+    Ok(move || {
+        for (name, p) in state {
+            let t = loaded.remove(&format!("{prefix}{name}")).expect("checked above");
+            p.assign(&Tensor::from_vec(t.values, t.shape, &p.device())?);
+        }
+        Ok(())
+    })
+}
+
+/// What [`load_checkpoint`] restored besides the model and optimizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The epochs trained when it was saved: pass it as
+    /// [`FitConfig::initial_epoch`](crate::train::FitConfig::initial_epoch).
+    pub epoch: usize,
+}
+
+const CHECKPOINT_FORMAT: &str = "wgrad-checkpoint-1";
+
+/// Saves everything needed to resume training exactly where it is: the
+/// model's state (`model.<name>`), the optimizer's (`optimizer.<name>`, its
+/// numbers in the metadata), the epoch, and the calling thread's random
+/// state (dropout masks continue as they would have). One safetensors
+/// file, its metadata in the JSON header, written atomically like
+/// [`save`]. Resuming with [`load_checkpoint`] and `FitConfig {
+/// initial_epoch, .. }` trains bit for bit as an uninterrupted run.
+pub fn save_checkpoint(
+    path: impl AsRef<Path>,
+    model: &dyn Module,
+    optimizer: &dyn Optimizer,
+    epoch: usize,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> =
+        model.state_dict().into_iter().map(|(n, t)| (format!("model.{n}"), t)).collect();
+    let opt = optimizer.state_dict();
+    tensors.extend(opt.tensors.into_iter().map(|(n, t)| (format!("optimizer.{n}"), t)));
+    let rng = crate::rng::default_generator_state();
+    let mut meta: HashMap<String, String> = HashMap::new();
+    meta.insert("format".into(), CHECKPOINT_FORMAT.into());
+    meta.insert("epoch".into(), epoch.to_string());
+    meta.insert("rng.seed".into(), rng.seed.to_string());
+    meta.insert("rng.word_pos".into(), rng.word_pos.to_string());
+    meta.insert("rng.dropout_calls".into(), rng.dropout_calls.to_string());
+    for (n, v) in opt.scalars {
+        // `{:?}` writes the shortest text that reads back to the same f64.
+        meta.insert(format!("optimizer.{n}"), format!("{v:?}"));
     }
-    Ok(())
+    write_tensors(&tensors, path.as_ref(), Dtype::F32, Some(meta))
+}
+
+/// Restores a checkpoint written by [`save_checkpoint`] into `model` and
+/// `optimizer` (built as when it was saved) and the calling thread's random
+/// state; returns its epoch. Everything is checked before anything
+/// changes: a file that does not fit leaves all three as they were.
+pub fn load_checkpoint(
+    path: impl AsRef<Path>,
+    model: &dyn Module,
+    optimizer: &mut dyn Optimizer,
+) -> Result<Checkpoint> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, metadata) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
+    let meta: HashMap<String, String> = metadata.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+        return Err(Error::format(path, format!("not a wgrad checkpoint (format {:?})", meta.get("format"))));
+    }
+    let number = |key: &str| -> Result<u128> {
+        meta.get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::format(path, format!("checkpoint metadata {key:?} is missing or not a number")))
+    };
+    let (epoch, seed, word_pos, dropout_calls) =
+        (number("epoch")?, number("rng.seed")?, number("rng.word_pos")?, number("rng.dropout_calls")?);
+    let all: HashMap<String, HostTensor> = parse(&bytes, path)?.into_iter().collect();
+    let (model_part, opt_part): (HashMap<_, _>, HashMap<_, _>) =
+        all.into_iter().partition(|(n, _)| n.starts_with("model."));
+    let state = model.state_dict();
+    let assign = check_state(&state, model_part, "model.", path)?;
+    let mut opt = OptimizerState::default();
+    for (n, t) in opt_part {
+        let Some(name) = n.strip_prefix("optimizer.") else {
+            return Err(Error::format(path, format!("tensor {n:?} is neither the model's nor the optimizer's")));
+        };
+        opt.tensors.push((name.to_string(), Tensor::from_vec(t.values, t.shape, &Device::Cpu)?));
+    }
+    for (k, v) in &meta {
+        if let Some(name) = k.strip_prefix("optimizer.") {
+            let value = v.parse().map_err(|_| Error::format(path, format!("optimizer number {k:?} is {v:?}")))?;
+            opt.scalars.push((name.to_string(), value));
+        }
+    }
+    optimizer.load_state_dict(&opt)?;
+    assign()?;
+    crate::rng::set_default_generator_state(crate::rng::GeneratorState {
+        seed: seed as u64,
+        word_pos,
+        dropout_calls: dropout_calls as u64,
+    });
+    Ok(Checkpoint { epoch: epoch as usize })
 }
 
 /// Saves named tensors to `path` (atomically).
 pub fn save_tensors(tensors: &[(String, Tensor)], path: impl AsRef<Path>, dtype: Dtype) -> Result<()> {
-    let path = path.as_ref();
+    write_tensors(tensors, path.as_ref(), dtype, None)
+}
+
+fn write_tensors(
+    tensors: &[(String, Tensor)],
+    path: &Path,
+    dtype: Dtype,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     let mut encoded: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
     for (name, t) in tensors {
         let values = t.to_vec()?;
@@ -113,7 +233,7 @@ pub fn save_tensors(tensors: &[(String, Tensor)], path: impl AsRef<Path>, dtype:
                 .map_err(|e| Error::format(path, format!("tensor {name:?}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::tensor::serialize(views, None).map_err(|e| Error::format(path, e.to_string()))?;
+    let bytes = safetensors::tensor::serialize(views, metadata).map_err(|e| Error::format(path, e.to_string()))?;
     write_atomically(path, |f| f.write_all(&bytes))
 }
 

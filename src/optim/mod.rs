@@ -19,10 +19,10 @@
 
 mod schedule;
 
-pub use schedule::{Cosine, LrSchedule, StepDecay};
+pub use schedule::{Cosine, LinearWarmup, LrSchedule, OneCycle, Progress, ReduceOnPlateau, StepDecay};
 
 use crate::backend::{Storage, UpdateRule};
-use crate::{Gradients, Tensor, no_grad};
+use crate::{Error, Gradients, Result, Tensor, no_grad};
 use std::collections::HashMap;
 
 /// Something that updates variables from their gradients.
@@ -34,6 +34,82 @@ pub trait Optimizer {
     fn learning_rate(&self) -> f32;
     /// Sets the learning rate (for schedules).
     fn set_learning_rate(&mut self, lr: f32);
+    /// Everything the optimizer would need to continue exactly where it
+    /// is: its per-parameter state (by the parameter's index, PyTorch's
+    /// names: `0.exp_avg`, `0.momentum_buffer`) and its numbers (learning
+    /// rate, step counts, hyper-parameters). Saved by
+    /// [`crate::io::save_checkpoint`].
+    fn state_dict(&self) -> OptimizerState;
+    /// Restores a [`state_dict`](Self::state_dict) of an optimizer of the
+    /// same kind over parameters of the same shapes; nothing is changed if
+    /// it does not fit.
+    fn load_state_dict(&mut self, state: &OptimizerState) -> Result<()>;
+}
+
+/// An optimizer's state: named tensors and named numbers.
+#[derive(Clone, Debug, Default)]
+pub struct OptimizerState {
+    /// Per-parameter buffers, named `<parameter index>.<buffer>`.
+    pub tensors: Vec<(String, Tensor)>,
+    /// The learning rate, hyper-parameters and counters.
+    pub scalars: Vec<(String, f64)>,
+}
+
+impl OptimizerState {
+    /// The number named `name`.
+    pub fn scalar(&self, name: &str) -> Result<f64> {
+        self.scalars.iter().find(|(n, _)| n == name).map(|&(_, v)| v).ok_or_else(|| missing(name))
+    }
+
+    fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+}
+
+fn missing(name: &str) -> Error {
+    Error::Mismatch(format!("optimizer state: no entry named {name:?}"))
+}
+
+/// Per-parameter buffers named `names` (in order) for each parameter that
+/// has state, read from `state`; checked against the parameters' shapes
+/// before anything is changed.
+fn load_buffers(params: &[Tensor], state: &OptimizerState, names: &[&str]) -> Result<HashMap<u64, Vec<Tensor>>> {
+    let mut out = HashMap::new();
+    for (i, p) in params.iter().enumerate() {
+        let found: Vec<Option<&Tensor>> = names.iter().map(|n| state.tensor(&format!("{i}.{n}"))).collect();
+        if found.iter().all(Option::is_none) {
+            continue;
+        }
+        let mut buffers = Vec::with_capacity(names.len());
+        for (n, t) in names.iter().zip(found) {
+            let t = t.ok_or_else(|| missing(&format!("{i}.{n}")))?;
+            if t.shape() != p.shape() {
+                return Err(Error::Mismatch(format!(
+                    "optimizer state: {i}.{n} has shape {} but parameter {i} has shape {}",
+                    t.shape(),
+                    p.shape()
+                )));
+            }
+            // A copy on the parameter's device: the optimizer updates it in place.
+            let copy = Tensor::from_vec(t.to_vec()?, t.shape().clone(), &p.device())?;
+            buffers.push(copy);
+        }
+        out.insert(p.id(), buffers);
+    }
+    Ok(out)
+}
+
+/// The buffers of each parameter with state, named `<index>.<name>`.
+fn save_buffers(params: &[Tensor], state: &HashMap<u64, Vec<Tensor>>, names: &[&str]) -> Vec<(String, Tensor)> {
+    let mut out = Vec::new();
+    for (i, p) in params.iter().enumerate() {
+        if let Some(buffers) = state.get(&p.id()) {
+            for (n, t) in names.iter().zip(buffers) {
+                out.push((format!("{i}.{n}"), t.clone()));
+            }
+        }
+    }
+    out
 }
 
 /// Runs one fused update of `param` with `grad` and the optimizer `state`
@@ -116,6 +192,30 @@ impl Optimizer for Sgd {
 
     fn set_learning_rate(&mut self, lr: f32) {
         self.lr = lr;
+    }
+
+    fn state_dict(&self) -> OptimizerState {
+        OptimizerState {
+            tensors: save_buffers(&self.params, &self.state, &["momentum_buffer"]),
+            scalars: vec![
+                ("lr".into(), self.lr as f64),
+                ("momentum".into(), self.momentum as f64),
+                ("weight_decay".into(), self.weight_decay as f64),
+                ("nesterov".into(), self.nesterov as u8 as f64),
+            ],
+        }
+    }
+
+    fn load_state_dict(&mut self, state: &OptimizerState) -> Result<()> {
+        let buffers = load_buffers(&self.params, state, &["momentum_buffer"])?;
+        let (lr, momentum) = (state.scalar("lr")?, state.scalar("momentum")?);
+        let (weight_decay, nesterov) = (state.scalar("weight_decay")?, state.scalar("nesterov")?);
+        self.state = buffers;
+        self.lr = lr as f32;
+        self.momentum = momentum as f32;
+        self.weight_decay = weight_decay as f32;
+        self.nesterov = nesterov != 0.0;
+        Ok(())
     }
 }
 
@@ -203,6 +303,41 @@ impl Optimizer for Adam {
 
     fn set_learning_rate(&mut self, lr: f32) {
         self.lr = lr;
+    }
+
+    fn state_dict(&self) -> OptimizerState {
+        let mut scalars: Vec<(String, f64)> = vec![
+            ("lr".into(), self.lr as f64),
+            ("beta1".into(), self.beta1 as f64),
+            ("beta2".into(), self.beta2 as f64),
+            ("eps".into(), self.eps as f64),
+            ("weight_decay".into(), self.weight_decay as f64),
+            ("decoupled".into(), self.decoupled as u8 as f64),
+        ];
+        for (i, p) in self.params.iter().enumerate() {
+            if let Some(&t) = self.steps.get(&p.id()) {
+                scalars.push((format!("{i}.step"), t as f64));
+            }
+        }
+        OptimizerState { tensors: save_buffers(&self.params, &self.state, &["exp_avg", "exp_avg_sq"]), scalars }
+    }
+
+    fn load_state_dict(&mut self, state: &OptimizerState) -> Result<()> {
+        let buffers = load_buffers(&self.params, state, &["exp_avg", "exp_avg_sq"])?;
+        let mut steps = HashMap::new();
+        for (i, p) in self.params.iter().enumerate() {
+            if buffers.contains_key(&p.id()) {
+                steps.insert(p.id(), state.scalar(&format!("{i}.step"))? as u32);
+            }
+        }
+        let get = |n: &str| state.scalar(n).map(|v| v as f32);
+        let (lr, beta1, beta2, eps, wd) = (get("lr")?, get("beta1")?, get("beta2")?, get("eps")?, get("weight_decay")?);
+        let decoupled = state.scalar("decoupled")? != 0.0;
+        self.state = buffers;
+        self.steps = steps;
+        (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.decoupled) =
+            (lr, beta1, beta2, eps, wd, decoupled);
+        Ok(())
     }
 }
 

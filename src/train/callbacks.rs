@@ -1,0 +1,218 @@
+//! Callbacks `fit` calls around its epochs (Keras's `callbacks`):
+//! [`EarlyStopping`], [`ModelCheckpoint`], and [`Hook`] for a closure.
+//!
+//! Callbacks take `&self` (the state they keep is inside them), so a
+//! [`FitConfig`](super::FitConfig) holding them is passed by reference and
+//! can be reused; each is reset when training begins.
+
+use super::EpochStats;
+use crate::nn::Module;
+use crate::optim::Optimizer;
+use crate::{Result, Tensor};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Whether training goes on after an epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Train the next epoch.
+    Continue,
+    /// Stop after this one.
+    Stop,
+}
+
+/// What a callback sees at the end of an epoch.
+pub struct EpochEnd<'a> {
+    /// The epoch's numbers.
+    pub stats: &'a EpochStats,
+    /// The model being trained.
+    pub model: &'a dyn Module,
+    /// Its optimizer.
+    pub optimizer: &'a dyn Optimizer,
+}
+
+/// Something `fit` calls as training goes.
+pub trait Callback: Send + Sync {
+    /// Training begins: forget anything from an earlier run.
+    fn on_train_begin(&self) {}
+    /// An epoch ended (after its validation); return [`Control::Stop`] to
+    /// end training.
+    fn on_epoch_end(&self, _end: &EpochEnd) -> Result<Control> {
+        Ok(Control::Continue)
+    }
+    /// Training ended (after the last epoch, or a stop).
+    fn on_train_end(&self, _model: &dyn Module) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether a larger value of the quantity named `monitor` is better
+/// (accuracies) or a smaller one (losses, errors).
+fn higher_is_better(monitor: &str) -> bool {
+    monitor.contains("accuracy")
+}
+
+/// The value of `monitor` in `stats`, or an error naming what there is.
+fn monitored(stats: &EpochStats, monitor: &str) -> Result<f32> {
+    stats.get(monitor).ok_or_else(|| crate::Error::InvalidArgument {
+        op: "fit",
+        msg: format!(
+            "a callback monitors {monitor:?}, which this training does not report ({})",
+            stats.names().join(", ")
+        ),
+    })
+}
+
+/// Stops training when `monitor` (default `val_loss`) has not improved by
+/// more than `min_delta` for `patience` epochs; with `restore_best_weights`,
+/// puts the parameters of the best epoch back when training ends.
+pub struct EarlyStopping {
+    /// The quantity watched: `loss`, `val_loss`, `accuracy`, `val_accuracy`, …
+    pub monitor: String,
+    /// Epochs without improvement tolerated.
+    pub patience: usize,
+    /// The least change that counts as an improvement.
+    pub min_delta: f32,
+    /// Restore the best epoch's parameters when training ends.
+    pub restore_best_weights: bool,
+    state: Mutex<Watch>,
+}
+
+/// What [`EarlyStopping`] remembers: the best value, the epochs since, and
+/// (when restoring) the best epoch's parameters.
+type Watch = (f32, usize, Option<Vec<Vec<f32>>>);
+
+impl EarlyStopping {
+    /// Watching `monitor`, with `patience`.
+    pub fn new(monitor: &str, patience: usize) -> Self {
+        EarlyStopping {
+            monitor: monitor.into(),
+            patience,
+            min_delta: 0.0,
+            restore_best_weights: false,
+            state: Mutex::new((f32::NAN, 0, None)),
+        }
+    }
+
+    /// The same, restoring the best parameters at the end.
+    pub fn restoring_best(mut self) -> Self {
+        self.restore_best_weights = true;
+        self
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, Watch> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Callback for EarlyStopping {
+    fn on_train_begin(&self) {
+        *self.state() = (f32::NAN, 0, None);
+    }
+
+    fn on_epoch_end(&self, end: &EpochEnd) -> Result<Control> {
+        let value = monitored(end.stats, &self.monitor)?;
+        let mut s = self.state();
+        let better = s.0.is_nan()
+            || if higher_is_better(&self.monitor) {
+                value > s.0 + self.min_delta
+            } else {
+                value < s.0 - self.min_delta
+            };
+        if better {
+            s.0 = value;
+            s.1 = 0;
+            if self.restore_best_weights {
+                let weights = end.model.parameters().iter().map(Tensor::to_vec).collect::<Result<Vec<_>>>()?;
+                s.2 = Some(weights);
+            }
+            return Ok(Control::Continue);
+        }
+        s.1 += 1;
+        Ok(if s.1 >= self.patience { Control::Stop } else { Control::Continue })
+    }
+
+    fn on_train_end(&self, model: &dyn Module) -> Result<()> {
+        if let Some(best) = self.state().2.take() {
+            for (p, values) in model.parameters().iter().zip(best) {
+                p.assign(&Tensor::from_vec(values, p.shape().clone(), &p.device())?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Saves a checkpoint (model, optimizer, epoch, random state: see
+/// [`crate::io::save_checkpoint`]) to `path` after every epoch, or with
+/// `save_best_only` after each epoch that improves `monitor`.
+pub struct ModelCheckpoint {
+    /// Where to save (atomically replaced each time).
+    pub path: PathBuf,
+    /// The quantity that decides the best epoch (`val_loss` by default).
+    pub monitor: String,
+    /// Save only when `monitor` improves.
+    pub save_best_only: bool,
+    best: Mutex<f32>,
+}
+
+impl ModelCheckpoint {
+    /// Saving after every epoch.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        ModelCheckpoint {
+            path: path.into(),
+            monitor: "val_loss".into(),
+            save_best_only: false,
+            best: Mutex::new(f32::NAN),
+        }
+    }
+
+    /// Saving only the best epoch by `monitor`.
+    pub fn best_only(path: impl Into<PathBuf>, monitor: &str) -> Self {
+        ModelCheckpoint { monitor: monitor.into(), save_best_only: true, ..ModelCheckpoint::new(path) }
+    }
+}
+
+impl Callback for ModelCheckpoint {
+    fn on_train_begin(&self) {
+        *self.best.lock().unwrap_or_else(|e| e.into_inner()) = f32::NAN;
+    }
+
+    fn on_epoch_end(&self, end: &EpochEnd) -> Result<Control> {
+        if self.save_best_only {
+            let value = monitored(end.stats, &self.monitor)?;
+            let mut best = self.best.lock().unwrap_or_else(|e| e.into_inner());
+            let better = best.is_nan() || if higher_is_better(&self.monitor) { value > *best } else { value < *best };
+            if !better {
+                return Ok(Control::Continue);
+            }
+            *best = value;
+        }
+        crate::io::save_checkpoint(&self.path, end.model, end.optimizer, end.stats.epoch)?;
+        Ok(Control::Continue)
+    }
+}
+
+/// A closure called after every epoch.
+///
+/// ```
+/// use wgrad::train::{Control, Hook};
+/// let log = Hook::new(|end| {
+///     println!("epoch {} took {:.3} s", end.stats.epoch, end.stats.seconds);
+///     Ok(Control::Continue)
+/// });
+/// ```
+#[allow(clippy::type_complexity)]
+pub struct Hook(Mutex<Box<dyn FnMut(&EpochEnd) -> Result<Control> + Send>>);
+
+impl Hook {
+    /// Calls `f` after every epoch.
+    pub fn new(f: impl FnMut(&EpochEnd) -> Result<Control> + Send + 'static) -> Self {
+        Hook(Mutex::new(Box::new(f)))
+    }
+}
+
+impl Callback for Hook {
+    fn on_epoch_end(&self, end: &EpochEnd) -> Result<Control> {
+        (self.0.lock().unwrap_or_else(|e| e.into_inner()))(end)
+    }
+}

@@ -1,0 +1,428 @@
+//! A Keras-like training loop: [`fit`], [`evaluate`] and [`predict`], for
+//! classifiers and regressors, with a loss and metrics of your choice,
+//! learning-rate schedules, callbacks (early stopping, checkpoints, hooks)
+//! and resumption from a checkpoint.
+//!
+//! Metrics are accumulated on the model's device and read back now and
+//! then, so a GPU is not made to wait for the host after every batch.
+//! Programs that want their own loop use the same pieces: `forward`, a loss
+//! op, `backward`, `Optimizer::step`.
+//!
+//! ```
+//! use wgrad::{Device, Tensor, data::Dataset, nn::{self, Module}, optim::Adam};
+//! use wgrad::train::{fit, FitConfig, Loss, Metric};
+//! let dev = Device::Cpu;
+//! wgrad::manual_seed(0);
+//! // y = 2x - 1, a regression.
+//! let xs: Vec<f32> = (0..64).map(|i| i as f32 / 32.0 - 1.0).collect();
+//! let ys: Vec<f32> = xs.iter().map(|x| 2.0 * x - 1.0).collect();
+//! let data = Dataset::regression(xs, ys, &[1], &[]);
+//! let model = nn::Linear::new(1, 1, &dev);
+//! let mut opt = Adam::new(model.parameters(), 0.1);
+//! let config = FitConfig { epochs: 40, batch_size: 16, loss: Some(Loss::Mse), metrics: Some(vec![Metric::Mae]), verbose: false, ..Default::default() };
+//! let history = fit(&model, &mut opt, &data, &config).unwrap();
+//! assert!(history.last().unwrap().train.get("mae").unwrap() < 0.05);
+//! ```
+
+mod callbacks;
+mod objective;
+
+pub use callbacks::{Callback, Control, EarlyStopping, EpochEnd, Hook, ModelCheckpoint};
+pub use objective::{Loss, LossFn, Metric, Metrics};
+
+use crate::data::Dataset;
+use crate::nn::Module;
+use crate::optim::{LrSchedule, Optimizer, Progress, clip_grad_norm};
+use crate::rng::Generator;
+use crate::{Device, Error, Result, Tensor, no_grad};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use objective::Running;
+use std::borrow::Cow;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+/// Settings of [`fit`]; `Default` is the Keras example's (5 epochs, batch
+/// 32, the loss and metrics the dataset calls for).
+pub struct FitConfig {
+    /// The epoch to train up to (counting `initial_epoch`).
+    pub epochs: usize,
+    /// Epochs already trained (resuming from a checkpoint): training runs
+    /// epochs `initial_epoch + 1 ..= epochs`, with the shuffles those
+    /// epochs would have had.
+    pub initial_epoch: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Fraction of the training data held out and evaluated after every
+    /// epoch: the last items, taken before shuffling, as Keras does, or a
+    /// random choice with `shuffle_before_split`.
+    pub validation_split: f32,
+    /// Choose the held-out items at random (from `shuffle_seed`) rather than
+    /// the last ones — for data sorted by class.
+    pub shuffle_before_split: bool,
+    /// Seed of the per-epoch shuffling (and of the random split).
+    pub shuffle_seed: u64,
+    /// The loss; `None` is cross-entropy for a classification dataset and
+    /// mean squared error for a regression one.
+    pub loss: Option<Loss>,
+    /// The metrics reported besides the loss; `None` is accuracy for
+    /// classification and MAE for regression.
+    pub metrics: Option<Vec<Metric>>,
+    /// A learning-rate schedule, applied every step from the optimizer's
+    /// own rate; the optimizer's rate is restored when `fit` returns.
+    pub schedule: Option<Box<dyn LrSchedule>>,
+    /// Clip gradients to this global norm.
+    pub clip_grad_norm: Option<f32>,
+    /// Called around the epochs (early stopping, checkpoints, hooks).
+    pub callbacks: Vec<Box<dyn Callback>>,
+    /// Print progress (a bar on a terminal, a line every few seconds
+    /// otherwise) and a summary line per epoch.
+    pub verbose: bool,
+}
+
+impl Default for FitConfig {
+    fn default() -> Self {
+        FitConfig {
+            epochs: 5,
+            initial_epoch: 0,
+            batch_size: 32,
+            validation_split: 0.0,
+            shuffle_before_split: false,
+            shuffle_seed: 0,
+            loss: None,
+            metrics: None,
+            schedule: None,
+            clip_grad_norm: None,
+            callbacks: Vec::new(),
+            verbose: true,
+        }
+    }
+}
+
+/// What one epoch of [`fit`] did.
+#[derive(Clone, Debug)]
+pub struct EpochStats {
+    /// 1-based.
+    pub epoch: usize,
+    /// On the training data, as the model was during the epoch.
+    pub train: Metrics,
+    /// On the held-out split, after the epoch.
+    pub validation: Option<Metrics>,
+    /// Wall time of the epoch's training steps.
+    pub seconds: f64,
+    /// The learning rate of the epoch's last step.
+    pub lr: f32,
+}
+
+impl EpochStats {
+    /// A reported quantity by Keras's name: `loss`, `val_loss`, a metric
+    /// (`accuracy`), or a validation metric (`val_accuracy`).
+    pub fn get(&self, name: &str) -> Option<f32> {
+        let (metrics, name) = match name.strip_prefix("val_") {
+            Some(rest) => (self.validation.as_ref()?, rest),
+            None => (&self.train, name),
+        };
+        if name == "loss" { Some(metrics.loss) } else { metrics.get(name) }
+    }
+
+    /// Every name [`get`](Self::get) answers.
+    pub fn names(&self) -> Vec<String> {
+        let mut out = vec!["loss".to_string()];
+        out.extend(self.train.values.iter().map(|(n, _)| n.clone()));
+        if let Some(v) = &self.validation {
+            out.push("val_loss".into());
+            out.extend(v.values.iter().map(|(n, _)| format!("val_{n}")));
+        }
+        out
+    }
+}
+
+/// The device of a model's parameters (the CPU for a model without any).
+fn device_of(model: &dyn Module) -> Device {
+    model.parameters().first().map(|p| p.device()).unwrap_or_default()
+}
+
+/// Evaluation mode until dropped, then the mode the model had before (also
+/// if evaluation fails or panics).
+struct EvalMode<'a> {
+    model: &'a dyn Module,
+    was_training: bool,
+}
+
+impl<'a> EvalMode<'a> {
+    fn enter(model: &'a dyn Module) -> Self {
+        let was_training = model.is_training();
+        model.eval();
+        EvalMode { model, was_training }
+    }
+}
+
+impl Drop for EvalMode<'_> {
+    fn drop(&mut self) {
+        self.model.set_training(self.was_training);
+    }
+}
+
+/// The optimizer's learning rate until dropped, then the rate it had.
+struct KeepRate<'a> {
+    optimizer: &'a mut dyn Optimizer,
+    rate: f32,
+}
+
+impl Drop for KeepRate<'_> {
+    fn drop(&mut self) {
+        self.optimizer.set_learning_rate(self.rate);
+    }
+}
+
+/// The loss and metrics for `data` when the caller left them to the dataset.
+fn objective(data: &Dataset, loss: &Option<Loss>, metrics: &Option<Vec<Metric>>) -> (Loss, Vec<Metric>) {
+    let classify = data.classes().is_some();
+    let loss = loss.clone().unwrap_or(if classify { Loss::CrossEntropy } else { Loss::Mse });
+    let metrics = metrics.clone().unwrap_or_else(|| if classify { vec![Metric::Accuracy] } else { vec![Metric::Mae] });
+    (loss, metrics)
+}
+
+fn invalid<T>(op: &'static str, msg: String) -> Result<T> {
+    Err(Error::InvalidArgument { op, msg })
+}
+
+/// Seconds for a summary line: three significant digits at least.
+fn duration(seconds: f64) -> String {
+    if seconds < 10.0 { format!("{seconds:.3}s") } else { format!("{seconds:.1}s") }
+}
+
+/// Trains `model` on `data`. Returns one [`EpochStats`] per epoch trained.
+/// The model's parameters must be variables on one device; batches go
+/// there. A batch size of 0, a validation split outside `[0, 1)`, or no
+/// training data is an [`Error::InvalidArgument`].
+pub fn fit(
+    model: &dyn Module,
+    optimizer: &mut dyn Optimizer,
+    data: &Dataset,
+    config: &FitConfig,
+) -> Result<Vec<EpochStats>> {
+    let device = device_of(model);
+    if config.batch_size == 0 {
+        return invalid("fit", "batch_size must be at least 1".into());
+    }
+    if !(0.0..1.0).contains(&config.validation_split) {
+        return invalid("fit", format!("validation_split must be in [0, 1), not {}", config.validation_split));
+    }
+    let mut generator = Generator::new(config.shuffle_seed);
+    let (train, held_out) = if config.validation_split > 0.0 {
+        let (t, v) = if config.shuffle_before_split {
+            // Its own stream, so the epochs' shuffles do not depend on it.
+            data.split_shuffled(config.validation_split, &mut Generator::new(!config.shuffle_seed))
+        } else {
+            data.split_last(config.validation_split)
+        };
+        (Cow::Owned(t), Some(v))
+    } else {
+        (Cow::Borrowed(data), None)
+    };
+    if train.is_empty() {
+        return invalid(
+            "fit",
+            format!("no training data ({} items, validation_split {})", data.len(), config.validation_split),
+        );
+    }
+    let held_out = held_out.filter(|v| !v.is_empty());
+    if let Some(v) = &held_out
+        && config.verbose
+        && v.classes().is_some()
+        && v.distinct_labels() < train.distinct_labels()
+    {
+        eprintln!(
+            "wgrad: the validation split (the last {} items) holds {} of the {} classes the training part has; \
+             data sorted by class validates on a few classes only (FitConfig::shuffle_before_split picks the \
+             held-out items at random)",
+            v.len(),
+            v.distinct_labels(),
+            train.distinct_labels()
+        );
+    }
+    let (loss_fn, metrics) = objective(&train, &config.loss, &config.metrics);
+    let params = model.parameters();
+    let steps_per_epoch = train.len().div_ceil(config.batch_size);
+    let epochs = config.epochs.saturating_sub(config.initial_epoch);
+    let total_steps = steps_per_epoch * epochs;
+    // The shuffles of the epochs already trained, so a resumed run shuffles
+    // as an uninterrupted one.
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    for _ in 0..config.initial_epoch {
+        generator.shuffle(&mut order);
+    }
+    let base_rate = optimizer.learning_rate();
+    let keep = KeepRate { rate: base_rate, optimizer };
+    if let Some(s) = &config.schedule {
+        s.reset();
+    }
+    for c in &config.callbacks {
+        c.on_train_begin();
+    }
+    let mut history = Vec::with_capacity(epochs);
+    let mut step = 0;
+    for epoch in config.initial_epoch + 1..=config.epochs {
+        model.train();
+        let batches = train.batches(config.batch_size, Some(&mut generator), &device);
+        let bar = progress_bar(config.verbose, steps_per_epoch, epoch, config.epochs);
+        let started = Instant::now();
+        let mut last_line = started;
+        let mut running = Running::new(&metrics, &device);
+        let mut lr = base_rate;
+        for (i, (x, y)) in batches.enumerate() {
+            if let Some(s) = &config.schedule {
+                lr = s.lr(base_rate, Progress { step, epoch: epoch - 1, steps_per_epoch, total_steps });
+                keep.optimizer.set_learning_rate(lr);
+            }
+            let out = model.forward(&x);
+            let loss = loss_fn.compute(&out, &y);
+            let mut grads = loss.backward();
+            if let Some(max_norm) = config.clip_grad_norm {
+                clip_grad_norm(&mut grads, &params, max_norm);
+            }
+            keep.optimizer.step(&grads);
+            running.add(&out, &y, &loss);
+            step += 1;
+            // Reading metrics waits for the device: do it now and then.
+            let done = i + 1;
+            let report = if bar.is_hidden() {
+                config.verbose && last_line.elapsed() >= Duration::from_secs(5) && done < steps_per_epoch
+            } else {
+                done % 25 == 0 || done == steps_per_epoch
+            };
+            if report {
+                let m = running.read()?;
+                let rate = running.seen() as f64 / started.elapsed().as_secs_f64();
+                let text = format!("loss {:.4}{} - {rate:.0} samples/s", m.loss, metric_text(&m, ""));
+                if bar.is_hidden() {
+                    println!("epoch {epoch}/{}: {done}/{steps_per_epoch} - {text}", config.epochs);
+                    last_line = Instant::now();
+                } else {
+                    bar.set_position(done as u64);
+                    bar.set_message(text);
+                }
+            }
+        }
+        let train_metrics = running.read()?;
+        let seconds = started.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        let validation = match &held_out {
+            Some(v) => Some(evaluate_with(model, v, config.batch_size, &loss_fn, &metrics)?),
+            None => None,
+        };
+        if let Some(s) = &config.schedule {
+            s.epoch_end(validation.as_ref().map_or(train_metrics.loss, |v| v.loss));
+        }
+        if config.verbose {
+            let mut line = format!(
+                "epoch {epoch}/{}: loss {:.4}{}",
+                config.epochs,
+                train_metrics.loss,
+                metric_text(&train_metrics, "")
+            );
+            if let Some(v) = &validation {
+                line += &format!(" - val_loss {:.4}{}", v.loss, metric_text(v, "val_"));
+            }
+            line += &format!(" - {} ({:.0} samples/s)", duration(seconds), train.len() as f64 / seconds);
+            println!("{line}");
+        }
+        let stats = EpochStats { epoch, train: train_metrics, validation, seconds, lr };
+        let mut stop = false;
+        for c in &config.callbacks {
+            let end = EpochEnd { stats: &stats, model, optimizer: &*keep.optimizer };
+            stop |= c.on_epoch_end(&end)? == Control::Stop;
+        }
+        history.push(stats);
+        if stop {
+            if config.verbose {
+                println!("stopped after epoch {epoch}: a callback asked to");
+            }
+            break;
+        }
+    }
+    for c in &config.callbacks {
+        c.on_train_end(model)?;
+    }
+    Ok(history)
+}
+
+/// " - accuracy 0.9123 - …" for a summary line.
+fn metric_text(m: &Metrics, prefix: &str) -> String {
+    m.values.iter().map(|(n, v)| format!(" - {prefix}{n} {v:.4}")).collect()
+}
+
+fn progress_bar(verbose: bool, steps: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    if !verbose || !std::io::stdout().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stdout());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("epoch {epoch}/{epochs}"));
+    bar
+}
+
+/// The loss and metrics of `model` over `data`, in evaluation mode (dropout
+/// off) and without recording gradients; the model's mode is restored
+/// afterwards. The loss and metrics are those the dataset calls for
+/// (cross-entropy and accuracy for classification, MSE and MAE for
+/// regression); [`evaluate_with`] takes others. An empty dataset or a batch
+/// size of 0 is an error.
+pub fn evaluate(model: &dyn Module, data: &Dataset, batch_size: usize) -> Result<Metrics> {
+    let (loss, metrics) = objective(data, &None, &None);
+    evaluate_with(model, data, batch_size, &loss, &metrics)
+}
+
+/// As [`evaluate`], with the loss and metrics given.
+pub fn evaluate_with(
+    model: &dyn Module,
+    data: &Dataset,
+    batch_size: usize,
+    loss: &Loss,
+    metrics: &[Metric],
+) -> Result<Metrics> {
+    let device = device_of(model);
+    if data.is_empty() || batch_size == 0 {
+        return invalid("evaluate", format!("nothing to evaluate ({} items, batch size {batch_size})", data.len()));
+    }
+    let _mode = EvalMode::enter(model);
+    no_grad(|| {
+        let mut running = Running::new(metrics, &device);
+        for (x, y) in data.batches(batch_size, None, &device) {
+            let out = model.forward(&x);
+            running.add(&out, &y, &loss.compute(&out, &y));
+        }
+        running.read()
+    })
+}
+
+/// Class predictions (arg-max of the outputs) for every item of `data`, in
+/// evaluation mode (the model's mode is restored afterwards).
+pub fn predict(model: &dyn Module, data: &Dataset, batch_size: usize) -> Result<Vec<usize>> {
+    let outputs = predict_outputs(model, data, batch_size)?;
+    Ok(no_grad(|| outputs.argmax(-1, false)).to_vec()?.into_iter().map(|v| v as usize).collect())
+}
+
+/// The model's outputs for every item of `data`, stacked along the first
+/// axis, in evaluation mode (for regression, or probabilities).
+pub fn predict_outputs(model: &dyn Module, data: &Dataset, batch_size: usize) -> Result<Tensor> {
+    let device = device_of(model);
+    if batch_size == 0 {
+        return invalid("predict", "batch size must be at least 1".into());
+    }
+    let _mode = EvalMode::enter(model);
+    no_grad(|| {
+        let outs: Vec<Tensor> = data.batches(batch_size, None, &device).map(|(x, _)| model.forward(&x)).collect();
+        if outs.is_empty() {
+            let mut dims = vec![0];
+            dims.extend_from_slice(data.target_shape());
+            return Ok(Tensor::zeros(dims, &device));
+        }
+        let refs: Vec<&Tensor> = outs.iter().collect();
+        Ok(Tensor::cat(&refs, 0))
+    })
+}

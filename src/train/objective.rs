@@ -1,0 +1,175 @@
+//! What training minimises and reports: the [`Loss`] and the [`Metric`]s,
+//! and their running sums over an epoch, kept on the model's device and
+//! read back only now and then.
+
+use crate::{CrossEntropyOptions, Device, Result, Tensor, no_grad};
+use std::sync::Arc;
+
+/// The loss `fit` minimises, between the model's output and the targets.
+#[derive(Clone)]
+pub enum Loss {
+    /// Cross-entropy of logits against integer class labels (the default
+    /// for classification datasets).
+    CrossEntropy,
+    /// Cross-entropy with label smoothing and per-class weights (see
+    /// [`CrossEntropyOptions`]).
+    CrossEntropyWith {
+        /// The smoothing ε.
+        label_smoothing: f32,
+        /// One weight per class, if any.
+        weight: Option<Vec<f32>>,
+    },
+    /// Mean squared error (the default for regression datasets).
+    Mse,
+    /// Mean absolute error.
+    L1,
+    /// Huber loss with this delta.
+    Huber(f32),
+    /// Binary cross-entropy of logits against targets in `[0, 1]`.
+    BceWithLogits,
+    /// Any differentiable function of (output, target) to a scalar.
+    Custom(LossFn),
+}
+
+/// A loss function of (output, target).
+pub type LossFn = Arc<dyn Fn(&Tensor, &Tensor) -> Tensor + Send + Sync>;
+
+impl Loss {
+    /// The loss of `out` against `target`, a scalar.
+    pub fn compute(&self, out: &Tensor, target: &Tensor) -> Tensor {
+        // The targets of a single-output regression come as [batch]; a
+        // model's output as [batch, 1].
+        let shaped = |t: &Tensor| if t.shape() != out.shape() { t.reshape(out.shape().clone()) } else { t.clone() };
+        match self {
+            Loss::CrossEntropy => out.cross_entropy(target),
+            Loss::CrossEntropyWith { label_smoothing, weight } => {
+                let w = weight.as_ref().map(|w| Tensor::from_slice(w, [w.len()], &out.device()).expect("a vector"));
+                out.cross_entropy_with(
+                    target,
+                    CrossEntropyOptions { label_smoothing: *label_smoothing, weight: w.as_ref() },
+                )
+            }
+            Loss::Mse => out.mse_loss(&shaped(target)),
+            Loss::L1 => out.l1_loss(&shaped(target)),
+            Loss::Huber(delta) => out.huber_loss(&shaped(target), *delta),
+            Loss::BceWithLogits => out.binary_cross_entropy_with_logits(&shaped(target)),
+            Loss::Custom(f) => f(out, target),
+        }
+    }
+}
+
+/// A number reported per epoch besides the loss (Keras's `metrics`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Metric {
+    /// The fraction of rows whose arg-max is the label.
+    Accuracy,
+    /// The fraction of rows whose label is among the `k` largest outputs.
+    TopK(usize),
+    /// Mean absolute error.
+    Mae,
+    /// Mean squared error.
+    Mse,
+}
+
+impl Metric {
+    /// The name it is reported under (`accuracy`, `top5_accuracy`, `mae`,
+    /// `mse`; with `val_` in front for the validation set).
+    pub fn name(&self) -> String {
+        match self {
+            Metric::Accuracy => "accuracy".into(),
+            Metric::TopK(k) => format!("top{k}_accuracy"),
+            Metric::Mae => "mae".into(),
+            Metric::Mse => "mse".into(),
+        }
+    }
+
+    /// The metric summed over the rows of a batch (a scalar tensor), and how
+    /// many rows (or elements) it is a sum over.
+    fn batch_sum(&self, out: &Tensor, target: &Tensor) -> (Tensor, usize) {
+        let rows = target.dims().first().copied().unwrap_or(1);
+        match self {
+            Metric::Accuracy => (out.argmax(-1, false).eq(target).sum(), rows),
+            Metric::TopK(k) => {
+                let classes = out.dims()[out.rank() - 1];
+                let (_, top) = out.topk((*k).min(classes), -1, true);
+                (top.eq(&target.unsqueeze(-1)).sum(), rows)
+            }
+            Metric::Mae | Metric::Mse => {
+                let target =
+                    if target.shape() != out.shape() { target.reshape(out.shape().clone()) } else { target.clone() };
+                let d = out - &target;
+                let e = if *self == Metric::Mae { d.abs() } else { d.sqr() };
+                (e.sum(), out.elem_count())
+            }
+        }
+    }
+}
+
+/// A loss and metrics over some data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metrics {
+    /// The mean loss.
+    pub loss: f32,
+    /// Each metric by name, in the order they were asked for.
+    pub values: Vec<(String, f32)>,
+}
+
+impl Metrics {
+    /// The metric named `name`, if it was measured.
+    pub fn get(&self, name: &str) -> Option<f32> {
+        self.values.iter().find(|(n, _)| n == name).map(|&(_, v)| v)
+    }
+
+    /// The accuracy (NaN if it was not measured).
+    pub fn accuracy(&self) -> f32 {
+        self.get("accuracy").unwrap_or(f32::NAN)
+    }
+}
+
+/// Device-side running sums of the loss and each metric.
+pub(super) struct Running<'a> {
+    metrics: &'a [Metric],
+    loss_sum: Tensor,
+    sums: Vec<Tensor>,
+    counts: Vec<usize>,
+    seen: usize,
+}
+
+impl<'a> Running<'a> {
+    pub fn new(metrics: &'a [Metric], device: &Device) -> Self {
+        let zero = || Tensor::scalar(0.0, device);
+        Running {
+            metrics,
+            loss_sum: zero(),
+            sums: metrics.iter().map(|_| zero()).collect(),
+            counts: vec![0; metrics.len()],
+            seen: 0,
+        }
+    }
+
+    pub fn add(&mut self, out: &Tensor, target: &Tensor, loss: &Tensor) {
+        no_grad(|| {
+            let n = target.dims().first().copied().unwrap_or(1);
+            self.loss_sum = &self.loss_sum + &loss.detach().mul_scalar(n as f32);
+            for (i, m) in self.metrics.iter().enumerate() {
+                let (sum, count) = m.batch_sum(&out.detach(), target);
+                self.sums[i] = &self.sums[i] + &sum;
+                self.counts[i] += count;
+            }
+            self.seen += n;
+        });
+    }
+
+    pub fn seen(&self) -> usize {
+        self.seen
+    }
+
+    /// Reads the sums back (waiting for the device).
+    pub fn read(&self) -> Result<Metrics> {
+        let mut values = Vec::with_capacity(self.metrics.len());
+        for ((m, sum), &count) in self.metrics.iter().zip(&self.sums).zip(&self.counts) {
+            values.push((m.name(), sum.item()? / count.max(1) as f32));
+        }
+        Ok(Metrics { loss: self.loss_sum.item()? / self.seen.max(1) as f32, values })
+    }
+}

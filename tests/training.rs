@@ -1,0 +1,230 @@
+//! The training loop does what it says: schedules start from the
+//! optimizer's own rate and leave it as found; regression and custom losses
+//! train; callbacks stop early, restore the best weights and save
+//! checkpoints; and a run resumed from a checkpoint trains bit for bit as
+//! an uninterrupted one, on each device.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use wgrad::data::{Dataset, mnist};
+use wgrad::io::{load_checkpoint, save_checkpoint};
+use wgrad::nn::{self, Module};
+use wgrad::optim::{Adam, Cosine, LinearWarmup, Optimizer, ReduceOnPlateau, Sgd};
+use wgrad::train::{
+    Control, EarlyStopping, FitConfig, Hook, Loss, Metric, ModelCheckpoint, evaluate, fit, predict_outputs,
+};
+use wgrad::{Device, Tensor, manual_seed};
+
+fn quiet() -> FitConfig {
+    FitConfig { verbose: false, ..FitConfig::default() }
+}
+
+/// 3 well-separated classes in 4 dimensions, 90 items, sorted by class.
+fn blobs() -> Dataset {
+    let mut g = wgrad::Generator::new(1);
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for class in 0..3 {
+        for _ in 0..30 {
+            for d in 0..4 {
+                x.push(if d == class { 2.0 } else { 0.0 } + 0.3 * g.normal());
+            }
+            y.push(class as f32);
+        }
+    }
+    Dataset::new(x, y, &[4], 3)
+}
+
+fn classifier(dev: &Device) -> nn::Sequential {
+    manual_seed(5);
+    nn::Sequential::new()
+        .add(nn::Linear::new(4, 16, dev))
+        .add(nn::ReLU)
+        .add(nn::Dropout::new(0.3))
+        .add(nn::Linear::new(16, 3, dev))
+}
+
+#[test]
+fn a_schedule_runs_every_step_from_the_optimizers_rate_and_leaves_it() {
+    let model = classifier(&Device::Cpu);
+    let mut opt = Sgd::new(model.parameters(), 0.2);
+    let rates = Arc::new(Mutex::new(Vec::new()));
+    let seen = rates.clone();
+    let config = FitConfig {
+        epochs: 3,
+        batch_size: 30,
+        schedule: Some(Box::new(LinearWarmup { steps: 5 })),
+        callbacks: vec![Box::new(Hook::new(move |end| {
+            seen.lock().unwrap().push(end.stats.lr);
+            Ok(Control::Continue)
+        }))],
+        ..quiet()
+    };
+    fit(&model, &mut opt, &blobs(), &config).unwrap();
+    // 3 steps an epoch: the last step of each epoch is step 3, 6, 9 → 0.2·3/5, then 0.2.
+    let got = rates.lock().unwrap().clone();
+    assert_eq!(got.len(), 3);
+    assert!((got[0] - 0.12).abs() < 1e-6 && got[1] == 0.2 && got[2] == 0.2, "{got:?}");
+    assert_eq!(opt.learning_rate(), 0.2, "the schedule's rate leaked out of fit");
+    // A second fit with cosine annealing starts from 0.2 again: its last of
+    // 3 steps is 2/3 of the way, 0.2 · ½(1 + cos(2π/3)) = 0.05.
+    let config = FitConfig { epochs: 1, schedule: Some(Box::new(Cosine { warmup: 0, min_lr: 0.0 })), ..quiet() };
+    let h = fit(&model, &mut opt, &blobs(), &config).unwrap();
+    assert!((h[0].lr - 0.05).abs() < 1e-6, "{}", h[0].lr);
+    assert_eq!(opt.learning_rate(), 0.2);
+    // Reduce-on-plateau with a rate of 0 never improves, so it reduces.
+    let mut still = Sgd::new(model.parameters(), 0.0);
+    let config = FitConfig { epochs: 4, schedule: Some(Box::new(ReduceOnPlateau::with(0.5, 0))), ..quiet() };
+    fit(&model, &mut still, &blobs(), &config).unwrap();
+}
+
+fn regression_and_custom_losses_train(dev: &Device) {
+    // y = (x0 - 2·x1, x0 + x1): two outputs per item.
+    let mut g = wgrad::Generator::new(2);
+    let xs: Vec<f32> = (0..128 * 2).map(|_| g.uniform() * 2.0 - 1.0).collect();
+    let ys: Vec<f32> = xs.chunks(2).flat_map(|x| [x[0] - 2.0 * x[1], x[0] + x[1]]).collect();
+    let data = Dataset::regression(xs, ys, &[2], &[2]);
+    assert_eq!(data.classes(), None);
+    manual_seed(1);
+    let model = nn::Linear::new(2, 2, dev);
+    let mut opt = Adam::new(model.parameters(), 0.05);
+    let h = fit(&model, &mut opt, &data, &FitConfig { epochs: 30, batch_size: 16, ..quiet() }).unwrap();
+    let last = h.last().unwrap();
+    assert!(last.train.get("mae").unwrap() < 0.05, "{last:?}");
+    assert_eq!(predict_outputs(&model, &data, 50).unwrap().dims(), &[128, 2]);
+    let m = evaluate(&model, &data, 32).unwrap();
+    assert!(m.loss < 0.01 && m.get("mae").unwrap() < 0.05, "{m:?}");
+    // A custom loss: the mean fourth power of the error.
+    let quartic = Loss::Custom(Arc::new(|out: &Tensor, y: &Tensor| (out - y).sqr().sqr().mean()));
+    let config = FitConfig { epochs: 2, loss: Some(quartic), metrics: Some(vec![Metric::Mse, Metric::Mae]), ..quiet() };
+    let h = fit(&model, &mut opt, &data, &config).unwrap();
+    assert!(h[1].train.get("mse").is_some() && h[1].train.get("mae").is_some());
+}
+test_device!(regression_and_custom_losses_train);
+
+#[test]
+fn top_k_accuracy_and_shuffled_validation() {
+    let data = blobs();
+    // The last 10% of class-sorted data holds one class; a random split all three.
+    let model = classifier(&Device::Cpu);
+    let mut opt = Adam::new(model.parameters(), 0.01);
+    let config = FitConfig {
+        epochs: 2,
+        validation_split: 0.2,
+        shuffle_before_split: true,
+        metrics: Some(vec![Metric::Accuracy, Metric::TopK(2)]),
+        ..quiet()
+    };
+    let h = fit(&model, &mut opt, &data, &config).unwrap();
+    let v = h[1].validation.as_ref().unwrap();
+    assert!(v.get("top2_accuracy").unwrap() >= v.accuracy());
+    let (rest, held) = data.split_shuffled(0.2, &mut wgrad::Generator::new(3));
+    assert_eq!((rest.len(), held.len()), (72, 18));
+    let classes: std::collections::HashSet<u32> = held.labels().iter().map(|&l| l as u32).collect();
+    assert_eq!(classes.len(), 3);
+}
+
+#[test]
+fn early_stopping_stops_and_restores_the_best_weights() {
+    let model = classifier(&Device::Cpu);
+    // A rate so high the loss climbs after the first epoch or two.
+    let mut opt = Sgd::new(model.parameters(), 3.0);
+    let best = Arc::new(Mutex::new((f32::INFINITY, Vec::new())));
+    let keep = best.clone();
+    let config = FitConfig {
+        epochs: 30,
+        validation_split: 0.3,
+        shuffle_before_split: true,
+        callbacks: vec![
+            Box::new(Hook::new(move |end| {
+                let v = end.stats.get("val_loss").unwrap();
+                let mut b = keep.lock().unwrap();
+                if v < b.0 {
+                    *b = (v, end.model.parameters().iter().map(|p| p.to_vec().unwrap()).collect());
+                }
+                Ok(Control::Continue)
+            })),
+            Box::new(EarlyStopping::new("val_loss", 2).restoring_best()),
+        ],
+        ..quiet()
+    };
+    let h = fit(&model, &mut opt, &blobs(), &config).unwrap();
+    assert!(h.len() < 30, "early stopping never stopped");
+    let after: Vec<Vec<f32>> = model.parameters().iter().map(|p| p.to_vec().unwrap()).collect();
+    assert_eq!(after, best.lock().unwrap().1, "the best epoch's weights were not restored");
+    // Monitoring something training does not report is an error.
+    let config = FitConfig { epochs: 1, callbacks: vec![Box::new(EarlyStopping::new("val_mae", 1))], ..quiet() };
+    assert!(fit(&model, &mut opt, &blobs(), &config).is_err());
+}
+
+fn a_resumed_run_trains_bit_for_bit_as_an_uninterrupted_one(dev: &Device) {
+    let data = mnist::load("data/mnist").unwrap();
+    let small = data.test;
+    let model = || {
+        nn::Sequential::new()
+            .add(nn::Flatten)
+            .add(nn::Linear::new(784, 32, dev))
+            .add(nn::ReLU)
+            .add(nn::Dropout::new(0.2))
+            .add(nn::Linear::new(32, 10, dev))
+    };
+    let config =
+        |initial_epoch, epochs| FitConfig { epochs, initial_epoch, batch_size: 64, shuffle_seed: 9, ..quiet() };
+    let weights =
+        |m: &nn::Sequential| -> Vec<Vec<f32>> { m.parameters().iter().map(|p| p.to_vec().unwrap()).collect() };
+
+    manual_seed(4);
+    let straight = model();
+    let mut opt = Adam::new(straight.parameters(), 2e-3);
+    fit(&straight, &mut opt, &small, &config(0, 4)).unwrap();
+
+    manual_seed(4);
+    let first = model();
+    let mut opt = Adam::new(first.parameters(), 2e-3);
+    fit(&first, &mut opt, &small, &config(0, 2)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt.safetensors");
+    save_checkpoint(&path, &first, &opt, 2).unwrap();
+
+    // A fresh process, as far as wgrad can tell: other weights, other seed.
+    manual_seed(77);
+    let resumed = model();
+    let mut opt = Adam::new(resumed.parameters(), 1.0);
+    let ck = load_checkpoint(&path, &resumed, &mut opt).unwrap();
+    assert_eq!((ck.epoch, opt.learning_rate()), (2, 2e-3));
+    fit(&resumed, &mut opt, &small, &config(ck.epoch, 4)).unwrap();
+    assert_eq!(weights(&resumed), weights(&straight), "resuming changed the trajectory");
+}
+test_device!(a_resumed_run_trains_bit_for_bit_as_an_uninterrupted_one);
+
+#[test]
+fn checkpoints_refuse_what_does_not_fit_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("best.safetensors");
+    let model = classifier(&Device::Cpu);
+    let mut opt = Adam::new(model.parameters(), 0.01);
+    let config = FitConfig {
+        epochs: 3,
+        validation_split: 0.3,
+        shuffle_before_split: true,
+        callbacks: vec![Box::new(ModelCheckpoint::best_only(&path, "val_accuracy"))],
+        ..quiet()
+    };
+    fit(&model, &mut opt, &blobs(), &config).unwrap();
+    assert!(path.exists());
+    // Into a model of another shape: an error, and nothing changed.
+    let other = nn::Sequential::new().add(nn::Linear::new(4, 8, &Device::Cpu));
+    let before: Vec<Vec<f32>> = other.parameters().iter().map(|p| p.to_vec().unwrap()).collect();
+    let mut other_opt = Adam::new(other.parameters(), 0.5);
+    let err = load_checkpoint(&path, &other, &mut other_opt).unwrap_err().to_string();
+    assert!(err.contains("model.0.weight"), "{err}");
+    assert_eq!(other_opt.learning_rate(), 0.5);
+    assert_eq!(before, other.parameters().iter().map(|p| p.to_vec().unwrap()).collect::<Vec<_>>());
+    // A plain model file is not a checkpoint.
+    let plain = dir.path().join("model.safetensors");
+    wgrad::io::save(&model, &plain, wgrad::io::Dtype::F32).unwrap();
+    assert!(load_checkpoint(&plain, &model, &mut opt).unwrap_err().to_string().contains("not a wgrad checkpoint"));
+    // An optimizer of another kind does not take Adam's state.
+    let mut sgd = Sgd::new(model.parameters(), 0.1);
+    assert!(load_checkpoint(&path, &model, &mut sgd).is_err());
+}
