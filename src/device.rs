@@ -15,10 +15,10 @@ use crate::backend::gpu::{DeviceInfo, GpuDevice};
 use std::fmt;
 use std::sync::OnceLock;
 
-/// A compute device.
+/// A compute device. `Device::default()` is the CPU.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub enum Device {
-    /// The CPU reference backend.
+    /// The CPU reference backend (the default).
     #[default]
     Cpu,
     /// A GPU through wgpu.

@@ -34,6 +34,8 @@ mod autograd;
 mod backend;
 pub mod data;
 mod device;
+#[doc = include_str!("../docs/guide.md")]
+pub mod guide {}
 mod error;
 mod gradcheck;
 pub mod io;
@@ -46,7 +48,7 @@ mod shape;
 mod tensor;
 pub mod train;
 
-pub use autograd::{Gradients, detect_anomaly, is_grad_enabled, live_nodes, no_grad};
+pub use autograd::{CustomOp, Gradients, detect_anomaly, is_grad_enabled, live_nodes, no_grad};
 pub use backend::gpu::{DeviceInfo, GpuDevice, GpuOptions, MemoryStats};
 pub use device::Device;
 pub use error::{Error, Result};

@@ -24,9 +24,11 @@
 //! ```
 
 mod anomaly;
+mod custom;
 
 pub use anomaly::detect_anomaly;
 pub(crate) use anomaly::{check_anomaly, in_backward_of};
+pub use custom::CustomOp;
 
 use crate::{Shape, Tensor};
 use std::cell::Cell;
@@ -265,7 +267,8 @@ impl Tensor {
                     }
                     assert!(
                         ig.shape() == input.shape(),
-                        "backward of {op}: gradient shape {} does not match input shape {} (a bug in wgrad)",
+                        "backward of {op}: gradient shape {} does not match input shape {} (a bug in the op's \
+                         backward rule)",
                         ig.shape(),
                         input.shape()
                     );
