@@ -207,6 +207,21 @@ fn run(args: Args) -> Result<()> {
         }))
     })?;
 
+    // A ResNet-style convolution, forward and both gradients.
+    let conv_flops = 3.0 * 2.0 * (32 * 64 * 28 * 28 * 64 * 9) as f64;
+    bench.add("conv2d", "32x64x28x28, 64 3x3 pad 1, fwd+bwd".into(), Some(conv_flops), &|dev| {
+        manual_seed(0);
+        let x = Tensor::randn([32, 64, 28, 28], dev).requires_grad();
+        let w = (Tensor::randn([64, 64, 3, 3], dev) * 0.05).requires_grad();
+        let g = Tensor::randn([32, 64, 28, 28], dev);
+        let dev = dev.clone();
+        let opts = wgrad::Conv2dOptions::default().padding(1);
+        Ok(Box::new(move || {
+            let _grads = x.conv2d(&w, None, opts).backward_with(g.clone());
+            dev.synchronize()
+        }))
+    })?;
+
     // 1000 dependent small ops, read once at the end: the per-op overhead.
     bench.add("elementwise_chain", "1000 ops x 1024".into(), None, &|dev| {
         let x = Tensor::ones([1024], dev);

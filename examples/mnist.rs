@@ -1,8 +1,19 @@
-//! The seed lesson's Keras model, trained on MNIST:
+//! The seed lesson's Keras model, trained on MNIST (`--model mlp`, the
+//! default):
 //!
 //!     Flatten(28×28) → Dense(128, relu) → Dropout(0.2) → Dense(10, softmax)
 //!     Adam(1e-3), sparse categorical cross-entropy, batch 32, 5 epochs,
 //!     validation_split 0.1
+//!
+//! `--model cnn` trains Keras's "simple MNIST convnet" instead (batch 128):
+//!
+//!     Conv(32, 3×3, relu) → MaxPool(2) → Conv(64, 3×3, relu) → MaxPool(2)
+//!     → Flatten → Dropout(0.5) → Dense(10, softmax)
+//!
+//! and `--model resnet` a small residual network with batch normalisation:
+//! a 3×3 stem, three residual blocks (one halving the resolution through a
+//! strided convolution with a 1×1 projection shortcut), global average
+//! pooling and a linear classifier.
 //!
 //! The softmax is folded into the loss (cross-entropy from logits), which is
 //! the same function computed without the underflow. After training it
@@ -10,6 +21,7 @@
 //! into a fresh model and checks that it predicts exactly the same.
 //!
 //!     cargo run --release --example mnist -- --device gpu --epochs 5
+//!     cargo run --release --example mnist -- --model cnn
 //!
 //! The last line printed is `test accuracy: 0.XXXX`.
 
@@ -20,7 +32,17 @@ use std::time::Instant;
 use wgrad::nn::{self, Module};
 use wgrad::optim::Adam;
 use wgrad::train::{FitConfig, evaluate, fit, predict};
-use wgrad::{Device, data::mnist, io};
+use wgrad::{Conv2dOptions, Device, data::mnist, io};
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Arch {
+    /// The seed's multi-layer perceptron
+    Mlp,
+    /// Keras's simple MNIST convnet
+    Cnn,
+    /// A small ResNet with batch normalisation
+    Resnet,
+}
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Choice {
@@ -55,21 +77,25 @@ fn fraction(s: &str) -> Result<f32, String> {
 }
 
 #[derive(Parser)]
-#[command(about = "Train the seed's MNIST model on the CPU or a GPU")]
+#[command(about = "Train the seed's MNIST model, or a convnet, on the CPU or a GPU")]
 struct Args {
+    #[arg(long, value_enum, default_value = "mlp")]
+    model: Arch,
     #[arg(long, value_enum, default_value = "best")]
     device: Choice,
     #[arg(long, default_value_t = 5, value_parser = positive)]
     epochs: usize,
-    #[arg(long, default_value_t = 32, value_parser = positive)]
-    batch_size: usize,
+    /// Default: 32 for the MLP, 128 for the convnets
+    #[arg(long, value_parser = positive)]
+    batch_size: Option<usize>,
     #[arg(long, default_value_t = 1e-3, value_parser = rate)]
     lr: f32,
-    /// Hidden layer widths, e.g. 128 or 128,64 (each followed by ReLU and dropout)
+    /// The MLP's hidden layer widths, e.g. 128 or 128,64 (each followed by ReLU and dropout)
     #[arg(long, default_value = "128", value_delimiter = ',', value_parser = positive)]
     hidden: Vec<usize>,
-    #[arg(long, default_value_t = 0.2, value_parser = fraction)]
-    dropout: f32,
+    /// Default: 0.2 for the MLP, 0.5 for the convnet (the ResNet has none)
+    #[arg(long, value_parser = fraction)]
+    dropout: Option<f32>,
     #[arg(long, default_value_t = 0.1, value_parser = fraction)]
     validation_split: f32,
     /// A directory with the four standard MNIST files (raw or .gz)
@@ -85,7 +111,7 @@ struct Args {
     seed: u64,
 }
 
-fn model(hidden: &[usize], dropout: f32, device: &Device) -> nn::Sequential {
+fn mlp(hidden: &[usize], dropout: f32, device: &Device) -> nn::Sequential {
     let mut m = nn::Sequential::new().add(nn::Flatten);
     let mut width = 28 * 28;
     for &h in hidden {
@@ -93,6 +119,64 @@ fn model(hidden: &[usize], dropout: f32, device: &Device) -> nn::Sequential {
         width = h;
     }
     m.add(nn::Linear::new(width, 10, device))
+}
+
+/// Keras's "simple MNIST convnet" (34,826 parameters).
+fn convnet(dropout: f32, device: &Device) -> nn::Sequential {
+    nn::Sequential::new()
+        .add(nn::Unflatten::new(1, [1, 28]))
+        .add(nn::Conv2d::new(1, 32, 3, device))
+        .add(nn::ReLU)
+        .add(nn::MaxPool2d::new(2))
+        .add(nn::Conv2d::new(32, 64, 3, device))
+        .add(nn::ReLU)
+        .add(nn::MaxPool2d::new(2))
+        .add(nn::Flatten)
+        .add(nn::Dropout::new(dropout))
+        .add(nn::Linear::new(64 * 5 * 5, 10, device))
+}
+
+/// conv 3×3 → BN → ReLU → conv 3×3 → BN, the first conv with `stride`.
+fn block(c_in: usize, c_out: usize, stride: usize, device: &Device) -> nn::Sequential {
+    let conv = |i, o, s| {
+        nn::Conv2d::with_options(i, o, 3, Conv2dOptions::default().stride(s).padding(1), device).without_bias()
+    };
+    nn::Sequential::new()
+        .add(conv(c_in, c_out, stride))
+        .add(nn::BatchNorm2d::new(c_out, device))
+        .add(nn::ReLU)
+        .add(conv(c_out, c_out, 1))
+        .add(nn::BatchNorm2d::new(c_out, device))
+}
+
+/// A small ResNet: stem, three residual blocks, global average pooling.
+fn resnet(device: &Device) -> nn::Sequential {
+    let projection = nn::Sequential::new()
+        .add(nn::Conv2d::with_options(16, 32, 1, Conv2dOptions::default().stride(2), device).without_bias())
+        .add(nn::BatchNorm2d::new(32, device));
+    nn::Sequential::new()
+        .add(nn::Unflatten::new(1, [1, 28]))
+        .add(nn::Conv2d::with_options(1, 16, 3, Conv2dOptions::default().padding(1), device).without_bias())
+        .add(nn::BatchNorm2d::new(16, device))
+        .add(nn::ReLU)
+        .add(nn::MaxPool2d::new(2))
+        .add(nn::Residual::new(block(16, 16, 1, device)))
+        .add(nn::ReLU)
+        .add(nn::Residual::with_shortcut(block(16, 32, 2, device), projection))
+        .add(nn::ReLU)
+        .add(nn::Residual::new(block(32, 32, 1, device)))
+        .add(nn::ReLU)
+        .add(nn::AdaptiveAvgPool2d::new(1))
+        .add(nn::Flatten)
+        .add(nn::Linear::new(32, 10, device))
+}
+
+fn model(args: &Args, device: &Device) -> nn::Sequential {
+    match args.model {
+        Arch::Mlp => mlp(&args.hidden, args.dropout.unwrap_or(0.2), device),
+        Arch::Cnn => convnet(args.dropout.unwrap_or(0.5), device),
+        Arch::Resnet => resnet(device),
+    }
 }
 
 fn run(args: Args) -> wgrad::Result<()> {
@@ -105,8 +189,8 @@ fn run(args: Args) -> wgrad::Result<()> {
     let data = mnist::load(&args.data)?;
     println!("data: {} training and {} test digits from {}", data.train.len(), data.test.len(), args.data.display());
     wgrad::manual_seed(args.seed);
-    let net = model(&args.hidden, args.dropout, &device);
-    println!("model: {}", net.describe());
+    let net = model(&args, &device);
+    println!("model: {} ({} parameters)", net.describe(), net.num_parameters());
 
     if let Some(path) = &args.load {
         io::load(&net, path)?;
@@ -119,7 +203,7 @@ fn run(args: Args) -> wgrad::Result<()> {
     let mut opt = Adam::new(net.parameters(), args.lr);
     let config = FitConfig {
         epochs: args.epochs,
-        batch_size: args.batch_size,
+        batch_size: args.batch_size.unwrap_or(if args.model == Arch::Mlp { 32 } else { 128 }),
         validation_split: args.validation_split,
         shuffle_seed: args.seed,
         ..FitConfig::default()
@@ -131,7 +215,7 @@ fn run(args: Args) -> wgrad::Result<()> {
     let test = evaluate(&net, &data.test, 256)?;
     println!("test loss: {:.4}", test.loss);
     io::save(&net, &args.save, io::Dtype::F32)?;
-    let reloaded = model(&args.hidden, args.dropout, &device);
+    let reloaded = model(&args, &device);
     io::load(&reloaded, &args.save)?;
     let same = predict(&net, &data.test, 256)? == predict(&reloaded, &data.test, 256)?;
     let again = evaluate(&reloaded, &data.test, 256)?;
@@ -175,6 +259,7 @@ mod tests {
             &["--epochs", "0"],
             &["--hidden", "128,0"],
             &["--device", "tpu"],
+            &["--model", "vgg"],
         ] {
             let args = std::iter::once("mnist").chain(flags.iter().copied());
             let err = Args::try_parse_from(args).err().unwrap_or_else(|| panic!("{flags:?} was accepted"));
@@ -184,5 +269,6 @@ mod tests {
         }
         let ok = Args::try_parse_from(["mnist", "--dropout", "0", "--validation-split", "0", "--hidden", "16,8"]);
         assert!(ok.is_ok());
+        assert!(Args::try_parse_from(["mnist", "--model", "resnet"]).is_ok());
     }
 }

@@ -53,7 +53,7 @@ pub use backend::gpu::{DeviceInfo, GpuDevice, GpuOptions, MemoryStats};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use gradcheck::{GradcheckError, GradcheckOptions, gradcheck, gradcheck_with};
-pub use ops::CrossEntropyOptions;
+pub use ops::{Conv2dOptions, CrossEntropyOptions, Padding, Size2};
 pub use rng::{Generator, manual_seed};
 pub use shape::{Dim, Shape};
 pub use tensor::{Tensor, TensorData, live_tensors};

@@ -266,3 +266,82 @@ fn gradcheck_options_tighten_the_tolerance() {
     assert!(gradcheck_with(|v| v[0].exp(), &[x.clone()], coarse).is_err());
     assert!(gradcheck_with(|v| v[0].exp(), &[x], GradcheckOptions { eps: 0.1, ..Default::default() }).is_ok());
 }
+
+/// Convolutions and pooling are linear (max pooling piecewise, and no step
+/// crosses a tie), so central differences carry no truncation error, only
+/// f32 rounding (≈1e-5 here): a tolerance ten times tighter than the
+/// default's still leaves a margin of ~100, and catches a gradient 1% off.
+const LINEAR: GradcheckOptions = GradcheckOptions { eps: 1e-2, atol: 1e-4, rtol: 1e-3 };
+
+fn check_linear(name: &str, f: impl Fn(&[Tensor]) -> Tensor, inputs: &[Tensor]) {
+    if let Err(e) = gradcheck_with(f, inputs, LINEAR) {
+        panic!("{name}: {e}");
+    }
+}
+
+#[test]
+fn convolutions() {
+    use wgrad::{Conv2dOptions as O, Padding};
+    let cases: Vec<(&[usize], &[usize], O)> = vec![
+        (&[2, 2, 5, 6], &[3, 2, 3, 2], O::default().stride(2).padding((1, 0))),
+        (&[1, 4, 7, 5], &[2, 2, 2, 3], O::default().groups(2).dilation(2).padding(1)),
+        (&[2, 3, 5, 5], &[3, 1, 3, 3], O::default().groups(3).padding(1)),
+        (&[1, 2, 4, 3], &[2, 2, 4, 3], O::default()),
+        (&[1, 1, 6, 4], &[2, 1, 2, 3], O::default().padding(Padding::Same)),
+        (&[2, 2, 7, 5], &[2, 2, 3, 3], O::default().stride((3, 2)).padding(1)),
+    ];
+    for (i, (xs, ws, opts)) in cases.into_iter().enumerate() {
+        let x = rand(xs, -1.0, 1.0, 700 + i as u64);
+        let w = rand(ws, -1.0, 1.0, 720 + i as u64);
+        let b = rand(&ws[..1], -1.0, 1.0, 740 + i as u64);
+        check_linear(&format!("conv2d {xs:?} {ws:?} {opts:?}"), |v| v[0].conv2d(&v[1], Some(&v[2]), opts), &[x, w, b]);
+    }
+}
+
+/// Distinct values 0.1 apart in random order, so no ±eps step changes
+/// which element of a window is the largest.
+fn distinct(shape: &[usize], seed: u64) -> Tensor {
+    let keys = common::uniform(shape, 0.0, 1.0, seed);
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]));
+    let mut v = vec![0.0; keys.len()];
+    for (rank, &i) in order.iter().enumerate() {
+        v[i] = rank as f32 * 0.1 - 1.0;
+    }
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn pooling() {
+    let x = distinct(&[2, 2, 7, 6], 760);
+    check_linear("max_pool2d", |v| v[0].max_pool2d(2, 2, 0), &[x.clone()]);
+    check_linear("max_pool2d overlapping, padded", |v| v[0].max_pool2d((3, 2), (2, 1), 1), &[x.clone()]);
+    check_linear("avg_pool2d", |v| v[0].avg_pool2d(3, 2, 1, true), &[x.clone()]);
+    check_linear("avg_pool2d without the padding", |v| v[0].avg_pool2d(3, (1, 2), 1, false), &[x.clone()]);
+    check_linear("adaptive_avg_pool2d 1", |v| v[0].adaptive_avg_pool2d(1), &[x.clone()]);
+    check_linear("adaptive_avg_pool2d 3x4", |v| v[0].adaptive_avg_pool2d((3, 4)), &[x.clone()]);
+    check_linear("max_pool2d unbatched", |v| v[0].max_pool2d(3, 3, 0), &[distinct(&[1, 6, 7], 761)]);
+}
+
+#[test]
+fn batch_norm() {
+    // Normalising divides by a batch statistic; keep the variance well
+    // away from 0 so the differences stay smooth.
+    let x = rand(&[4, 3, 2, 3], -2.0, 2.0, 780);
+    let w = rand(&[3], 0.5, 1.5, 781);
+    let b = rand(&[3], -0.5, 0.5, 782);
+    check(
+        "batch_norm 4-D",
+        |v| v[0].batch_norm(None, None, Some(&v[1]), Some(&v[2]), true, 0.1, 1e-5),
+        &[x.clone(), w.clone(), b.clone()],
+    );
+    let x2 = rand(&[6, 4], -2.0, 2.0, 783);
+    check("batch_norm 2-D", |v| v[0].batch_norm(None, None, None, None, true, 0.1, 1e-5), &[x2]);
+    // Evaluation mode: an affine map with fixed statistics.
+    let (rm, rv) = (rand(&[3], -0.5, 0.5, 784), rand(&[3], 0.5, 2.0, 785));
+    check(
+        "batch_norm eval",
+        |v| v[0].batch_norm(Some(&rm), Some(&rv), Some(&v[1]), Some(&v[2]), false, 0.1, 1e-5),
+        &[x, w, b],
+    );
+}

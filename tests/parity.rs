@@ -326,3 +326,89 @@ fn the_workgroup_tiled_matmul_matches_too() {
         }
     }
 }
+
+/// Convolutions at shapes that hit every edge: non-square kernels, inputs
+/// and strides, padding, dilation, groups (depthwise too), a 1×1 output,
+/// pointwise kernels, batch 1, and outputs past one tile (16 channels ×
+/// 64 pixels with subgroups, 32 × 32 without). The weight gradient sums
+/// over every pixel of the batch (K up to 3136 here): its tolerance is a
+/// dot product's of that length, √K·ε·Σ|x·g| ≈ 1e-3 absolute on O(1) data.
+const CONV: Tol = Tol { atol: 1e-3, rtol: 1e-4 };
+
+fn conv_cases() -> Vec<(Vec<usize>, Vec<usize>, wgrad::Conv2dOptions)> {
+    use wgrad::{Conv2dOptions as O, Padding};
+    vec![
+        (vec![2, 3, 9, 11], vec![5, 3, 3, 2], O::default().stride((2, 1)).padding((1, 0))),
+        (vec![1, 4, 17, 13], vec![6, 2, 3, 3], O::default().groups(2).dilation(2).padding(2)),
+        (vec![2, 6, 8, 8], vec![6, 1, 3, 3], O::default().groups(6).padding(1).stride(2)),
+        (vec![3, 17, 10, 10], vec![33, 17, 1, 1], O::default()),
+        (vec![1, 1, 5, 5], vec![1, 1, 5, 5], O::default()),
+        (vec![4, 8, 28, 28], vec![20, 8, 3, 3], O::default().padding(Padding::Same)),
+        (vec![2, 2, 7, 6], vec![3, 2, 4, 4], O::default().padding(Padding::Same)),
+        (vec![2, 3, 10, 7], vec![4, 3, 3, 3], O::default().stride((3, 2)).padding(1)),
+    ]
+}
+
+#[test]
+fn convolutions() {
+    for (i, (xs, ws, opts)) in conv_cases().into_iter().enumerate() {
+        let x = rand(&xs, -1.0, 1.0, 9100 + i as u64);
+        let w = rand(&ws, -1.0, 1.0, 9200 + i as u64);
+        let b = rand(&ws[..1], -1.0, 1.0, 9300 + i as u64);
+        parity(&format!("conv2d {xs:?} {ws:?} {opts:?}"), CONV, &[x, w, b], &[], |v, _| {
+            v[0].conv2d(&v[1], Some(&v[2]), opts)
+        });
+    }
+}
+
+#[test]
+fn the_workgroup_tiled_convolution_matches_too() {
+    if gpu().is_none() {
+        return;
+    }
+    let dev = Device::Gpu(
+        wgrad::GpuDevice::with_options(wgrad::GpuOptions { subgroups: false, ..wgrad::GpuOptions::from_env() })
+            .unwrap(),
+    );
+    for (i, (xs, ws, opts)) in conv_cases().into_iter().enumerate() {
+        let x = rand(&xs, -1.0, 1.0, 9400 + i as u64);
+        let w = rand(&ws, -1.0, 1.0, 9500 + i as u64);
+        let run = |d: &Device| {
+            let (vx, vw) = (x.to_device(d).unwrap().requires_grad(), w.to_device(d).unwrap().requires_grad());
+            let out = vx.conv2d(&vw, None, opts);
+            let g = out.sqr().sum().backward();
+            [out.to_vec().unwrap(), g.get(&vx).unwrap().to_vec().unwrap(), g.get(&vw).unwrap().to_vec().unwrap()]
+        };
+        let (c, t) = (run(&Device::Cpu), run(&dev));
+        for (what, (a, b)) in ["forward", "grad x", "grad w"].iter().zip(t.iter().zip(&c)) {
+            close(&format!("tiled conv2d {xs:?} {ws:?}"), what, a, b, CONV);
+        }
+    }
+}
+
+#[test]
+fn pooling() {
+    let x = rand(&[2, 3, 9, 11], -1.0, 1.0, 9600);
+    let c = [x.clone()];
+    parity("max_pool2d 2", EXACTISH, &c, &[], |v, _| v[0].max_pool2d(2, 2, 0));
+    parity("max_pool2d 3/2 pad 1", EXACTISH, &c, &[], |v, _| v[0].max_pool2d((3, 2), (2, 1), (1, 1)));
+    parity("avg_pool2d", EXACTISH, &c, &[], |v, _| v[0].avg_pool2d(3, 2, 1, true));
+    parity("avg_pool2d no pad", EXACTISH, &c, &[], |v, _| v[0].avg_pool2d((2, 3), (1, 2), (1, 1), false));
+    parity("adaptive_avg_pool2d 1", EXACTISH, &c, &[], |v, _| v[0].adaptive_avg_pool2d(1));
+    parity("adaptive_avg_pool2d 4x3", EXACTISH, &c, &[], |v, _| v[0].adaptive_avg_pool2d((4, 3)));
+    // Ties: the gradient goes to the first maximum on both devices.
+    let ties = Tensor::from_vec(vec![1.0, 1.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0, 0.0], [1, 1, 3, 3], &Device::Cpu).unwrap();
+    parity("max_pool2d ties", EXACTISH, &[ties], &[], |v, _| v[0].max_pool2d(2, 1, 0));
+}
+
+#[test]
+fn batch_norm() {
+    let x = rand(&[5, 3, 4, 7], -2.0, 2.0, 9700);
+    let w = rand(&[3], 0.5, 1.5, 9701);
+    let b = rand(&[3], -0.5, 0.5, 9702);
+    parity("batch_norm train", REDUCTION, &[x.clone(), w.clone(), b.clone()], &[], |v, _| {
+        v[0].batch_norm(None, None, Some(&v[1]), Some(&v[2]), true, 0.1, 1e-5)
+    });
+    let x2 = rand(&[33, 65], -2.0, 2.0, 9703);
+    parity("batch_norm 2-D", REDUCTION, &[x2], &[], |v, _| v[0].batch_norm(None, None, None, None, true, 0.1, 1e-5));
+}

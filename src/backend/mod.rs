@@ -185,6 +185,140 @@ pub(crate) struct MatmulSpec {
     pub b_batch_stride: usize,
 }
 
+/// A 2-D convolution (PyTorch's `conv2d`, a cross-correlation) of an NCHW
+/// input `[n, c_in, h, w]` with a weight `[c_out, c_in / groups, kh, kw]`,
+/// giving `[n, c_out, oh, ow]`. Output pixel `(y, x)` reads input rows
+/// `y·sh - ph + i·dh` and columns `x·sw - pw + j·dw`; positions outside the
+/// input read 0. `ph`, `pw` pad the top and left; the bottom and right
+/// padding is implied by `oh`, `ow` (so "same" padding of an even kernel,
+/// one more at the end as in PyTorch, needs no other field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConvSpec {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    pub groups: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvSpec {
+    /// Input channels per group.
+    pub fn cg(&self) -> usize {
+        self.c_in / self.groups
+    }
+
+    /// Output channels per group.
+    pub fn mg(&self) -> usize {
+        self.c_out / self.groups
+    }
+
+    /// The reduction length of one output: `cg · kh · kw`.
+    pub fn patch(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.n * self.c_in * self.h * self.w
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.n * self.c_out * self.oh * self.ow
+    }
+
+    pub fn weight_len(&self) -> usize {
+        self.c_out * self.patch()
+    }
+}
+
+/// What a 2-D pooling window computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PoolKind {
+    /// The window's maximum; NaN wins (the last NaN), else the first maximum.
+    Max,
+    /// The window's mean, dividing by `kh·kw` when padding counts, else by
+    /// the number of input positions inside the window.
+    Avg { count_include_pad: bool },
+    /// PyTorch's adaptive average: output `i` of `o` averages input
+    /// positions `⌊i·len/o⌋ .. ⌈(i+1)·len/o⌉` (kernel, stride and padding
+    /// are unused).
+    AdaptiveAvg,
+}
+
+/// 2-D pooling of `planes` independent `h × w` images into `oh × ow`, with
+/// window `kh × kw`, stride and top-left padding as in [`ConvSpec`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PoolSpec {
+    pub kind: PoolKind,
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl PoolSpec {
+    /// The input rows (or, with `cols`, columns) window `o` covers: a
+    /// half-open range, clipped to the input.
+    #[inline]
+    pub fn window(&self, o: usize, cols: bool) -> (usize, usize) {
+        let (len, out, k, s, p) = if cols {
+            (self.w, self.ow, self.kw, self.sw, self.pw)
+        } else {
+            (self.h, self.oh, self.kh, self.sh, self.ph)
+        };
+        match self.kind {
+            PoolKind::AdaptiveAvg => ((o * len) / out, ((o + 1) * len).div_ceil(out)),
+            _ => {
+                let start = o * s;
+                (start.saturating_sub(p), (start + k).saturating_sub(p).min(len))
+            }
+        }
+    }
+
+    /// The divisor of an average over window `(oy, ox)`.
+    #[inline]
+    pub fn divisor(&self, oy: usize, ox: usize) -> f32 {
+        let ((y0, y1), (x0, x1)) = (self.window(oy, false), self.window(ox, true));
+        match self.kind {
+            PoolKind::Avg { count_include_pad: true } => {
+                // Padding counts, the space past it (never reached without
+                // ceil mode) does not: PyTorch's rule.
+                let span = |o: usize, s: usize, k: usize, p: usize, len: usize| {
+                    let start = o * s;
+                    (start + k).min(len + 2 * p) - start
+                };
+                (span(oy, self.sh, self.kh, self.ph, self.h) * span(ox, self.sw, self.kw, self.pw, self.w)) as f32
+            }
+            _ => ((y1 - y0) * (x1 - x0)) as f32,
+        }
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.planes * self.h * self.w
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.planes * self.oh * self.ow
+    }
+}
+
 /// A `[outer, len, inner]` view for axis-wise kernels; `len` is the axis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct AxisView {
@@ -244,6 +378,19 @@ pub(crate) trait Backend {
     /// The indices (as f32) that sort each line along `len` of `[outer,
     /// len, inner]`, stably: `-∞ … -0 = +0 … +∞ < NaN`, ties in index order.
     fn argsort(&self, x: &Storage, v: AxisView, descending: bool) -> Storage;
+    /// A 2-D convolution, `[n, c_in, h, w]` → `[n, c_out, oh, ow]`.
+    fn conv2d(&self, x: &Storage, weight: &Storage, spec: ConvSpec) -> Storage;
+    /// The gradient of `conv2d` with respect to its input, from the
+    /// output's gradient `gy` (a transposed convolution).
+    fn conv2d_input_grad(&self, gy: &Storage, weight: &Storage, spec: ConvSpec) -> Storage;
+    /// The gradient of `conv2d` with respect to its weight, summed over the batch.
+    fn conv2d_weight_grad(&self, gy: &Storage, x: &Storage, spec: ConvSpec) -> Storage;
+    /// 2-D pooling, `[planes, h, w]` → `[planes, oh, ow]`.
+    fn pool2d(&self, x: &Storage, spec: PoolSpec) -> Storage;
+    /// The gradient of `pool2d` with respect to its input. A max pool sends
+    /// each output's gradient to the element its forward picked (recomputed
+    /// from `x`); averages spread it evenly over their windows.
+    fn pool2d_backward(&self, x: &Storage, gy: &Storage, spec: PoolSpec) -> Storage;
     /// Gathers the strided view into new contiguous storage.
     fn copy_strided(&self, x: &Storage, src: &Strided) -> Storage;
     /// Writes contiguous `x` into the strided region `dst` of `out`, in place.

@@ -15,6 +15,45 @@ impl Module for Flatten {
     fn visit(&self, _: &mut Visitor) {}
 }
 
+/// Splits axis `dim` into `sizes` (their product must be its length), as
+/// PyTorch's `Unflatten`: `Unflatten::new(1, [1, 28])` turns a batch of
+/// `[N, 28, 28]` digits into the `[N, 1, 28, 28]` images a convolution takes.
+#[derive(Clone, Debug)]
+pub struct Unflatten {
+    dim: usize,
+    sizes: Vec<usize>,
+}
+
+impl Unflatten {
+    /// Splits axis `dim` into `sizes`.
+    pub fn new(dim: usize, sizes: impl Into<Vec<usize>>) -> Self {
+        Unflatten { dim, sizes: sizes.into() }
+    }
+}
+
+impl Module for Unflatten {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let d = x.dims();
+        let product: usize = self.sizes.iter().product();
+        assert!(
+            self.dim < d.len() && d[self.dim] == product,
+            "Unflatten({}, {:?}): input of shape {} has no axis {} of length {product}",
+            self.dim,
+            self.sizes,
+            x.shape(),
+            self.dim
+        );
+        let mut dims = d[..self.dim].to_vec();
+        dims.extend(&self.sizes);
+        dims.extend(&d[self.dim + 1..]);
+        x.reshape(dims)
+    }
+    fn visit(&self, _: &mut Visitor) {}
+    fn describe(&self) -> String {
+        format!("Unflatten({}, {:?})", self.dim, self.sizes)
+    }
+}
+
 macro_rules! activation {
     ($(#[$doc:meta] $name:ident => $method:ident;)*) => {$(
         #[$doc]

@@ -1,5 +1,7 @@
 //! Layers: the [`Module`] trait, [`Linear`], [`Sequential`], [`Flatten`],
-//! activation layers and [`Dropout`].
+//! activation layers, [`Dropout`], and the image layers [`Conv2d`],
+//! [`MaxPool2d`], [`AvgPool2d`], [`AdaptiveAvgPool2d`], [`BatchNorm1d`],
+//! [`BatchNorm2d`] and [`Residual`].
 //!
 //! A module shows its parameters, buffers and submodules to a [`Visitor`]
 //! in its one required method besides `forward`, [`Module::visit`]; every
@@ -44,10 +46,12 @@
 //! assert_eq!(logits.dims(), &[2, 10]);
 //! ```
 
+mod conv;
 mod layers;
 mod linear;
 
-pub use layers::{Dropout, Flatten, GELU, ReLU, Sigmoid, Softmax, Tanh};
+pub use conv::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, MaxPool2d, Residual};
+pub use layers::{Dropout, Flatten, GELU, ReLU, Sigmoid, Softmax, Tanh, Unflatten};
 pub use linear::{Init, Linear};
 
 use crate::{Device, Result, Tensor};

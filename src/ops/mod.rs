@@ -5,9 +5,11 @@
 //! Backward rules are written with the same public ops, so they run on the
 //! device the forward ran on; the walk runs them with recording off.
 
+mod conv;
 mod elementwise;
 mod loss;
 
+pub use conv::{Conv2dOptions, Padding, Size2};
 pub use loss::CrossEntropyOptions;
 mod matmul;
 mod nn;

@@ -114,6 +114,87 @@ pub(super) fn matmul(a: &[f32], b: &[f32], s: MatmulSpec) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// A matrix read from a slice through row and column strides.
+#[derive(Clone, Copy)]
+pub(super) struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    /// Elements between consecutive rows and consecutive columns.
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A row-major `rows × cols` matrix.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat { data, rows, cols, rs: cols, cs: 1 }
+    }
+
+    /// The same elements read as the transpose.
+    pub fn t(self) -> Self {
+        Mat { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+    }
+
+    /// Whether every element lies inside `data` (computed without wrapping).
+    fn fits(&self) -> bool {
+        if self.rows == 0 || self.cols == 0 {
+            return true;
+        }
+        let last = (self.rows - 1).checked_mul(self.rs).zip((self.cols - 1).checked_mul(self.cs));
+        last.and_then(|(r, c)| r.checked_add(c)).is_some_and(|e| e < self.data.len())
+    }
+}
+
+/// `dst = a · b` (or `dst += a · b` with `accumulate`) on this thread, for a
+/// row-major `dst` whose rows are `dst_rs` apart: the safe face of one
+/// `gemm` call for kernels (convolutions) that tile their own work.
+pub(super) fn gemm_into(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "gemm_into: inner dimensions differ");
+    let dst_fits =
+        m == 0 || n == 0 || (m - 1).checked_mul(dst_rs).and_then(|r| r.checked_add(n)).is_some_and(|e| e <= dst.len());
+    assert!(a.fits() && b.fits() && dst_fits && (m <= 1 || dst_rs >= n), "gemm_into: an operand is too short");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // SAFETY: the assert above checks that every element each operand's
+    // strides reach lies inside its slice, and that dst's m rows of n
+    // (dst_rs ≥ n apart, so rows do not overlap) lie inside `dst`, which
+    // is borrowed mutably and so aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,8 +2,9 @@
 //! against, and the CPU side of the CPU-vs-GPU comparison.
 //!
 //! One file per kernel family (`elementwise`, `reduce`, `softmax`, `loss`,
-//! `matmul`, `copy`, `gather`, `scan`, `sort`, `optim`), plain loops over contiguous slices
-//! written so the compiler vectorises the common cases ([`simd`]); loops and
+//! `matmul`, `conv` (convolution and pooling), `copy`, `gather`, `scan`,
+//! `sort`, `optim`), plain loops over contiguous slices written so the
+//! compiler vectorises the common cases ([`simd`]); loops and
 //! products from a few tens of microseconds up are split over the cores by
 //! [`pool`], whose workers stay awake between the pieces of a training step;
 //! matmul goes to the `gemm` crate.
@@ -15,6 +16,7 @@
 //! earliest fault among its inputs): the same contract as the GPU's, so
 //! reading back gives the same error on both.
 
+mod conv;
 mod copy;
 mod elementwise;
 mod gather;
@@ -31,7 +33,9 @@ mod sort;
 
 pub(crate) use pool::threads;
 
-use super::{AxisView, Backend, BinaryOp, Fault, MatmulSpec, ReduceOp, Storage, UnaryOp, UpdateRule};
+use super::{
+    AxisView, Backend, BinaryOp, ConvSpec, Fault, MatmulSpec, PoolSpec, ReduceOp, Storage, UnaryOp, UpdateRule,
+};
 use crate::shape::Strided;
 use crate::{Error, Result};
 
@@ -147,6 +151,26 @@ impl Backend for Cpu {
 
     fn argsort(&self, x: &Storage, v: AxisView, descending: bool) -> Storage {
         run(&[x], || sort::argsort(x.cpu(), v, descending))
+    }
+
+    fn conv2d(&self, x: &Storage, weight: &Storage, spec: ConvSpec) -> Storage {
+        run(&[x, weight], || conv::conv2d(x.cpu(), weight.cpu(), spec))
+    }
+
+    fn conv2d_input_grad(&self, gy: &Storage, weight: &Storage, spec: ConvSpec) -> Storage {
+        run(&[gy, weight], || conv::conv2d_input_grad(gy.cpu(), weight.cpu(), spec))
+    }
+
+    fn conv2d_weight_grad(&self, gy: &Storage, x: &Storage, spec: ConvSpec) -> Storage {
+        run(&[gy, x], || conv::conv2d_weight_grad(gy.cpu(), x.cpu(), spec))
+    }
+
+    fn pool2d(&self, x: &Storage, spec: PoolSpec) -> Storage {
+        run(&[x], || conv::pool2d(x.cpu(), spec))
+    }
+
+    fn pool2d_backward(&self, x: &Storage, gy: &Storage, spec: PoolSpec) -> Storage {
+        run(&[x, gy], || conv::pool2d_backward(x.cpu(), gy.cpu(), spec))
     }
 
     fn copy_strided(&self, x: &Storage, src: &Strided) -> Storage {

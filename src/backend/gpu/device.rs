@@ -22,6 +22,8 @@ pub(crate) struct Tuning {
     pub matmul_wm: u32,
     pub matmul_wn: u32,
     pub matmul_bk: u32,
+    /// Workgroups a convolution's weight gradient aims for (split-K).
+    pub conv_target_groups: usize,
 }
 
 impl Tuning {
@@ -37,6 +39,7 @@ impl Tuning {
                 matmul_wm: 8,
                 matmul_wn: 8,
                 matmul_bk: 32,
+                conv_target_groups: 16,
             }
         } else {
             Tuning {
@@ -46,6 +49,7 @@ impl Tuning {
                 matmul_wm: 16,
                 matmul_wn: 16,
                 matmul_bk: 16,
+                conv_target_groups: 512,
             }
         }
     }

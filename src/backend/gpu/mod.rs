@@ -25,6 +25,7 @@
 //! computed from it ([`taint`]). Either surfaces from `to_vec` as a
 //! [`crate::Error`]. wgpu errors are captured by a handler, never panics.
 
+mod conv;
 mod copy;
 mod device;
 mod elementwise;
@@ -47,7 +48,9 @@ pub use device::{DeviceInfo, GpuOptions};
 pub(crate) use lazy::GpuBuffer;
 pub use pool::MemoryStats;
 
-use super::{AxisView, Backend, BinaryOp, Fault, MatmulSpec, ReduceOp, Storage, UnaryOp, UpdateRule};
+use super::{
+    AxisView, Backend, BinaryOp, ConvSpec, Fault, MatmulSpec, PoolSpec, ReduceOp, Storage, UnaryOp, UpdateRule,
+};
 use crate::Result;
 use crate::shape::Strided;
 use device::{Health, Tuning};
@@ -439,6 +442,26 @@ impl Backend for GpuDevice {
 
     fn argsort(&self, x: &Storage, v: AxisView, descending: bool) -> Storage {
         Storage::Gpu(sort::argsort(&self.ctx, x.gpu(), v, descending))
+    }
+
+    fn conv2d(&self, x: &Storage, weight: &Storage, spec: ConvSpec) -> Storage {
+        Storage::Gpu(conv::conv2d(&self.ctx, x.gpu(), weight.gpu(), spec))
+    }
+
+    fn conv2d_input_grad(&self, gy: &Storage, weight: &Storage, spec: ConvSpec) -> Storage {
+        Storage::Gpu(conv::conv2d_input_grad(&self.ctx, gy.gpu(), weight.gpu(), spec))
+    }
+
+    fn conv2d_weight_grad(&self, gy: &Storage, x: &Storage, spec: ConvSpec) -> Storage {
+        Storage::Gpu(conv::conv2d_weight_grad(&self.ctx, gy.gpu(), x.gpu(), spec))
+    }
+
+    fn pool2d(&self, x: &Storage, spec: PoolSpec) -> Storage {
+        Storage::Gpu(conv::pool2d(&self.ctx, x.gpu(), spec))
+    }
+
+    fn pool2d_backward(&self, x: &Storage, gy: &Storage, spec: PoolSpec) -> Storage {
+        Storage::Gpu(conv::pool2d_backward(&self.ctx, x.gpu(), gy.gpu(), spec))
     }
 
     fn copy_strided(&self, x: &Storage, src: &Strided) -> Storage {

@@ -39,6 +39,9 @@ pub(crate) enum Shader {
     Optim,
     Matmul,
     MatmulTiled,
+    Conv,
+    ConvTiled,
+    Pool,
     Scan,
     Sort,
 }
@@ -46,7 +49,7 @@ pub(crate) enum Shader {
 impl Shader {
     /// Every shader, for tests that check them all.
     #[cfg(test)]
-    pub const ALL: [Shader; 12] = [
+    pub const ALL: [Shader; 15] = [
         Shader::Scan,
         Shader::Sort,
         Shader::Copy,
@@ -59,6 +62,9 @@ impl Shader {
         Shader::Optim,
         Shader::Matmul,
         Shader::MatmulTiled,
+        Shader::Conv,
+        Shader::ConvTiled,
+        Shader::Pool,
     ];
 
     /// The file's text and the shared pieces it uses, in the order they
@@ -67,6 +73,8 @@ impl Shader {
         const ONLINE_SOFTMAX: &str = include_str!("../../../shaders/online_softmax.wgsl");
         const CHECK: &str = include_str!("../../../shaders/check.wgsl");
         const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
+        const GEMM_BODY: &str = include_str!("../../../shaders/gemm_body.wgsl");
+        const GEMM_TILED_BODY: &str = include_str!("../../../shaders/gemm_tiled_body.wgsl");
         match self {
             Shader::Copy => &[include_str!("../../../shaders/copy.wgsl")],
             Shader::Fill => &[include_str!("../../../shaders/fill.wgsl")],
@@ -76,8 +84,11 @@ impl Shader {
             Shader::Gather => &[CHECK, include_str!("../../../shaders/gather.wgsl")],
             Shader::Dropout => &[include_str!("../../../shaders/dropout.wgsl")],
             Shader::Optim => &[include_str!("../../../shaders/optim.wgsl")],
-            Shader::Matmul => &[include_str!("../../../shaders/matmul.wgsl")],
-            Shader::MatmulTiled => &[include_str!("../../../shaders/matmul_tiled.wgsl")],
+            Shader::Matmul => &[include_str!("../../../shaders/matmul.wgsl"), GEMM_BODY],
+            Shader::MatmulTiled => &[include_str!("../../../shaders/matmul_tiled.wgsl"), GEMM_TILED_BODY],
+            Shader::Conv => &[include_str!("../../../shaders/conv.wgsl"), GEMM_BODY],
+            Shader::ConvTiled => &[include_str!("../../../shaders/conv.wgsl"), GEMM_TILED_BODY],
+            Shader::Pool => &[include_str!("../../../shaders/pool.wgsl")],
             Shader::Scan => &[include_str!("../../../shaders/scan.wgsl")],
             Shader::Sort => &[include_str!("../../../shaders/sort.wgsl")],
         }
@@ -353,7 +364,7 @@ pub(crate) mod tests {
 
     #[test]
     fn parameter_structs_mirror_their_shaders() {
-        use super::super::{copy, elementwise, gather, loss, matmul, optim, reduce};
+        use super::super::{conv, copy, elementwise, gather, loss, matmul, optim, reduce};
         assert_mirrors::<copy::ViewParams>(&Shader::Copy.source(), "copy");
         assert_mirrors::<elementwise::FillParams>(&Shader::Fill.source(), "fill");
         assert_mirrors::<elementwise::DropoutParams>(&Shader::Dropout.source(), "dropout");
@@ -364,6 +375,8 @@ pub(crate) mod tests {
         assert_mirrors::<matmul::MatmulParams>(&Shader::Matmul.source(), "matmul");
         assert_mirrors::<matmul::MatmulParams>(&Shader::MatmulTiled.source(), "matmul_tiled");
         assert_mirrors::<optim::OptimParams>(&Shader::Optim.source(), "optim");
+        assert_mirrors::<conv::ConvParams>(&Shader::Conv.source(), "conv");
+        assert_mirrors::<conv::PoolParams>(&Shader::Pool.source(), "pool");
         assert_mirrors::<reduce::AxisParams>(&Shader::Scan.source(), "scan");
         assert_mirrors::<reduce::AxisParams>(&Shader::Sort.source(), "sort");
     }

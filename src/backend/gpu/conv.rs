@@ -1,0 +1,209 @@
+//! Convolutions and pooling (`shaders/conv.wgsl`, `shaders/pool.wgsl`).
+//!
+//! A convolution and each of its gradients is one implicit-GEMM dispatch:
+//! the product kernels' bodies (register-tiled with subgroups, workgroup-
+//! tiled without) with loaders that read the patches straight from the
+//! input, so no im2col matrix is allocated. The weight gradient sums over
+//! every pixel of the batch into a small result, so its long K is split
+//! over several workgroups' partial results (split-K) that one reduction
+//! adds up.
+
+use super::pipelines::{Kernel, Shader, params};
+use super::reduce::reduce;
+use super::{Bind, Context, GpuBuffer};
+use crate::backend::{AxisView, ConvSpec, PoolKind, PoolSpec, ReduceOp};
+use std::sync::Arc;
+
+params! {
+    /// One dispatch of a convolution product (`conv.wgsl`).
+    ConvParams {
+        n: u32,
+        c_in: u32,
+        h: u32,
+        w: u32,
+        c_out: u32,
+        ph: u32,
+        pw: u32,
+        groups: u32,
+        oh: u32,
+        ow: u32,
+        m: u32,
+        n_cols: u32,
+        k: u32,
+        first_batch: u32,
+        k_chunk: u32,
+        inv_ow: f32,
+        inv_pixels: f32,
+        inv_w: f32,
+    }
+}
+
+params! {
+    /// A pooling dispatch (`pool.wgsl`).
+    PoolParams { planes: u32, h: u32, w: u32, kh: u32, kw: u32, sh: u32, sw: u32, ph: u32, pw: u32, oh: u32, ow: u32 }
+}
+
+/// Which product of a convolution a dispatch computes (`MODE` in conv.wgsl).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Forward = 0,
+    InputGrad = 1,
+    WeightGrad = 2,
+}
+
+/// Split-K chunks are multiples of this (a multiple of every K step: 4 for
+/// the subgroup kernel, BK ≤ 64 for the tiled one).
+const K_CHUNK_ALIGN: usize = 64;
+
+/// Records the product `mode` of `s` into `out`, reading `a` and `b`
+/// (see conv.wgsl), with `splits` split-K slices in the weight gradient.
+fn record(
+    ctx: &Arc<Context>,
+    s: &ConvSpec,
+    mode: Mode,
+    a: &Arc<super::pool::Pooled>,
+    b: &Arc<super::pool::Pooled>,
+    out: &Arc<super::pool::Pooled>,
+    k_chunk: usize,
+) -> crate::Result<()> {
+    let (m, n_cols, k, batches) = match mode {
+        Mode::Forward => (s.mg(), s.oh * s.ow, s.patch(), s.n * s.groups),
+        Mode::InputGrad => (s.cg(), s.h * s.w, s.mg() * s.kh * s.kw, s.n * s.groups),
+        Mode::WeightGrad => {
+            let k = s.n * s.oh * s.ow;
+            (s.mg(), s.patch(), k, k.div_ceil(k_chunk) * s.groups)
+        }
+    };
+    let t = ctx.tuning;
+    // The float-reciprocal division is exact below 2^22 (see conv.wgsl).
+    let fast_div = s.n * s.oh * s.ow < 1 << 22 && s.h * s.w < 1 << 22;
+    let f = |v: usize| v as f64;
+    let mut constants = vec![
+        ("MODE", mode as u32 as f64),
+        ("KH", f(s.kh)),
+        ("KW", f(s.kw)),
+        ("SH", f(s.sh)),
+        ("SW", f(s.sw)),
+        ("DH", f(s.dh)),
+        ("DW", f(s.dw)),
+        ("FAST_DIV", fast_div as u32 as f64),
+    ];
+    let (shader, groups_x, groups_y) = match t.matmul_subgroup_wg {
+        Some(wg) => {
+            constants.push(("WG", wg as f64));
+            (Shader::Conv, (n_cols as u32).div_ceil(wg * 8), (m as u32).div_ceil(16))
+        }
+        None => {
+            constants.extend([("WM", t.matmul_wm as f64), ("WN", t.matmul_wn as f64), ("BK", t.matmul_bk as f64)]);
+            (Shader::ConvTiled, (n_cols as u32).div_ceil(t.matmul_wn * 4), (m as u32).div_ceil(t.matmul_wm * 4))
+        }
+    };
+    let kernel = Kernel::Static { shader, entry: "main", constants: &constants };
+    let binds = [Bind::read(0, a), Bind::read(1, b), Bind::write(2, out)];
+    let u = |v: usize| v as u32;
+    let max_z = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    let mut first = 0;
+    while first < batches {
+        let count = (batches - first).min(max_z);
+        let params = ConvParams {
+            n: u(s.n),
+            c_in: u(s.c_in),
+            h: u(s.h),
+            w: u(s.w),
+            c_out: u(s.c_out),
+            ph: u(s.ph),
+            pw: u(s.pw),
+            groups: u(s.groups),
+            oh: u(s.oh),
+            ow: u(s.ow),
+            m: u(m),
+            n_cols: u(n_cols),
+            k: u(k),
+            first_batch: u(first),
+            k_chunk: u(k_chunk),
+            inv_ow: 1.0 / s.ow as f32,
+            inv_pixels: 1.0 / (s.oh * s.ow) as f32,
+            inv_w: 1.0 / s.w as f32,
+        };
+        ctx.record(&kernel, &binds, &params, [groups_x, groups_y, count as u32])?;
+        first += count;
+    }
+    Ok(())
+}
+
+pub(crate) fn conv2d(ctx: &Arc<Context>, x: &GpuBuffer, weight: &GpuBuffer, s: ConvSpec) -> GpuBuffer {
+    ctx.compute("conv2d", s.output_len(), &[weight, x], |ins, out| {
+        record(ctx, &s, Mode::Forward, ins[0], ins[1], out, 0)
+    })
+}
+
+pub(crate) fn conv2d_input_grad(ctx: &Arc<Context>, gy: &GpuBuffer, weight: &GpuBuffer, s: ConvSpec) -> GpuBuffer {
+    ctx.compute("conv2d_input_grad", s.input_len(), &[weight, gy], |ins, out| {
+        record(ctx, &s, Mode::InputGrad, ins[0], ins[1], out, 0)
+    })
+}
+
+pub(crate) fn conv2d_weight_grad(ctx: &Arc<Context>, gy: &GpuBuffer, x: &GpuBuffer, s: ConvSpec) -> GpuBuffer {
+    // Enough workgroups to fill the device: split K (every pixel of the
+    // batch) until the tiles times the splits reach the target, keeping
+    // each split at least a few hundred long.
+    let k = s.n * s.oh * s.ow;
+    let tiles = s.mg().div_ceil(16) * s.patch().div_ceil(64) * s.groups;
+    let by_target = ctx.tuning.conv_target_groups.div_ceil(tiles.max(1));
+    let splits = by_target.min(k.div_ceil(4 * K_CHUNK_ALIGN)).max(1);
+    let k_chunk = k.div_ceil(splits).next_multiple_of(K_CHUNK_ALIGN);
+    let splits = k.div_ceil(k_chunk).max(1);
+    let partial = ctx.compute("conv2d_weight_grad", splits * s.weight_len(), &[gy, x], |ins, out| {
+        record(ctx, &s, Mode::WeightGrad, ins[0], ins[1], out, k_chunk)
+    });
+    if splits == 1 {
+        return partial;
+    }
+    reduce(ctx, ReduceOp::Sum, &partial, AxisView { outer: 1, len: splits, inner: s.weight_len() })
+}
+
+fn pool_params(s: &PoolSpec) -> (PoolParams, f64) {
+    let u = |v: usize| v as u32;
+    let kind = match s.kind {
+        PoolKind::Max => 0,
+        PoolKind::Avg { count_include_pad: true } => 1,
+        PoolKind::Avg { count_include_pad: false } => 2,
+        PoolKind::AdaptiveAvg => 3,
+    };
+    let p = PoolParams {
+        planes: u(s.planes),
+        h: u(s.h),
+        w: u(s.w),
+        kh: u(s.kh),
+        kw: u(s.kw),
+        sh: u(s.sh),
+        sw: u(s.sw),
+        ph: u(s.ph),
+        pw: u(s.pw),
+        oh: u(s.oh),
+        ow: u(s.ow),
+    };
+    (p, kind as f64)
+}
+
+pub(crate) fn pool2d(ctx: &Arc<Context>, x: &GpuBuffer, s: PoolSpec) -> GpuBuffer {
+    let wg = ctx.tuning.elementwise_wg;
+    ctx.compute("pool2d", s.output_len(), &[x], |ins, out| {
+        let (params, kind) = pool_params(&s);
+        let constants = [("WG", wg as f64), ("KIND", kind)];
+        let kernel = Kernel::Static { shader: Shader::Pool, entry: "forward", constants: &constants };
+        let binds = [Bind::read(0, ins[0]), Bind::read(1, ins[0]), Bind::write(2, out)];
+        ctx.record(&kernel, &binds, &params, ctx.groups_1d(s.output_len(), wg))
+    })
+}
+
+pub(crate) fn pool2d_backward(ctx: &Arc<Context>, x: &GpuBuffer, gy: &GpuBuffer, s: PoolSpec) -> GpuBuffer {
+    let wg = ctx.tuning.elementwise_wg;
+    ctx.compute("pool2d_backward", s.input_len(), &[x, gy], |ins, out| {
+        let (params, kind) = pool_params(&s);
+        let constants = [("WG", wg as f64), ("KIND", kind)];
+        let kernel = Kernel::Static { shader: Shader::Pool, entry: "backward", constants: &constants };
+        let binds = [Bind::read(0, ins[0]), Bind::read(1, ins[1]), Bind::write(2, out)];
+        ctx.record(&kernel, &binds, &params, ctx.groups_1d(s.input_len(), wg))
+    })
+}
