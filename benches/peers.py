@@ -2,19 +2,23 @@
 """The peers' side of `cargo run --release --example cpu_vs_gpu -- --peers`.
 
 Measures the workloads of examples/cpu_vs_gpu.rs that have a counterpart in
-numpy, JAX and Keras 3 (on JAX), on the CPU, the same way: one cold run, one
+numpy, JAX, Keras 3 (on JAX) and PyTorch, on the CPU, the same way: one cold run, one
 warm-up, then the median of the steady-state runs. Prints a JSON array of
 records shaped like the example's, plus "library" (with `--format tsv`, one
 tab-separated line per record, which the example reads). A library that is not
 installed is skipped with a note on stderr, so any subset can be compared:
 
-    python3 -m pip install numpy jax keras   # what the README's table used
+    python3 -m pip install numpy jax keras torch   # what the README's tables used
 
 Workloads (the names and sizes match the example's records):
   matmul 1024             1024x1024 float32 product
   elementwise_chain       1000 dependent `y * 1.0001` on 1024 floats, read once
   mnist_epoch             one epoch of the seed's Keras model on the bundled
                           training digits, batch 32 (Keras only)
+  conv2d                  a 3x3 convolution, 32x64x28x28 -> 64 channels, padding
+                          1, forward and both gradients (PyTorch only)
+  mnist_cnn_epoch         one epoch of Keras's simple MNIST convnet on the bundled
+                          training digits, batch 128, Adam 1e-3 (Keras, PyTorch)
 """
 
 import argparse
@@ -160,6 +164,93 @@ def keras_peer(reps, out, data_dir):
     out.append(record("keras-jax", "mnist_epoch", f"{count} digits, batch 32", cold, steady))
 
 
+def mnist_arrays(data_dir):
+    """The bundled training digits as float32 [N, 28, 28] in [0, 1] and int labels."""
+    import numpy as np
+
+    (count, rows, cols), pixels = read_idx(find(data_dir, "train-images-idx3-ubyte"))
+    _, labels = read_idx(find(data_dir, "train-labels-idx1-ubyte"))
+    x = np.frombuffer(pixels, dtype=np.uint8).reshape(count, rows, cols).astype(np.float32) / 255.0
+    y = np.frombuffer(labels, dtype=np.uint8).astype(np.int64)
+    return x, y
+
+
+def keras_cnn_peer(reps, out, data_dir):
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    import keras
+
+    x, y = mnist_arrays(data_dir)
+    keras.utils.set_random_seed(0)
+    # Keras's "simple MNIST convnet" example, channels last as Keras has it.
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28, 1)),
+            keras.layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
+            keras.layers.MaxPooling2D(pool_size=(2, 2)),
+            keras.layers.Conv2D(64, kernel_size=(3, 3), activation="relu"),
+            keras.layers.MaxPooling2D(pool_size=(2, 2)),
+            keras.layers.Flatten(),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    times = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    model.fit(x[..., None], y, batch_size=128, epochs=reps + 2, verbose=0, callbacks=[Timer()])
+    cold, steady = times[0], statistics.median(times[2:])
+    out.append(record("keras-jax", "mnist_cnn_epoch", f"{len(x)} digits, batch 128", cold, steady))
+
+
+def torch_peer(reps, out, data_dir):
+    import torch
+
+    torch.manual_seed(0)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    cold, t = measure(reps, lambda: a @ b)
+    out.append(record("pytorch", "matmul", "1024", cold, t, 2.0 * 1024**3))
+
+    # The conv2d row: forward and both gradients.
+    xc = torch.randn(32, 64, 28, 28, requires_grad=True)
+    wc = (torch.randn(64, 64, 3, 3) * 0.05).requires_grad_()
+    gc = torch.randn(32, 64, 28, 28)
+
+    def conv():
+        xc.grad = wc.grad = None
+        torch.nn.functional.conv2d(xc, wc, padding=1).backward(gc)
+
+    cold, t = measure(reps, conv)
+    out.append(record("pytorch", "conv2d", "32x64x28x28, 64 3x3 pad 1, fwd+bwd", cold, t, 3 * 2.0 * 32 * 64 * 784 * 64 * 9))
+
+    # Keras's simple convnet, one epoch as `fit` runs it: shuffled batches
+    # of 128, Adam 1e-3, cross-entropy, dropout on.
+    x, y = mnist_arrays(data_dir)
+    x, y = torch.from_numpy(x).unsqueeze(1), torch.from_numpy(y)
+    nn = torch.nn
+    model = nn.Sequential(
+        nn.Conv2d(1, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.5), nn.Linear(1600, 10),
+    )
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+
+    def epoch():
+        model.train()
+        for idx in torch.randperm(len(x)).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+
+    cold, t = measure(max(reps // 2, 2), epoch)
+    out.append(record("pytorch", "mnist_cnn_epoch", f"{len(x)} digits, batch 128", cold, t))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="data/mnist", help="MNIST directory (default: data/mnist)")
@@ -176,6 +267,8 @@ def main():
         ("numpy", lambda: numpy_peer(args.reps, out)),
         ("jax", lambda: jax_peer(args.reps, out)),
         ("keras", lambda: keras_peer(max(args.reps // 2, 3), out, args.data)),
+        ("keras (convnet)", lambda: keras_cnn_peer(max(args.reps // 2, 2), out, args.data)),
+        ("pytorch", lambda: torch_peer(args.reps, out, args.data)),
     ]
     for name, peer in peers:
         try:

@@ -1,6 +1,7 @@
-//! CPU vs GPU on the workloads people train with: matrix products, a chain
-//! of small elementwise ops, softmax cross-entropy, one MLP training step at
-//! several batch sizes, and one epoch of the seed's MNIST model.
+//! CPU vs GPU on the workloads people train with: matrix products, a
+//! convolution, a chain of small elementwise ops, softmax cross-entropy, one
+//! MLP training step at several batch sizes, and one epoch of the seed's
+//! MNIST model and of Keras's simple MNIST convnet.
 //!
 //!     cargo run --release --example cpu_vs_gpu [-- --json results.json] [--peers]
 //!
@@ -10,7 +11,7 @@
 //! timing ends with the device idle: the work is finished, not just queued.
 //!
 //! `--peers` then runs `benches/peers.py` in the same run, which measures
-//! the workloads that numpy, JAX and Keras 3 (on JAX) also do, the same way,
+//! the workloads that numpy, JAX, Keras 3 (on JAX) and PyTorch also do, the same way,
 //! and prints them beside ours: the machine is too noisy to compare against
 //! figures from another run. `--burn` likewise builds and runs
 //! `benches/burn_peer`: burn's wgpu backend on the same adapter, and its
@@ -121,6 +122,21 @@ fn seed_model(dev: &Device, hidden: usize) -> nn::Sequential {
         .add(nn::ReLU)
         .add(nn::Dropout::new(0.2))
         .add(nn::Linear::new(hidden, 10, dev))
+}
+
+/// Keras's "simple MNIST convnet" (as `examples/mnist.rs --model cnn`).
+fn convnet(dev: &Device) -> nn::Sequential {
+    nn::Sequential::new()
+        .add(nn::Unflatten::new(1, [1, 28]))
+        .add(nn::Conv2d::new(1, 32, 3, dev))
+        .add(nn::ReLU)
+        .add(nn::MaxPool2d::new(2))
+        .add(nn::Conv2d::new(32, 64, 3, dev))
+        .add(nn::ReLU)
+        .add(nn::MaxPool2d::new(2))
+        .add(nn::Flatten)
+        .add(nn::Dropout::new(0.5))
+        .add(nn::Linear::new(64 * 5 * 5, 10, dev))
 }
 
 /// One timed repetition of a workload, prepared for a device.
@@ -263,23 +279,29 @@ fn run(args: Args) -> Result<()> {
         })?;
     }
 
-    let reps = bench.reps.min(3);
-    let mnist_data = bench.mnist.clone();
-    let epoch_devices = if bench.wants("mnist_epoch") { bench.devices.clone() } else { Vec::new() };
-    for (name, dev) in epoch_devices {
-        manual_seed(0);
-        let model = seed_model(&dev, 128);
-        let mut opt = Adam::new(model.parameters(), 1e-3);
-        let config = FitConfig { epochs: 1, verbose: false, ..FitConfig::default() };
-        let (cold, seconds) = measure(reps, || fit(&model, &mut opt, &mnist_data, &config).map(drop))?;
-        bench.records.push(Record {
-            workload: "mnist_epoch",
-            size: format!("{} digits, batch 32", mnist_data.len()),
-            device: name,
-            seconds,
-            cold_seconds: cold,
-            flops: None,
-        });
+    // Whole epochs through `fit`: the seed's MLP, and Keras's simple
+    // convnet (on an eighth of the digits with --quick: a smoke run).
+    let cnn_data = if args.quick { bench.mnist.split_last(0.875).0 } else { bench.mnist.clone() };
+    type Build = fn(&Device) -> nn::Sequential;
+    let epochs: [(&str, Build, usize, Dataset); 2] =
+        [("mnist_epoch", |d| seed_model(d, 128), 32, bench.mnist.clone()), ("mnist_cnn_epoch", convnet, 128, cnn_data)];
+    for (workload, build, batch_size, data) in epochs {
+        let devices = if bench.wants(workload) { bench.devices.clone() } else { Vec::new() };
+        for (name, dev) in devices {
+            manual_seed(0);
+            let model = build(&dev);
+            let mut opt = Adam::new(model.parameters(), 1e-3);
+            let config = FitConfig { epochs: 1, batch_size, verbose: false, ..FitConfig::default() };
+            let (cold, seconds) = measure(bench.reps.min(3), || fit(&model, &mut opt, &data, &config).map(drop))?;
+            bench.records.push(Record {
+                workload,
+                size: format!("{} digits, batch {batch_size}", data.len()),
+                device: name,
+                seconds,
+                cold_seconds: cold,
+                flops: None,
+            });
+        }
     }
 
     report(&bench.records, gpu.as_ref().ok());
@@ -498,7 +520,7 @@ fn report_peers(records: &[Record], peers: &[Peer]) {
     }
     let cold: Vec<String> = peers
         .iter()
-        .filter(|p| p.workload == "mnist_epoch")
+        .filter(|p| p.workload.ends_with("epoch"))
         .map(|p| format!("{} {}", p.library, human(p.cold_seconds)))
         .collect();
     if !cold.is_empty() {

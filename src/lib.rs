@@ -57,3 +57,16 @@ pub use ops::{Conv2dOptions, CrossEntropyOptions, Padding, Size2};
 pub use rng::{Generator, manual_seed};
 pub use shape::{Dim, Shape};
 pub use tensor::{Tensor, TensorData, live_tensors};
+
+/// Frees the large CPU buffers wgrad keeps for reuse after their tensors
+/// are dropped (up to `WGRAD_CPU_CACHE_MB`, default 1024, of them; see
+/// `src/backend/cpu/cache.rs`), as `GpuDevice::empty_cache` does for GPU
+/// memory.
+pub fn empty_cpu_cache() {
+    backend::cpu::clear_cache();
+}
+
+/// The bytes of freed CPU buffers wgrad holds for reuse.
+pub fn cpu_cache_bytes() -> usize {
+    backend::cpu::cached_bytes()
+}

@@ -232,6 +232,47 @@ fn matmul_spreads_nan_and_infinity() {
 }
 
 #[test]
+fn convolutions_and_pooling_spread_nan_and_infinity() {
+    // A 2-channel 6×7 image holding every special value, convolved with a
+    // finite weight (forward and both gradients: the weight gradient reads
+    // the image, the input gradient a gradient with specials in it), and
+    // pooled: a max window with NaN is NaN and its gradient goes to the
+    // NaN, a window with ∞ is ∞, averages spread both.
+    let Some(dev) = gpu() else { return };
+    let x: Vec<f32> =
+        (0..2 * 6 * 7).map(|i| if i % 5 == 0 { SPECIALS[i / 5 % 12] } else { (i % 7) as f32 * 0.25 }).collect();
+    let gy: Vec<f32> = (0..3 * 6 * 7).map(|i| if i % 11 == 3 { SPECIALS[i / 11 % 12] } else { 0.5 }).collect();
+    let w: Vec<f32> = (0..3 * 2 * 3 * 3).map(|i| (i % 5) as f32 * 0.5 - 1.0).collect();
+    let run = |d: &Device| {
+        let tx = Tensor::from_vec(x.clone(), [1, 2, 6, 7], d).unwrap().requires_grad();
+        let tw = Tensor::from_vec(w.clone(), [3, 2, 3, 3], d).unwrap().requires_grad();
+        let y = tx.conv2d(&tw, None, wgrad::Conv2dOptions::default().padding(1));
+        let g = y.backward_with(Tensor::from_vec(gy.clone(), [1, 3, 6, 7], d).unwrap());
+        let px = Tensor::from_vec(x.clone(), [1, 2, 6, 7], d).unwrap().requires_grad();
+        let pooled = px.max_pool2d(2, 2, 0);
+        let pg = pooled.sum().backward();
+        let avg = px.avg_pool2d(3, 2, 1, true);
+        [
+            y.to_vec().unwrap(),
+            g.get(&tx).unwrap().to_vec().unwrap(),
+            g.get(&tw).unwrap().to_vec().unwrap(),
+            pooled.to_vec().unwrap(),
+            pg.get(&px).unwrap().to_vec().unwrap(),
+            avg.to_vec().unwrap(),
+        ]
+    };
+    let (g, c) = (run(&dev), run(&Device::Cpu));
+    for (what, (a, b)) in
+        ["conv2d", "conv2d input grad", "conv2d weight grad", "max_pool2d", "max_pool2d grad", "avg_pool2d"]
+            .iter()
+            .zip(g.iter().zip(&c))
+    {
+        same(what, a, b, std::slice::from_ref(&x));
+    }
+    assert!(c[3].iter().any(|v| v.is_nan()) && c[3].contains(&INF), "the cases must hold NaN and ∞ windows");
+}
+
+#[test]
 fn optimizers_turn_parameters_nan_as_on_the_cpu() {
     use wgrad::optim::{Adam, Optimizer, Sgd};
     let Some(dev) = gpu() else { return };

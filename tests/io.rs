@@ -157,3 +157,26 @@ fn a_full_disk_fails_the_save_and_keeps_the_old_model() {
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["model.safetensors"], "the temporary file is gone");
 }
+
+/// A PyTorch convnet's state_dict, BatchNorm buffers and its int64
+/// `num_batches_tracked` included, loads into the same wgrad model, which
+/// then computes what PyTorch computed (tests/fixtures/make_torch_convnet.py).
+fn loads_a_pytorch_convnet_with_batch_norm(dev: &Device) {
+    let model = nn::Sequential::new()
+        .add(nn::Conv2d::with_options(1, 4, 3, wgrad::Conv2dOptions::default().padding(1), dev))
+        .add(nn::BatchNorm2d::new(4, dev))
+        .add(nn::ReLU)
+        .add(nn::MaxPool2d::new(2))
+        .add(nn::Flatten)
+        .add(nn::Linear::new(16, 3, dev));
+    io::load(&model, "tests/fixtures/torch_convnet.safetensors").unwrap();
+    let tracked = model.named_buffers().into_iter().find(|(n, _)| n == "1.num_batches_tracked").unwrap().1;
+    assert_eq!(tracked.item().unwrap(), 3.0);
+    model.eval();
+    let io_file: std::collections::HashMap<String, io::HostTensor> =
+        io::read("tests/fixtures/torch_convnet_io.safetensors").unwrap().into_iter().collect();
+    let x = Tensor::from_vec(io_file["input"].values.clone(), io_file["input"].shape.clone(), dev).unwrap();
+    let y = model.forward(&x).to_vec().unwrap();
+    common::assert_close(&y, &io_file["output"].values, 1e-5, 1e-5, "PyTorch convnet output");
+}
+test_device!(loads_a_pytorch_convnet_with_batch_norm);

@@ -53,6 +53,15 @@ pub(crate) fn next_seq() -> u64 {
     SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
+impl Drop for Storage {
+    fn drop(&mut self) {
+        // Large CPU buffers go back to the CPU backend for reuse.
+        if let Storage::Cpu(v) = self {
+            cpu::recycle(std::mem::take(v));
+        }
+    }
+}
+
 impl Storage {
     /// The host slice of a CPU storage. Ops check devices before calling a
     /// backend, and the CPU backend checks for poison before it reads, so

@@ -258,7 +258,7 @@ fn write_atomically(path: &Path, write: impl FnOnce(&mut std::fs::File) -> std::
 }
 
 /// Reads every tensor of a safetensors file, sorted by name, converting
-/// f16, bf16 and f64 to f32.
+/// f16, bf16, f64 and integers (8 to 64 bits, and bool) to f32.
 pub fn read(path: impl AsRef<Path>) -> Result<Vec<(String, HostTensor)>> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -279,10 +279,21 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Vec<(String, HostTensor)>> {
             }
             StDtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
             StDtype::BF16 => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            // Integers (PyTorch's int64 `num_batches_tracked`, say) become
+            // the nearest f32, as wgrad holds every value.
+            StDtype::I64 => {
+                data.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect()
+            }
+            StDtype::I32 => {
+                data.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as f32).collect()
+            }
+            StDtype::I16 => data.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f32).collect(),
+            StDtype::I8 => data.iter().map(|&b| b as i8 as f32).collect(),
+            StDtype::U8 | StDtype::BOOL => data.iter().map(|&b| b as f32).collect(),
             other => {
                 return Err(Error::format(
                     path,
-                    format!("tensor {name:?} has type {other:?}; wgrad reads floats only"),
+                    format!("tensor {name:?} has type {other:?}; wgrad reads floats, integers and bools"),
                 ));
             }
         };

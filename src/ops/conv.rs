@@ -141,10 +141,7 @@ impl Tensor {
         let [c_out, cg, kh, kw] = [weight.dims()[0], weight.dims()[1], weight.dims()[2], weight.dims()[3]];
         let (Size2(sh, sw), Size2(dh, dw), groups) = (opts.stride, opts.dilation, opts.groups);
         if sh == 0 || sw == 0 || dh == 0 || dw == 0 || groups == 0 {
-            fail(format!(
-                "stride {:?}, dilation {:?} and groups {groups} must be positive",
-                opts.stride, opts.dilation
-            ));
+            fail(format!("stride {sh}×{sw}, dilation {dh}×{dw} and groups {groups} must be positive"));
         }
         if kh == 0 || kw == 0 {
             fail("the kernel is empty".into());
@@ -159,7 +156,7 @@ impl Tensor {
             Padding::Explicit(Size2(ph, pw)) => (ph, pw, 2 * ph, 2 * pw),
             Padding::Same => {
                 if sh != 1 || sw != 1 {
-                    fail(format!("padding \"same\" needs stride 1, not {:?}", opts.stride));
+                    fail(format!("padding \"same\" needs stride 1, not {sh}×{sw}"));
                 }
                 let (th, tw) = (dh * (kh - 1), dw * (kw - 1));
                 (th / 2, tw / 2, th, tw)

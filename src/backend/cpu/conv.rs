@@ -46,6 +46,7 @@ fn im2col(x: &[f32], s: &ConvSpec, p0: usize, p1: usize, col: &mut [f32]) {
         for i in 0..s.kh {
             for j in 0..s.kw {
                 let dst = &mut col[row * width..(row + 1) * width];
+                // Output columns whose tap lands inside the input row.
                 let (x_lo, x_hi) = valid_span(j * s.dw, s.pw, s.sw, s.w, s.ow);
                 let mut p = p0;
                 while p < p1 {
@@ -53,13 +54,23 @@ fn im2col(x: &[f32], s: &ConvSpec, p0: usize, p1: usize, col: &mut [f32]) {
                     let run = (s.ow - ox).min(p1 - p);
                     let out = &mut dst[p - p0..p - p0 + run];
                     let iy = (oy * s.sh + i * s.dh).wrapping_sub(s.ph);
-                    if iy >= s.h {
+                    // This run covers output columns ox..ox+run; of them
+                    // lo..hi read the input, the rest are padding.
+                    let (lo, hi) = (x_lo.clamp(ox, ox + run), x_hi.clamp(ox, ox + run).max(x_lo.clamp(ox, ox + run)));
+                    if iy >= s.h || lo == hi {
                         out.fill(0.0);
                     } else {
+                        out[..lo - ox].fill(0.0);
+                        out[hi - ox..].fill(0.0);
                         let src = &plane[iy * s.w..(iy + 1) * s.w];
-                        for (k, o) in out.iter_mut().enumerate() {
-                            let ox = ox + k;
-                            *o = if ox >= x_lo && ox < x_hi { src[ox * s.sw + j * s.dw - s.pw] } else { 0.0 };
+                        let first = lo * s.sw + j * s.dw - s.pw;
+                        let inner = &mut out[lo - ox..hi - ox];
+                        if s.sw == 1 {
+                            inner.copy_from_slice(&src[first..first + inner.len()]);
+                        } else {
+                            for (k, o) in inner.iter_mut().enumerate() {
+                                *o = src[first + k * s.sw];
+                            }
                         }
                     }
                     p += run;
@@ -68,6 +79,26 @@ fn im2col(x: &[f32], s: &ConvSpec, p0: usize, p1: usize, col: &mut [f32]) {
             }
         }
     }
+}
+
+thread_local! {
+    /// Each thread's im2col buffer, kept between calls: a fresh one per
+    /// call cost a page-faulting allocation and a fill the patches overwrite.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer of at least `len` floats.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+            f(&mut v[..len])
+        }
+        // Re-entered on this thread (a task run inline): a buffer of its own.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
 }
 
 /// Adds the patches `col` (`[cg·kh·kw, oh·ow]`) back onto one image's group
@@ -127,19 +158,20 @@ pub(super) fn conv2d(x: &[f32], weight: &[f32], s: ConvSpec) -> Result<Vec<f32>>
     let task = |t: usize| {
         let (img, b) = (t / blocks, t % blocks);
         let (p0, p1) = (b * block, ((b + 1) * block).min(pixels));
-        let mut col = if pointwise(&s) { Vec::new() } else { vec![0.0; k * (p1 - p0)] };
         let mut dst = images[img].lock().unwrap_or_else(|e| e.into_inner());
-        for g in 0..s.groups {
-            let xg = &x[img * in_image + g * cg * s.h * s.w..][..cg * s.h * s.w];
-            let w = Mat::new(&weight[g * mg * k..(g + 1) * mg * k], mg, k);
-            let patches = if pointwise(&s) {
-                Mat { data: &xg[p0..], rows: k, cols: p1 - p0, rs: pixels, cs: 1 }
-            } else {
-                im2col(xg, &s, p0, p1, &mut col);
-                Mat::new(&col, k, p1 - p0)
-            };
-            gemm_into(&mut dst[g * mg * pixels + p0..], pixels, w, patches, false);
-        }
+        with_scratch(if pointwise(&s) { 0 } else { k * (p1 - p0) }, |col| {
+            for g in 0..s.groups {
+                let xg = &x[img * in_image + g * cg * s.h * s.w..][..cg * s.h * s.w];
+                let w = Mat::new(&weight[g * mg * k..(g + 1) * mg * k], mg, k);
+                let patches = if pointwise(&s) {
+                    Mat { data: &xg[p0..], rows: k, cols: p1 - p0, rs: pixels, cs: 1 }
+                } else {
+                    im2col(xg, &s, p0, p1, col);
+                    Mat::new(col, k, p1 - p0)
+                };
+                gemm_into(&mut dst[g * mg * pixels + p0..], pixels, w, patches, false);
+            }
+        });
     };
     pool::run(s.n * blocks, &task);
     Ok(out)
@@ -154,18 +186,19 @@ pub(super) fn conv2d_input_grad(gy: &[f32], weight: &[f32], s: ConvSpec) -> Resu
     let images = pieces(&mut gx, s.c_in * s.h * s.w);
     let task = |img: usize| {
         let mut dst = images[img].lock().unwrap_or_else(|e| e.into_inner());
-        let mut col = if pointwise(&s) { Vec::new() } else { vec![0.0; k * pixels] };
-        for g in 0..s.groups {
-            let gyg = Mat::new(&gy[(img * s.c_out + g * mg) * pixels..][..mg * pixels], mg, pixels);
-            let wt = Mat::new(&weight[g * mg * k..(g + 1) * mg * k], mg, k).t();
-            let xg = &mut dst[g * cg * s.h * s.w..(g + 1) * cg * s.h * s.w];
-            if pointwise(&s) {
-                gemm_into(xg, pixels, wt, gyg, false);
-            } else {
-                gemm_into(&mut col, pixels, wt, gyg, false);
-                col2im(&col, &s, xg);
+        with_scratch(if pointwise(&s) { 0 } else { k * pixels }, |col| {
+            for g in 0..s.groups {
+                let gyg = Mat::new(&gy[(img * s.c_out + g * mg) * pixels..][..mg * pixels], mg, pixels);
+                let wt = Mat::new(&weight[g * mg * k..(g + 1) * mg * k], mg, k).t();
+                let xg = &mut dst[g * cg * s.h * s.w..(g + 1) * cg * s.h * s.w];
+                if pointwise(&s) {
+                    gemm_into(xg, pixels, wt, gyg, false);
+                } else {
+                    gemm_into(col, pixels, wt, gyg, false);
+                    col2im(col, &s, xg);
+                }
             }
-        }
+        });
     };
     pool::run(s.n, &task);
     Ok(gx)
@@ -188,28 +221,30 @@ pub(super) fn conv2d_weight_grad(gy: &[f32], x: &[f32], s: ConvSpec) -> Result<V
     let block = pixel_block(&s, 1);
     let task = |t: usize| {
         let mut acc = slots[t].lock().unwrap_or_else(|e| e.into_inner());
-        let mut col = if pointwise(&s) { Vec::new() } else { vec![0.0; k * block.min(pixels)] };
-        let mut first = true;
-        for img in t * per..((t + 1) * per).min(s.n) {
-            for g in 0..s.groups {
-                let xg = &x[img * in_image + g * cg * s.h * s.w..][..cg * s.h * s.w];
-                let gyg = &gy[(img * s.c_out + g * mg) * pixels..][..mg * pixels];
-                let mut p0 = 0;
-                while p0 < pixels {
-                    let p1 = (p0 + block).min(pixels);
-                    let dy = Mat { data: &gyg[p0..], rows: mg, cols: p1 - p0, rs: pixels, cs: 1 };
-                    let patches_t = if pointwise(&s) {
-                        Mat { data: &xg[p0..], rows: k, cols: p1 - p0, rs: pixels, cs: 1 }.t()
-                    } else {
-                        im2col(xg, &s, p0, p1, &mut col);
-                        Mat::new(&col, k, p1 - p0).t()
-                    };
-                    gemm_into(&mut acc[g * mg * k..(g + 1) * mg * k], k, dy, patches_t, !first || p0 > 0);
-                    p0 = p1;
+        with_scratch(if pointwise(&s) { 0 } else { k * block.min(pixels) }, |col| {
+            let mut first = true;
+            for img in t * per..((t + 1) * per).min(s.n) {
+                for g in 0..s.groups {
+                    let xg = &x[img * in_image + g * cg * s.h * s.w..][..cg * s.h * s.w];
+                    let gyg = &gy[(img * s.c_out + g * mg) * pixels..][..mg * pixels];
+                    let mut p0 = 0;
+                    while p0 < pixels {
+                        let p1 = (p0 + block).min(pixels);
+                        let dy = Mat { data: &gyg[p0..], rows: mg, cols: p1 - p0, rs: pixels, cs: 1 };
+                        let patches_t = if pointwise(&s) {
+                            Mat { data: &xg[p0..], rows: k, cols: p1 - p0, rs: pixels, cs: 1 }.t()
+                        } else {
+                            let col = &mut col[..k * (p1 - p0)];
+                            im2col(xg, &s, p0, p1, col);
+                            Mat::new(col, k, p1 - p0).t()
+                        };
+                        gemm_into(&mut acc[g * mg * k..(g + 1) * mg * k], k, dy, patches_t, !first || p0 > 0);
+                        p0 = p1;
+                    }
                 }
+                first = false;
             }
-            first = false;
-        }
+        });
     };
     pool::run(tasks, &task);
     drop(slots);
@@ -221,22 +256,68 @@ pub(super) fn conv2d_weight_grad(gy: &[f32], x: &[f32], s: ConvSpec) -> Result<V
     Ok(gw)
 }
 
-/// The position (row-major index into the plane) of window `(oy, ox)`'s
-/// maximum, as PyTorch picks it: the last NaN, else the first maximum.
-/// `None` for an empty window.
+/// The windows of a pooling, per output row and column, computed once per
+/// call rather than per output.
+struct Windows {
+    rows: Vec<(usize, usize)>,
+    cols: Vec<(usize, usize)>,
+    /// Each output's divisor (averages only), row-major.
+    divisors: Vec<f32>,
+}
+
+impl Windows {
+    fn new(s: &PoolSpec) -> Self {
+        let rows = (0..s.oh).map(|o| s.window(o, false)).collect();
+        let cols = (0..s.ow).map(|o| s.window(o, true)).collect();
+        let divisors = match s.kind {
+            PoolKind::Max => Vec::new(),
+            _ => (0..s.oh * s.ow).map(|i| s.divisor(i / s.ow, i % s.ow)).collect(),
+        };
+        Windows { rows, cols, divisors }
+    }
+}
+
+/// The position (row-major index into the plane) of the maximum of the
+/// window rows `y0..y1`, columns `x0..x1`, as PyTorch picks it: the last
+/// NaN, else the first maximum. `None` for an empty window.
 #[inline]
-fn max_at(plane: &[f32], s: &PoolSpec, oy: usize, ox: usize) -> Option<usize> {
-    let ((y0, y1), (x0, x1)) = (s.window(oy, false), s.window(ox, true));
-    let mut best: Option<(usize, f32)> = None;
+fn max_at(plane: &[f32], w: usize, (y0, y1): (usize, usize), (x0, x1): (usize, usize)) -> Option<usize> {
+    if y0 >= y1 || x0 >= x1 {
+        return None;
+    }
+    let (mut best_i, mut best) = (y0 * w + x0, plane[y0 * w + x0]);
     for y in y0..y1 {
-        for x in x0..x1 {
-            let v = plane[y * s.w + x];
-            if best.is_none_or(|(_, b)| v > b || v.is_nan()) {
-                best = Some((y * s.w + x, v));
-            }
+        let at = y * w + x0;
+        for (j, &v) in plane[at..at + (x1 - x0)].iter().enumerate() {
+            // Branch-free: windows are small and their outcomes random.
+            let take = v > best || v.is_nan();
+            best = if take { v } else { best };
+            best_i = if take { at + j } else { best_i };
         }
     }
-    best.map(|(i, _)| i)
+    Some(best_i)
+}
+
+/// Whether `s` is the common max pool of non-overlapping 2×2 windows
+/// without padding, which has a loop of its own.
+fn max_2x2(s: &PoolSpec) -> bool {
+    s.kind == PoolKind::Max && (s.kh, s.kw, s.sh, s.sw, s.ph, s.pw) == (2, 2, 2, 2, 0, 0)
+}
+
+/// Window `(oy, ox)` of a [`max_2x2`] pool: the offset (0..4, row-major in
+/// the window) of its pick, and the value. The same rule as [`max_at`],
+/// written out so the compiler keeps it in registers.
+#[inline(always)]
+fn pick_2x2(plane: &[f32], w: usize, oy: usize, ox: usize) -> (usize, f32) {
+    let at = 2 * oy * w + 2 * ox;
+    let v = [plane[at], plane[at + 1], plane[at + w], plane[at + w + 1]];
+    let (mut best_i, mut best) = (0, v[0]);
+    for (i, &x) in v.iter().enumerate().skip(1) {
+        let take = x > best || x.is_nan();
+        best = if take { x } else { best };
+        best_i = if take { i } else { best_i };
+    }
+    (best_i, best)
 }
 
 pub(super) fn pool2d(x: &[f32], s: PoolSpec) -> Result<Vec<f32>> {
@@ -245,24 +326,35 @@ pub(super) fn pool2d(x: &[f32], s: PoolSpec) -> Result<Vec<f32>> {
     if out.is_empty() {
         return Ok(out);
     }
+    let win = Windows::new(&s);
     let per = (s.planes.div_ceil(pool::threads() * 4)).max(1);
     let chunks = pieces(&mut out, per * plane_out);
     pool::run(chunks.len(), &|t| {
         let mut dst = chunks[t].lock().unwrap_or_else(|e| e.into_inner());
         for (q, o) in dst.chunks_mut(plane_out).enumerate() {
             let plane = &x[(t * per + q) * plane_in..][..plane_in];
-            for oy in 0..s.oh {
-                for ox in 0..s.ow {
-                    o[oy * s.ow + ox] = match s.kind {
-                        PoolKind::Max => max_at(plane, &s, oy, ox).map_or(f32::NEG_INFINITY, |i| plane[i]),
-                        _ => {
-                            let ((y0, y1), (x0, x1)) = (s.window(oy, false), s.window(ox, true));
-                            let mut sum = 0.0;
-                            for y in y0..y1 {
-                                sum += plane[y * s.w + x0..y * s.w + x1].iter().sum::<f32>();
+            if max_2x2(&s) {
+                for oy in 0..s.oh {
+                    for ox in 0..s.ow {
+                        o[oy * s.ow + ox] = pick_2x2(plane, s.w, oy, ox).1;
+                    }
+                }
+                continue;
+            }
+            for (oy, &ys) in win.rows.iter().enumerate() {
+                for (ox, &xs) in win.cols.iter().enumerate() {
+                    o[oy * s.ow + ox] = if s.kind == PoolKind::Max {
+                        max_at(plane, s.w, ys, xs).map_or(f32::NEG_INFINITY, |i| plane[i])
+                    } else {
+                        // One running sum in row-major order, as the GPU
+                        // kernel adds them (so huge values cancel alike).
+                        let mut sum = 0.0;
+                        for y in ys.0..ys.1 {
+                            for v in &plane[y * s.w + xs.0..y * s.w + xs.1] {
+                                sum += v;
                             }
-                            sum / s.divisor(oy, ox)
                         }
+                        sum / win.divisors[oy * s.ow + ox]
                     };
                 }
             }
@@ -277,6 +369,7 @@ pub(super) fn pool2d_backward(x: &[f32], gy: &[f32], s: PoolSpec) -> Result<Vec<
     if gx.is_empty() || plane_out == 0 {
         return Ok(gx);
     }
+    let win = Windows::new(&s);
     let per = (s.planes.div_ceil(pool::threads() * 4)).max(1);
     let chunks = pieces(&mut gx, per * plane_in);
     pool::run(chunks.len(), &|t| {
@@ -286,22 +379,27 @@ pub(super) fn pool2d_backward(x: &[f32], gy: &[f32], s: PoolSpec) -> Result<Vec<
             // Only a max pool reads x (averages may be handed anything).
             let plane = if s.kind == PoolKind::Max { &x[p * plane_in..][..plane_in] } else { &[] };
             let g = &gy[p * plane_out..][..plane_out];
-            for oy in 0..s.oh {
-                for ox in 0..s.ow {
+            if max_2x2(&s) {
+                for oy in 0..s.oh {
+                    for ox in 0..s.ow {
+                        let i = pick_2x2(plane, s.w, oy, ox).0;
+                        d[(2 * oy + i / 2) * s.w + 2 * ox + i % 2] += g[oy * s.ow + ox];
+                    }
+                }
+                continue;
+            }
+            for (oy, &ys) in win.rows.iter().enumerate() {
+                for (ox, &xs) in win.cols.iter().enumerate() {
                     let go = g[oy * s.ow + ox];
-                    match s.kind {
-                        PoolKind::Max => {
-                            if let Some(i) = max_at(plane, &s, oy, ox) {
-                                d[i] += go;
-                            }
+                    if s.kind == PoolKind::Max {
+                        if let Some(i) = max_at(plane, s.w, ys, xs) {
+                            d[i] += go;
                         }
-                        _ => {
-                            let ((y0, y1), (x0, x1)) = (s.window(oy, false), s.window(ox, true));
-                            let share = go / s.divisor(oy, ox);
-                            for y in y0..y1 {
-                                for v in &mut d[y * s.w + x0..y * s.w + x1] {
-                                    *v += share;
-                                }
+                    } else {
+                        let share = go / win.divisors[oy * s.ow + ox];
+                        for y in ys.0..ys.1 {
+                            for v in &mut d[y * s.w + xs.0..y * s.w + xs.1] {
+                                *v += share;
                             }
                         }
                     }

@@ -16,6 +16,7 @@
 //! earliest fault among its inputs): the same contract as the GPU's, so
 //! reading back gives the same error on both.
 
+mod cache;
 mod conv;
 mod copy;
 mod elementwise;
@@ -31,6 +32,7 @@ mod simd;
 mod softmax;
 mod sort;
 
+pub(crate) use cache::{cached_bytes, clear as clear_cache, give as recycle};
 pub(crate) use pool::threads;
 
 use super::{
@@ -45,6 +47,11 @@ pub(crate) struct Cpu;
 /// A zeroed buffer of `n` f32s, or [`Error::OutOfMemory`] when the
 /// allocator refuses it — never an abort.
 pub(super) fn output(n: usize) -> Result<Vec<f32>> {
+    if let Some(mut v) = cache::take(n) {
+        v.clear();
+        v.resize(n, 0.0);
+        return Ok(v);
+    }
     let mut v = Vec::new();
     v.try_reserve_exact(n)
         .map_err(|_| Error::OutOfMemory(format!("{n} elements ({} bytes) for a CPU tensor", (n as u128) * 4)))?;
