@@ -2,7 +2,9 @@
 //! GPU: proptest-generated sequences of ops over tensors of random shapes
 //! (rank 0 to 10; dims of 0 and 1; shapes too large for memory or for a
 //! `usize`) holding random values (NaN, ±∞, ±1e30, ±0 among ordinary ones),
-//! with random axes, indices and labels, valid or not, then a backward pass.
+//! with random axes, indices and labels, valid or not, convolutions and
+//! pools with random kernels, strides, padding, dilation and groups, then a
+//! backward pass.
 //!
 //! Every step of a program must end in one of three ways, the same on both
 //! devices:
@@ -145,6 +147,16 @@ enum Op {
     /// With the program's second tensor.
     Binary(Binary),
     Cat(isize),
+    /// conv2d: output channels per group, kernel (h, w), stride, padding
+    /// (`None`: "same"), dilation, groups; the weight fits x's channels
+    /// when it can.
+    Conv(usize, (usize, usize), usize, Option<usize>, usize, usize),
+    /// max_pool2d (kind 0), avg_pool2d with (1) or without (2) the padding
+    /// counted, adaptive_avg_pool2d to (kernel, stride) (3): kernel, stride,
+    /// padding.
+    Pool(u8, usize, usize, usize),
+    /// batch_norm in training (true) or evaluation mode.
+    BatchNorm(bool),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -177,6 +189,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => prop::collection::vec(index, 1..64).prop_map(Op::CrossEntropy),
         6 => binary.prop_map(Op::Binary),
         1 => axis().prop_map(Op::Cat),
+        2 => (1usize..4, (0usize..4, 0usize..4), 0usize..3, prop::option::weighted(0.8, 0usize..3), 1usize..3, 0usize..3)
+            .prop_map(|(c, k, st, p, d, g)| Op::Conv(c, k, st, p, d, g)),
+        2 => (0u8..4, 0usize..4, 0usize..3, 0usize..2).prop_map(|(k, ks, st, p)| Op::Pool(k, ks, st, p)),
+        1 => any::<bool>().prop_map(Op::BatchNorm),
     ]
 }
 
@@ -362,6 +378,35 @@ fn step(x: &Tensor, other: &Tensor, op: &Op, dev: &Device) -> Tensor {
             BceLogits => x.binary_cross_entropy_with_logits(other),
         },
         Op::Cat(a) => Tensor::cat(&[x, other], *a),
+        Op::Conv(c_out, (kh, kw), stride, padding, dilation, groups) => {
+            // A weight for x's channels (or a small one that does not fit).
+            let c_in = if x.rank() >= 3 { x.dims()[x.rank() - 3] } else { 1 };
+            let cg = if *groups > 0 && c_in <= 64 { (c_in / groups).max(1) } else { 1 };
+            let dims = [c_out * groups.max(&1), cg, *kh, *kw];
+            let n: usize = dims.iter().product();
+            let w = Tensor::from_vec((0..n).map(|i| ((i * 7 % 5) as f32 - 2.0) * 0.25).collect(), dims, dev).unwrap();
+            let opts = wgrad::Conv2dOptions::default().stride(*stride).dilation(*dilation).groups(*groups);
+            let opts = match padding {
+                Some(p) => opts.padding(*p),
+                None => opts.padding(wgrad::Padding::Same),
+            };
+            x.conv2d(&w, None, opts)
+        }
+        Op::Pool(kind, k, stride, pad) => match kind {
+            0 => x.max_pool2d(*k, *stride, *pad),
+            1 => x.avg_pool2d(*k, *stride, *pad, true),
+            2 => x.avg_pool2d(*k, *stride, *pad, false),
+            _ => x.adaptive_avg_pool2d((*k, *stride)),
+        },
+        Op::BatchNorm(training) => {
+            let c = if x.rank() >= 2 { x.dims()[1] } else { 0 };
+            if *training || c > 4096 {
+                x.batch_norm(None, None, None, None, true, 0.1, 1e-5)
+            } else {
+                let (m, v) = (Tensor::full([c], 0.25, dev), Tensor::full([c], 2.0, dev));
+                x.batch_norm(Some(&m), Some(&v), None, None, false, 0.1, 1e-5)
+            }
+        }
     }
 }
 
@@ -389,6 +434,8 @@ fn inexact(op: &Op) -> bool {
         Op::Axis(k, _, _) => !matches!(k, 2 | 3 | 6 | 7 | 9 | 11),
         Op::CrossEntropy(_) => true,
         Op::Binary(b) => matches!(b, Div | Matmul | MseLoss | Bce | L1 | Huber | BceLogits),
+        Op::Conv(..) | Op::BatchNorm(_) => true,
+        Op::Pool(kind, ..) => *kind != 0,
         _ => false,
     }
 }
