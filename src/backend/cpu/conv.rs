@@ -13,7 +13,7 @@
 //! between its gather and its product.
 
 use super::matmul::{Mat, gemm_into};
-use super::{output, pool};
+use super::{output, output_overwritten, pool};
 use crate::Result;
 use crate::backend::{ConvSpec, PoolKind, PoolSpec};
 use std::sync::Mutex;
@@ -144,7 +144,8 @@ fn pieces(v: &mut [f32], len: usize) -> Vec<Mutex<&mut [f32]>> {
 }
 
 pub(super) fn conv2d(x: &[f32], weight: &[f32], s: ConvSpec) -> Result<Vec<f32>> {
-    let mut out = output(s.output_len())?;
+    // Every output is written (the GEMMs do not accumulate).
+    let mut out = output_overwritten(s.output_len())?;
     let (pixels, k, mg, cg) = (s.oh * s.ow, s.patch(), s.mg(), s.cg());
     if out.is_empty() {
         return Ok(out);
@@ -321,7 +322,7 @@ fn pick_2x2(plane: &[f32], w: usize, oy: usize, ox: usize) -> (usize, f32) {
 }
 
 pub(super) fn pool2d(x: &[f32], s: PoolSpec) -> Result<Vec<f32>> {
-    let mut out = output(s.output_len())?;
+    let mut out = output_overwritten(s.output_len())?;
     let (plane_in, plane_out) = (s.h * s.w, s.oh * s.ow);
     if out.is_empty() {
         return Ok(out);

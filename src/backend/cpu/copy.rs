@@ -2,13 +2,13 @@
 //! contiguous buffer into a view, in place.
 
 use super::simd::for_rows;
-use super::{output, row_offset};
+use super::{output_overwritten, row_offset};
 use crate::Result;
 use crate::shape::{Strided, coalesce};
 
 pub(super) fn copy_strided(x: &[f32], src: &Strided) -> Result<Vec<f32>> {
     let n: usize = src.dims.iter().product();
-    let mut out = output(n)?;
+    let mut out = output_overwritten(n)?;
     let mut strides = vec![src.strides.clone()];
     let dims = coalesce(&src.dims, &mut strides);
     let s = &strides[0];

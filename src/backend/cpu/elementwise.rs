@@ -4,7 +4,7 @@
 
 use super::math::{exp, gelu, gelu_grad, sigmoid, tanh};
 use super::simd::{fill_chunks, for_rows, map};
-use super::{output, row_offset};
+use super::{output, output_overwritten, row_offset};
 use crate::Result;
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::rng;
@@ -61,7 +61,7 @@ pub(super) fn binary(op: BinaryOp, a: (&[f32], &Strided), b: (&[f32], &Strided))
 /// `c ≠ 0 ? a : b` (NaN counts as ≠ 0).
 pub(super) fn select(c: (&[f32], &Strided), a: (&[f32], &Strided), b: (&[f32], &Strided)) -> Result<Vec<f32>> {
     let n: usize = c.1.dims.iter().product();
-    let mut out = output(n)?;
+    let mut out = output_overwritten(n)?;
     if c.1.is_contiguous() && a.1.is_contiguous() && b.1.is_contiguous() {
         fill_chunks(
             &mut out,
@@ -99,7 +99,7 @@ pub(super) fn select(c: (&[f32], &Strided), a: (&[f32], &Strided), b: (&[f32], &
 
 fn binary_loop(a: (&[f32], &Strided), b: (&[f32], &Strided), f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Vec<f32>> {
     let n: usize = a.1.dims.iter().product();
-    let mut out = output(n)?;
+    let mut out = output_overwritten(n)?;
     if a.1.is_contiguous() && b.1.is_contiguous() {
         fill_chunks(
             &mut out,
@@ -170,7 +170,7 @@ pub(super) fn full(n: usize, value: f32) -> Result<Vec<f32>> {
 pub(super) fn dropout(x: &[f32], p: f32, key: [u32; 2]) -> Result<Vec<f32>> {
     let threshold = rng::dropout_threshold(p);
     let scale = 1.0 / (1.0 - p);
-    let mut out = output(x.len())?;
+    let mut out = output_overwritten(x.len())?;
     fill_chunks(
         &mut out,
         #[inline(always)]

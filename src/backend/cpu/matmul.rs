@@ -39,10 +39,12 @@ pub(super) fn operand_extent(batch: usize, stride: usize, rows: usize, cols: usi
 pub(super) fn matmul(a: &[f32], b: &[f32], s: MatmulSpec) -> Result<Vec<f32>> {
     let n_out = s.batch.checked_mul(s.m).and_then(|v| v.checked_mul(s.n));
     let n_out = n_out.ok_or_else(|| Error::OutOfMemory(format!("matmul: a {}×{}×{} result", s.batch, s.m, s.n)))?;
-    let mut out = super::output(n_out)?;
     if s.k == 0 || n_out == 0 {
-        return Ok(out);
+        // Sums of nothing.
+        return super::output(n_out);
     }
+    // Every block's GEMM writes its part of C without reading it.
+    let mut out = super::output_overwritten(n_out)?;
     // The precondition of every `gemm` call below: each batch entry's
     // operands lie inside `a` and `b` (computed without wrapping).
     let need_a = operand_extent(s.batch, s.a_batch_stride, s.m, s.k);

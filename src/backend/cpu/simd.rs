@@ -105,7 +105,7 @@ pub(super) fn for_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [
 
 /// `f` of every element of `x`.
 pub(super) fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> crate::Result<Vec<f32>> {
-    let mut out = super::output(x.len())?;
+    let mut out = super::output_overwritten(x.len())?;
     fill_chunks(
         &mut out,
         #[inline(always)]
