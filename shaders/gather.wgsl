@@ -25,15 +25,13 @@ var<immediate> params: Params;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<storage, read_write> errors: array<atomic<u32>>;
 
-const NONE: u32 = 0xffffffffu;
-
 fn index_at(o: u32, j: u32, i: u32) -> u32 {
     let v = ids[params.idx_offset + o * params.idx_strides[0] + j * params.idx_strides[1] + i * params.idx_strides[2]];
-    if !is_nan(v) && v >= 0.0 && v < f32(params.len) && v == floor(v) {
-        return u32(v);
+    let l = index_below(v, params.len);
+    if l == NONE {
+        report(v, params.len);
     }
-    report(v, params.len);
-    return NONE;
+    return l;
 }
 
 @compute @workgroup_size(WG)

@@ -18,14 +18,8 @@ var<immediate> params: Params;
 @group(0) @binding(4) var<storage, read_write> errors: array<atomic<u32>>;
 
 // The label of `row`, or NONE when it is not an integer in 0..classes.
-const NONE: u32 = 0xffffffffu;
-
 fn label_of(row: u32) -> u32 {
-    let v = labels[row];
-    if !is_nan(v) && v >= 0.0 && v < f32(params.len) && v == floor(v) {
-        return u32(v);
-    }
-    return NONE;
+    return index_below(labels[row], params.len);
 }
 
 // label_of, reporting a bad label (from one invocation per row).

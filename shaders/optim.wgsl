@@ -1,6 +1,6 @@
 // Fused optimizer updates: one dispatch per parameter reads its gradient
 // and rewrites the parameter and its state in place. The formulas are
-// PyTorch's (torch.optim.SGD / Adam / AdamW), as in src/backend/cpu.rs.
+// PyTorch's (torch.optim.SGD / Adam / AdamW), as in src/backend/cpu/optim.rs.
 
 struct Params {
     // Number of vec4s (buffers are padded to vec4s).

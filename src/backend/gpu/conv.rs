@@ -8,6 +8,7 @@
 //! over several workgroups' partial results (split-K) that one reduction
 //! adds up.
 
+use super::matmul::{gemm_grid, record_batched};
 use super::pipelines::{Kernel, Shader, params};
 use super::reduce::reduce;
 use super::{Bind, Context, GpuBuffer};
@@ -74,11 +75,11 @@ fn record(
             (s.mg(), s.patch(), k, k.div_ceil(k_chunk) * s.groups)
         }
     };
-    let t = ctx.tuning;
     // The float-reciprocal division is exact below 2^22 (see conv.wgsl).
     let fast_div = s.n * s.oh * s.ow < 1 << 22 && s.h * s.w < 1 << 22;
     let f = |v: usize| v as f64;
-    let mut constants = vec![
+    let (subgroups, mut constants, grid) = gemm_grid(&ctx.tuning, m, n_cols);
+    constants.extend([
         ("MODE", mode as u32 as f64),
         ("KH", f(s.kh)),
         ("KW", f(s.kw)),
@@ -87,48 +88,31 @@ fn record(
         ("DH", f(s.dh)),
         ("DW", f(s.dw)),
         ("FAST_DIV", fast_div as u32 as f64),
-    ];
-    let (shader, groups_x, groups_y) = match t.matmul_subgroup_wg {
-        Some(wg) => {
-            constants.push(("WG", wg as f64));
-            (Shader::Conv, (n_cols as u32).div_ceil(wg * 8), (m as u32).div_ceil(16))
-        }
-        None => {
-            constants.extend([("WM", t.matmul_wm as f64), ("WN", t.matmul_wn as f64), ("BK", t.matmul_bk as f64)]);
-            (Shader::ConvTiled, (n_cols as u32).div_ceil(t.matmul_wn * 4), (m as u32).div_ceil(t.matmul_wm * 4))
-        }
-    };
+    ]);
+    let shader = if subgroups { Shader::Conv } else { Shader::ConvTiled };
     let kernel = Kernel::Static { shader, entry: "main", constants: &constants };
     let binds = [Bind::read(0, a), Bind::read(1, b), Bind::write(2, out)];
     let u = |v: usize| v as u32;
-    let max_z = ctx.limits.max_compute_workgroups_per_dimension as usize;
-    let mut first = 0;
-    while first < batches {
-        let count = (batches - first).min(max_z);
-        let params = ConvParams {
-            n: u(s.n),
-            c_in: u(s.c_in),
-            h: u(s.h),
-            w: u(s.w),
-            c_out: u(s.c_out),
-            ph: u(s.ph),
-            pw: u(s.pw),
-            groups: u(s.groups),
-            oh: u(s.oh),
-            ow: u(s.ow),
-            m: u(m),
-            n_cols: u(n_cols),
-            k: u(k),
-            first_batch: u(first),
-            k_chunk: u(k_chunk),
-            inv_ow: 1.0 / s.ow as f32,
-            inv_pixels: 1.0 / (s.oh * s.ow) as f32,
-            inv_w: 1.0 / s.w as f32,
-        };
-        ctx.record(&kernel, &binds, &params, [groups_x, groups_y, count as u32])?;
-        first += count;
-    }
-    Ok(())
+    record_batched(ctx, &kernel, &binds, grid, batches, |first| ConvParams {
+        n: u(s.n),
+        c_in: u(s.c_in),
+        h: u(s.h),
+        w: u(s.w),
+        c_out: u(s.c_out),
+        ph: u(s.ph),
+        pw: u(s.pw),
+        groups: u(s.groups),
+        oh: u(s.oh),
+        ow: u(s.ow),
+        m: u(m),
+        n_cols: u(n_cols),
+        k: u(k),
+        first_batch: u(first),
+        k_chunk: u(k_chunk),
+        inv_ow: 1.0 / s.ow as f32,
+        inv_pixels: 1.0 / (s.oh * s.ow) as f32,
+        inv_w: 1.0 / s.w as f32,
+    })
 }
 
 pub(crate) fn conv2d(ctx: &Arc<Context>, x: &GpuBuffer, weight: &GpuBuffer, s: ConvSpec) -> GpuBuffer {
@@ -148,7 +132,8 @@ pub(crate) fn conv2d_weight_grad(ctx: &Arc<Context>, gy: &GpuBuffer, x: &GpuBuff
     // batch) until the tiles times the splits reach the target, keeping
     // each split at least a few hundred long.
     let k = s.n * s.oh * s.ow;
-    let tiles = s.mg().div_ceil(16) * s.patch().div_ceil(64) * s.groups;
+    let [tiles_x, tiles_y] = gemm_grid(&ctx.tuning, s.mg(), s.patch()).2;
+    let tiles = tiles_x as usize * tiles_y as usize * s.groups;
     let by_target = ctx.tuning.conv_target_groups.div_ceil(tiles.max(1));
     let splits = by_target.min(k.div_ceil(4 * K_CHUNK_ALIGN)).max(1);
     let k_chunk = k.div_ceil(splits).next_multiple_of(K_CHUNK_ALIGN);

@@ -2,9 +2,10 @@
 //! that follow from the adapter, and the device's health (lost, or an
 //! uncaught wgpu error).
 
+use super::lock;
 use crate::{Error, Result};
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use super::pipelines::IMMEDIATE_BYTES;
 
@@ -127,10 +128,6 @@ impl DeviceInfo {
             driver,
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether the device is still usable: filled in by wgpu's callbacks.

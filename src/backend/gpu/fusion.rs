@@ -121,9 +121,11 @@ fn function(e: &Expr, first_scalar: usize, word: &dyn Fn(usize) -> String) -> (S
     (src, values)
 }
 
-/// The whole kernel computing `e` and its parameter words. The output is at
-/// binding `leaves`; with `words_in_buffer` the words are read from a
-/// storage buffer at binding `leaves + 1` instead of immediate data.
+/// The generated part of the kernel computing `e` (the pipeline cache keys
+/// on it; [`full_source`] adds the shared library when it misses) and its
+/// parameter words. The output is at binding `leaves`; with
+/// `words_in_buffer` the words are read from a storage buffer at binding
+/// `leaves + 1` instead of immediate data.
 pub(super) fn kernel(e: &Expr, words_in_buffer: bool) -> (String, Vec<u32>) {
     let (dims, strides) = e.layout();
     let leaves = e.leaves.len();
@@ -196,7 +198,12 @@ pub(super) fn kernel(e: &Expr, words_in_buffer: bool) -> (String, Vec<u32>) {
         let _ = writeln!(src, "    out[i] = f({});", args.join(", "));
     }
     src.push_str("}\n");
-    (with_prelude(&[LIBRARY, &src]), words)
+    (src, words)
+}
+
+/// The complete WGSL of a kernel whose generated part is `generated`.
+pub(super) fn full_source(generated: &str) -> String {
+    with_prelude(&[LIBRARY, generated])
 }
 
 #[cfg(test)]

@@ -34,12 +34,15 @@ fn params(v: AxisView, idx: &Strided, m: usize) -> GatherParams {
     }
 }
 
-/// Runs `entry` writing `n` elements; `op` names the op in errors.
+/// Runs `entry` writing `n` elements with `invocations` invocations; `op`
+/// names the op in errors.
+#[allow(clippy::too_many_arguments)]
 fn run(
     ctx: &Arc<Context>,
     op: &'static str,
     entry: &'static str,
     n: usize,
+    invocations: usize,
     x: &GpuBuffer,
     idx: &GpuBuffer,
     mut p: GatherParams,
@@ -50,9 +53,6 @@ fn run(
         let check = ctx.check(op)?;
         (p.check_slot, p.check_id) = (check.slot, check.id);
         let binds = [Bind::read(0, ins[0]), Bind::read(1, ins[1]), Bind::write(2, out), ctx.errors(3)];
-        // scatter_add over an empty axis still checks its indices (one
-        // invocation each, see gather.wgsl).
-        let invocations = if entry == "scatter_add" && p.len == 0 { (p.outer * p.m * p.inner) as usize } else { n };
         ctx.record(&kernel, &binds, &p, ctx.groups_1d(invocations, wg))?;
         out.taint.add(check);
         Ok(())
@@ -68,7 +68,8 @@ pub(crate) fn gather(
     idx: (&GpuBuffer, &Strided),
     m: usize,
 ) -> GpuBuffer {
-    run(ctx, op, "gather", v.outer * m * v.inner, x, idx.0, params(v, idx.1, m))
+    let n = v.outer * m * v.inner;
+    run(ctx, op, "gather", n, n, x, idx.0, params(v, idx.1, m))
 }
 
 /// `out[o, l, i] = Σ_j [idx[o, j, i] = l] · g[o, j, i]`.
@@ -80,5 +81,9 @@ pub(crate) fn scatter_add(
     idx: (&GpuBuffer, &Strided),
     m: usize,
 ) -> GpuBuffer {
-    run(ctx, op, "scatter_add", v.outer * v.len * v.inner, g, idx.0, params(v, idx.1, m))
+    let n = v.outer * v.len * v.inner;
+    // Over an empty axis there is nothing to write, but the indices are
+    // still checked: one invocation each (see gather.wgsl).
+    let invocations = if v.len == 0 { v.outer * m * v.inner } else { n };
+    run(ctx, op, "scatter_add", n, invocations, g, idx.0, params(v, idx.1, m))
 }

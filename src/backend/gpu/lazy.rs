@@ -29,13 +29,14 @@
 //! against a dispatch.
 
 use super::fusion;
+use super::lock;
 use super::pool::Pooled;
 use super::taint::Poison;
 use super::{Bind, Context, Kernel};
 use crate::backend::Fault;
 use crate::backend::{BinaryOp, UnaryOp};
 use crate::shape::{Strided, coalesce};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// Ops one generated kernel may compute per element.
 pub(crate) const MAX_OPS: usize = 24;
@@ -47,10 +48,6 @@ pub(crate) const WORDS: usize = 32;
 /// Buffers one kernel may read: with the one it writes and a storage
 /// buffer of words, the adapter minimum of 8 storage buffers per stage.
 const MAX_LEAVES: usize = 6;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The storage of a GPU tensor: a pooled buffer, the [`Poison`] that
 /// prevented producing it, or — until something needs it — the pending
@@ -450,7 +447,12 @@ pub(crate) fn select(
             if ops == 0 {
                 return Ok(combined.expect("leaves share the output's dims"));
             }
-            e[most] = computed(sides[most].0, n)?;
+            // Failing, it carries the other operands' checks too, as in
+            // `binary`: the earliest fault among them is reported.
+            e[most] = computed(sides[most].0, n).map_err(|p| {
+                let others = e.iter().enumerate().filter(|&(i, _)| i != most);
+                Poison::combine(&[p], others.flat_map(|(_, x)| x.leaves.iter().map(|l| &l.buffer.taint)))
+            })?;
         }
     };
     match build() {
@@ -480,8 +482,7 @@ fn record_expr(ctx: &Arc<Context>, e: &Expr) -> crate::Result<Arc<Pooled>> {
     let groups = ctx.groups_1d(words[0] as usize, wg);
     let kernel = Kernel::Generated { source, wg };
     if words_in_buffer {
-        let meta = ctx.alloc("elementwise op", words.len())?;
-        ctx.queue.write(&meta.buffer, bytemuck::cast_slice(&words));
+        let meta = ctx.upload_words("elementwise op", &words)?;
         binds.push(Bind::read(e.leaves.len() as u32 + 1, &meta));
         ctx.record(&kernel, &binds, &(), groups)?;
     } else {

@@ -4,6 +4,7 @@
 //! Transpose and alignment flags are override constants, and batches beyond
 //! the 65535 workgroups one dispatch dimension allows take several dispatches.
 
+use super::device::Tuning;
 use super::pipelines::{Kernel, Shader, params};
 use super::{Bind, Context, GpuBuffer};
 use crate::backend::MatmulSpec;
@@ -28,62 +29,76 @@ params! {
     }
 }
 
+/// The tiling of a product kernel on this adapter over an `m × n_cols`
+/// output (shared by matmul and the convolutions): whether it is the
+/// subgroup kernel, its tile-size constants, and the grid's x and y.
+pub(super) fn gemm_grid(t: &Tuning, m: usize, n_cols: usize) -> (bool, Vec<(&'static str, f64)>, [u32; 2]) {
+    let (m, n) = (m as u32, n_cols as u32);
+    match t.matmul_subgroup_wg {
+        Some(wg) => {
+            (true, vec![("WG", wg as f64)], [n.div_ceil(wg * SUBGROUP_TILE_COLS), m.div_ceil(SUBGROUP_TILE_ROWS)])
+        }
+        None => (
+            false,
+            vec![("WM", t.matmul_wm as f64), ("WN", t.matmul_wn as f64), ("BK", t.matmul_bk as f64)],
+            [n.div_ceil(t.matmul_wn * TILED_THREAD_TILE), m.div_ceil(t.matmul_wm * TILED_THREAD_TILE)],
+        ),
+    }
+}
+
+/// Records `kernel` over `batches` batch entries (grid z), in as many
+/// dispatches as the adapter's limit on one grid dimension needs; `params`
+/// gives each dispatch's parameters from its first batch entry.
+pub(super) fn record_batched<P: bytemuck::Pod>(
+    ctx: &Context,
+    kernel: &Kernel,
+    binds: &[Bind],
+    grid: [u32; 2],
+    batches: usize,
+    params: impl Fn(usize) -> P,
+) -> crate::Result<()> {
+    let max_z = ctx.limits.max_compute_workgroups_per_dimension as usize;
+    let mut first = 0;
+    while first < batches {
+        let count = (batches - first).min(max_z);
+        ctx.record(kernel, binds, &params(first), [grid[0], grid[1], count as u32])?;
+        first += count;
+    }
+    Ok(())
+}
+
 pub(crate) fn matmul(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, s: MatmulSpec) -> GpuBuffer {
     ctx.compute("matmul", s.batch * s.m * s.n, &[a, b], |ins, out| {
         let (a, b) = (ins[0], ins[1]);
-        let t = ctx.tuning;
         let flag = |f: bool| f as u32 as f64;
-        let (constants, binds, groups_x, groups_y) = match t.matmul_subgroup_wg {
-            Some(wg) => {
-                // vec4 loads along each operand's contiguous axis need that axis
-                // and the batch stride to be multiples of 4.
-                let aligned = |contiguous: usize, stride: usize| contiguous % 4 == 0 && stride % 4 == 0;
-                let aligned_a = aligned(if s.trans_a { s.m } else { s.k }, s.a_batch_stride);
-                let aligned_b = aligned(if s.trans_b { s.k } else { s.n }, s.b_batch_stride);
-                (
-                    vec![
-                        ("WG", wg as f64),
-                        ("TRANS_A", flag(s.trans_a)),
-                        ("TRANS_B", flag(s.trans_b)),
-                        ("ALIGNED_A", flag(aligned_a)),
-                        ("ALIGNED_B", flag(aligned_b)),
-                        ("K_TAIL", flag(s.k % 4 != 0)),
-                    ],
-                    vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, out), Bind::read(3, a), Bind::read(4, b)],
-                    (s.n as u32).div_ceil(wg * SUBGROUP_TILE_COLS),
-                    (s.m as u32).div_ceil(SUBGROUP_TILE_ROWS),
-                )
-            }
-            None => (
-                vec![
-                    ("WM", t.matmul_wm as f64),
-                    ("WN", t.matmul_wn as f64),
-                    ("BK", t.matmul_bk as f64),
-                    ("TRANS_A", flag(s.trans_a)),
-                    ("TRANS_B", flag(s.trans_b)),
-                ],
-                vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, out)],
-                (s.n as u32).div_ceil(t.matmul_wn * TILED_THREAD_TILE),
-                (s.m as u32).div_ceil(t.matmul_wm * TILED_THREAD_TILE),
-            ),
+        let (subgroups, mut constants, grid) = gemm_grid(&ctx.tuning, s.m, s.n);
+        constants.extend([("TRANS_A", flag(s.trans_a)), ("TRANS_B", flag(s.trans_b))]);
+        let (shader, binds) = if subgroups {
+            // vec4 loads along each operand's contiguous axis need that axis
+            // and the batch stride to be multiples of 4.
+            let aligned = |contiguous: usize, stride: usize| contiguous % 4 == 0 && stride % 4 == 0;
+            let aligned_a = aligned(if s.trans_a { s.m } else { s.k }, s.a_batch_stride);
+            let aligned_b = aligned(if s.trans_b { s.k } else { s.n }, s.b_batch_stride);
+            constants.extend([
+                ("ALIGNED_A", flag(aligned_a)),
+                ("ALIGNED_B", flag(aligned_b)),
+                ("K_TAIL", flag(s.k % 4 != 0)),
+            ]);
+            (
+                Shader::Matmul,
+                vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, out), Bind::read(3, a), Bind::read(4, b)],
+            )
+        } else {
+            (Shader::MatmulTiled, vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, out)])
         };
-        let shader = if t.matmul_subgroup_wg.is_some() { Shader::Matmul } else { Shader::MatmulTiled };
         let kernel = Kernel::Static { shader, entry: "main", constants: &constants };
-        let max_z = ctx.limits.max_compute_workgroups_per_dimension as usize;
-        let mut first = 0;
-        while first < s.batch {
-            let count = (s.batch - first).min(max_z);
-            let params = MatmulParams {
-                m: s.m as u32,
-                n: s.n as u32,
-                k: s.k as u32,
-                a_batch_stride: s.a_batch_stride as u32,
-                b_batch_stride: s.b_batch_stride as u32,
-                first_batch: first as u32,
-            };
-            ctx.record(&kernel, &binds, &params, [groups_x, groups_y, count as u32])?;
-            first += count;
-        }
-        Ok(())
+        record_batched(ctx, &kernel, &binds, grid, s.batch, |first| MatmulParams {
+            m: s.m as u32,
+            n: s.n as u32,
+            k: s.k as u32,
+            a_batch_stride: s.a_batch_stride as u32,
+            b_batch_stride: s.b_batch_stride as u32,
+            first_batch: first as u32,
+        })
     })
 }

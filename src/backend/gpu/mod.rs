@@ -61,6 +61,13 @@ use std::fmt;
 use std::sync::Arc;
 use taint::{Checks, Poison};
 
+/// Locks `m`, taking the data over from a thread that panicked holding it:
+/// every lock here guards caches and queues that stay consistent at each
+/// unlock, so a panic elsewhere need not poison the device.
+pub(super) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Everything one wgpu device owns, each part behind its own type.
 pub(crate) struct Context {
     device: wgpu::Device,
@@ -181,6 +188,14 @@ impl Context {
             return Err(e);
         }
         self.pool.alloc(op, n, || self.release_memory())
+    }
+
+    /// A pooled buffer holding `words`: a view's dims and strides too many
+    /// for the immediates, which its kernel reads from storage instead.
+    pub(crate) fn upload_words(&self, op: &'static str, words: &[u32]) -> Result<Arc<Pooled>> {
+        let buffer = self.alloc(op, words.len())?;
+        self.queue.write(&buffer.buffer, bytemuck::cast_slice(words));
+        Ok(buffer)
     }
 
     /// Gives memory back to the driver: the pool's free buffers, the bind

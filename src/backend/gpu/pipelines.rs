@@ -13,6 +13,7 @@
 //! which also records their field names and offsets; a test compares them
 //! with the WGSL `struct Params` of the shader they belong to.
 
+use super::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -112,7 +113,9 @@ pub(crate) fn with_prelude(parts: &[&str]) -> String {
 }
 
 /// What a dispatch runs: an entry point of a WGSL file with its override
-/// constants, or a generated kernel (entry `main`, override `WG`).
+/// constants, or a generated kernel (entry `main`, override `WG`) given by
+/// its generated part alone (see `fusion::kernel`): that is what its
+/// pipeline is cached by, and the full source is built only to compile it.
 pub(crate) enum Kernel<'a> {
     Static { shader: Shader, entry: &'static str, constants: &'a [(&'static str, f64)] },
     Generated { source: String, wg: u32 },
@@ -148,7 +151,7 @@ pub(crate) use params;
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum PipelineKey {
     Static { shader: Shader, entry: &'static str, constants: Vec<(&'static str, u64)>, signature: Vec<(u32, bool)> },
-    Generated { source: String, signature: Vec<(u32, bool)> },
+    Generated { source: String, wg: u32, signature: Vec<(u32, bool)> },
 }
 
 pub(crate) struct Pipeline {
@@ -178,7 +181,7 @@ impl Pipelines {
     }
 
     fn built(&self) -> MutexGuard<'_, Built> {
-        self.built.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.built)
     }
 
     /// The pipeline of `kernel` binding `signature` (slot, written; sorted).
@@ -190,7 +193,7 @@ impl Pipelines {
                 constants: constants.iter().map(|&(k, v)| (k, v.to_bits())).collect(),
                 signature,
             },
-            Kernel::Generated { source, .. } => PipelineKey::Generated { source: source.clone(), signature },
+            Kernel::Generated { source, wg } => PipelineKey::Generated { source: source.clone(), wg: *wg, signature },
         };
         if let Some(p) = self.built().pipelines.get(&key) {
             return p.clone();
@@ -205,7 +208,7 @@ impl Pipelines {
             (Kernel::Generated { source, wg }, PipelineKey::Generated { signature, .. }) => {
                 let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some("generated"),
-                    source: wgpu::ShaderSource::Wgsl(source.as_str().into()),
+                    source: wgpu::ShaderSource::Wgsl(super::fusion::full_source(source).into()),
                 });
                 self.build(&module, "main", &[("WG", *wg as f64)], signature)
             }
@@ -298,7 +301,7 @@ impl BindGroups {
     }
 
     fn cache(&self) -> MutexGuard<'_, HashMap<BindKey, wgpu::BindGroup>> {
-        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.cache)
     }
 
     /// The bind group of `buffers` (slot, buffer), from the cache or newly

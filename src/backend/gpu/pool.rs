@@ -11,6 +11,7 @@
 //! still be used by commands that are recorded but not yet submitted, so it
 //! is *dropped* (wgpu frees it once no command needs it), never destroyed.
 
+use super::lock;
 use super::taint::Taint;
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -59,7 +60,7 @@ impl Pool {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// The largest tensor, in bytes, a kernel can bind.

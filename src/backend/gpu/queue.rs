@@ -11,6 +11,7 @@
 //! submitted — [`Queue::write`] submits first.
 
 use super::Health;
+use super::lock;
 use super::pool::size_class;
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -53,7 +54,7 @@ impl Queue {
     }
 
     fn batch(&self) -> MutexGuard<'_, Batch> {
-        self.batch.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.batch)
     }
 
     pub fn dispatched(&self) -> u64 {
@@ -134,7 +135,7 @@ impl Queue {
             .iter()
             .map(|&(_, bytes)| {
                 let size = size_class(bytes).expect("a bound buffer's size has a class");
-                let reused = self.staging.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&size).and_then(Vec::pop);
+                let reused = lock(&self.staging).get_mut(&size).and_then(Vec::pop);
                 let buffer = reused.unwrap_or_else(|| {
                     self.device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("readback"),
@@ -181,7 +182,7 @@ impl Queue {
                 bytemuck::pod_collect_to_vec::<u8, u32>(&view[..bytes as usize])
             };
             buffer.unmap();
-            self.staging.lock().unwrap_or_else(|e| e.into_inner()).entry(size).or_default().push(buffer);
+            lock(&self.staging).entry(size).or_default().push(buffer);
             out.push(data);
         }
         Ok(out)
@@ -189,6 +190,6 @@ impl Queue {
 
     /// Drops the cached readback buffers.
     pub fn clear_staging(&self) {
-        self.staging.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        lock(&self.staging).clear();
     }
 }

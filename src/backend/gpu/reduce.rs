@@ -16,15 +16,22 @@ impl AxisParams {
     }
 }
 
-pub(crate) fn reduce(ctx: &Arc<Context>, op: ReduceOp, x: &GpuBuffer, v: AxisView) -> GpuBuffer {
-    let n = v.outer * v.inner;
-    let (entry, wg, groups) = if v.inner == 1 {
-        let wg = ctx.tuning.row_wg;
-        ("rows", wg, ctx.spread(v.outer as u64))
+/// How the axis-wise kernels (reduce, softmax, scan) launch over `v`: the
+/// entry point, its workgroup size and grid. Lines that are rows
+/// (`inner == 1`) get a workgroup each (`rows`); otherwise each of the
+/// `outer · inner` columns gets an invocation (`columns`).
+pub(crate) fn axis_launch(ctx: &Context, v: AxisView) -> (&'static str, u32, [u32; 3]) {
+    if v.inner == 1 {
+        ("rows", ctx.tuning.row_wg, ctx.spread(v.outer as u64))
     } else {
         let wg = ctx.tuning.elementwise_wg;
-        ("columns", wg, ctx.groups_1d(n, wg))
-    };
+        ("columns", wg, ctx.groups_1d(v.outer * v.inner, wg))
+    }
+}
+
+pub(crate) fn reduce(ctx: &Arc<Context>, op: ReduceOp, x: &GpuBuffer, v: AxisView) -> GpuBuffer {
+    let n = v.outer * v.inner;
+    let (entry, wg, groups) = axis_launch(ctx, v);
     ctx.compute("reduce", n, &[x], |ins, out| {
         let constants = [("OP", op as u32 as f64), ("WG", wg as f64)];
         let kernel = Kernel::Static { shader: Shader::Reduce, entry, constants: &constants };

@@ -18,6 +18,7 @@
 //! resolves them all (one wait), which a training loop meets at most every
 //! few hundred steps if it never reads anything back.
 
+use super::lock;
 use super::pool::Pooled;
 use crate::backend::{Fault, next_seq};
 use crate::{Error, Result};
@@ -63,7 +64,7 @@ pub(crate) struct Taint(Mutex<Vec<Arc<Check>>>);
 
 impl Taint {
     fn lock(&self) -> MutexGuard<'_, Vec<Arc<Check>>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.0)
     }
 
     /// Adds `check` (the newest, so it goes last).
@@ -178,19 +179,18 @@ struct State {
     next_id: u32,
     /// The check using each slot until it is resolved.
     slots: Vec<Option<Arc<Check>>>,
-    outstanding: usize,
 }
 
 impl Checks {
     /// Checks writing to `buffer`, of [`SLOTS`] · [`WORDS_PER_SLOT`] u32s
     /// (zero-initialised, as wgpu does: id 0, no check fired).
     pub fn new(buffer: Arc<Pooled>) -> Self {
-        let state = State { next_id: 1, slots: vec![None; SLOTS as usize], outstanding: 0 };
+        let state = State { next_id: 1, slots: vec![None; SLOTS as usize] };
         Checks { buffer, state: Mutex::new(state) }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// A new check for a dispatch of `op`, or `None` when its slot is still
@@ -205,14 +205,13 @@ impl Checks {
         s.next_id = if id == u32::MAX { 1 } else { id + 1 };
         let check = Arc::new(Check { id, slot, seq: next_seq(), op, outcome: OnceLock::new() });
         s.slots[slot as usize] = Some(check.clone());
-        s.outstanding += 1;
         Some(check)
     }
 
     /// Resolves every outstanding check from `words`, the error buffer as
     /// read back after all of their dispatches finished.
     pub fn resolve(&self, words: &[u32]) {
-        let mut s = self.state();
+        let s = self.state();
         for check in s.slots.iter().flatten() {
             if check.resolved() {
                 continue;
@@ -226,7 +225,6 @@ impl Checks {
             });
             let _ = check.outcome.set(error);
         }
-        s.outstanding = 0;
     }
 }
 
