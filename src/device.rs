@@ -42,34 +42,38 @@ impl Device {
     /// only when `WGPU_ADAPTER_NAME` asks for it; [`Device::gpu`] takes it
     /// when it is all there is.
     pub fn best() -> Device {
-        let choice = match DEFAULT_GPU.get() {
-            Some(Ok(gpu)) if gpu.ctx_is_hardware() || std::env::var_os("WGPU_ADAPTER_NAME").is_some() => {
-                Ok(gpu.clone())
+        // Decided once: opening adapters to look is slow.
+        static BEST: OnceLock<Device> = OnceLock::new();
+        BEST.get_or_init(|| {
+            let choice = match DEFAULT_GPU.get() {
+                Some(Ok(gpu)) if gpu.ctx_is_hardware() || std::env::var_os("WGPU_ADAPTER_NAME").is_some() => {
+                    Ok(gpu.clone())
+                }
+                _ => {
+                    let mut options = crate::GpuOptions::from_env();
+                    options.software = options.adapter.is_some();
+                    GpuDevice::with_options(options).inspect(|gpu| {
+                        // The adapter `Device::gpu` would open too: share it.
+                        let _ = DEFAULT_GPU.set(Ok(gpu.clone()));
+                    })
+                }
+            };
+            match choice {
+                Ok(gpu) => {
+                    eprintln!("wgrad: using the GPU: {}", gpu.info());
+                    Device::Gpu(gpu)
+                }
+                Err(e) => {
+                    let why = match e {
+                        crate::Error::NoAdapter(why) => why,
+                        other => other.to_string(),
+                    };
+                    eprintln!("wgrad: using the CPU: {why}");
+                    Device::Cpu
+                }
             }
-            _ => {
-                let mut options = crate::GpuOptions::from_env();
-                options.software = options.adapter.is_some();
-                GpuDevice::with_options(options).inspect(|gpu| {
-                    // The adapter `Device::gpu` would open too: share it.
-                    let _ = DEFAULT_GPU.set(Ok(gpu.clone()));
-                })
-            }
-        };
-        static SAID: OnceLock<()> = OnceLock::new();
-        match choice {
-            Ok(gpu) => {
-                SAID.get_or_init(|| eprintln!("wgrad: using the GPU: {}", gpu.info()));
-                Device::Gpu(gpu)
-            }
-            Err(e) => {
-                let why = match e {
-                    crate::Error::NoAdapter(why) => why,
-                    other => other.to_string(),
-                };
-                SAID.get_or_init(|| eprintln!("wgrad: using the CPU: {why}"));
-                Device::Cpu
-            }
-        }
+        })
+        .clone()
     }
 
     /// The kernels of this device.

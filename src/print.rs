@@ -67,11 +67,31 @@ fn shown(len: usize, summarise: bool) -> Vec<Option<usize>> {
     }
 }
 
-/// Writes the sub-tensor of `dims` at `offset` of `values`, its brackets
-/// indented by `indent` after a line break.
-fn nested(out: &mut String, values: &[String], dims: &[usize], offset: usize, indent: usize, summarise: bool) {
+/// The offsets (row-major) of the elements shown of the sub-tensor of
+/// `dims` at `offset`, in order.
+fn shown_offsets(dims: &[usize], offset: usize, summarise: bool, out: &mut Vec<usize>) {
     let Some((&len, rest)) = dims.split_first() else {
-        out.push_str(&values[offset]);
+        out.push(offset);
+        return;
+    };
+    let stride: usize = rest.iter().product();
+    for i in shown(len, summarise).into_iter().flatten() {
+        shown_offsets(rest, offset + i * stride, summarise, out);
+    }
+}
+
+/// Writes the sub-tensor of `dims` at `offset`, its brackets indented by
+/// `indent` after a line break; `text` gives the shown elements' text.
+fn nested(
+    out: &mut String,
+    text: &dyn Fn(usize) -> String,
+    dims: &[usize],
+    offset: usize,
+    indent: usize,
+    summarise: bool,
+) {
+    let Some((&len, rest)) = dims.split_first() else {
+        out.push_str(&text(offset));
         return;
     };
     let stride: usize = rest.iter().product();
@@ -89,7 +109,7 @@ fn nested(out: &mut String, values: &[String], dims: &[usize], offset: usize, in
             }
         }
         match entry {
-            Some(i) => nested(out, values, rest, offset + i * stride, indent + 1, summarise),
+            Some(i) => nested(out, text, rest, offset + i * stride, indent + 1, summarise),
             None => out.push_str("..."),
         }
     }
@@ -109,17 +129,24 @@ impl fmt::Display for Tensor {
             Ok(v) => v,
             Err(e) => return write!(f, "tensor(<{e}>, shape={}{suffix})", self.shape()),
         };
-        let style = style(&values);
-        let mut text: Vec<String> = values.iter().map(|&v| element(v, style)).collect();
-        let width = text.iter().map(String::len).max().unwrap_or(0);
-        for t in text.iter_mut() {
-            *t = format!("{t:>width$}");
-        }
         let mut out = String::from("tensor(");
         if self.elem_count() == 0 {
             out.push_str(&format!("[], size={}", self.shape()));
         } else {
-            nested(&mut out, &text, self.dims(), 0, "tensor(".len(), self.elem_count() > SUMMARY_FROM);
+            // Only the elements shown are styled and formatted, as PyTorch
+            // does: a summarised 100M-element tensor formats 6 per axis.
+            let summarise = self.elem_count() > SUMMARY_FROM;
+            let mut offsets = Vec::new();
+            shown_offsets(self.dims(), 0, summarise, &mut offsets);
+            let shown_values: Vec<f32> = offsets.iter().map(|&o| values[o]).collect();
+            let style = style(&shown_values);
+            let texts: Vec<String> = shown_values.iter().map(|&v| element(v, style)).collect();
+            let width = texts.iter().map(String::len).max().unwrap_or(0);
+            let text = |offset: usize| {
+                let at = offsets.binary_search(&offset).expect("only shown elements are written");
+                format!("{:>width$}", texts[at])
+            };
+            nested(&mut out, &text, self.dims(), 0, "tensor(".len(), summarise);
         }
         write!(f, "{out}{suffix})")
     }

@@ -8,9 +8,9 @@
 //! 7 ms once the pages were reused, and the MNIST convnet's epoch dropped
 //! from 4.0 s to 2.6 s. So buffers from [`MIN_BYTES`] up are kept here
 //! when their storage is dropped, up to a total of `WGRAD_CPU_CACHE_MB`
-//! (default 1024; 0 turns the cache off), and handed to the next output of
-//! a similar size (at most an eighth larger), as PyTorch's caching
-//! allocators do for GPU memory.
+//! (default 1024; 0 turns the cache off; when full, the largest cached
+//! buffers make room), and handed to the next output of a similar size (at
+//! most an eighth larger), as PyTorch's caching allocators do for GPU memory.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
@@ -56,15 +56,23 @@ pub(super) fn take(n: usize) -> Option<Vec<f32>> {
     Some(v)
 }
 
-/// Keeps `v` for reuse if it is large and the cache has room; else frees it.
+/// Keeps `v` for reuse if it is large, making room by freeing the largest
+/// cached buffers (sizes an earlier model or batch needed, likely as not);
+/// a buffer over the whole limit is freed.
 pub(crate) fn give(v: Vec<f32>) {
     let bytes = v.capacity().saturating_mul(4);
-    if bytes < MIN_BYTES {
+    if bytes < MIN_BYTES || bytes > limit() {
         return;
     }
     let mut c = lock();
-    if c.bytes + bytes > limit() {
-        return;
+    while c.bytes + bytes > limit() {
+        let Some(mut largest) = c.free.last_entry() else { break };
+        let list = largest.get_mut();
+        let freed = list.pop().map_or(0, |b| b.capacity() * 4);
+        if list.is_empty() {
+            largest.remove();
+        }
+        c.bytes -= freed;
     }
     c.bytes += bytes;
     c.free.entry(v.capacity()).or_default().push(v);

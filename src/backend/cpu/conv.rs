@@ -12,7 +12,7 @@
 //! patch matrix stays small (≤ [`COL_BLOCK`] floats), so it lives in cache
 //! between its gather and its product.
 
-use super::matmul::{Mat, gemm_into};
+use super::matmul::{Mat, OutPtr, gemm_into, gemm_raw};
 use super::{output, output_overwritten, pool};
 use crate::Result;
 use crate::backend::{ConvSpec, PoolKind, PoolSpec};
@@ -101,10 +101,11 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// Adds the patches `col` (`[cg·kh·kw, oh·ow]`) back onto one image's group
-/// `x` (`[cg, h, w]`): im2col's adjoint.
-fn col2im(col: &[f32], s: &ConvSpec, x: &mut [f32]) {
-    let width = s.oh * s.ow;
+/// Adds the patches of output pixels `p0..p1` (`col`, `[cg·kh·kw,
+/// p1 - p0]`) back onto one image's group `x` (`[cg, h, w]`): im2col's
+/// adjoint.
+fn col2im(col: &[f32], s: &ConvSpec, p0: usize, p1: usize, x: &mut [f32]) {
+    let width = p1 - p0;
     let mut row = 0;
     for c in 0..s.cg() {
         let plane = &mut x[c * s.h * s.w..(c + 1) * s.h * s.w];
@@ -112,16 +113,19 @@ fn col2im(col: &[f32], s: &ConvSpec, x: &mut [f32]) {
             for j in 0..s.kw {
                 let src = &col[row * width..(row + 1) * width];
                 let (x_lo, x_hi) = valid_span(j * s.dw, s.pw, s.sw, s.w, s.ow);
-                for oy in 0..s.oh {
+                let mut p = p0;
+                while p < p1 {
+                    let (oy, ox) = (p / s.ow, p % s.ow);
+                    let run = (s.ow - ox).min(p1 - p);
                     let iy = (oy * s.sh + i * s.dh).wrapping_sub(s.ph);
-                    if iy >= s.h {
-                        continue;
+                    if iy < s.h {
+                        let dst = &mut plane[iy * s.w..(iy + 1) * s.w];
+                        let line = &src[p - p0..p - p0 + run];
+                        for o in x_lo.max(ox)..x_hi.min(ox + run) {
+                            dst[o * s.sw + j * s.dw - s.pw] += line[o - ox];
+                        }
                     }
-                    let dst = &mut plane[iy * s.w..(iy + 1) * s.w];
-                    let line = &src[oy * s.ow..(oy + 1) * s.ow];
-                    for ox in x_lo..x_hi {
-                        dst[ox * s.sw + j * s.dw - s.pw] += line[ox];
-                    }
+                    p += run;
                 }
                 row += 1;
             }
@@ -154,12 +158,13 @@ pub(super) fn conv2d(x: &[f32], weight: &[f32], s: ConvSpec) -> Result<Vec<f32>>
     // Few images: split each image's pixels too, so every core has work.
     let block = pixel_block(&s, threads.div_ceil(s.n));
     let blocks = pixels.div_ceil(block);
-    let images = pieces(&mut out, s.c_out * pixels);
     let in_image = s.c_in * s.h * s.w;
+    // Each task writes columns p0..p1 of its image's c_out rows: pieces of
+    // one image interleave, so they share the base pointer, not slices.
+    let dst = OutPtr(out.as_mut_ptr());
     let task = |t: usize| {
         let (img, b) = (t / blocks, t % blocks);
         let (p0, p1) = (b * block, ((b + 1) * block).min(pixels));
-        let mut dst = images[img].lock().unwrap_or_else(|e| e.into_inner());
         with_scratch(if pointwise(&s) { 0 } else { k * (p1 - p0) }, |col| {
             for g in 0..s.groups {
                 let xg = &x[img * in_image + g * cg * s.h * s.w..][..cg * s.h * s.w];
@@ -170,7 +175,11 @@ pub(super) fn conv2d(x: &[f32], weight: &[f32], s: ConvSpec) -> Result<Vec<f32>>
                     im2col(xg, &s, p0, p1, col);
                     Mat::new(col, k, p1 - p0)
                 };
-                gemm_into(&mut dst[g * mg * pixels + p0..], pixels, w, patches, false);
+                let at = (img * s.c_out + g * mg) * pixels + p0;
+                // SAFETY: rows g·mg .. (g+1)·mg of image img, columns
+                // p0..p1 (p1 ≤ pixels): inside `out`, which holds
+                // n·c_out·pixels, and written by this task alone.
+                unsafe { gemm_raw(dst.at(at), pixels, w, patches, false) };
             }
         });
     };
@@ -185,18 +194,28 @@ pub(super) fn conv2d_input_grad(gy: &[f32], weight: &[f32], s: ConvSpec) -> Resu
         return Ok(gx);
     }
     let images = pieces(&mut gx, s.c_in * s.h * s.w);
+    // The patches' gradients of a block of output pixels at a time, as the
+    // forward pass gathers them, so the scratch stays small.
+    let block = pixel_block(&s, 1);
     let task = |img: usize| {
         let mut dst = images[img].lock().unwrap_or_else(|e| e.into_inner());
-        with_scratch(if pointwise(&s) { 0 } else { k * pixels }, |col| {
+        with_scratch(if pointwise(&s) { 0 } else { k * block.min(pixels) }, |col| {
             for g in 0..s.groups {
-                let gyg = Mat::new(&gy[(img * s.c_out + g * mg) * pixels..][..mg * pixels], mg, pixels);
+                let gyg = &gy[(img * s.c_out + g * mg) * pixels..][..mg * pixels];
                 let wt = Mat::new(&weight[g * mg * k..(g + 1) * mg * k], mg, k).t();
                 let xg = &mut dst[g * cg * s.h * s.w..(g + 1) * cg * s.h * s.w];
                 if pointwise(&s) {
-                    gemm_into(xg, pixels, wt, gyg, false);
-                } else {
-                    gemm_into(col, pixels, wt, gyg, false);
-                    col2im(col, &s, xg);
+                    gemm_into(xg, pixels, wt, Mat::new(gyg, mg, pixels), false);
+                    continue;
+                }
+                let mut p0 = 0;
+                while p0 < pixels {
+                    let p1 = (p0 + block).min(pixels);
+                    let col = &mut col[..k * (p1 - p0)];
+                    let dy = Mat { data: &gyg[p0..], rows: mg, cols: p1 - p0, rs: pixels, cs: 1 };
+                    gemm_into(col, p1 - p0, wt, dy, false);
+                    col2im(col, &s, p0, p1, xg);
+                    p0 = p1;
                 }
             }
         });
@@ -495,6 +514,60 @@ mod tests {
                 assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{s:?} [{i}]: {g} vs {w}");
             }
         }
+    }
+
+    /// The gradients by the definition: every (output, tap) pair adds
+    /// `gy · w` to the input's gradient and `gy · x` to the weight's.
+    fn naive_grads(x: &[f32], w: &[f32], gy: &[f32], s: &ConvSpec) -> (Vec<f32>, Vec<f32>) {
+        let (mut gx, mut gw) = (vec![0.0f64; s.input_len()], vec![0.0f64; s.weight_len()]);
+        for n in 0..s.n {
+            for co in 0..s.c_out {
+                let g = co / s.mg();
+                for oy in 0..s.oh {
+                    for ox in 0..s.ow {
+                        let go = gy[((n * s.c_out + co) * s.oh + oy) * s.ow + ox] as f64;
+                        for c in 0..s.cg() {
+                            for i in 0..s.kh {
+                                for j in 0..s.kw {
+                                    let iy = (oy * s.sh + i * s.dh) as isize - s.ph as isize;
+                                    let ix = (ox * s.sw + j * s.dw) as isize - s.pw as isize;
+                                    if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                                        continue;
+                                    }
+                                    let xi = ((n * s.c_in + g * s.cg() + c) * s.h + iy as usize) * s.w + ix as usize;
+                                    let wi = ((co * s.cg() + c) * s.kh + i) * s.kw + j;
+                                    gx[xi] += go * w[wi] as f64;
+                                    gw[wi] += go * x[xi] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (gx.into_iter().map(|v| v as f32).collect(), gw.into_iter().map(|v| v as f32).collect())
+    }
+
+    #[test]
+    fn blocked_gradients_match_the_definition() {
+        // 64 channels × 3×3 taps: blocks of 455 pixels, so the 30×29
+        // outputs take two blocks (a ragged second one) in every kernel.
+        let base = spec(2, 64, (30, 31), 3, (3, 3), (1, 1));
+        let s = ConvSpec { dw: 1, pw: 1, ow: 31, ..base };
+        assert!(pixel_block(&s, 1) < s.oh * s.ow, "the case must need several blocks");
+        let x: Vec<f32> = (0..s.input_len()).map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0).collect();
+        let w: Vec<f32> = (0..s.weight_len()).map(|i| ((i * 5 % 11) as f32 - 5.0) / 16.0).collect();
+        let gy: Vec<f32> = (0..s.output_len()).map(|i| ((i * 3 % 7) as f32 - 3.0) / 4.0).collect();
+        let (want_x, want_w) = naive_grads(&x, &w, &gy, &s);
+        let close = |got: &[f32], want: &[f32], what: &str| {
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "{what} [{i}]: {g} vs {w}");
+            }
+        };
+        close(&conv2d_input_grad(&gy, &w, s).unwrap(), &want_x, "input gradient");
+        close(&conv2d_weight_grad(&gy, &x, s).unwrap(), &want_w, "weight gradient");
+        let want_y = naive(&x, &w, &s);
+        close(&conv2d(&x, &w, s).unwrap(), &want_y, "forward");
     }
 
     #[test]

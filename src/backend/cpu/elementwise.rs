@@ -158,10 +158,11 @@ fn binary_loop(a: (&[f32], &Strided), b: (&[f32], &Strided), f: impl Fn(f32, f32
 }
 
 pub(super) fn full(n: usize, value: f32) -> Result<Vec<f32>> {
-    let mut out = output(n)?;
-    if value != 0.0 || value.is_sign_negative() {
-        fill_chunks(&mut out, |_, chunk| chunk.fill(value));
+    if value == 0.0 && value.is_sign_positive() {
+        return output(n);
     }
+    let mut out = output_overwritten(n)?;
+    fill_chunks(&mut out, |_, chunk| chunk.fill(value));
     Ok(out)
 }
 

@@ -2,7 +2,7 @@
 //! is not an integer in `0..len` fails the whole result with
 //! [`Error::IndexOutOfRange`], as the GPU's device-side check does.
 
-use super::output;
+use super::{output, output_overwritten};
 use crate::backend::AxisView;
 use crate::shape::Strided;
 use crate::{Error, Result};
@@ -19,7 +19,7 @@ pub(super) fn check_index(v: f32, len: usize, op: &'static str) -> Result<usize>
 pub(super) fn gather(op: &'static str, x: &[f32], v: AxisView, idx: (&[f32], &Strided), m: usize) -> Result<Vec<f32>> {
     let (ids, layout) = idx;
     let AxisView { outer, len, inner } = v;
-    let mut out = output(outer * m * inner)?;
+    let mut out = output_overwritten(outer * m * inner)?;
     for (e, o) in out.iter_mut().enumerate() {
         let (oi, i) = (e / (m * inner), e % inner);
         let l = check_index(ids[layout.index_of(e)], len, op)?;

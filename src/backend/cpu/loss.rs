@@ -4,8 +4,8 @@
 
 use super::gather::check_index;
 use super::math::{exp, row_max, row_sum};
-use super::output;
 use super::simd::{for_rows, simd};
+use super::{output, output_overwritten};
 use crate::Result;
 
 const OP: &str = "cross_entropy";
@@ -37,7 +37,7 @@ pub(super) fn cross_entropy(x: &[f32], y: &[f32], rows: usize, classes: usize) -
 
 pub(super) fn cross_entropy_backward(x: &[f32], y: &[f32], g: &[f32], rows: usize, classes: usize) -> Result<Vec<f32>> {
     check_labels(&y[..rows], classes)?;
-    let mut out = output(rows * classes)?;
+    let mut out = output_overwritten(rows * classes)?;
     for_rows(
         &mut out,
         classes,

@@ -10,17 +10,17 @@ use crate::{Error, Result};
 /// Multiply-adds from which a matmul is split over the cores.
 const PAR_MATMUL_MACS: usize = 1 << 19;
 
-/// C's base pointer, shared by the blocks of a split product, which write
-/// disjoint parts of C.
+/// An output's base pointer, shared by the blocks of a split product (or
+/// convolution), which write disjoint parts of it.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(pub *mut f32);
 // SAFETY: only used to write disjoint blocks of one buffer that outlives the
 // `pool::run` it is shared across.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
-    fn at(self, offset: usize) -> *mut f32 {
+    pub fn at(self, offset: usize) -> *mut f32 {
         self.0.wrapping_add(offset)
     }
 }
@@ -65,34 +65,12 @@ pub(super) fn matmul(a: &[f32], b: &[f32], s: MatmulSpec) -> Result<Vec<f32>> {
         let cptr = OutPtr(c.as_mut_ptr());
         // Rows m0..m1 and columns n0..n1 of C.
         let block = |(m0, m1): (usize, usize), (n0, n1): (usize, usize)| {
-            // SAFETY: `pa` holds at least m·k and `pb` at least k·n elements
-            // (the assert above, on the extents of every batch entry), and
-            // the strides reach at most (m-1)·rs + (k-1)·cs < m·k (likewise
-            // for B); this block of C is written by this call alone, and C
-            // is a distinct, exactly sized buffer.
-            unsafe {
-                gemm::gemm(
-                    m1 - m0,
-                    n1 - n0,
-                    s.k,
-                    cptr.at(m0 * s.n + n0),
-                    1,
-                    s.n as isize,
-                    false,
-                    pa.as_ptr().add(m0 * rsa),
-                    csa as isize,
-                    rsa as isize,
-                    pb.as_ptr().add(n0 * csb),
-                    csb as isize,
-                    rsb as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+            let a = Mat { data: &pa[m0 * rsa..], rows: m1 - m0, cols: s.k, rs: rsa, cs: csa };
+            let b = Mat { data: &pb[n0 * csb..], rows: s.k, cols: n1 - n0, rs: rsb, cs: csb };
+            // SAFETY: C is a distinct, exactly sized buffer of m rows of n;
+            // this block's rows m0..m1, columns n0..n1 lie inside it and are
+            // written by this call alone.
+            unsafe { gemm_raw(cptr.at(m0 * s.n + n0), s.n, a, b, false) };
         };
         let threads = pool::threads();
         if macs < PAR_MATMUL_MACS || threads == 1 {
@@ -149,35 +127,49 @@ impl<'a> Mat<'a> {
 }
 
 /// `dst = a · b` (or `dst += a · b` with `accumulate`) on this thread, for a
-/// row-major `dst` whose rows are `dst_rs` apart: the safe face of one
-/// `gemm` call for kernels (convolutions) that tile their own work.
+/// row-major `dst` whose rows are `dst_rs` apart: the safe face of
+/// [`gemm_raw`] for kernels (convolutions) that tile their own work.
 pub(super) fn gemm_into(dst: &mut [f32], dst_rs: usize, a: Mat, b: Mat, accumulate: bool) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert_eq!(k, b.rows, "gemm_into: inner dimensions differ");
+    let (m, n) = (a.rows, b.cols);
     let dst_fits =
         m == 0 || n == 0 || (m - 1).checked_mul(dst_rs).and_then(|r| r.checked_add(n)).is_some_and(|e| e <= dst.len());
-    assert!(a.fits() && b.fits() && dst_fits && (m <= 1 || dst_rs >= n), "gemm_into: an operand is too short");
+    assert!(dst_fits && (m <= 1 || dst_rs >= n), "gemm_into: the destination is too short");
+    // SAFETY: dst's m rows of n (dst_rs ≥ n apart, so rows do not overlap)
+    // lie inside `dst`, which is borrowed mutably, so nothing else touches it.
+    unsafe { gemm_raw(dst.as_mut_ptr(), dst_rs, a, b, accumulate) }
+}
+
+/// `dst = a · b` (or `+=` with `accumulate`) on this thread, where `dst`
+/// points at `a.rows` rows of `b.cols` floats, `dst_rs` apart. The operands
+/// are checked to lie inside their slices.
+///
+/// # Safety
+/// Those rows must lie in one allocation that no other thread reads or
+/// writes during the call and that aliases neither operand.
+pub(super) unsafe fn gemm_raw(dst: *mut f32, dst_rs: usize, a: Mat, b: Mat, accumulate: bool) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "gemm: inner dimensions differ");
+    assert!(a.fits() && b.fits(), "gemm: an operand is too short");
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
             for r in 0..m {
-                dst[r * dst_rs..r * dst_rs + n].fill(0.0);
+                // SAFETY: row r of dst, by the caller's contract.
+                unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_rs), n) }.fill(0.0);
             }
         }
         return;
     }
-    // SAFETY: the assert above checks that every element each operand's
-    // strides reach lies inside its slice, and that dst's m rows of n
-    // (dst_rs ≥ n apart, so rows do not overlap) lie inside `dst`, which
-    // is borrowed mutably and so aliases neither input.
+    // SAFETY: every element each operand's strides reach lies inside its
+    // slice (checked above); dst's rows are the caller's to write.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_rs as isize,
             accumulate,

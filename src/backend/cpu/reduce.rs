@@ -2,7 +2,7 @@
 //! and min (NaN wins, as in PyTorch), argmax and argmin (the first NaN,
 //! else the first extreme).
 
-use super::math::{nan_max, nan_min};
+use super::math::{nan_max, nan_min, row_sum};
 use super::output;
 use super::simd::for_rows;
 use crate::Result;
@@ -18,19 +18,7 @@ pub(super) fn reduce(op: ReduceOp, x: &[f32], v: AxisView) -> Result<Vec<f32>> {
         |o, row| {
             let block = &x[o * len * inner..(o + 1) * len * inner];
             match op {
-                ReduceOp::Sum if inner == 1 => {
-                    // Eight partial sums: vectorises, and sums long rows
-                    // more accurately than one running total.
-                    let mut acc = [0f32; 8];
-                    let chunks = block.chunks_exact(8);
-                    let rest: f32 = chunks.remainder().iter().sum();
-                    for c in chunks {
-                        for (a, &v) in acc.iter_mut().zip(c) {
-                            *a += v;
-                        }
-                    }
-                    row[0] = acc.iter().sum::<f32>() + rest;
-                }
+                ReduceOp::Sum if inner == 1 => row[0] = row_sum(block),
                 ReduceOp::Sum => {
                     for l in 0..len {
                         for (r, &v) in row.iter_mut().zip(&block[l * inner..]) {

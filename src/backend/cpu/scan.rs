@@ -1,12 +1,12 @@
 //! Running sums (cumsum) along an axis.
 
-use super::output;
+use super::output_overwritten;
 use crate::Result;
 use crate::backend::AxisView;
 
 pub(super) fn cumsum(x: &[f32], v: AxisView, reverse: bool) -> Result<Vec<f32>> {
     let AxisView { outer, len, inner } = v;
-    let mut out = output(outer * len * inner)?;
+    let mut out = output_overwritten(outer * len * inner)?;
     for o in 0..outer {
         for i in 0..inner {
             let mut acc = 0.0f32;

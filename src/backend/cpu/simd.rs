@@ -38,16 +38,19 @@ pub(super) fn simd<R>(body: impl FnOnce() -> R) -> R {
     body()
 }
 
-/// The vector level `simd` runs at: 2 for AVX-512 (F and VL), 1 for AVX2
-/// with FMA, 0 for the baseline; detected once.
+/// The vector level `simd` runs at: 2 for AVX-512 (F and VL, with AVX2 and
+/// FMA), 1 for AVX2 with FMA, 0 for the baseline; detected once.
 #[cfg(target_arch = "x86_64")]
 fn level() -> u8 {
     use std::sync::OnceLock;
     static LEVEL: OnceLock<u8> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+        // Level 2's function enables AVX2 and FMA too: require them, as
+        // every AVX-512 processor has them but a hypervisor may hide them.
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
             2
-        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        } else if avx2 {
             1
         } else {
             0

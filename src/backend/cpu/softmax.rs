@@ -2,14 +2,14 @@
 //! A row holding NaN or +∞ is NaN throughout (as `exp(v - max)` makes it).
 
 use super::math::{exp, nan_max, row_max, row_sum};
-use super::output;
+use super::output_overwritten;
 use super::simd::for_rows;
 use crate::Result;
 use crate::backend::AxisView;
 
 pub(super) fn softmax(x: &[f32], v: AxisView, log: bool) -> Result<Vec<f32>> {
     let AxisView { outer, len, inner } = v;
-    let mut out = output(outer * len * inner)?;
+    let mut out = output_overwritten(outer * len * inner)?;
     for_rows(
         &mut out,
         (len * inner).max(1),

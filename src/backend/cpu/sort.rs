@@ -1,7 +1,7 @@
 //! A stable argsort along an axis, ordering as PyTorch: `-∞ … -0 = +0 …
 //! +∞ < NaN`, equal elements in index order (also when descending).
 
-use super::output;
+use super::output_overwritten;
 use crate::Result;
 use crate::backend::AxisView;
 use std::cmp::Ordering;
@@ -18,7 +18,7 @@ fn order(a: f32, b: f32) -> Ordering {
 
 pub(super) fn argsort(x: &[f32], v: AxisView, descending: bool) -> Result<Vec<f32>> {
     let AxisView { outer, len, inner } = v;
-    let mut out = output(outer * len * inner)?;
+    let mut out = output_overwritten(outer * len * inner)?;
     let mut idx: Vec<usize> = Vec::with_capacity(len);
     for o in 0..outer {
         for i in 0..inner {
