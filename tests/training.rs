@@ -1,18 +1,20 @@
 //! The training loop does what it says: schedules start from the
 //! optimizer's own rate and leave it as found; regression and custom losses
 //! train; callbacks stop early, restore the best weights and save
-//! checkpoints; and a run resumed from a checkpoint trains bit for bit as
-//! an uninterrupted one, on each device.
+//! checkpoints; a NaN is never an improvement; evaluation leaves each mode
+//! flag as it found it; and a run resumed from a checkpoint, schedule and
+//! all, trains bit for bit as an uninterrupted one, on each device.
 
 mod common;
 
 use std::sync::{Arc, Mutex};
 use wgrad::data::{Dataset, mnist};
-use wgrad::io::{load_checkpoint, save_checkpoint};
+use wgrad::io::load_checkpoint;
 use wgrad::nn::{self, Module};
 use wgrad::optim::{Adam, Cosine, LinearWarmup, Optimizer, ReduceOnPlateau, Sgd};
 use wgrad::train::{
-    Control, EarlyStopping, FitConfig, Hook, Loss, Metric, ModelCheckpoint, evaluate, fit, predict_outputs,
+    Callback, Control, EarlyStopping, EpochStats, FitConfig, Hook, Loss, Metric, ModelCheckpoint, evaluate, fit,
+    predict, predict_outputs,
 };
 use wgrad::{Device, Tensor, manual_seed};
 
@@ -157,6 +159,116 @@ fn early_stopping_stops_and_restores_the_best_weights() {
     assert!(fit(&model, &mut opt, &blobs(), &config).is_err());
 }
 
+fn early_stopping_restores_batch_norm_running_statistics(dev: &Device) {
+    manual_seed(5);
+    let model = nn::Sequential::new()
+        .add(nn::Linear::new(4, 16, dev))
+        .add(nn::BatchNorm1d::new(16, dev))
+        .add(nn::ReLU)
+        .add(nn::Linear::new(16, 3, dev));
+    let state = |m: &dyn Module| -> Vec<(String, Vec<f32>)> {
+        m.state_dict().into_iter().map(|(n, t)| (n, t.to_vec().unwrap())).collect()
+    };
+    let mut opt = Adam::new(model.parameters(), 0.01);
+    // Validation accuracy soon reaches its best and stays: training stops 2
+    // epochs later, while the running statistics still move.
+    // (the best val_accuracy, its epoch, the state then, the last epoch's state)
+    let seen = Arc::new(Mutex::new((f32::NEG_INFINITY, 0, Vec::new(), Vec::new())));
+    let keep = seen.clone();
+    let config = FitConfig {
+        epochs: 30,
+        batch_size: 16,
+        validation_split: 0.3,
+        shuffle_before_split: true,
+        callbacks: vec![
+            Box::new(Hook::new(move |end| {
+                let v = end.stats.get("val_accuracy").unwrap();
+                let mut s = keep.lock().unwrap();
+                s.3 = state(end.model);
+                if v > s.0 {
+                    (s.0, s.1, s.2) = (v, end.stats.epoch, s.3.clone());
+                }
+                Ok(Control::Continue)
+            })),
+            Box::new(EarlyStopping::new("val_accuracy", 2).restoring_best()),
+        ],
+        ..quiet()
+    };
+    let h = fit(&model, &mut opt, &blobs(), &config).unwrap();
+    let (_, best_epoch, best, last) = &*seen.lock().unwrap();
+    assert_eq!(h.len(), best_epoch + 2, "early stopping did not stop 2 epochs after the best");
+    let running_mean = |s: &[(String, Vec<f32>)]| s.iter().find(|(n, _)| n == "1.running_mean").unwrap().1.clone();
+    assert_ne!(running_mean(last), running_mean(best), "nothing to restore: the statistics did not move");
+    let after = state(&model);
+    assert_eq!(after.len(), best.len());
+    for ((name, got), (_, want)) in after.iter().zip(best) {
+        assert_eq!(got, want, "{name} is not the best epoch's");
+    }
+}
+test_device!(early_stopping_restores_batch_norm_running_statistics);
+
+#[test]
+fn evaluation_restores_each_mode_flag_as_it_was() {
+    let dev = Device::Cpu;
+    manual_seed(5);
+    let model = nn::Sequential::new()
+        .add(nn::Linear::new(4, 16, &dev))
+        .add(nn::BatchNorm1d::new(16, &dev))
+        .add(nn::ReLU)
+        .add(nn::Dropout::new(0.3))
+        .add(nn::Linear::new(16, 3, &dev));
+    let modes = |m: &nn::Sequential| (m[1].is_training(), m[3].is_training());
+    let running_mean = |m: &nn::Sequential| m[1].named_buffers()[0].1.to_vec().unwrap();
+    let data = blobs();
+    // Fine-tuning: the batch norm frozen in evaluation mode, dropout on.
+    model.train();
+    model[1].eval();
+    evaluate(&model, &data, 32).unwrap();
+    assert_eq!(modes(&model), (false, true), "after evaluate");
+    predict(&model, &data, 32).unwrap();
+    assert_eq!(modes(&model), (false, true), "after predict");
+    predict_outputs(&model, &data, 32).unwrap();
+    assert_eq!(modes(&model), (false, true), "after predict_outputs");
+    // fit trains and validates so: the frozen statistics do not move.
+    let before = running_mean(&model);
+    let mut opt = Adam::new(model.parameters(), 0.01);
+    let config = FitConfig { epochs: 2, validation_split: 0.2, shuffle_before_split: true, ..quiet() };
+    fit(&model, &mut opt, &data, &config).unwrap();
+    assert_eq!(modes(&model), (false, true), "after fit");
+    assert_eq!(running_mean(&model), before, "fit trained the frozen batch norm");
+    // A model left all in evaluation mode trains in training mode.
+    model.eval();
+    fit(&model, &mut opt, &data, &config).unwrap();
+    assert_eq!(modes(&model), (true, true));
+    assert_ne!(running_mean(&model), before);
+}
+
+#[test]
+fn a_nan_loss_is_never_an_improvement() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("best.safetensors");
+    let model = classifier(&Device::Cpu);
+    let mut opt = Sgd::new(model.parameters(), 0.1);
+    // A NaN loss whose gradients are 0: the weights do not move.
+    let nan = Loss::Custom(Arc::new(|out: &Tensor, _: &Tensor| out.sum().mul_scalar(0.0).add_scalar(f32::NAN)));
+    let config = FitConfig {
+        epochs: 10,
+        loss: Some(nan),
+        schedule: Some(Box::new(ReduceOnPlateau::with(0.5, 0))),
+        callbacks: vec![
+            Box::new(EarlyStopping::new("loss", 2).restoring_best()),
+            Box::new(ModelCheckpoint::best_only(&path, "loss")),
+        ],
+        ..quiet()
+    };
+    let h = fit(&model, &mut opt, &blobs(), &config).unwrap();
+    assert!(h.iter().all(|s| s.train.loss.is_nan()));
+    assert_eq!(h.len(), 2, "early stopping counted a NaN loss as an improvement");
+    assert!(!path.exists(), "a NaN epoch was saved as the best");
+    // Reduce-on-plateau (patience 0) halves the rate after every NaN epoch.
+    assert_eq!((h[0].lr, h[1].lr), (0.1, 0.05));
+}
+
 fn a_resumed_run_trains_bit_for_bit_as_an_uninterrupted_one(dev: &Device) {
     let data = mnist::load("data/mnist").unwrap();
     let small = data.test;
@@ -168,32 +280,49 @@ fn a_resumed_run_trains_bit_for_bit_as_an_uninterrupted_one(dev: &Device) {
             .add(nn::Dropout::new(0.2))
             .add(nn::Linear::new(32, 10, dev))
     };
-    let config =
-        |initial_epoch, epochs| FitConfig { epochs, initial_epoch, batch_size: 64, shuffle_seed: 9, ..quiet() };
+    // A warm-up into the second epoch (of 32 steps), then cosine annealing
+    // to the end of the fourth: the resumed run must continue it from the
+    // step, and the rate, the interrupted one was at.
+    let config = |initial_epoch, epochs, callbacks: Vec<Box<dyn Callback>>| FitConfig {
+        epochs,
+        initial_epoch,
+        batch_size: 64,
+        shuffle_seed: 9,
+        schedule: Some(Box::new(Cosine { warmup: 40, min_lr: 1e-4 })),
+        callbacks,
+        ..quiet()
+    };
     let weights =
         |m: &nn::Sequential| -> Vec<Vec<f32>> { m.parameters().iter().map(|p| p.to_vec().unwrap()).collect() };
+    let rates = |h: &[EpochStats]| -> Vec<f32> { h.iter().map(|s| s.lr).collect() };
 
     manual_seed(4);
     let straight = model();
     let mut opt = Adam::new(straight.parameters(), 2e-3);
-    fit(&straight, &mut opt, &small, &config(0, 4)).unwrap();
+    let whole = fit(&straight, &mut opt, &small, &config(0, 4, vec![])).unwrap();
 
+    // Configured for 4 epochs, stopped by a hook after the second, and
+    // checkpointed by ModelCheckpoint as it trains.
     manual_seed(4);
     let first = model();
     let mut opt = Adam::new(first.parameters(), 2e-3);
-    fit(&first, &mut opt, &small, &config(0, 2)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt.safetensors");
-    save_checkpoint(&path, &first, &opt, 2).unwrap();
+    let stop = Hook::new(|end| Ok(if end.stats.epoch == 2 { Control::Stop } else { Control::Continue }));
+    let callbacks: Vec<Box<dyn Callback>> = vec![Box::new(ModelCheckpoint::new(&path)), Box::new(stop)];
+    let interrupted = fit(&first, &mut opt, &small, &config(0, 4, callbacks)).unwrap();
+    assert_eq!(rates(&interrupted), rates(&whole[..2]));
 
     // A fresh process, as far as wgrad can tell: other weights, other seed.
     manual_seed(77);
     let resumed = model();
     let mut opt = Adam::new(resumed.parameters(), 1.0);
     let ck = load_checkpoint(&path, &resumed, &mut opt).unwrap();
-    assert_eq!((ck.epoch, opt.learning_rate()), (2, 2e-3));
-    fit(&resumed, &mut opt, &small, &config(ck.epoch, 4)).unwrap();
+    assert_eq!((ck.epoch, opt.learning_rate()), (2, 2e-3), "the checkpoint holds the schedule's rate");
+    let rest = fit(&resumed, &mut opt, &small, &config(ck.epoch, 4, vec![])).unwrap();
+    assert_eq!(rates(&rest), rates(&whole[2..]), "the resumed run scheduled other rates");
     assert_eq!(weights(&resumed), weights(&straight), "resuming changed the trajectory");
+    assert_eq!(opt.learning_rate(), 2e-3);
 }
 test_device!(a_resumed_run_trains_bit_for_bit_as_an_uninterrupted_one);
 

@@ -120,7 +120,13 @@ const CHECKPOINT_FORMAT: &str = "wgrad-checkpoint-1";
 /// state (dropout masks continue as they would have). One safetensors
 /// file, its metadata in the JSON header, written atomically like
 /// [`save`]. Resuming with [`load_checkpoint`] and `FitConfig {
-/// initial_epoch, .. }` trains bit for bit as an uninterrupted run.
+/// initial_epoch, .. }` trains bit for bit as an uninterrupted run, with
+/// any learning-rate schedule that is a function of the step
+/// ([`Progress`](crate::optim::Progress)): the optimizer's rate saved is its
+/// own, which `fit` shows callbacks, not a schedule's. The state of a
+/// schedule that learns from the losses,
+/// [`ReduceOnPlateau`](crate::optim::ReduceOnPlateau), is not saved: a run
+/// resumed with one starts it afresh.
 pub fn save_checkpoint(
     path: impl AsRef<Path>,
     model: &dyn Module,

@@ -136,6 +136,31 @@ impl Mode {
     }
 }
 
+/// Every mode flag of `module` (training or not), in visiting order: what
+/// [`set_modes`] puts back.
+pub(crate) fn modes(module: &dyn Module) -> Vec<bool> {
+    let mut out = Vec::new();
+    module.visit(&mut Visitor::new(&mut |item| {
+        if let Item::Mode(m) = item {
+            out.push(m.is_training());
+        }
+    }));
+    out
+}
+
+/// Sets the mode flags of `module`, in visiting order, to `modes` (as
+/// [`modes`] read them): a sub-module kept in evaluation mode stays so.
+pub(crate) fn set_modes(module: &dyn Module, modes: &[bool]) {
+    let mut next = modes.iter();
+    module.visit(&mut Visitor::new(&mut |item| {
+        if let Item::Mode(m) = item
+            && let Some(&training) = next.next()
+        {
+            m.set(training);
+        }
+    }));
+}
+
 /// A layer or a model: a differentiable function with named parameters.
 ///
 /// Implement [`forward`](Self::forward) and [`visit`](Self::visit); every

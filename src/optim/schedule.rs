@@ -15,18 +15,25 @@
 //! assert!((cos.lr(1.0, at(50, 5)) - 0.5).abs() < 1e-6);
 //! ```
 
+use crate::train::improved;
 use std::sync::Mutex;
 
-/// Where training is, for a schedule.
+/// Where training is, for a schedule. Every field counts from the start of
+/// training, not of this call of `fit`: a run resumed from a checkpoint
+/// (`FitConfig::initial_epoch`) sees the steps and epochs it would have
+/// seen uninterrupted, so its schedule continues where it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Progress {
-    /// Optimizer steps taken so far in this run of `fit` (0 for the first).
+    /// Optimizer steps taken since training began (0 for the first),
+    /// those of the epochs a resumed run skips included:
+    /// `initial_epoch · steps_per_epoch` plus the steps of this run.
     pub step: usize,
     /// The epoch the step belongs to (0-based, counting resumed epochs).
     pub epoch: usize,
     /// Steps in one epoch.
     pub steps_per_epoch: usize,
-    /// Steps the whole run of `fit` will take.
+    /// Steps of the whole training, `steps_per_epoch · epochs`
+    /// (`FitConfig::epochs`, which counts the epochs a resumed run skips).
     pub total_steps: usize,
 }
 
@@ -68,10 +75,25 @@ pub struct LinearWarmup {
     pub steps: usize,
 }
 
+impl LinearWarmup {
+    /// The warm-up's rate at `step` (`base` from step `steps - 1` on).
+    fn rate(steps: usize, base: f32, step: usize) -> f32 {
+        base * ((step + 1) as f32 / steps.max(1) as f32).min(1.0)
+    }
+}
+
 impl LrSchedule for LinearWarmup {
     fn lr(&self, base: f32, at: Progress) -> f32 {
-        base * ((at.step + 1) as f32 / self.steps.max(1) as f32).min(1.0)
+        LinearWarmup::rate(self.steps, base, at.step)
     }
+}
+
+/// Half a cosine from `from` (at `t = 0`) to `to` (at `t = 1`), PyTorch's
+/// `_annealing_cos`; `t` is clamped to `[0, 1]`.
+fn cosine_anneal(from: f32, to: f32, t: f64) -> f32 {
+    let t = t.clamp(0.0, 1.0);
+    let (from, to) = (f64::from(from), f64::from(to));
+    (to + (from - to) / 2.0 * ((std::f64::consts::PI * t).cos() + 1.0)) as f32
 }
 
 /// Linear warm-up over `warmup` steps, then cosine annealing from `base`
@@ -88,18 +110,17 @@ pub struct Cosine {
 impl LrSchedule for Cosine {
     fn lr(&self, base: f32, at: Progress) -> f32 {
         if at.step < self.warmup {
-            return base * (at.step + 1) as f32 / self.warmup as f32;
+            return LinearWarmup::rate(self.warmup, base, at.step);
         }
         let span = at.total_steps.saturating_sub(self.warmup).max(1);
-        let t = ((at.step - self.warmup) as f32 / span as f32).min(1.0);
-        self.min_lr + 0.5 * (base - self.min_lr) * (1.0 + (std::f32::consts::PI * t).cos())
+        cosine_anneal(base, self.min_lr, (at.step - self.warmup) as f64 / span as f64)
     }
 }
 
-/// The one-cycle policy (PyTorch's `OneCycleLR` with cosine annealing): from
-/// `base/div_factor` up to `base` over the first `pct_start` of training,
-/// then down to `base/(div_factor·final_div_factor)`. The optimizer's own
-/// rate is the peak.
+/// The one-cycle policy (PyTorch's `OneCycleLR` with cosine annealing, step
+/// for step): from `base/div_factor` up to `base` at step
+/// `pct_start·total_steps - 1`, then down to `base/(div_factor·final_div_factor)`
+/// at the last step, `total_steps - 1`. The optimizer's own rate is the peak.
 #[derive(Clone, Copy, Debug)]
 pub struct OneCycle {
     /// Fraction of training spent rising (PyTorch's default 0.3).
@@ -118,22 +139,36 @@ impl Default for OneCycle {
 
 impl LrSchedule for OneCycle {
     fn lr(&self, base: f32, at: Progress) -> f32 {
-        let cos = |from: f32, to: f32, t: f32| to + (from - to) * 0.5 * (1.0 + (std::f32::consts::PI * t).cos());
         let start = base / self.div_factor;
         let end = start / self.final_div_factor;
-        let up = ((self.pct_start * at.total_steps as f32) as usize).max(1);
-        if at.step < up {
-            cos(start, base, at.step as f32 / up as f32)
+        // PyTorch's phase ends: the peak at step `pct_start·total - 1` (a
+        // float), the end at step `total - 1`.
+        let total = at.total_steps as f64;
+        let peak = f64::from(self.pct_start) * total - 1.0;
+        let last = total - 1.0;
+        let step = at.step as f64;
+        // A phase of no length is over as soon as it starts.
+        let fraction = |from: f64, to: f64| if to > from { (step - from) / (to - from) } else { 1.0 };
+        if step <= peak {
+            cosine_anneal(start, base, fraction(0.0, peak))
         } else {
-            let down = at.total_steps.saturating_sub(up).max(1);
-            cos(base, end, ((at.step - up) as f32 / down as f32).min(1.0))
+            cosine_anneal(base, end, fraction(peak, last))
         }
     }
 }
 
 /// Multiplies the rate by `factor` when the monitored loss has not improved
 /// by more than `threshold` (relative) for `patience` epochs, down to
-/// `min_lr` (PyTorch's `ReduceLROnPlateau` in `min` mode).
+/// `min_lr` (PyTorch's `ReduceLROnPlateau` in `min` mode). A NaN loss never
+/// counts as an improvement.
+///
+/// Its state (the best loss, the epochs since, the reductions made) lives
+/// in the schedule, not in the optimizer, so
+/// [`save_checkpoint`](crate::io::save_checkpoint) does not save it: a run
+/// resumed from a checkpoint starts it afresh (at the full rate, with no best
+/// loss) and does not train bit for bit as an uninterrupted one. The
+/// schedules that are functions of [`Progress`] (all the others) resume
+/// exactly.
 #[derive(Debug)]
 pub struct ReduceOnPlateau {
     /// Factor applied at each reduction.
@@ -145,19 +180,17 @@ pub struct ReduceOnPlateau {
     /// The rate never goes below this.
     pub min_lr: f32,
     /// (the best loss so far, epochs since it, the current multiplier)
-    state: Mutex<(f32, usize, f32)>,
+    state: Mutex<Plateau>,
 }
+
+/// What [`ReduceOnPlateau`] remembers: the best loss (none yet before the
+/// first finite one), the epochs since it, and the multiplier of the rate.
+type Plateau = (Option<f32>, usize, f32);
 
 impl ReduceOnPlateau {
     /// PyTorch's defaults: factor 0.1, patience 10, threshold 1e-4, no floor.
     pub fn new() -> Self {
-        ReduceOnPlateau {
-            factor: 0.1,
-            patience: 10,
-            threshold: 1e-4,
-            min_lr: 0.0,
-            state: Mutex::new((f32::INFINITY, 0, 1.0)),
-        }
+        ReduceOnPlateau { factor: 0.1, patience: 10, threshold: 1e-4, min_lr: 0.0, state: Mutex::new((None, 0, 1.0)) }
     }
 
     /// The same, with `factor` and `patience`.
@@ -165,7 +198,7 @@ impl ReduceOnPlateau {
         ReduceOnPlateau { factor, patience, ..ReduceOnPlateau::new() }
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, (f32, usize, f32)> {
+    fn state(&self) -> std::sync::MutexGuard<'_, Plateau> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -183,8 +216,10 @@ impl LrSchedule for ReduceOnPlateau {
 
     fn epoch_end(&self, loss: f32) {
         let mut s = self.state();
-        if loss < s.0 * (1.0 - self.threshold) {
-            (s.0, s.1) = (loss, 0);
+        // Relative: better than `best · (1 - threshold)` (for a loss ≥ 0).
+        let min_delta = s.0.map_or(0.0, |best| best.abs() * self.threshold);
+        if improved(s.0, loss, false, min_delta) {
+            (s.0, s.1) = (Some(loss), 0);
         } else {
             s.1 += 1;
             if s.1 > self.patience {
@@ -195,7 +230,7 @@ impl LrSchedule for ReduceOnPlateau {
     }
 
     fn reset(&self) {
-        *self.state() = (f32::INFINITY, 0, 1.0);
+        *self.state() = (None, 0, 1.0);
     }
 }
 
@@ -214,10 +249,29 @@ mod tests {
         assert!((c.lr(1.0, at(9, 110)) - 1.0).abs() < 1e-6);
         assert!((c.lr(1.0, at(10, 110)) - 1.0).abs() < 1e-6);
         assert!((c.lr(1.0, at(110, 110)) - 0.01).abs() < 1e-6);
+    }
+
+    #[test]
+    fn one_cycle_matches_pytorch_step_for_step() {
+        // torch.optim.lr_scheduler.OneCycleLR(max_lr=0.5, total_steps=100,
+        // anneal_strategy='cos'), the rate of steps 0, 29, 50 and 99
+        // (PyTorch 2's defaults: pct_start 0.3, div_factor 25,
+        // final_div_factor 1e4): the peak is step 29, the end step 99.
         let one = OneCycle::default();
-        assert!((one.lr(0.5, at(0, 100)) - 0.02).abs() < 1e-6);
-        assert!((one.lr(0.5, at(30, 100)) - 0.5).abs() < 1e-6);
-        assert!((one.lr(0.5, at(100, 100)) - 0.02 / 1e4).abs() < 1e-9);
+        for (step, torch) in [(0, 0.020000000000000018), (29, 0.5), (50, 0.396946725287866), (99, 2e-06)] {
+            let got = f64::from(one.lr(0.5, at(step, 100)));
+            assert!((got - torch).abs() <= 1e-6 * torch, "step {step}: {got}, PyTorch {torch}");
+        }
+        // Past the end it holds the final rate.
+        assert_eq!(one.lr(0.5, at(100, 100)), one.lr(0.5, at(99, 100)));
+    }
+
+    #[test]
+    fn cosine_warms_up_as_linear_warmup_does() {
+        let (c, w) = (Cosine { warmup: 7, min_lr: 0.0 }, LinearWarmup { steps: 7 });
+        for step in 0..7 {
+            assert_eq!(c.lr(0.3, at(step, 50)), w.lr(0.3, at(step, 50)), "step {step}");
+        }
     }
 
     #[test]
@@ -230,5 +284,17 @@ mod tests {
         assert_eq!(p.lr(1.0, at(0, 1)), 0.5);
         p.reset();
         assert_eq!(p.lr(1.0, at(0, 1)), 1.0);
+    }
+
+    #[test]
+    fn a_nan_loss_never_improves_on_the_plateau() {
+        // No best loss yet: a NaN is no improvement (two of them exceed
+        // patience 1), and the first finite loss after is.
+        let p = ReduceOnPlateau::with(0.5, 1);
+        for loss in [f32::NAN, f32::NAN, 1.0, 1.0, f32::NAN] {
+            p.epoch_end(loss);
+        }
+        assert_eq!(p.lr(1.0, at(0, 1)), 0.25);
+        assert_eq!(p.state().0, Some(1.0));
     }
 }

@@ -8,7 +8,7 @@
 use super::EpochStats;
 use crate::nn::Module;
 use crate::optim::Optimizer;
-use crate::{Result, Tensor};
+use crate::{Result, Tensor, no_grad};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -27,7 +27,9 @@ pub struct EpochEnd<'a> {
     pub stats: &'a EpochStats,
     /// The model being trained.
     pub model: &'a dyn Module,
-    /// Its optimizer.
+    /// Its optimizer, at its own learning rate: a schedule's rate for the
+    /// epoch is `stats.lr` (so a checkpoint saves the rate the schedule
+    /// starts from).
     pub optimizer: &'a dyn Optimizer,
 }
 
@@ -52,6 +54,23 @@ fn higher_is_better(monitor: &str) -> bool {
     monitor.contains("accuracy")
 }
 
+/// Whether `value` improves on `best` (`None`: nothing seen yet) by more
+/// than `min_delta`: it is larger, or with `higher_is_better` false,
+/// smaller. A NaN never improves, and nothing improves on a NaN, so a NaN
+/// epoch neither counts as progress nor becomes the mark to beat. Shared by
+/// [`EarlyStopping`], [`ModelCheckpoint`] and
+/// [`ReduceOnPlateau`](crate::optim::ReduceOnPlateau).
+pub(crate) fn improved(best: Option<f32>, value: f32, higher_is_better: bool, min_delta: f32) -> bool {
+    if value.is_nan() {
+        return false;
+    }
+    match best {
+        None => true,
+        Some(best) if higher_is_better => value > best + min_delta,
+        Some(best) => value < best - min_delta,
+    }
+}
+
 /// The value of `monitor` in `stats`, or an error naming what there is.
 fn monitored(stats: &EpochStats, monitor: &str) -> Result<f32> {
     stats.get(monitor).ok_or_else(|| crate::Error::InvalidArgument {
@@ -64,8 +83,10 @@ fn monitored(stats: &EpochStats, monitor: &str) -> Result<f32> {
 }
 
 /// Stops training when `monitor` (default `val_loss`) has not improved by
-/// more than `min_delta` for `patience` epochs; with `restore_best_weights`,
-/// puts the parameters of the best epoch back when training ends.
+/// more than `min_delta` for `patience` epochs (a NaN is never an
+/// improvement); with `restore_best_weights`, puts the model's state of the
+/// best epoch back when training ends: its parameters and its buffers
+/// (BatchNorm's running statistics), kept on the model's device.
 pub struct EarlyStopping {
     /// The quantity watched: `loss`, `val_loss`, `accuracy`, `val_accuracy`, …
     pub monitor: String,
@@ -73,14 +94,25 @@ pub struct EarlyStopping {
     pub patience: usize,
     /// The least change that counts as an improvement.
     pub min_delta: f32,
-    /// Restore the best epoch's parameters when training ends.
+    /// Restore the best epoch's parameters and buffers when training ends.
     pub restore_best_weights: bool,
     state: Mutex<Watch>,
 }
 
-/// What [`EarlyStopping`] remembers: the best value, the epochs since, and
-/// (when restoring) the best epoch's parameters.
-type Watch = (f32, usize, Option<Vec<Vec<f32>>>);
+/// What [`EarlyStopping`] remembers: the best value (none before the first
+/// that is not NaN), the epochs since, and (when restoring) device-side
+/// copies of the best epoch's `state_dict`, in its order.
+type Watch = (Option<f32>, usize, Option<Vec<Tensor>>);
+
+/// A copy of `t`'s elements on its device, bit for bit (`-0.0` and NaN
+/// payloads included), that later changes to `t` do not reach.
+fn device_copy(t: &Tensor) -> Tensor {
+    no_grad(|| {
+        let copy = t.zeros_like();
+        copy.assign(t);
+        copy
+    })
+}
 
 impl EarlyStopping {
     /// Watching `monitor`, with `patience`.
@@ -90,7 +122,7 @@ impl EarlyStopping {
             patience,
             min_delta: 0.0,
             restore_best_weights: false,
-            state: Mutex::new((f32::NAN, 0, None)),
+            state: Mutex::new((None, 0, None)),
         }
     }
 
@@ -107,24 +139,18 @@ impl EarlyStopping {
 
 impl Callback for EarlyStopping {
     fn on_train_begin(&self) {
-        *self.state() = (f32::NAN, 0, None);
+        *self.state() = (None, 0, None);
     }
 
     fn on_epoch_end(&self, end: &EpochEnd) -> Result<Control> {
         let value = monitored(end.stats, &self.monitor)?;
         let mut s = self.state();
-        let better = s.0.is_nan()
-            || if higher_is_better(&self.monitor) {
-                value > s.0 + self.min_delta
-            } else {
-                value < s.0 - self.min_delta
-            };
-        if better {
-            s.0 = value;
+        if improved(s.0, value, higher_is_better(&self.monitor), self.min_delta) {
+            s.0 = Some(value);
             s.1 = 0;
             if self.restore_best_weights {
-                let weights = end.model.parameters().iter().map(Tensor::to_vec).collect::<Result<Vec<_>>>()?;
-                s.2 = Some(weights);
+                // Copied on the device: nothing waits for it or crosses to the host.
+                s.2 = Some(end.model.state_dict().iter().map(|(_, t)| device_copy(t)).collect());
             }
             return Ok(Control::Continue);
         }
@@ -134,8 +160,8 @@ impl Callback for EarlyStopping {
 
     fn on_train_end(&self, model: &dyn Module) -> Result<()> {
         if let Some(best) = self.state().2.take() {
-            for (p, values) in model.parameters().iter().zip(best) {
-                p.assign(&Tensor::from_vec(values, p.shape().clone(), &p.device())?);
+            for ((_, t), saved) in model.state_dict().iter().zip(&best) {
+                t.assign(saved);
             }
         }
         Ok(())
@@ -144,7 +170,9 @@ impl Callback for EarlyStopping {
 
 /// Saves a checkpoint (model, optimizer, epoch, random state: see
 /// [`crate::io::save_checkpoint`]) to `path` after every epoch, or with
-/// `save_best_only` after each epoch that improves `monitor`.
+/// `save_best_only` after each epoch that improves `monitor` (a NaN never
+/// does). The optimizer is saved with its own learning rate, not a
+/// schedule's, as `fit` puts it back before callbacks run.
 pub struct ModelCheckpoint {
     /// Where to save (atomically replaced each time).
     pub path: PathBuf,
@@ -152,18 +180,13 @@ pub struct ModelCheckpoint {
     pub monitor: String,
     /// Save only when `monitor` improves.
     pub save_best_only: bool,
-    best: Mutex<f32>,
+    best: Mutex<Option<f32>>,
 }
 
 impl ModelCheckpoint {
     /// Saving after every epoch.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        ModelCheckpoint {
-            path: path.into(),
-            monitor: "val_loss".into(),
-            save_best_only: false,
-            best: Mutex::new(f32::NAN),
-        }
+        ModelCheckpoint { path: path.into(), monitor: "val_loss".into(), save_best_only: false, best: Mutex::new(None) }
     }
 
     /// Saving only the best epoch by `monitor`.
@@ -174,18 +197,17 @@ impl ModelCheckpoint {
 
 impl Callback for ModelCheckpoint {
     fn on_train_begin(&self) {
-        *self.best.lock().unwrap_or_else(|e| e.into_inner()) = f32::NAN;
+        *self.best.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     fn on_epoch_end(&self, end: &EpochEnd) -> Result<Control> {
         if self.save_best_only {
             let value = monitored(end.stats, &self.monitor)?;
             let mut best = self.best.lock().unwrap_or_else(|e| e.into_inner());
-            let better = best.is_nan() || if higher_is_better(&self.monitor) { value > *best } else { value < *best };
-            if !better {
+            if !improved(*best, value, higher_is_better(&self.monitor), 0.0) {
                 return Ok(Control::Continue);
             }
-            *best = value;
+            *best = Some(value);
         }
         crate::io::save_checkpoint(&self.path, end.model, end.optimizer, end.stats.epoch)?;
         Ok(Control::Continue)

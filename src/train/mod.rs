@@ -27,6 +27,7 @@
 mod callbacks;
 mod objective;
 
+pub(crate) use callbacks::improved;
 pub use callbacks::{Callback, Control, EarlyStopping, EpochEnd, Hook, ModelCheckpoint};
 pub use objective::{Loss, LossFn, Metric, Metrics};
 
@@ -36,7 +37,7 @@ use crate::optim::{LrSchedule, Optimizer, Progress, clip_grad_norm};
 use crate::rng::Generator;
 use crate::{Device, Error, Result, Tensor, no_grad};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use objective::Running;
+use objective::{Objective, Running};
 use std::borrow::Cow;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -68,7 +69,10 @@ pub struct FitConfig {
     /// classification and MAE for regression.
     pub metrics: Option<Vec<Metric>>,
     /// A learning-rate schedule, applied every step from the optimizer's
-    /// own rate; the optimizer's rate is restored when `fit` returns.
+    /// own rate; callbacks see the optimizer at its own rate (so a
+    /// checkpoint saves that, and a resumed run continues the schedule
+    /// from the same step: see [`Progress`]), and it is restored when `fit`
+    /// returns.
     pub schedule: Option<Box<dyn LrSchedule>>,
     /// Clip gradients to this global norm.
     pub clip_grad_norm: Option<f32>,
@@ -141,24 +145,25 @@ fn device_of(model: &dyn Module) -> Device {
     model.parameters().first().map(|p| p.device()).unwrap_or_default()
 }
 
-/// Evaluation mode until dropped, then the mode the model had before (also
-/// if evaluation fails or panics).
+/// Evaluation mode until dropped, then each mode flag as it was before (also
+/// if evaluation fails or panics): a sub-module the caller keeps in
+/// evaluation mode (a BatchNorm frozen for fine-tuning) stays so.
 struct EvalMode<'a> {
     model: &'a dyn Module,
-    was_training: bool,
+    modes: Vec<bool>,
 }
 
 impl<'a> EvalMode<'a> {
     fn enter(model: &'a dyn Module) -> Self {
-        let was_training = model.is_training();
+        let modes = crate::nn::modes(model);
         model.eval();
-        EvalMode { model, was_training }
+        EvalMode { model, modes }
     }
 }
 
 impl Drop for EvalMode<'_> {
     fn drop(&mut self) {
-        self.model.set_training(self.was_training);
+        crate::nn::set_modes(self.model, &self.modes);
     }
 }
 
@@ -195,6 +200,11 @@ fn duration(seconds: f64) -> String {
 /// The model's parameters must be variables on one device; batches go
 /// there. A batch size of 0, a validation split outside `[0, 1)`, or no
 /// training data is an [`Error::InvalidArgument`].
+///
+/// Training steps run with the model's mode flags as they are when `fit`
+/// is called (a sub-module put in evaluation mode, a BatchNorm frozen for
+/// fine-tuning, stays so), or all in training mode when none is; the model
+/// is left in those modes.
 pub fn fit(
     model: &dyn Module,
     optimizer: &mut dyn Optimizer,
@@ -241,11 +251,18 @@ pub fn fit(
             train.distinct_labels()
         );
     }
-    let (loss_fn, metrics) = objective(&train, &config.loss, &config.metrics);
+    let (loss, metrics) = objective(&train, &config.loss, &config.metrics);
+    let loss_fn = Objective::new(&loss, &device);
     let params = model.parameters();
     let steps_per_epoch = train.len().div_ceil(config.batch_size);
     let epochs = config.epochs.saturating_sub(config.initial_epoch);
-    let total_steps = steps_per_epoch * epochs;
+    // Counted from the start of training, resumed epochs included, so a
+    // schedule continues a resumed run as it would have gone on.
+    let total_steps = steps_per_epoch * config.epochs;
+    if !model.is_training() {
+        model.train();
+    }
+    let training_modes = crate::nn::modes(model);
     // The shuffles of the epochs already trained, so a resumed run shuffles
     // as an uninterrupted one.
     let mut order: Vec<usize> = (0..train.len()).collect();
@@ -261,9 +278,9 @@ pub fn fit(
         c.on_train_begin();
     }
     let mut history = Vec::with_capacity(epochs);
-    let mut step = 0;
+    let mut step = config.initial_epoch * steps_per_epoch;
     for epoch in config.initial_epoch + 1..=config.epochs {
-        model.train();
+        crate::nn::set_modes(model, &training_modes);
         let batches = train.batches(config.batch_size, Some(&mut generator), &device);
         let bar = progress_bar(config.verbose, steps_per_epoch, epoch, config.epochs);
         let started = Instant::now();
@@ -308,7 +325,7 @@ pub fn fit(
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
         let validation = match &held_out {
-            Some(v) => Some(evaluate_with(model, v, config.batch_size, &loss_fn, &metrics)?),
+            Some(v) => Some(evaluate_objective(model, v, config.batch_size, &loss_fn, &metrics)?),
             None => None,
         };
         if let Some(s) = &config.schedule {
@@ -328,6 +345,10 @@ pub fn fit(
             println!("{line}");
         }
         let stats = EpochStats { epoch, train: train_metrics, validation, seconds, lr };
+        // Callbacks see the optimizer's own rate, not the schedule's: a
+        // checkpoint must not save the scheduled rate as the one a resumed
+        // run schedules from. The next step sets the schedule's again.
+        keep.optimizer.set_learning_rate(base_rate);
         let mut stop = false;
         for c in &config.callbacks {
             let end = EpochEnd { stats: &stats, model, optimizer: &*keep.optimizer };
@@ -367,8 +388,8 @@ fn progress_bar(verbose: bool, steps: usize, epoch: usize, epochs: usize) -> Pro
 }
 
 /// The loss and metrics of `model` over `data`, in evaluation mode (dropout
-/// off) and without recording gradients; the model's mode is restored
-/// afterwards. The loss and metrics are those the dataset calls for
+/// off) and without recording gradients; each of the model's mode flags is
+/// restored afterwards as it was. The loss and metrics are those the dataset calls for
 /// (cross-entropy and accuracy for classification, MSE and MAE for
 /// regression); [`evaluate_with`] takes others. An empty dataset or a batch
 /// size of 0 is an error.
@@ -383,6 +404,17 @@ pub fn evaluate_with(
     data: &Dataset,
     batch_size: usize,
     loss: &Loss,
+    metrics: &[Metric],
+) -> Result<Metrics> {
+    evaluate_objective(model, data, batch_size, &Objective::new(loss, &device_of(model)), metrics)
+}
+
+/// As [`evaluate_with`], with the loss ready for the model's device.
+fn evaluate_objective(
+    model: &dyn Module,
+    data: &Dataset,
+    batch_size: usize,
+    loss: &Objective,
     metrics: &[Metric],
 ) -> Result<Metrics> {
     let device = device_of(model);
@@ -401,7 +433,7 @@ pub fn evaluate_with(
 }
 
 /// Class predictions (arg-max of the outputs) for every item of `data`, in
-/// evaluation mode (the model's mode is restored afterwards).
+/// evaluation mode (each of the model's mode flags is restored afterwards).
 pub fn predict(model: &dyn Module, data: &Dataset, batch_size: usize) -> Result<Vec<usize>> {
     let outputs = predict_outputs(model, data, batch_size)?;
     Ok(no_grad(|| outputs.argmax(-1, false)).to_vec()?.into_iter().map(|v| v as usize).collect())

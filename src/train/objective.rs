@@ -35,19 +35,34 @@ pub enum Loss {
 pub type LossFn = Arc<dyn Fn(&Tensor, &Tensor) -> Tensor + Send + Sync>;
 
 impl Loss {
-    /// The loss of `out` against `target`, a scalar.
+    /// The loss of `out` against `target`, a scalar. (Class weights are
+    /// uploaded to `out`'s device on each call; `fit` and `evaluate` upload
+    /// them once.)
     pub fn compute(&self, out: &Tensor, target: &Tensor) -> Tensor {
+        let weight = self.class_weights(&out.device());
+        self.compute_with(out, target, weight.as_ref())
+    }
+
+    /// The class weights of [`Loss::CrossEntropyWith`] as a tensor on
+    /// `device`, if it has any.
+    fn class_weights(&self, device: &Device) -> Option<Tensor> {
+        match self {
+            Loss::CrossEntropyWith { weight: Some(w), .. } => {
+                Some(Tensor::from_slice(w, [w.len()], device).expect("a vector"))
+            }
+            _ => None,
+        }
+    }
+
+    /// As [`compute`](Self::compute), with the class weights already on the device.
+    fn compute_with(&self, out: &Tensor, target: &Tensor, weight: Option<&Tensor>) -> Tensor {
         // The targets of a single-output regression come as [batch]; a
         // model's output as [batch, 1].
         let shaped = |t: &Tensor| if t.shape() != out.shape() { t.reshape(out.shape().clone()) } else { t.clone() };
         match self {
             Loss::CrossEntropy => out.cross_entropy(target),
-            Loss::CrossEntropyWith { label_smoothing, weight } => {
-                let w = weight.as_ref().map(|w| Tensor::from_slice(w, [w.len()], &out.device()).expect("a vector"));
-                out.cross_entropy_with(
-                    target,
-                    CrossEntropyOptions { label_smoothing: *label_smoothing, weight: w.as_ref() },
-                )
+            Loss::CrossEntropyWith { label_smoothing, .. } => {
+                out.cross_entropy_with(target, CrossEntropyOptions { label_smoothing: *label_smoothing, weight })
             }
             Loss::Mse => out.mse_loss(&shaped(target)),
             Loss::L1 => out.l1_loss(&shaped(target)),
@@ -55,6 +70,24 @@ impl Loss {
             Loss::BceWithLogits => out.binary_cross_entropy_with_logits(&shaped(target)),
             Loss::Custom(f) => f(out, target),
         }
+    }
+}
+
+/// A [`Loss`] made ready for one device: its class weights uploaded once,
+/// not at every batch.
+pub(super) struct Objective<'a> {
+    loss: &'a Loss,
+    weight: Option<Tensor>,
+}
+
+impl<'a> Objective<'a> {
+    pub fn new(loss: &'a Loss, device: &Device) -> Self {
+        Objective { loss, weight: loss.class_weights(device) }
+    }
+
+    /// The loss of `out` against `target` (on the device it was made for).
+    pub fn compute(&self, out: &Tensor, target: &Tensor) -> Tensor {
+        self.loss.compute_with(out, target, self.weight.as_ref())
     }
 }
 
@@ -91,7 +124,8 @@ impl Metric {
             Metric::Accuracy => (out.argmax(-1, false).eq(target).sum(), rows),
             Metric::TopK(k) => {
                 let classes = out.dims()[out.rank() - 1];
-                let (_, top) = out.topk((*k).min(classes), -1, true);
+                // The indices of the k largest, without gathering their values.
+                let top = out.argsort(-1, true).narrow(-1, 0, (*k).min(classes));
                 (top.eq(&target.unsqueeze(-1)).sum(), rows)
             }
             Metric::Mae | Metric::Mse => {
@@ -164,12 +198,59 @@ impl<'a> Running<'a> {
         self.seen
     }
 
-    /// Reads the sums back (waiting for the device).
+    /// Reads the sums back (waiting for the device), all in one transfer.
     pub fn read(&self) -> Result<Metrics> {
-        let mut values = Vec::with_capacity(self.metrics.len());
-        for ((m, sum), &count) in self.metrics.iter().zip(&self.sums).zip(&self.counts) {
-            values.push((m.name(), sum.item()? / count.max(1) as f32));
-        }
-        Ok(Metrics { loss: self.loss_sum.item()? / self.seen.max(1) as f32, values })
+        let all = no_grad(|| {
+            let parts: Vec<Tensor> =
+                std::iter::once(&self.loss_sum).chain(&self.sums).map(|t| t.reshape([1])).collect();
+            Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
+        })
+        .to_vec()?;
+        let values = self
+            .metrics
+            .iter()
+            .zip(&all[1..])
+            .zip(&self.counts)
+            .map(|((m, &sum), &count)| (m.name(), sum / count.max(1) as f32))
+            .collect();
+        Ok(Metrics { loss: all[0] / self.seen.max(1) as f32, values })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits_and_labels() -> (Tensor, Tensor) {
+        let dev = Device::Cpu;
+        let out = Tensor::new([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0], [1.0, 1.5, 0.0], [0.0, -2.0, 1.0]], &dev).unwrap();
+        (out, Tensor::new([0.0, 1.0, 2.0, 2.0], &dev).unwrap())
+    }
+
+    #[test]
+    fn an_objective_uploads_the_class_weights_once_and_computes_the_loss() {
+        let (out, y) = logits_and_labels();
+        let loss = Loss::CrossEntropyWith { label_smoothing: 0.1, weight: Some(vec![1.0, 2.0, 0.5]) };
+        let objective = Objective::new(&loss, &out.device());
+        let weight = objective.weight.as_ref().expect("the weights, on the device").id();
+        let first = objective.compute(&out, &y).item().unwrap();
+        assert_eq!(first, loss.compute(&out, &y).item().unwrap());
+        assert_eq!(objective.compute(&out, &y).item().unwrap(), first);
+        assert_eq!(objective.weight.as_ref().unwrap().id(), weight, "the weights were uploaded again");
+        assert!(Objective::new(&Loss::CrossEntropy, &out.device()).weight.is_none());
+    }
+
+    #[test]
+    fn running_sums_read_back_in_one_go() {
+        let (out, y) = logits_and_labels();
+        let metrics = [Metric::Accuracy, Metric::TopK(2), Metric::TopK(5)];
+        let mut running = Running::new(&metrics, &Device::Cpu);
+        let loss = out.cross_entropy(&y);
+        running.add(&out, &y, &loss);
+        running.add(&out, &y, &loss);
+        let m = running.read().unwrap();
+        // Arg-max right for rows 0 and 3; the label among the top 2 for 0, 1 and 3.
+        assert_eq!(m.values, [("accuracy".into(), 0.5), ("top2_accuracy".into(), 0.75), ("top5_accuracy".into(), 1.0)]);
+        assert!((m.loss - loss.item().unwrap()).abs() < 1e-6);
     }
 }
