@@ -148,20 +148,31 @@ fn residual_blocks_add_their_input(dev: &Device) {
     let block = nn::Residual::new(nn::ReLU);
     let x = Tensor::new([[-1.0, 2.0]], dev).unwrap();
     assert_eq!(block.forward(&x).to_vec().unwrap(), [-1.0, 4.0]);
-    let projected = nn::Residual::with_shortcut(
-        nn::Conv2d::with_options(2, 4, 3, Conv2dOptions::default().stride(2).padding(1), dev),
-        nn::Conv2d::with_options(2, 4, 1, Conv2dOptions::default().stride(2), dev),
-    );
+    manual_seed(5);
+    let body = nn::Conv2d::with_options(2, 4, 3, Conv2dOptions::default().stride(2).padding(1), dev);
+    let shortcut = nn::Conv2d::with_options(2, 4, 1, Conv2dOptions::default().stride(2), dev);
+    // The layers' tensors (clones share their storage), to compute the two
+    // branches apart from the block.
+    let conv = |layer: &nn::Conv2d| (layer.weight.clone(), layer.bias.clone(), layer.options);
+    let (branches, skip) = (conv(&body), conv(&shortcut));
+    let projected = nn::Residual::with_shortcut(body, shortcut);
     assert_eq!(projected.forward(&Tensor::ones([1, 2, 7, 7], dev)).dims(), &[1, 4, 4, 4]);
     assert_eq!(projected.named_parameters().len(), 4);
+    // forward(x) = body(x) + shortcut(x), elementwise.
+    let x = Tensor::from_vec(common::uniform(&[2, 2, 7, 7], -1.0, 1.0, 6), [2, 2, 7, 7], dev).unwrap();
+    let want = &x.conv2d(&branches.0, branches.1.as_ref(), branches.2) + &x.conv2d(&skip.0, skip.1.as_ref(), skip.2);
+    let got = projected.forward(&x);
+    assert_eq!(got.dims(), &[2, 4, 4, 4]);
+    assert_eq!(got.to_vec().unwrap(), want.to_vec().unwrap(), "projected residual: body(x) + shortcut(x)");
+    // Both branches count: neither alone is the output.
+    let body_only = x.conv2d(&branches.0, branches.1.as_ref(), branches.2).to_vec().unwrap();
+    assert_ne!(got.to_vec().unwrap(), body_only);
 }
 test_device!(residual_blocks_add_their_input);
 
 /// Runs `f`, which must panic with a message containing every one of `parts`.
 fn panics_naming(parts: &[&str], f: impl FnOnce()) {
-    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("expected a panic");
-    let msg = err.downcast_ref::<String>().cloned().or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()));
-    let msg = msg.unwrap_or_default();
+    let msg = common::panic_message_of(f);
     for p in parts {
         assert!(msg.contains(p), "{msg:?} does not mention {p:?}");
     }

@@ -113,6 +113,28 @@ fn min_var_std() {
         parity("var", 1e-4, &[x.clone()], &[], |v, _| v[0].var_dim(1, false, 1));
         parity("std", 1e-4, &[x.clone()], &[], |v, _| v[0].std_dim(0, false, 1));
     }
+    // Rows of 300, past one workgroup (32 or 128 lanes), of small integers:
+    // ties everywhere, and the first extreme (which takes the index and the
+    // gradient) must win across lanes. The last row's only minimum and
+    // maximum sit at its end.
+    for (i, &n) in [1usize, 3, 5].iter().enumerate() {
+        let mut v: Vec<f32> = uniform(&[n, 300], 0.0, 8.0, 250 + i as u64).into_iter().map(f32::floor).collect();
+        v[(n - 1) * 300 + 298] = -1.0;
+        v[(n - 1) * 300 + 299] = 9.0;
+        let x = t(&v, &[n, 300]);
+        // The reference itself: the first extreme of each row.
+        let first = |pick: fn(f32, f32) -> bool| -> Vec<f32> {
+            v.chunks(300)
+                .map(|row| (0..300).fold(0, |best, j| if pick(row[j], row[best]) { j } else { best }) as f32)
+                .collect()
+        };
+        assert_eq!(x.argmin(1, false).to_vec().unwrap(), first(|a, b| a < b), "argmin: the first minimum");
+        assert_eq!(x.argmax(1, false).to_vec().unwrap(), first(|a, b| a > b), "argmax: the first maximum");
+        parity("min_dim rows of 300", 0.0, &[x.clone()], &[], |v, _| v[0].min_dim(1, false));
+        parity("argmin rows of 300", 0.0, &[], &[x.clone()], |_, c| c[0].argmin(1, false));
+        parity("max_dim rows of 300", 0.0, &[x.clone()], &[], |v, _| v[0].max_dim(1, true));
+        parity("argmax rows of 300", 0.0, &[], &[x.clone()], |_, c| c[0].argmax(1, true));
+    }
 }
 
 #[test]
@@ -134,7 +156,7 @@ fn cumsum_both_ways() {
 }
 
 #[test]
-fn sorting_is_stable_and_puts_nan_last() {
+fn sorting_is_stable_and_sorts_nan_as_the_largest() {
     let x = t(&[3.0, f32::NAN, -1.0, 3.0, -0.0, 0.0, f32::NEG_INFINITY], &[7]);
     assert_eq!(x.argsort(0, false).to_vec().unwrap(), [6.0, 2.0, 4.0, 5.0, 0.0, 3.0, 1.0]);
     assert_eq!(x.argsort(0, true).to_vec().unwrap(), [1.0, 0.0, 3.0, 4.0, 5.0, 2.0, 6.0]);

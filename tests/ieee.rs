@@ -214,6 +214,66 @@ fn reductions_softmax_and_losses() {
 }
 
 #[test]
+fn long_rows_with_leading_negative_infinity_or_nan_in_several_lanes() {
+    // Rows of 263, past a workgroup (so each lane folds several elements):
+    // all -∞ but for a few finite values near the end (every lane's running
+    // maximum is -∞ long before it meets a finite value, and some lanes
+    // meet none); the same with the label's logit at -∞ (an infinite
+    // loss); NaN at 8 and 40 (two lanes, or one lane twice) among finite
+    // values; and a clean row.
+    const N: usize = 263;
+    let mut rows = Vec::new();
+    let mut tail = vec![-INF; N];
+    tail[255] = 0.5;
+    tail[258] = -1.0;
+    tail[262] = 2.0;
+    rows.extend(&tail);
+    let mut lone = vec![-INF; N];
+    lone[260] = 1.5;
+    rows.extend(&lone);
+    let clean: Vec<f32> = (0..N).map(|j| ((j * 37) % 23) as f32 * 0.25 - 2.5).collect();
+    let mut nans = clean.clone();
+    nans[8] = NAN;
+    nans[40] = NAN;
+    rows.extend(&nans);
+    rows.extend(&clean);
+    let labels = [262.0, 3.0, 100.0, 7.0];
+    let r = labels.len();
+    let x = vec![rows];
+    let shape = [r, N];
+    check("softmax, rows of 263", &x, &shape, |t| t[0].softmax(1));
+    check("log_softmax, rows of 263", &x, &shape, |t| t[0].log_softmax(1));
+    check("max, rows of 263", &x, &shape, |t| t[0].max_dim(1, false));
+    check("argmax, rows of 263", &x, &shape, |t| t[0].argmax(1, false));
+    let y = |d: &Device| Tensor::from_vec(labels.to_vec(), [r], d).unwrap();
+    check("cross_entropy, rows of 263", &x, &shape, |t| t[0].cross_entropy_per_sample(&y(&t[0].device())));
+    check("cross_entropy gradient, rows of 263", &x, &shape, |t| {
+        let v = t[0].clone().requires_grad();
+        v.cross_entropy_per_sample(&y(&t[0].device())).sum().backward().remove(&v).unwrap()
+    });
+    check("mean cross_entropy gradient, rows of 263", &x, &shape, |t| {
+        let v = t[0].clone().requires_grad();
+        v.cross_entropy(&y(&t[0].device())).backward().remove(&v).unwrap()
+    });
+    check("log_softmax gradient, rows of 263", &x, &shape, |t| {
+        let v = t[0].clone().requires_grad();
+        v.log_softmax(1).narrow(1, N - 3, 3).sum().backward().remove(&v).unwrap()
+    });
+    // The CPU reference is itself right: the -∞ entries get probability 0
+    // and the finite ones share it all; a NaN row is NaN.
+    let p = Tensor::from_vec(x[0].clone(), shape, &Device::Cpu).unwrap().softmax(1).to_vec2().unwrap();
+    let e = [0.5f32.exp(), (-1.0f32).exp(), 2.0f32.exp()];
+    let want = [e[0] / e.iter().sum::<f32>(), e[1] / e.iter().sum::<f32>(), e[2] / e.iter().sum::<f32>()];
+    common::assert_close(&[p[0][255], p[0][258], p[0][262]], &want, 1e-6, 1e-5, "softmax of the -∞ row");
+    assert_eq!(p[0].iter().filter(|&&v| v == 0.0).count(), N - 3);
+    assert_eq!(p[1][260], 1.0);
+    assert!(p[2].iter().all(|v| v.is_nan()), "a row with NaN is NaN");
+    let loss = Tensor::from_vec(x[0].clone(), shape, &Device::Cpu).unwrap().cross_entropy_per_sample(&y(&Device::Cpu));
+    let loss = loss.to_vec().unwrap();
+    assert!(loss[0].is_finite() && loss[1] == INF && loss[2].is_nan() && loss[3].is_finite(), "{loss:?}");
+}
+
+#[test]
 fn matmul_spreads_nan_and_infinity() {
     // K = 7 (not a multiple of 4: the K tail), a special value in each
     // position of A, B all ones but one column holding ∞ and 0.

@@ -7,20 +7,15 @@
 
 mod common;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use common::panic_message_of;
 use wgrad::optim::{Optimizer, Sgd};
 use wgrad::{Device, Tensor};
-
-fn panic_message(f: impl FnOnce()) -> String {
-    let err = catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
-    err.downcast_ref::<String>().cloned().or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string())).unwrap()
-}
 
 fn assigning_a_saved_input_fails_the_backward(dev: &Device) {
     let w = Tensor::from_vec(vec![1.0, 2.0, 3.0], [3], dev).unwrap().requires_grad();
     let loss = (&w * &w).sum();
     w.assign(&Tensor::zeros([3], dev));
-    let msg = panic_message(|| drop(loss.backward()));
+    let msg = panic_message_of(|| drop(loss.backward()));
     assert!(msg.starts_with("backward of `mul`"), "{msg}");
     assert!(msg.contains("shape [3], a variable") && msg.contains("modified in place"), "{msg}");
     assert!(msg.contains("version 1") && msg.contains("version 0"), "{msg}");
@@ -36,7 +31,7 @@ fn an_optimizer_step_between_forward_and_backward_fails(dev: &Device) {
     let first = x.matmul(&w).relu().sum();
     let second = w.powf(2.0).sum();
     opt.step(&first.backward());
-    let msg = panic_message(|| drop(second.backward()));
+    let msg = panic_message_of(|| drop(second.backward()));
     assert!(msg.starts_with("backward of `powf`: input 0"), "{msg}");
 }
 test_device!(an_optimizer_step_between_forward_and_backward_fails);
@@ -46,7 +41,7 @@ fn a_modified_output_fails_the_backward_that_reads_it(dev: &Device) {
     let s = x.sigmoid();
     let loss = s.sum();
     s.assign(&Tensor::zeros([2], dev));
-    let msg = panic_message(|| drop(loss.backward()));
+    let msg = panic_message_of(|| drop(loss.backward()));
     assert!(msg.starts_with("backward of `sigmoid`: its output"), "{msg}");
 }
 test_device!(a_modified_output_fails_the_backward_that_reads_it);
@@ -56,7 +51,7 @@ fn a_change_through_a_view_is_seen(dev: &Device) {
     let loss = w.log().sum();
     // A reshaped, detached handle shares the storage and its version.
     w.detach().reshape([6]).assign(&Tensor::zeros([6], dev));
-    let msg = panic_message(|| drop(loss.backward()));
+    let msg = panic_message_of(|| drop(loss.backward()));
     assert!(msg.starts_with("backward of `log`: input 0"), "{msg}");
 }
 test_device!(a_change_through_a_view_is_seen);

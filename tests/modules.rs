@@ -126,15 +126,24 @@ fn to_device_moves_parameters_in_place() {
     // And it trains there, and comes back.
     let mut opt = Adam::new(m.parameters(), 0.01);
     let data = wgrad::data::Dataset::new(vec![0.5; 8 * 4], vec![0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0, 1.0], &[4], 3);
+    let before: Vec<Vec<f32>> = m.parameters().iter().map(|p| p.to_vec().unwrap()).collect();
     fit(&m, &mut opt, &data, &FitConfig { epochs: 1, verbose: false, ..FitConfig::default() }).unwrap();
+    let trained: Vec<Vec<f32>> = m.parameters().iter().map(|p| p.to_vec().unwrap()).collect();
+    assert_ne!(trained, before, "fit on the GPU changed no parameter");
+    // fit leaves the model training; dropout must not make the two forwards differ.
+    m.eval();
+    let on_gpu = m.forward(&x.to_device(&gpu).unwrap()).to_vec().unwrap();
     m.to_device(&Device::Cpu).unwrap();
     assert!(m.parameters().iter().all(|p| p.device().is_cpu()));
+    let back: Vec<Vec<f32>> = m.parameters().iter().map(|p| p.to_vec().unwrap()).collect();
+    assert_eq!(back, trained, "the move back changed the trained parameters");
+    let on_cpu = m.forward(&x).to_vec().unwrap();
+    common::assert_close(&on_cpu, &on_gpu, 1e-5, 1e-5, "forward after coming back");
 }
 
 #[test]
 fn a_linear_shape_error_names_the_layer() {
     let layer = nn::Linear::new(784, 128, &Device::Cpu);
-    let err = std::panic::catch_unwind(|| drop(layer.forward(&Tensor::zeros([8, 5], &Device::Cpu)))).unwrap_err();
-    let msg = err.downcast_ref::<String>().unwrap();
+    let msg = common::panic_message_of(|| drop(layer.forward(&Tensor::zeros([8, 5], &Device::Cpu))));
     assert!(msg.starts_with("Linear(784 -> 128): input of shape [8, 5] has 5 features, the layer takes 784"), "{msg}");
 }

@@ -346,6 +346,10 @@ fn conv_cases() -> Vec<(Vec<usize>, Vec<usize>, wgrad::Conv2dOptions)> {
         (vec![4, 8, 28, 28], vec![20, 8, 3, 3], O::default().padding(Padding::Same)),
         (vec![2, 2, 7, 6], vec![3, 2, 4, 4], O::default().padding(Padding::Same)),
         (vec![2, 3, 10, 7], vec![4, 3, 3, 3], O::default().stride((3, 2)).padding(1)),
+        // Past one row tile in every product, a multiple of no tile size
+        // (4, 16, 32, 64): the forward's M = 67 channels over K = 630, the
+        // input gradient's M = 70, the weight gradient's M = 67 by N = 630.
+        (vec![2, 70, 7, 5], vec![67, 70, 3, 3], O::default().stride(2).padding(1)),
     ]
 }
 

@@ -3,7 +3,9 @@
 //! data reveals, such as an index out of range, are not panics: see
 //! `tests/data_errors.rs`.)
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+mod common;
+
+use common::panic_message_of;
 use wgrad::nn::{self, Module};
 use wgrad::{Device, Tensor};
 
@@ -11,15 +13,9 @@ fn t(shape: &[usize]) -> Tensor {
     Tensor::zeros(shape, &Device::Cpu)
 }
 
-/// The panic message of `f`, which must panic.
-fn message(f: impl FnOnce()) -> String {
-    let err = catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
-    err.downcast_ref::<String>().cloned().or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string())).unwrap()
-}
-
 /// Asserts the message names the op and contains every fragment.
 fn check(f: impl FnOnce(), op: &str, fragments: &[&str]) {
-    let msg = message(f);
+    let msg = panic_message_of(f);
     assert!(msg.starts_with(&format!("{op}:")), "message does not start with {op:?}: {msg}");
     for frag in fragments {
         assert!(msg.contains(frag), "{op}: {frag:?} missing from: {msg}");
@@ -77,7 +73,7 @@ fn losses() {
 
 #[test]
 fn devices_must_match() {
-    let Ok(gpu) = Device::gpu() else { return };
+    let Some(gpu) = common::gpu() else { return };
     let g = Tensor::zeros([2], &gpu);
     check(|| drop(&t(&[2]) + &g), "add", &["different devices", "cpu", "gpu"]);
     check(|| drop(t(&[2, 2]).matmul(&Tensor::zeros([2, 2], &gpu))), "matmul", &["different devices"]);

@@ -6,17 +6,12 @@
 
 mod common;
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use common::panic_message_of;
 use wgrad::nn::{self, Module};
 use wgrad::{Device, Error, Tensor};
 
 /// 3 · X wraps to exactly 1 in 64-bit arithmetic.
 const WRAPS_TO_ONE: usize = 0xAAAA_AAAA_AAAA_AAAB;
-
-fn panic_message(f: impl FnOnce()) -> String {
-    let err = catch_unwind(AssertUnwindSafe(f)).expect_err("expected a panic");
-    err.downcast_ref::<String>().cloned().or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string())).unwrap()
-}
 
 fn overflowing_shapes_are_refused(dev: &Device) {
     // The shape behind the reported segfault: accepted before, as 3·X
@@ -32,7 +27,7 @@ fn overflowing_shapes_are_refused(dev: &Device) {
         ("randn", Box::new(|| drop(Tensor::randn([1 << 40, 1 << 40], dev)))),
         ("arange", Box::new(|| drop(Tensor::arange(0.0, f32::INFINITY, dev)))),
     ] {
-        let msg = panic_message(f);
+        let msg = panic_message_of(f);
         assert!(msg.starts_with(&format!("{op}: ")) && msg.contains("more elements than memory"), "{msg}");
     }
     // Empty shapes are fine whatever their other dimensions.
@@ -46,16 +41,16 @@ fn ops_whose_result_would_overflow_panic_naming_the_op(dev: &Device) {
     // Two empty operands whose product would be 2^80 elements.
     let a = Tensor::zeros([1 << 40, 0], dev);
     let b = Tensor::zeros([0, 1 << 40], dev);
-    let msg = panic_message(|| drop(a.matmul(&b)));
+    let msg = panic_message_of(|| drop(a.matmul(&b)));
     assert!(msg.starts_with("matmul: shape [1099511627776, 1099511627776]"), "{msg}");
     // Two tensors too large for the device (so poisoned, not aborted)
     // whose broadcast would not fit in a usize.
     let (col, row) = (Tensor::zeros([1 << 40, 1], dev), Tensor::zeros([1, 1 << 40], dev));
-    let msg = panic_message(|| drop(&col + &row));
+    let msg = panic_message_of(|| drop(&col + &row));
     assert!(msg.starts_with("add: shape [1099511627776, 1099511627776]"), "{msg}");
-    let msg = panic_message(|| drop(Tensor::ones([2], dev).broadcast_to([1 << 40, 1 << 40, 2])));
+    let msg = panic_message_of(|| drop(Tensor::ones([2], dev).broadcast_to([1 << 40, 1 << 40, 2])));
     assert!(msg.starts_with("broadcast_to: "), "{msg}");
-    let msg = panic_message(|| drop(Tensor::ones([6], dev).reshape([3, WRAPS_TO_ONE])));
+    let msg = panic_message_of(|| drop(Tensor::ones([6], dev).reshape([3, WRAPS_TO_ONE])));
     assert!(msg.starts_with("reshape: ") && msg.contains("more than memory can hold"), "{msg}");
 }
 test_device!(ops_whose_result_would_overflow_panic_naming_the_op);

@@ -29,13 +29,41 @@ pub fn labels(n: usize, classes: usize, seed: u64, device: &Device) -> Tensor {
     Tensor::from_vec(v, [n], device).unwrap()
 }
 
-/// Asserts two slices agree within `atol + rtol·|expected|` elementwise.
+/// Asserts two slices agree elementwise: within `atol + rtol·|expected|`
+/// where the expected value is finite, the same infinity where it is
+/// infinite (the bound is infinite there and would pass anything), and NaN
+/// exactly where it is NaN.
 pub fn assert_close(actual: &[f32], expected: &[f32], atol: f32, rtol: f32, what: &str) {
     assert_eq!(actual.len(), expected.len(), "{what}: lengths differ");
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
-        let ok = (a - e).abs() <= atol + rtol * e.abs() || (a.is_nan() && e.is_nan()) || a == e;
+        let ok = if e.is_nan() {
+            a.is_nan()
+        } else if e.is_infinite() {
+            a == e
+        } else {
+            (a - e).abs() <= atol + rtol * e.abs()
+        };
         assert!(ok, "{what}: element {i}: got {a}, expected {e} (atol {atol}, rtol {rtol})");
     }
+}
+
+/// The message of a panic's payload: the `String` or `&str` that `panic!`
+/// carries, or a placeholder (which no test's expected message matches)
+/// for any other payload.
+pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&str>() {
+            Ok(s) => s.to_string(),
+            Err(_) => "<a panic payload that is not a string>".to_string(),
+        },
+    }
+}
+
+/// The panic message of `f`, which must panic.
+pub fn panic_message_of(f: impl FnOnce()) -> String {
+    let payload = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("expected a panic");
+    panic_message(payload)
 }
 
 /// The GPU to test on, or `None` (with the reason printed) when there is no
