@@ -53,7 +53,10 @@ pub use backend::gpu::{DeviceInfo, GpuDevice, GpuOptions, MemoryStats};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use gradcheck::{GradcheckError, GradcheckOptions, gradcheck, gradcheck_with};
-pub use ops::{Conv2dOptions, CrossEntropyOptions, Padding, Size2};
+pub use ops::{
+    Conv2dOptions, CrossEntropyOptions, Padding, Sampling, Size2, multinomial, sample, sampling_probs,
+    scaled_dot_product_attention,
+};
 pub use rng::{Generator, manual_seed};
 pub use shape::{Dim, Shape};
 pub use tensor::{Tensor, TensorData, live_tensors};

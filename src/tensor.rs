@@ -305,7 +305,7 @@ impl Tensor {
 
     /// A tensor of `shape` whose element `i` is `f(i)`, computed on the
     /// host; poisoned with [`Error::OutOfMemory`] if the host cannot hold it.
-    fn generate(op: &str, shape: Shape, device: &Device, mut f: impl FnMut(usize) -> f32) -> Tensor {
+    pub(crate) fn generate(op: &str, shape: Shape, device: &Device, mut f: impl FnMut(usize) -> f32) -> Tensor {
         let shape = shape.checked(op);
         let n = shape.elem_count();
         let mut data = Vec::new();

@@ -235,7 +235,7 @@ fn cross_entropy_with_smoothing_and_weights() {
     // The defaults are the fused cross_entropy.
     let plain = logits.cross_entropy_with(&y, CrossEntropyOptions::default()).item().unwrap();
     assert_eq!(plain, logits.cross_entropy(&y).item().unwrap());
-    let both = CrossEntropyOptions { label_smoothing: 0.2, weight: Some(&w) };
+    let both = CrossEntropyOptions { label_smoothing: 0.2, weight: Some(&w), ignore_index: None };
     let x = rand(&[4, 3], -2.0, 2.0, 6);
     let labels4 = t(&[0.0, 2.0, 1.0, 2.0], &[4]);
     let opts = GradcheckOptions::default();
@@ -245,7 +245,10 @@ fn cross_entropy_with_smoothing_and_weights() {
         let l = labels(n, 10, 501 + i as u64, &Device::Cpu);
         let w = rand(&[10], 0.5, 2.0, 502);
         parity("ce smoothed weighted", 1e-4, &[x.clone()], &[l, w], |v, c| {
-            v[0].cross_entropy_with(&c[0], CrossEntropyOptions { label_smoothing: 0.1, weight: Some(&c[1]) })
+            v[0].cross_entropy_with(
+                &c[0],
+                CrossEntropyOptions { label_smoothing: 0.1, weight: Some(&c[1]), ignore_index: None },
+            )
         });
     }
 }

@@ -36,17 +36,32 @@ fn cases() -> Vec<(&'static str, Op, f32)> {
         ("bce_logits", |v| v[0].binary_cross_entropy_with_logits(&v[1]), 2e-5),
         (
             "ce_smooth",
-            |v| v[0].cross_entropy_with(&v[1], CrossEntropyOptions { label_smoothing: 0.1, weight: None }),
+            |v| {
+                v[0].cross_entropy_with(
+                    &v[1],
+                    CrossEntropyOptions { label_smoothing: 0.1, weight: None, ignore_index: None },
+                )
+            },
             2e-5,
         ),
         (
             "ce_weight",
-            |v| v[0].cross_entropy_with(&v[1], CrossEntropyOptions { label_smoothing: 0.0, weight: Some(&v[2]) }),
+            |v| {
+                v[0].cross_entropy_with(
+                    &v[1],
+                    CrossEntropyOptions { label_smoothing: 0.0, weight: Some(&v[2]), ignore_index: None },
+                )
+            },
             2e-5,
         ),
         (
             "ce_both",
-            |v| v[0].cross_entropy_with(&v[1], CrossEntropyOptions { label_smoothing: 0.2, weight: Some(&v[2]) }),
+            |v| {
+                v[0].cross_entropy_with(
+                    &v[1],
+                    CrossEntropyOptions { label_smoothing: 0.2, weight: Some(&v[2]), ignore_index: None },
+                )
+            },
             2e-5,
         ),
         // Images. Convolutions sum up to 36 products of numbers up to 4 in

@@ -423,6 +423,21 @@ pub(crate) trait Backend {
         rows: usize,
         classes: usize,
     ) -> Storage;
+    /// Layer normalisation of each `cols`-element row of `x`:
+    /// `[y, stats]`, `y = (x - mean) · rstd · w + b` and `stats` the
+    /// per-row `[mean, rstd]` (`rstd = 1/sqrt(var + eps)`, biased variance).
+    fn layer_norm(&self, x: &Storage, w: &Storage, b: &Storage, rows: usize, cols: usize, eps: f32) -> [Storage; 2];
+    /// The gradients of [`layer_norm`](Self::layer_norm) for `gy`:
+    /// `[dx, dw, db]`.
+    fn layer_norm_backward(
+        &self,
+        x: &Storage,
+        stats: &Storage,
+        w: &Storage,
+        gy: &Storage,
+        rows: usize,
+        cols: usize,
+    ) -> [Storage; 3];
     /// `x · keep(i) / (1 - p)` with `keep` from [`crate::rng::dropout_keep`].
     fn dropout(&self, x: &Storage, n: usize, p: f32, key: [u32; 2]) -> Storage;
     /// One fused optimizer step on `param` (and its state buffers), in place.

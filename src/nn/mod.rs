@@ -49,10 +49,12 @@
 mod conv;
 mod layers;
 mod linear;
+mod sequence;
 
 pub use conv::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, MaxPool2d, Residual};
 pub use layers::{Dropout, Flatten, GELU, ReLU, Sigmoid, Softmax, Tanh, Unflatten};
 pub use linear::{Init, Linear};
+pub use sequence::{Embedding, GRU, LSTM, LayerNorm, LstmState, MultiheadAttention, TransformerBlock};
 
 use crate::{Device, Result, Tensor};
 use std::sync::Arc;

@@ -15,7 +15,7 @@ const BCE_LOG_FLOOR: f32 = -100.0;
 const BCE_GRAD_EPS: f32 = 1e-12;
 
 /// Options of [`Tensor::cross_entropy_with`], PyTorch's
-/// `CrossEntropyLoss(weight, label_smoothing)`.
+/// `CrossEntropyLoss(weight, ignore_index, label_smoothing)`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CrossEntropyOptions<'a> {
     /// Mixes the one-hot target with the uniform distribution: the target
@@ -24,6 +24,11 @@ pub struct CrossEntropyOptions<'a> {
     /// A `[classes]` weight per class; the mean is then weighted, divided
     /// by the sum of the labels' weights, as in PyTorch.
     pub weight: Option<&'a Tensor>,
+    /// Targets equal to this contribute nothing, to the loss or to the
+    /// count it is averaged over (PyTorch's `ignore_index`, whose default
+    /// is -100; here `None`, no target ignored). Padding of a batch of
+    /// sequences is the usual use.
+    pub ignore_index: Option<i64>,
 }
 
 impl Tensor {
@@ -79,11 +84,28 @@ impl Tensor {
     }
 
     /// Cross-entropy of `[batch, classes]` logits against `[batch]` labels
-    /// with label smoothing and class weights (see [`CrossEntropyOptions`]);
-    /// with the defaults it is [`cross_entropy`](Self::cross_entropy).
+    /// with label smoothing, class weights and an ignored label (see
+    /// [`CrossEntropyOptions`]); with the defaults it is
+    /// [`cross_entropy`](Self::cross_entropy). Logits of more axes,
+    /// `[.., classes]` against labels `[..]` (a language model's
+    /// `[batch, seq, vocab]` against `[batch, seq]`), are flattened to rows
+    /// first: the classes are the *last* axis, as after PyTorch's usual
+    /// `logits.view(-1, vocab)`, not PyTorch's axis 1.
     pub fn cross_entropy_with(&self, labels: &Tensor, options: CrossEntropyOptions) -> Tensor {
-        let CrossEntropyOptions { label_smoothing: eps, weight } = options;
-        if eps == 0.0 && weight.is_none() {
+        let CrossEntropyOptions { label_smoothing: eps, weight, ignore_index } = options;
+        // [.., classes] logits against [..] labels: flattened to rows.
+        if self.rank() > 2 {
+            let classes = self.dims()[self.rank() - 1];
+            assert!(
+                labels.dims() == &self.dims()[..self.rank() - 1],
+                "cross_entropy: expected [.., classes] logits and [..] labels, got {} and {}",
+                self.shape(),
+                labels.shape()
+            );
+            let rows = labels.elem_count();
+            return self.reshape([rows, classes]).cross_entropy_with(&labels.reshape([rows]), options);
+        }
+        if eps == 0.0 && weight.is_none() && ignore_index.is_none() {
             return self.cross_entropy(labels);
         }
         assert!(
@@ -94,23 +116,43 @@ impl Tensor {
         );
         assert!((0.0..=1.0).contains(&eps), "cross_entropy: label_smoothing {eps} is not in [0, 1]");
         let classes = self.dims()[1];
+        // Ignored rows: a valid label (0) in their place, and a weight of 0.
+        let (labels, kept) = match ignore_index {
+            Some(ignored) => {
+                let kept = labels.detach().ne_scalar(ignored as f32);
+                (kept.where_cond(&labels.detach(), &Tensor::zeros([], &self.device())), Some(kept))
+            }
+            None => (labels.clone(), None),
+        };
+        let labels = &labels;
+        if eps == 0.0 && weight.is_none() {
+            // The fused per-row kernel, masked: Σ kept · nll / Σ kept.
+            let kept = kept.expect("an ignore index");
+            return (self.cross_entropy_per_sample(labels) * &kept).sum() / &kept.sum();
+        }
         let logp = self.log_softmax(1);
         let nll = logp.gather(1, &labels.unsqueeze(1)).squeeze(1).neg();
-        let (w_rows, w_classes) = match weight {
+        let (mut w_rows, w_classes) = match weight {
             Some(w) => {
                 assert!(w.dims() == [classes], "cross_entropy: weight of shape {} for {classes} classes", w.shape());
                 (w.index_select(0, labels), Some(w))
             }
             None => (Tensor::ones([labels.dims()[0]], &self.device()), None),
         };
+        if let Some(kept) = &kept {
+            w_rows = &w_rows * kept;
+        }
         let mut per_row = &nll * &w_rows;
         if eps > 0.0 {
-            // The uniform part: -Σ_c w_c · log p_c / C.
+            // The uniform part: -Σ_c w_c · log p_c / C, for the rows kept.
             let weighted = match w_classes {
                 Some(w) => &logp * w,
                 None => logp.clone(),
             };
-            let smooth = weighted.sum_dim(1, false).neg() / classes as f32;
+            let mut smooth = weighted.sum_dim(1, false).neg() / classes as f32;
+            if let Some(kept) = &kept {
+                smooth = &smooth * kept;
+            }
             per_row = &per_row * (1.0 - eps) + &smooth * eps;
         }
         per_row.sum() / &w_rows.sum()

@@ -14,6 +14,8 @@ pub use loss::CrossEntropyOptions;
 mod matmul;
 mod nn;
 mod reduce;
+mod sequence;
+pub use sequence::{Sampling, multinomial, sample, sampling_probs, scaled_dot_product_attention};
 mod shape;
 mod softmax;
 mod sort;

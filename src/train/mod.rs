@@ -57,6 +57,10 @@ pub struct FitConfig {
     /// epoch: the last items, taken before shuffling, as Keras does, or a
     /// random choice with `shuffle_before_split`.
     pub validation_split: f32,
+    /// Data evaluated after every epoch instead of a split of the training
+    /// data (Keras's `validation_data`); set it or `validation_split`, not
+    /// both.
+    pub validation_data: Option<Dataset>,
     /// Choose the held-out items at random (from `shuffle_seed`) rather than
     /// the last ones — for data sorted by class.
     pub shuffle_before_split: bool,
@@ -90,6 +94,7 @@ impl Default for FitConfig {
             initial_epoch: 0,
             batch_size: 32,
             validation_split: 0.0,
+            validation_data: None,
             shuffle_before_split: false,
             shuffle_seed: 0,
             loss: None,
@@ -218,15 +223,20 @@ pub fn fit(
     if !(0.0..1.0).contains(&config.validation_split) {
         return invalid("fit", format!("validation_split must be in [0, 1), not {}", config.validation_split));
     }
+    if config.validation_data.is_some() && config.validation_split > 0.0 {
+        return invalid("fit", "validation_data and validation_split are both set: choose one".into());
+    }
     let mut generator = Generator::new(config.shuffle_seed);
-    let (train, held_out) = if config.validation_split > 0.0 {
+    let (train, held_out) = if let Some(v) = &config.validation_data {
+        (Cow::Borrowed(data), Some(Cow::Borrowed(v)))
+    } else if config.validation_split > 0.0 {
         let (t, v) = if config.shuffle_before_split {
             // Its own stream, so the epochs' shuffles do not depend on it.
             data.split_shuffled(config.validation_split, &mut Generator::new(!config.shuffle_seed))
         } else {
             data.split_last(config.validation_split)
         };
-        (Cow::Owned(t), Some(v))
+        (Cow::Owned(t), Some(Cow::Owned(v)))
     } else {
         (Cow::Borrowed(data), None)
     };
@@ -239,6 +249,7 @@ pub fn fit(
     let held_out = held_out.filter(|v| !v.is_empty());
     if let Some(v) = &held_out
         && config.verbose
+        && config.validation_data.is_none()
         && v.classes().is_some()
         && v.distinct_labels() < train.distinct_labels()
     {

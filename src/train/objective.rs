@@ -61,9 +61,10 @@ impl Loss {
         let shaped = |t: &Tensor| if t.shape() != out.shape() { t.reshape(out.shape().clone()) } else { t.clone() };
         match self {
             Loss::CrossEntropy => out.cross_entropy(target),
-            Loss::CrossEntropyWith { label_smoothing, .. } => {
-                out.cross_entropy_with(target, CrossEntropyOptions { label_smoothing: *label_smoothing, weight })
-            }
+            Loss::CrossEntropyWith { label_smoothing, .. } => out.cross_entropy_with(
+                target,
+                CrossEntropyOptions { label_smoothing: *label_smoothing, weight, ignore_index: None },
+            ),
             Loss::Mse => out.mse_loss(&shaped(target)),
             Loss::L1 => out.l1_loss(&shaped(target)),
             Loss::Huber(delta) => out.huber_loss(&shaped(target), *delta),

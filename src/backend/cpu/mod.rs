@@ -24,6 +24,7 @@ mod gather;
 mod loss;
 mod math;
 mod matmul;
+mod norm;
 mod optim;
 mod pool;
 mod reduce;
@@ -118,6 +119,18 @@ fn run(inputs: &[&Storage], kernel: impl FnOnce() -> Result<Vec<f32>>) -> Storag
     }
 }
 
+/// As [`run`], for a kernel with `N` outputs (all poisoned alike).
+fn run_many<const N: usize>(inputs: &[&Storage], kernel: impl FnOnce() -> Result<[Vec<f32>; N]>) -> [Storage; N] {
+    let fault = match poisoned(inputs) {
+        Some(f) => f,
+        None => match kernel() {
+            Ok(outs) => return outs.map(Storage::Cpu),
+            Err(e) => Fault::new(e),
+        },
+    };
+    std::array::from_fn(|_| Storage::Poisoned(fault.clone()))
+}
+
 impl Backend for Cpu {
     fn upload(&self, data: &[f32]) -> Storage {
         store(output_overwritten(data.len()).map(|mut v| {
@@ -171,6 +184,22 @@ impl Backend for Cpu {
 
     fn softmax(&self, x: &Storage, v: AxisView, log: bool) -> Storage {
         run(&[x], || softmax::softmax(x.cpu(), v, log))
+    }
+
+    fn layer_norm(&self, x: &Storage, w: &Storage, b: &Storage, rows: usize, cols: usize, eps: f32) -> [Storage; 2] {
+        run_many(&[x, w, b], || norm::layer_norm(x.cpu(), w.cpu(), b.cpu(), rows, cols, eps))
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &Storage,
+        stats: &Storage,
+        w: &Storage,
+        gy: &Storage,
+        rows: usize,
+        cols: usize,
+    ) -> [Storage; 3] {
+        run_many(&[x, stats, w, gy], || norm::layer_norm_backward(x.cpu(), stats.cpu(), w.cpu(), gy.cpu(), rows, cols))
     }
 
     fn cumsum(&self, x: &Storage, v: AxisView, reverse: bool) -> Storage {

@@ -2,7 +2,8 @@
 //! binary ops are fused expressions, see [`lazy`](super::lazy).)
 
 use super::pipelines::{Kernel, Shader, params};
-use super::{Bind, Context, GpuBuffer};
+use super::{Bind, Context, GpuBuffer, Pooled};
+use crate::Result;
 use crate::rng;
 use std::sync::Arc;
 
@@ -17,13 +18,17 @@ params! {
 }
 
 pub(crate) fn fill(ctx: &Arc<Context>, n: usize, value: f32) -> GpuBuffer {
+    ctx.compute("full", n, &[], |_, out| record_fill(ctx, out, n, value))
+}
+
+/// Records `out[..n] = value` (rounded up to whole vec4s: pooled buffers
+/// are).
+pub(crate) fn record_fill(ctx: &Context, out: &Arc<Pooled>, n: usize, value: f32) -> Result<()> {
     let wg = ctx.tuning.elementwise_wg;
     let n4 = n.div_ceil(4);
-    ctx.compute("full", n, &[], |_, out| {
-        let kernel = Kernel::Static { shader: Shader::Fill, entry: "main", constants: &[("WG", wg as f64)] };
-        let params = FillParams { n4: n4 as u32, value };
-        ctx.record(&kernel, &[Bind::write(0, out)], &params, ctx.groups_1d(n4, wg))
-    })
+    let kernel = Kernel::Static { shader: Shader::Fill, entry: "main", constants: &[("WG", wg as f64)] };
+    let params = FillParams { n4: n4 as u32, value };
+    ctx.record(&kernel, &[Bind::write(0, out)], &params, ctx.groups_1d(n4, wg))
 }
 
 pub(crate) fn dropout(ctx: &Arc<Context>, x: &GpuBuffer, n: usize, p: f32, key: [u32; 2]) -> GpuBuffer {

@@ -34,22 +34,25 @@ fn params(v: AxisView, idx: &Strided, m: usize) -> GatherParams {
     }
 }
 
-/// Runs `entry` writing `n` elements with `invocations` invocations; `op`
-/// names the op in errors.
+/// Records `entry` of `shader` with one invocation per element of the
+/// index view (`outer · m · inner`) after `before` (which may record a
+/// zero-fill of the output); `op` names the op in errors.
 #[allow(clippy::too_many_arguments)]
 fn run(
     ctx: &Arc<Context>,
     op: &'static str,
-    entry: &'static str,
+    (shader, entry): (Shader, &'static str),
     n: usize,
-    invocations: usize,
     x: &GpuBuffer,
     idx: &GpuBuffer,
     mut p: GatherParams,
+    before: impl FnOnce(&Arc<super::Pooled>) -> crate::Result<()>,
 ) -> GpuBuffer {
     let wg = ctx.tuning.elementwise_wg;
+    let invocations = p.outer as usize * p.m as usize * p.inner as usize;
     ctx.compute(op, n, &[x, idx], |ins, out| {
-        let kernel = Kernel::Static { shader: Shader::Gather, entry, constants: &[("WG", wg as f64)] };
+        before(out)?;
+        let kernel = Kernel::Static { shader, entry, constants: &[("WG", wg as f64)] };
         let check = ctx.check(op)?;
         (p.check_slot, p.check_id) = (check.slot, check.id);
         let binds = [Bind::read(0, ins[0]), Bind::read(1, ins[1]), Bind::write(2, out), ctx.errors(3)];
@@ -69,10 +72,13 @@ pub(crate) fn gather(
     m: usize,
 ) -> GpuBuffer {
     let n = v.outer * m * v.inner;
-    run(ctx, op, "gather", n, n, x, idx.0, params(v, idx.1, m))
+    run(ctx, op, (Shader::Gather, "gather"), n, x, idx.0, params(v, idx.1, m), |_| Ok(()))
 }
 
-/// `out[o, l, i] = Σ_j [idx[o, j, i] = l] · g[o, j, i]`.
+/// `out[o, l, i] = Σ_j [idx[o, j, i] = l] · g[o, j, i]`: a zero fill, then
+/// one invocation per index element adding into its row with an atomic
+/// compare-and-swap (`shaders/scatter.wgsl`), so the cost is proportional
+/// to the indices, not to rows × indices.
 pub(crate) fn scatter_add(
     ctx: &Arc<Context>,
     op: &'static str,
@@ -82,8 +88,6 @@ pub(crate) fn scatter_add(
     m: usize,
 ) -> GpuBuffer {
     let n = v.outer * v.len * v.inner;
-    // Over an empty axis there is nothing to write, but the indices are
-    // still checked: one invocation each (see gather.wgsl).
-    let invocations = if v.len == 0 { v.outer * m * v.inner } else { n };
-    run(ctx, op, "scatter_add", n, invocations, g, idx.0, params(v, idx.1, m))
+    let zero = |out: &Arc<super::Pooled>| super::elementwise::record_fill(ctx, out, n, 0.0);
+    run(ctx, op, (Shader::Scatter, "scatter_add"), n, g, idx.0, params(v, idx.1, m), zero)
 }

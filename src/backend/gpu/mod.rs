@@ -34,6 +34,7 @@ mod gather;
 mod lazy;
 mod loss;
 mod matmul;
+mod norm;
 mod optim;
 mod pipelines;
 mod pool;
@@ -153,6 +154,33 @@ impl Context {
         };
         let result = self.alloc(op, n).and_then(|out| fill(&ready, &out).map(|()| out));
         GpuBuffer::ready(result.map_err(|e| Poison::new(ready.iter().map(|p| &p.taint), Fault::new(e))))
+    }
+
+    /// As [`compute`](Self::compute) for a kernel family with `N` outputs
+    /// of `sizes` f32s; all are poisoned alike.
+    pub(crate) fn compute_many<const N: usize>(
+        self: &Arc<Self>,
+        op: &'static str,
+        sizes: [usize; N],
+        inputs: &[&GpuBuffer],
+        fill: impl FnOnce(&[&Arc<Pooled>], &[Arc<Pooled>; N]) -> Result<()>,
+    ) -> [GpuBuffer; N] {
+        let ready = match computed(inputs.iter().copied()) {
+            Ok(ready) => ready,
+            Err(poison) => return std::array::from_fn(|_| GpuBuffer::poisoned(poison.clone())),
+        };
+        let outs: Result<Vec<Arc<Pooled>>> = sizes.iter().map(|&n| self.alloc(op, n)).collect();
+        let result = outs.and_then(|outs| {
+            let outs: [Arc<Pooled>; N] = outs.try_into().unwrap_or_else(|_| unreachable!("N sizes, N buffers"));
+            fill(&ready, &outs).map(|()| outs)
+        });
+        match result {
+            Ok(outs) => outs.map(|o| GpuBuffer::ready(Ok(o))),
+            Err(e) => {
+                let poison = Poison::new(ready.iter().map(|p| &p.taint), Fault::new(e));
+                std::array::from_fn(|_| GpuBuffer::poisoned(poison.clone()))
+            }
+        }
     }
 
     /// Runs `f` on `targets` (written in place) and then `inputs`, all
@@ -449,6 +477,22 @@ impl Backend for GpuDevice {
 
     fn softmax(&self, x: &Storage, v: AxisView, log: bool) -> Storage {
         Storage::Gpu(softmax::softmax(&self.ctx, x.gpu(), v, log))
+    }
+
+    fn layer_norm(&self, x: &Storage, w: &Storage, b: &Storage, rows: usize, cols: usize, eps: f32) -> [Storage; 2] {
+        norm::layer_norm(&self.ctx, [x.gpu(), w.gpu(), b.gpu()], rows, cols, eps).map(Storage::Gpu)
+    }
+
+    fn layer_norm_backward(
+        &self,
+        x: &Storage,
+        stats: &Storage,
+        w: &Storage,
+        gy: &Storage,
+        rows: usize,
+        cols: usize,
+    ) -> [Storage; 3] {
+        norm::layer_norm_backward(&self.ctx, [x.gpu(), stats.gpu(), w.gpu(), gy.gpu()], rows, cols).map(Storage::Gpu)
     }
 
     fn cumsum(&self, x: &Storage, v: AxisView, reverse: bool) -> Storage {

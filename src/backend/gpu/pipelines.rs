@@ -36,6 +36,8 @@ pub(crate) enum Shader {
     Softmax,
     Loss,
     Gather,
+    Scatter,
+    LayerNorm,
     Dropout,
     Optim,
     Matmul,
@@ -50,7 +52,7 @@ pub(crate) enum Shader {
 impl Shader {
     /// Every shader, for tests that check them all.
     #[cfg(test)]
-    pub const ALL: [Shader; 15] = [
+    pub const ALL: [Shader; 17] = [
         Shader::Scan,
         Shader::Sort,
         Shader::Copy,
@@ -59,6 +61,8 @@ impl Shader {
         Shader::Softmax,
         Shader::Loss,
         Shader::Gather,
+        Shader::Scatter,
+        Shader::LayerNorm,
         Shader::Dropout,
         Shader::Optim,
         Shader::Matmul,
@@ -73,6 +77,7 @@ impl Shader {
     fn parts(self) -> &'static [&'static str] {
         const ONLINE_SOFTMAX: &str = include_str!("../../../shaders/online_softmax.wgsl");
         const CHECK: &str = include_str!("../../../shaders/check.wgsl");
+        const INDEX_VIEW: &str = include_str!("../../../shaders/index_view.wgsl");
         const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
         const GEMM_BODY: &str = include_str!("../../../shaders/gemm_body.wgsl");
         const GEMM_TILED_BODY: &str = include_str!("../../../shaders/gemm_tiled_body.wgsl");
@@ -82,7 +87,9 @@ impl Shader {
             Shader::Reduce => &[include_str!("../../../shaders/reduce.wgsl")],
             Shader::Softmax => &[ELEMENTWISE, ONLINE_SOFTMAX, include_str!("../../../shaders/softmax.wgsl")],
             Shader::Loss => &[ELEMENTWISE, ONLINE_SOFTMAX, CHECK, include_str!("../../../shaders/loss.wgsl")],
-            Shader::Gather => &[CHECK, include_str!("../../../shaders/gather.wgsl")],
+            Shader::Gather => &[CHECK, INDEX_VIEW, include_str!("../../../shaders/gather.wgsl")],
+            Shader::Scatter => &[CHECK, INDEX_VIEW, include_str!("../../../shaders/scatter.wgsl")],
+            Shader::LayerNorm => &[include_str!("../../../shaders/layer_norm.wgsl")],
             Shader::Dropout => &[include_str!("../../../shaders/dropout.wgsl")],
             Shader::Optim => &[include_str!("../../../shaders/optim.wgsl")],
             Shader::Matmul => &[include_str!("../../../shaders/matmul.wgsl"), GEMM_BODY],
@@ -367,11 +374,13 @@ pub(crate) mod tests {
 
     #[test]
     fn parameter_structs_mirror_their_shaders() {
-        use super::super::{conv, copy, elementwise, gather, loss, matmul, optim, reduce};
+        use super::super::{conv, copy, elementwise, gather, loss, matmul, norm, optim, reduce};
         assert_mirrors::<copy::ViewParams>(&Shader::Copy.source(), "copy");
         assert_mirrors::<elementwise::FillParams>(&Shader::Fill.source(), "fill");
         assert_mirrors::<elementwise::DropoutParams>(&Shader::Dropout.source(), "dropout");
         assert_mirrors::<gather::GatherParams>(&Shader::Gather.source(), "gather");
+        assert_mirrors::<gather::GatherParams>(&Shader::Scatter.source(), "scatter");
+        assert_mirrors::<norm::NormParams>(&Shader::LayerNorm.source(), "layer_norm");
         assert_mirrors::<reduce::AxisParams>(&Shader::Reduce.source(), "reduce");
         assert_mirrors::<reduce::AxisParams>(&Shader::Softmax.source(), "softmax");
         assert_mirrors::<loss::LossParams>(&Shader::Loss.source(), "loss");
