@@ -39,6 +39,7 @@ pub mod guide {}
 mod error;
 mod gradcheck;
 pub mod io;
+pub mod models;
 pub mod nn;
 pub(crate) mod ops;
 pub mod optim;

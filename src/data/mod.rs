@@ -14,6 +14,7 @@
 
 mod idx;
 pub mod mnist;
+pub mod names;
 
 pub use idx::{Idx, parse_idx, read_idx};
 

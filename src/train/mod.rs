@@ -310,7 +310,7 @@ pub fn fit(
                 clip_grad_norm(&mut grads, &params, max_norm);
             }
             keep.optimizer.step(&grads);
-            running.add(&out, &y, &loss);
+            running.add(&out, &y, &loss, loss_fn.kept(&y));
             step += 1;
             // Reading metrics waits for the device: do it now and then.
             let done = i + 1;
@@ -437,7 +437,7 @@ fn evaluate_objective(
         let mut running = Running::new(metrics, &device);
         for (x, y) in data.batches(batch_size, None, &device) {
             let out = model.forward(&x);
-            running.add(&out, &y, &loss.compute(&out, &y));
+            running.add(&out, &y, &loss.compute(&out, &y), loss.kept(&y));
         }
         running.read()
     })

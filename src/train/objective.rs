@@ -11,13 +11,19 @@ pub enum Loss {
     /// Cross-entropy of logits against integer class labels (the default
     /// for classification datasets).
     CrossEntropy,
-    /// Cross-entropy with label smoothing and per-class weights (see
-    /// [`CrossEntropyOptions`]).
+    /// Cross-entropy with label smoothing, per-class weights and an
+    /// ignored label (see [`CrossEntropyOptions`]); logits may be
+    /// `[batch, .., classes]` against `[batch, ..]` targets (a language
+    /// model's). With an `ignore_index`, the loss `fit` and `evaluate`
+    /// report is the mean over the targets kept, as PyTorch computes it
+    /// over a whole set, not a mean of per-batch means.
     CrossEntropyWith {
         /// The smoothing ε.
         label_smoothing: f32,
         /// One weight per class, if any.
         weight: Option<Vec<f32>>,
+        /// Targets with this value count for nothing (padding).
+        ignore_index: Option<i64>,
     },
     /// Mean squared error (the default for regression datasets).
     Mse,
@@ -61,9 +67,9 @@ impl Loss {
         let shaped = |t: &Tensor| if t.shape() != out.shape() { t.reshape(out.shape().clone()) } else { t.clone() };
         match self {
             Loss::CrossEntropy => out.cross_entropy(target),
-            Loss::CrossEntropyWith { label_smoothing, .. } => out.cross_entropy_with(
+            Loss::CrossEntropyWith { label_smoothing, ignore_index, .. } => out.cross_entropy_with(
                 target,
-                CrossEntropyOptions { label_smoothing: *label_smoothing, weight, ignore_index: None },
+                CrossEntropyOptions { label_smoothing: *label_smoothing, weight, ignore_index: *ignore_index },
             ),
             Loss::Mse => out.mse_loss(&shaped(target)),
             Loss::L1 => out.l1_loss(&shaped(target)),
@@ -89,6 +95,18 @@ impl<'a> Objective<'a> {
     /// The loss of `out` against `target` (on the device it was made for).
     pub fn compute(&self, out: &Tensor, target: &Tensor) -> Tensor {
         self.loss.compute_with(out, target, self.weight.as_ref())
+    }
+
+    /// What the batch's loss is a mean over, on the device, when that is not
+    /// its rows: the targets kept by an ignore index (without class weights;
+    /// with them the loss is already a weighted mean and counts by rows).
+    pub fn kept(&self, target: &Tensor) -> Option<Tensor> {
+        match self.loss {
+            Loss::CrossEntropyWith { ignore_index: Some(i), weight: None, .. } => {
+                Some(no_grad(|| target.ne_scalar(*i as f32).sum()))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -165,6 +183,9 @@ impl Metrics {
 pub(super) struct Running<'a> {
     metrics: &'a [Metric],
     loss_sum: Tensor,
+    /// What the loss is a mean over, summed on the device (the targets an
+    /// ignore index keeps), or `None`: the rows seen.
+    loss_count: Option<Tensor>,
     sums: Vec<Tensor>,
     counts: Vec<usize>,
     seen: usize,
@@ -176,16 +197,28 @@ impl<'a> Running<'a> {
         Running {
             metrics,
             loss_sum: zero(),
+            loss_count: None,
             sums: metrics.iter().map(|_| zero()).collect(),
             counts: vec![0; metrics.len()],
             seen: 0,
         }
     }
 
-    pub fn add(&mut self, out: &Tensor, target: &Tensor, loss: &Tensor) {
+    /// Adds a batch: its outputs, targets, mean loss and, if the loss is
+    /// not a mean over rows, what it is a mean over ([`Objective::kept`]).
+    pub fn add(&mut self, out: &Tensor, target: &Tensor, loss: &Tensor, kept: Option<Tensor>) {
         no_grad(|| {
             let n = target.dims().first().copied().unwrap_or(1);
-            self.loss_sum = &self.loss_sum + &loss.detach().mul_scalar(n as f32);
+            match kept {
+                Some(k) => {
+                    self.loss_sum = &self.loss_sum + &(&loss.detach() * &k);
+                    self.loss_count = Some(match &self.loss_count {
+                        Some(c) => c + &k,
+                        None => k,
+                    });
+                }
+                None => self.loss_sum = &self.loss_sum + &loss.detach().mul_scalar(n as f32),
+            }
             for (i, m) in self.metrics.iter().enumerate() {
                 let (sum, count) = m.batch_sum(&out.detach(), target);
                 self.sums[i] = &self.sums[i] + &sum;
@@ -202,11 +235,16 @@ impl<'a> Running<'a> {
     /// Reads the sums back (waiting for the device), all in one transfer.
     pub fn read(&self) -> Result<Metrics> {
         let all = no_grad(|| {
-            let parts: Vec<Tensor> =
-                std::iter::once(&self.loss_sum).chain(&self.sums).map(|t| t.reshape([1])).collect();
+            let parts: Vec<Tensor> = [&self.loss_sum]
+                .into_iter()
+                .chain(&self.sums)
+                .chain(&self.loss_count)
+                .map(|t| t.reshape([1]))
+                .collect();
             Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
         })
         .to_vec()?;
+        let loss_count = if self.loss_count.is_some() { all[all.len() - 1] } else { self.seen.max(1) as f32 };
         let values = self
             .metrics
             .iter()
@@ -214,7 +252,7 @@ impl<'a> Running<'a> {
             .zip(&self.counts)
             .map(|((m, &sum), &count)| (m.name(), sum / count.max(1) as f32))
             .collect();
-        Ok(Metrics { loss: all[0] / self.seen.max(1) as f32, values })
+        Ok(Metrics { loss: all[0] / loss_count, values })
     }
 }
 
@@ -231,7 +269,8 @@ mod tests {
     #[test]
     fn an_objective_uploads_the_class_weights_once_and_computes_the_loss() {
         let (out, y) = logits_and_labels();
-        let loss = Loss::CrossEntropyWith { label_smoothing: 0.1, weight: Some(vec![1.0, 2.0, 0.5]) };
+        let loss =
+            Loss::CrossEntropyWith { label_smoothing: 0.1, weight: Some(vec![1.0, 2.0, 0.5]), ignore_index: None };
         let objective = Objective::new(&loss, &out.device());
         let weight = objective.weight.as_ref().expect("the weights, on the device").id();
         let first = objective.compute(&out, &y).item().unwrap();
@@ -247,8 +286,8 @@ mod tests {
         let metrics = [Metric::Accuracy, Metric::TopK(2), Metric::TopK(5)];
         let mut running = Running::new(&metrics, &Device::Cpu);
         let loss = out.cross_entropy(&y);
-        running.add(&out, &y, &loss);
-        running.add(&out, &y, &loss);
+        running.add(&out, &y, &loss, None);
+        running.add(&out, &y, &loss, None);
         let m = running.read().unwrap();
         // Arg-max right for rows 0 and 3; the label among the top 2 for 0, 1 and 3.
         assert_eq!(m.values, [("accuracy".into(), 0.5), ("top2_accuracy".into(), 0.75), ("top5_accuracy".into(), 1.0)]);
