@@ -211,6 +211,6 @@ mod tests {
         }
         assert!(Args::try_parse_from(["names", "--model", "lstm", "--hidden", "32"]).is_ok());
         let args = Args::try_parse_from(["names", "--d-model", "10", "--heads", "4"]).unwrap();
-        assert!(model(&args, 28, &Device::Cpu).unwrap_err().contains("does not divide"));
+        assert!(model(&args, 28, &Device::Cpu).err().unwrap().contains("does not divide"));
     }
 }
