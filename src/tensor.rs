@@ -148,6 +148,11 @@ impl Tensor {
     }
 
     /// The storage, for an in-place write: bumps its version.
+    /// Whether no other tensor shares this one's storage.
+    pub(crate) fn storage_exclusive(&self) -> bool {
+        Arc::strong_count(&self.0.storage) == 1
+    }
+
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Storage> {
         self.0.storage.version.fetch_add(1, Ordering::Relaxed);
         self.0.storage.data.write().unwrap_or_else(|e| e.into_inner())

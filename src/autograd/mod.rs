@@ -30,6 +30,7 @@ pub use anomaly::detect_anomaly;
 pub(crate) use anomaly::{check_anomaly, in_backward_of};
 pub use custom::CustomOp;
 
+use crate::shape::Strided;
 use crate::{Shape, Tensor};
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -90,6 +91,9 @@ pub(crate) struct BackwardCtx<'a> {
     inputs: &'a [Tensor],
     /// The storage versions the forward saw: the inputs', then the output's.
     versions: &'a [u64],
+    /// Gradients that cover a region of an input only (see
+    /// [`grad_region`](Self::grad_region)).
+    regions: std::cell::RefCell<Vec<(usize, Tensor, Strided)>>,
 }
 
 impl BackwardCtx<'_> {
@@ -104,6 +108,17 @@ impl BackwardCtx<'_> {
     /// panics as [`input`](Self::input) does if it was modified in place.
     pub fn output(&self) -> &Tensor {
         self.unchanged(self.out, self.versions[self.inputs.len()], "its output")
+    }
+
+    /// Reports that input `i`'s gradient is `values` in `region` (a strided
+    /// view of the contiguous input) and zero elsewhere, instead of
+    /// returning it whole: the rule returns `None` for that input. The
+    /// engine adds `values` into the input's accumulated gradient in place,
+    /// so the slices of a tensor (an unrolled recurrence's time steps, an
+    /// LSTM's gates) cost their own size in the backward, not the whole
+    /// tensor's each.
+    pub fn grad_region(&self, i: usize, values: Tensor, region: Strided) {
+        self.regions.borrow_mut().push((i, values, region));
     }
 
     /// The shape of input `i` (needs no check: shapes never change).
@@ -258,8 +273,34 @@ impl Tensor {
                 });
                 let Node { op, inputs, versions, backward, _live } = node;
                 let needs: Vec<bool> = inputs.iter().map(Tensor::is_tracked).collect();
-                let ctx = BackwardCtx { grad: &g, needs: &needs, op, out: &t, inputs: &inputs, versions: &versions };
+                let ctx = BackwardCtx {
+                    grad: &g,
+                    needs: &needs,
+                    op,
+                    out: &t,
+                    inputs: &inputs,
+                    versions: &versions,
+                    regions: Default::default(),
+                };
                 let input_grads = in_backward_of(op, || backward(&ctx));
+                for (i, values, region) in ctx.regions.into_inner() {
+                    let input = &inputs[i];
+                    if !needs[i] {
+                        continue;
+                    }
+                    check_anomaly(op, &values);
+                    match pending.get_mut(&input.id()) {
+                        Some((_, acc)) => {
+                            if !acc.is_exclusive() {
+                                *acc = acc.copy_contiguous();
+                            }
+                            acc.add_region_in_place(&region, &values);
+                        }
+                        None => {
+                            pending.insert(input.id(), (input.clone(), values.embed_raw(input.shape(), &region)));
+                        }
+                    }
+                }
                 for ((input, need), ig) in inputs.iter().zip(&needs).zip(input_grads) {
                     let Some(ig) = ig else { continue };
                     if !need {
@@ -289,6 +330,25 @@ impl Tensor {
 #[cfg(test)]
 mod tests {
     use crate::{Device, Tensor, no_grad};
+
+    #[test]
+    fn region_gradients_add_in_place_without_touching_shared_ones() {
+        let dev = Device::Cpu;
+        let x = Tensor::new([1.0, 2.0, 3.0, 4.0], &dev).unwrap().requires_grad();
+        let w = Tensor::new([0.5, 0.5, 0.5, 0.5], &dev).unwrap().requires_grad();
+        // The slices are recorded first, so the add's gradient (one handle
+        // shared by x and w) reaches x's accumulator before they do: it
+        // must be copied, not written, or w's gradient changes too.
+        let (a, b) = (x.narrow(0, 1, 2), x.narrow(0, 0, 3));
+        let t = &x + &w;
+        let loss = &(&t.sum() + &(&a * 3.0).sum()) + &(&b * 10.0).sum();
+        let g = loss.backward();
+        assert_eq!(g.get(&x).unwrap().to_vec().unwrap(), [11.0, 14.0, 14.0, 1.0]);
+        assert_eq!(g.get(&w).unwrap().to_vec().unwrap(), [1.0; 4]);
+        // Slices alone: the first creates the accumulator, the rest add.
+        let g = (&x.narrow(0, 0, 2).sum() + &(&x.narrow(0, 1, 3) * 2.0).sum()).backward();
+        assert_eq!(g.get(&x).unwrap().to_vec().unwrap(), [1.0, 3.0, 2.0, 2.0]);
+    }
 
     #[test]
     fn no_grad_restores_after_panic() {

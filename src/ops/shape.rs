@@ -21,10 +21,28 @@ impl Tensor {
 
     /// A tensor of `shape` holding zeros except for `region`, which holds
     /// `self`.
-    fn embed_raw(&self, shape: &Shape, region: &Strided) -> Tensor {
+    pub(crate) fn embed_raw(&self, shape: &Shape, region: &Strided) -> Tensor {
         let out = Tensor::zeros(shape.clone(), &self.device());
         self.device().backend().copy_into(&mut out.write(), region, &self.read());
         out
+    }
+
+    /// Whether nothing else holds this handle or its storage, so it may be
+    /// written in place unseen (the backward's own accumulators).
+    pub(crate) fn is_exclusive(&self) -> bool {
+        std::sync::Arc::strong_count(&self.0) == 1 && self.storage_exclusive()
+    }
+
+    /// A contiguous copy of the elements in a storage of its own.
+    pub(crate) fn copy_contiguous(&self) -> Tensor {
+        self.copy_raw(Strided::contiguous(self.shape()))
+    }
+
+    /// `self[region] += values`, in place, touching the region only (a
+    /// gather of it, an add, a scatter back).
+    pub(crate) fn add_region_in_place(&self, region: &Strided, values: &Tensor) {
+        let sum = &self.copy_raw(region.clone()).reshape(values.shape().clone()) + values;
+        self.device().backend().copy_into(&mut self.write(), region, &sum.read());
     }
 
     /// The same elements with another shape of the same size (no copy).
@@ -146,9 +164,10 @@ impl Tensor {
             self.shape()
         );
         let region = Self::axis_region(self.shape(), axis, start, len);
-        let input_shape = self.shape().clone();
-        self.copy_raw(region.clone())
-            .record("narrow", &[self], move |c| vec![Some(c.grad.embed_raw(&input_shape, &region))])
+        self.copy_raw(region.clone()).record("narrow", &[self], move |c| {
+            c.grad_region(0, c.grad.clone(), region);
+            vec![None]
+        })
     }
 
     /// The strided region `start..start+len` of `axis` in a contiguous `shape`.
