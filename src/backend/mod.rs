@@ -438,6 +438,21 @@ pub(crate) trait Backend {
         rows: usize,
         cols: usize,
     ) -> [Storage; 3];
+    /// One LSTM step's gate arithmetic: `hc = [h | c]` (`[batch, 2·hidden]`)
+    /// from the pre-activation `gates = [i | f | g | o]` (`[batch,
+    /// 4·hidden]`, PyTorch's order) and `hc_prev`:
+    /// `c = σ(f)·c_prev + σ(i)·tanh(g)`, `h = σ(o)·tanh(c)`.
+    fn lstm_cell(&self, gates: &Storage, hc_prev: &Storage, batch: usize, hidden: usize) -> Storage;
+    /// The gradients of [`lstm_cell`](Self::lstm_cell) for `ghc`:
+    /// `[d gates, d hc_prev]` (the latter's `h` half zero).
+    fn lstm_cell_backward(
+        &self,
+        gates: &Storage,
+        hc_prev: &Storage,
+        ghc: &Storage,
+        batch: usize,
+        hidden: usize,
+    ) -> [Storage; 2];
     /// `x · keep(i) / (1 - p)` with `keep` from [`crate::rng::dropout_keep`].
     fn dropout(&self, x: &Storage, n: usize, p: f32, key: [u32; 2]) -> Storage;
     /// One fused optimizer step on `param` (and its state buffers), in place.

@@ -294,7 +294,7 @@ fn check_sequence(what: &str, x: &Tensor, features: usize) -> (usize, usize) {
     (x.dims()[0], x.dims()[1])
 }
 
-/// The `[batch, gates·hidden]` gate slice `i` of `[batch, gates·hidden]`.
+/// The `[batch, hidden]` gate slice `i` of `[batch, gates·hidden]`.
 fn gate(all: &Tensor, i: usize, hidden: usize) -> Tensor {
     all.narrow(1, i * hidden, hidden)
 }
@@ -310,8 +310,9 @@ fn stack_steps(steps: &[Tensor]) -> Tensor {
 /// `weight_ih_l{k}`, `weight_hh_l{k}`, `bias_ih_l{k}`, `bias_hh_l{k}` with
 /// the gates in PyTorch's order (input, forget, cell, output). The
 /// sequence is unrolled on the tape: the input projections of every step
-/// are one matmul, then one `[batch, hidden]·[hidden, 4·hidden]` matmul and
-/// the gate arithmetic per step.
+/// are one matmul, then per step one `[batch, hidden]·[hidden, 4·hidden]`
+/// matmul and the gate arithmetic as one fused kernel (forward and
+/// backward).
 pub struct LSTM {
     layers: Vec<RnnLayer>,
     hidden: usize,
@@ -340,28 +341,45 @@ impl LSTM {
         let input = self.layers[0].weight_ih.dims()[1];
         let (batch, seq) = check_sequence("LSTM", x, input);
         let hd = self.hidden;
-        let zeros = Tensor::zeros([batch, hd], &x.device());
+        if let Some((h0, c0)) = state {
+            let want = [self.layers.len(), batch, hd];
+            assert!(
+                h0.dims() == want && c0.dims() == want,
+                "LSTM: initial state of shapes {} and {}, expected {want:?}",
+                h0.shape(),
+                c0.shape()
+            );
+        }
         let mut layer_input = x.clone();
         let (mut hs, mut cs) = (Vec::new(), Vec::new());
         for (l, layer) in self.layers.iter().enumerate() {
-            let (mut h, mut c) = match state {
-                Some((h0, c0)) => (h0.narrow(0, l, 1).squeeze(0), c0.narrow(0, l, 1).squeeze(0)),
-                None => (zeros.clone(), zeros.clone()),
+            // The state as one [batch, 2·hidden] tensor, [h | c]: what the
+            // fused cell reads and writes.
+            let mut hc = match state {
+                Some((h0, c0)) => {
+                    let layer_of = |t: &Tensor| t.narrow(0, l, 1).squeeze(0);
+                    Tensor::cat(&[&layer_of(h0), &layer_of(c0)], 1)
+                }
+                None => Tensor::zeros([batch, 2 * hd], &x.device()),
             };
             // Every step's input projection, both biases folded in: [batch, seq, 4h].
             let projected = layer_input.linear(&layer.weight_ih, Some(&(&layer.bias_ih + &layer.bias_hh)));
-            let mut outputs = Vec::with_capacity(seq);
+            let w_hh_t = layer.weight_hh.t();
+            let mut states = Vec::with_capacity(seq);
             for t in 0..seq {
-                let gates = &projected.narrow(1, t, 1).squeeze(1) + &h.matmul(&layer.weight_hh.t());
-                let (i, f) = (gate(&gates, 0, hd).sigmoid(), gate(&gates, 1, hd).sigmoid());
-                let (g, o) = (gate(&gates, 2, hd).tanh(), gate(&gates, 3, hd).sigmoid());
-                c = &(&f * &c) + &(&i * &g);
-                h = &o * &c.tanh();
-                outputs.push(h.clone());
+                let h = hc.narrow(1, 0, hd);
+                let gates = &projected.narrow(1, t, 1).squeeze(1) + &h.matmul(&w_hh_t);
+                hc = gates.lstm_cell(&hc);
+                states.push(hc.clone());
             }
-            layer_input = if seq == 0 { Tensor::zeros([batch, 0, hd], &x.device()) } else { stack_steps(&outputs) };
-            hs.push(h.unsqueeze(0));
-            cs.push(c.unsqueeze(0));
+            layer_input = if seq == 0 {
+                Tensor::zeros([batch, 0, hd], &x.device())
+            } else {
+                // [batch, seq, 2h] → the h half.
+                stack_steps(&states).narrow(2, 0, hd)
+            };
+            hs.push(hc.narrow(1, 0, hd).unsqueeze(0));
+            cs.push(hc.narrow(1, hd, hd).unsqueeze(0));
         }
         let cat = |v: &[Tensor]| Tensor::cat(&v.iter().collect::<Vec<_>>(), 0);
         (layer_input, (cat(&hs), cat(&cs)))

@@ -106,6 +106,37 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// One LSTM step's gate arithmetic, fused (see
+    /// [`crate::backend::Backend::lstm_cell`]): `self` the pre-activation
+    /// gates `[batch, 4·hidden]`, `hc_prev` the state `[batch, 2·hidden]`
+    /// (`[h | c]`); returns the new `[h | c]`.
+    pub(crate) fn lstm_cell(&self, hc_prev: &Tensor) -> Tensor {
+        let (batch, hidden) = (hc_prev.dims()[0], hc_prev.dims()[1] / 2);
+        assert!(
+            self.dims() == [batch, 4 * hidden] && hc_prev.dims() == [batch, 2 * hidden],
+            "lstm_cell: gates {} and state {} do not fit [batch, 4·hidden] and [batch, 2·hidden]",
+            self.shape(),
+            hc_prev.shape()
+        );
+        same_device("lstm_cell", self, hc_prev);
+        let device = self.device();
+        let storage =
+            Tensor::with_storages(&[self, hc_prev], |s| device.backend().lstm_cell(s[0], s[1], batch, hidden));
+        let out = Tensor::from_storage(storage, [batch, 2 * hidden].into(), device);
+        out.record("lstm_cell", &[self, hc_prev], move |c| {
+            let device = c.grad.device();
+            let [dg, dhc] = Tensor::with_storages(&[c.input(0), c.input(1), c.grad], |s| {
+                device.backend().lstm_cell_backward(s[0], s[1], s[2], batch, hidden)
+            });
+            vec![
+                c.needs[0].then(|| Tensor::from_storage(dg, [batch, 4 * hidden].into(), device.clone())),
+                c.needs[1].then(|| Tensor::from_storage(dhc, [batch, 2 * hidden].into(), device.clone())),
+            ]
+        })
+    }
+}
+
 /// `[rows, cols]` of 1 where `column - row ≤ diagonal` (`lower`) or
 /// `≥ diagonal`, else 0.
 fn triangle_mask(rows: usize, cols: usize, diagonal: i64, lower: bool, device: &crate::Device) -> Tensor {

@@ -50,13 +50,11 @@ pub(crate) fn erf(x: f32) -> f32 {
 
 #[inline]
 pub(crate) fn sigmoid(x: f32) -> f32 {
-    // Never exponentiates a positive number, so it never overflows.
-    if x >= 0.0 {
-        1.0 / (1.0 + exp(-x))
-    } else {
-        let e = exp(x);
-        e / (1.0 + e)
-    }
+    // Never exponentiates a positive number, so it never overflows; one
+    // exp and a select of cheap values, so loops of it vectorise.
+    let e = exp(-x.abs());
+    let r = 1.0 / (1.0 + e);
+    if x >= 0.0 { r } else { e * r }
 }
 
 #[inline]

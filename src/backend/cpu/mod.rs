@@ -28,6 +28,7 @@ mod norm;
 mod optim;
 mod pool;
 mod reduce;
+mod rnn;
 mod scan;
 mod simd;
 mod softmax;
@@ -200,6 +201,23 @@ impl Backend for Cpu {
         cols: usize,
     ) -> [Storage; 3] {
         run_many(&[x, stats, w, gy], || norm::layer_norm_backward(x.cpu(), stats.cpu(), w.cpu(), gy.cpu(), rows, cols))
+    }
+
+    fn lstm_cell(&self, gates: &Storage, hc_prev: &Storage, batch: usize, hidden: usize) -> Storage {
+        run(&[gates, hc_prev], || rnn::lstm_cell(gates.cpu(), hc_prev.cpu(), batch, hidden))
+    }
+
+    fn lstm_cell_backward(
+        &self,
+        gates: &Storage,
+        hc_prev: &Storage,
+        ghc: &Storage,
+        batch: usize,
+        hidden: usize,
+    ) -> [Storage; 2] {
+        run_many(&[gates, hc_prev, ghc], || {
+            rnn::lstm_cell_backward(gates.cpu(), hc_prev.cpu(), ghc.cpu(), batch, hidden)
+        })
     }
 
     fn cumsum(&self, x: &Storage, v: AxisView, reverse: bool) -> Storage {

@@ -40,6 +40,7 @@ mod pipelines;
 mod pool;
 mod queue;
 mod reduce;
+mod rnn;
 mod scan;
 mod softmax;
 mod sort;
@@ -493,6 +494,21 @@ impl Backend for GpuDevice {
         cols: usize,
     ) -> [Storage; 3] {
         norm::layer_norm_backward(&self.ctx, [x.gpu(), stats.gpu(), w.gpu(), gy.gpu()], rows, cols).map(Storage::Gpu)
+    }
+
+    fn lstm_cell(&self, gates: &Storage, hc_prev: &Storage, batch: usize, hidden: usize) -> Storage {
+        Storage::Gpu(rnn::lstm_cell(&self.ctx, gates.gpu(), hc_prev.gpu(), batch, hidden))
+    }
+
+    fn lstm_cell_backward(
+        &self,
+        gates: &Storage,
+        hc_prev: &Storage,
+        ghc: &Storage,
+        batch: usize,
+        hidden: usize,
+    ) -> [Storage; 2] {
+        rnn::lstm_cell_backward(&self.ctx, [gates.gpu(), hc_prev.gpu(), ghc.gpu()], batch, hidden).map(Storage::Gpu)
     }
 
     fn cumsum(&self, x: &Storage, v: AxisView, reverse: bool) -> Storage {

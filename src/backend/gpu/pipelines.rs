@@ -38,6 +38,7 @@ pub(crate) enum Shader {
     Gather,
     Scatter,
     LayerNorm,
+    Rnn,
     Dropout,
     Optim,
     Matmul,
@@ -52,7 +53,7 @@ pub(crate) enum Shader {
 impl Shader {
     /// Every shader, for tests that check them all.
     #[cfg(test)]
-    pub const ALL: [Shader; 17] = [
+    pub const ALL: [Shader; 18] = [
         Shader::Scan,
         Shader::Sort,
         Shader::Copy,
@@ -63,6 +64,7 @@ impl Shader {
         Shader::Gather,
         Shader::Scatter,
         Shader::LayerNorm,
+        Shader::Rnn,
         Shader::Dropout,
         Shader::Optim,
         Shader::Matmul,
@@ -90,6 +92,7 @@ impl Shader {
             Shader::Gather => &[CHECK, INDEX_VIEW, include_str!("../../../shaders/gather.wgsl")],
             Shader::Scatter => &[CHECK, INDEX_VIEW, include_str!("../../../shaders/scatter.wgsl")],
             Shader::LayerNorm => &[include_str!("../../../shaders/layer_norm.wgsl")],
+            Shader::Rnn => &[ELEMENTWISE, include_str!("../../../shaders/rnn.wgsl")],
             Shader::Dropout => &[include_str!("../../../shaders/dropout.wgsl")],
             Shader::Optim => &[include_str!("../../../shaders/optim.wgsl")],
             Shader::Matmul => &[include_str!("../../../shaders/matmul.wgsl"), GEMM_BODY],
@@ -374,13 +377,14 @@ pub(crate) mod tests {
 
     #[test]
     fn parameter_structs_mirror_their_shaders() {
-        use super::super::{conv, copy, elementwise, gather, loss, matmul, norm, optim, reduce};
+        use super::super::{conv, copy, elementwise, gather, loss, matmul, norm, optim, reduce, rnn};
         assert_mirrors::<copy::ViewParams>(&Shader::Copy.source(), "copy");
         assert_mirrors::<elementwise::FillParams>(&Shader::Fill.source(), "fill");
         assert_mirrors::<elementwise::DropoutParams>(&Shader::Dropout.source(), "dropout");
         assert_mirrors::<gather::GatherParams>(&Shader::Gather.source(), "gather");
         assert_mirrors::<gather::GatherParams>(&Shader::Scatter.source(), "scatter");
         assert_mirrors::<norm::NormParams>(&Shader::LayerNorm.source(), "layer_norm");
+        assert_mirrors::<rnn::RnnParams>(&Shader::Rnn.source(), "rnn");
         assert_mirrors::<reduce::AxisParams>(&Shader::Reduce.source(), "reduce");
         assert_mirrors::<reduce::AxisParams>(&Shader::Softmax.source(), "softmax");
         assert_mirrors::<loss::LossParams>(&Shader::Loss.source(), "loss");
