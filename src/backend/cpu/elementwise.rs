@@ -10,14 +10,18 @@ use crate::backend::{BinaryOp, UnaryOp};
 use crate::rng;
 use crate::shape::{Strided, coalesce};
 
+#[allow(clippy::redundant_closure)]
 pub(super) fn unary(op: UnaryOp, x: &[f32]) -> Result<Vec<f32>> {
     use UnaryOp::*;
+    // Closures, not function items: a function item reaches `map` as a
+    // call through `Fn::call` that was not inlined into the vectorised
+    // loop (a GELU ran one scalar call per element).
     match op {
         Neg => map(x, |v| -v),
-        Exp => map(x, exp),
-        Log => map(x, f32::ln),
-        Sqrt => map(x, f32::sqrt),
-        Abs => map(x, f32::abs),
+        Exp => map(x, #[inline(always)] |v| exp(v)),
+        Log => map(x, #[inline(always)] |v| v.ln()),
+        Sqrt => map(x, #[inline(always)] |v| v.sqrt()),
+        Abs => map(x, #[inline(always)] |v| v.abs()),
         Sign => map(x, |v| {
             if v > 0.0 {
                 1.0
@@ -30,10 +34,10 @@ pub(super) fn unary(op: UnaryOp, x: &[f32]) -> Result<Vec<f32>> {
         }),
         // `v <= 0` is false for NaN, which passes through.
         Relu => map(x, |v| if v <= 0.0 { 0.0 } else { v }),
-        Sigmoid => map(x, sigmoid),
-        Tanh => map(x, tanh),
-        Gelu => map(x, gelu),
-        GeluGrad => map(x, gelu_grad),
+        Sigmoid => map(x, #[inline(always)] |v| sigmoid(v)),
+        Tanh => map(x, #[inline(always)] |v| tanh(v)),
+        Gelu => map(x, #[inline(always)] |v| gelu(v)),
+        GeluGrad => map(x, #[inline(always)] |v| gelu_grad(v)),
         AddScalar(s) => map(x, |v| v + s),
         MulScalar(s) => map(x, |v| v * s),
         PowScalar(p) => map(x, |v| v.powf(p)),

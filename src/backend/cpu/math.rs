@@ -40,7 +40,7 @@ pub(super) fn tanh(x: f32) -> f32 {
 }
 
 /// erf(x), Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
-#[inline]
+#[inline(always)]
 pub(crate) fn erf(x: f32) -> f32 {
     let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
     let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
@@ -48,7 +48,7 @@ pub(crate) fn erf(x: f32) -> f32 {
     if x < 0.0 { -y } else { y }
 }
 
-#[inline]
+#[inline(always)]
 pub(crate) fn sigmoid(x: f32) -> f32 {
     // Never exponentiates a positive number, so it never overflows; one
     // exp and a select of cheap values, so loops of it vectorise.
@@ -57,12 +57,12 @@ pub(crate) fn sigmoid(x: f32) -> f32 {
     if x >= 0.0 { r } else { e * r }
 }
 
-#[inline]
+#[inline(always)]
 pub(super) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-#[inline]
+#[inline(always)]
 pub(super) fn gelu_grad(x: f32) -> f32 {
     let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
     let pdf = exp(-0.5 * x * x) * 0.398_942_3; // 1/sqrt(2π)
