@@ -261,6 +261,42 @@ fn run(args: Args) -> Result<()> {
         }))
     })?;
 
+    // A transformer's normalisation and attention, forward and backward.
+    bench.add("layer_norm", "8192x512 fwd+bwd".into(), None, &|dev| {
+        manual_seed(0);
+        let x = Tensor::randn([8192, 512], dev).requires_grad();
+        let (w, b) = (Tensor::ones([512], dev).requires_grad(), Tensor::zeros([512], dev).requires_grad());
+        let g = Tensor::randn([8192, 512], dev);
+        let dev = dev.clone();
+        Ok(Box::new(move || {
+            let _grads = x.layer_norm(1, Some(&w), Some(&b), 1e-5).backward_with(g.clone());
+            dev.synchronize()
+        }))
+    })?;
+    let attn_flops = 3.0 * 2.0 * 2.0 * (32 * 8 * 128 * 128 * 64) as f64;
+    bench.add("attention", "32x8x128x64 causal fwd+bwd".into(), Some(attn_flops), &|dev| {
+        manual_seed(0);
+        let [q, k, v] = [0; 3].map(|_| Tensor::randn([32, 8, 128, 64], dev).requires_grad());
+        let g = Tensor::randn([32, 8, 128, 64], dev);
+        let dev = dev.clone();
+        Ok(Box::new(move || {
+            let _grads = wgrad::scaled_dot_product_attention(&q, &k, &v, true).backward_with(g.clone());
+            dev.synchronize()
+        }))
+    })?;
+    // An embedding's backward: 4096 ids into a 50k-row table.
+    bench.add("embedding", "50000x512 table, 4096 ids fwd+bwd".into(), None, &|dev| {
+        manual_seed(0);
+        let table = Tensor::randn([50_000, 512], dev).requires_grad();
+        let ids = Tensor::from_vec((0..4096).map(|i| ((i * 7919) % 50_000) as f32).collect(), [4096], dev)?;
+        let g = Tensor::randn([4096, 512], dev);
+        let dev = dev.clone();
+        Ok(Box::new(move || {
+            let _grads = table.index_select(0, &ids).backward_with(g.clone());
+            dev.synchronize()
+        }))
+    })?;
+
     let batches: &[usize] = if args.quick { &[32, 256] } else { &[32, 64, 128, 256, 512, 1024] };
     for &batch in batches {
         let flops = 3.0 * 2.0 * batch as f64 * (784.0 * 128.0 + 128.0 * 10.0);
@@ -296,6 +332,46 @@ fn run(args: Args) -> Result<()> {
             bench.records.push(Record {
                 workload,
                 size: format!("{} digits, batch {batch_size}", data.len()),
+                device: name,
+                seconds,
+                cold_seconds: cold,
+                flops: None,
+            });
+        }
+    }
+
+    // Character-level language models (examples/names.rs) through `fit`:
+    // a GPT and an LSTM (an eighth of the names with --quick).
+    let names = wgrad::data::names::load("data/names", 16)?;
+    let names_train = if args.quick { names.train.split_last(0.875).0 } else { names.train.clone() };
+    let lm_loss = wgrad::train::Loss::CrossEntropyWith { label_smoothing: 0.0, weight: None, ignore_index: Some(-1) };
+    type BuildLm = fn(&Device) -> Box<dyn nn::Module>;
+    let lms: [(&str, BuildLm); 2] = [
+        ("names_gpt_epoch", |d| {
+            let c = wgrad::models::GptConfig { vocab: 28, context: 16, d_model: 64, heads: 4, layers: 2 };
+            Box::new(wgrad::models::Gpt::new(c, d))
+        }),
+        ("names_lstm_epoch", |d| Box::new(wgrad::models::LstmLm::new(28, 64, 128, 1, d))),
+    ];
+    for (workload, build) in lms {
+        let devices = if bench.wants(workload) { bench.devices.clone() } else { Vec::new() };
+        for (name, dev) in devices {
+            manual_seed(0);
+            let model = build(&dev);
+            let mut opt = Adam::new(model.parameters(), 3e-3);
+            let config = FitConfig {
+                epochs: 1,
+                batch_size: 64,
+                loss: Some(lm_loss.clone()),
+                metrics: Some(Vec::new()),
+                verbose: false,
+                ..FitConfig::default()
+            };
+            let (cold, seconds) =
+                measure(bench.reps.min(3), || fit(&*model, &mut opt, &names_train, &config).map(drop))?;
+            bench.records.push(Record {
+                workload,
+                size: format!("{} names, batch 64", names_train.len()),
                 device: name,
                 seconds,
                 cold_seconds: cold,

@@ -316,3 +316,42 @@ fn triangles_and_sampling(dev: &Device) {
     assert!(matches!(err, Error::InvalidArgument { op: "multinomial", .. }), "{err}");
 }
 test_device!(triangles_and_sampling);
+
+/// Kernels a GPT block's forward and backward dispatch on the GPU, and
+/// those of its parts (README: "Where a GPT block's dispatches go").
+#[test]
+fn dispatches_of_a_gpt_block() {
+    common::gpu();
+    let Ok(gpu) = wgrad::GpuDevice::with_options(wgrad::GpuOptions::from_env()) else { return };
+    // A device of its own: other tests' kernels do not reach its count.
+    let dev = wgrad::Device::Gpu(gpu.clone());
+    manual_seed(1);
+    let block = nn::TransformerBlock::new(64, 4, 256, true, &dev);
+    let x = Tensor::randn([8, 16, 64], &dev).requires_grad();
+    let count = |what: &str, f: &dyn Fn() -> Tensor| {
+        let g = Tensor::randn(f().dims().to_vec(), &dev);
+        gpu.synchronize().unwrap();
+        let before = gpu.kernels_dispatched();
+        let out = f();
+        gpu.synchronize().unwrap();
+        let fwd = gpu.kernels_dispatched() - before;
+        let grads = out.backward_with(g);
+        for (_, p) in block.named_parameters() {
+            grads.get(&p).map(|t| t.to_vec().unwrap());
+        }
+        grads.get(&x).map(|t| t.to_vec().unwrap());
+        gpu.synchronize().unwrap();
+        let total = gpu.kernels_dispatched() - before;
+        eprintln!("{what}: {fwd} forward, {} backward", total - fwd);
+        total
+    };
+    let total = count("block", &|| block.forward(&x));
+    count("norm1", &|| block.norm1.forward(&x));
+    count("self_attn", &|| block.self_attn.forward(&x));
+    count("linear1", &|| block.linear1.forward(&x));
+    count("linear1+gelu", &|| block.linear1.forward(&x).gelu());
+    let (q, k, v) =
+        (x.reshape([8, 16, 4, 16]).permute(&[0, 2, 1, 3]), x.reshape([8, 4, 16, 16]), x.reshape([8, 4, 16, 16]));
+    count("sdpa", &|| scaled_dot_product_attention(&q, &k, &v, true));
+    assert!(total <= 60, "a GPT block's forward and backward took {total} dispatches");
+}

@@ -112,11 +112,11 @@ impl BackwardCtx<'_> {
 
     /// Reports that input `i`'s gradient is `values` in `region` (a strided
     /// view of the contiguous input) and zero elsewhere, instead of
-    /// returning it whole: the rule returns `None` for that input. The
-    /// engine adds `values` into the input's accumulated gradient in place,
-    /// so the slices of a tensor (an unrolled recurrence's time steps, an
-    /// LSTM's gates) cost their own size in the backward, not the whole
-    /// tensor's each.
+    /// returning it whole: the rule returns `None` for that input. On the
+    /// CPU the engine adds `values` into the input's accumulated gradient in
+    /// place, so the slices of a tensor (an unrolled recurrence's time
+    /// steps) cost their own size in the backward, not the whole tensor's
+    /// each; on a GPU it adds them as whole tensors, lazily, as before.
     pub fn grad_region(&self, i: usize, values: Tensor, region: Strided) {
         self.regions.borrow_mut().push((i, values, region));
     }
@@ -290,6 +290,12 @@ impl Tensor {
                     }
                     check_anomaly(op, &values);
                     match pending.get_mut(&input.id()) {
+                        // On a GPU the sums stay lazy, fusable expressions:
+                        // an in-place write would force every pending one
+                        // that reads the accumulator first.
+                        Some((_, acc)) if !acc.device().is_cpu() => {
+                            *acc = &*acc + &values.embed_raw(input.shape(), &region)
+                        }
                         Some((_, acc)) => {
                             if !acc.is_exclusive() {
                                 *acc = acc.copy_contiguous();

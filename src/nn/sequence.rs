@@ -169,8 +169,11 @@ impl Module for MultiheadAttention {
         let (b, s, h) = (x.dims()[0], x.dims()[1], self.heads);
         let d = embed / h;
         // [b, s, 3·embed] → three [b, h, s, d].
-        let qkv = x.linear(&self.in_proj_weight, Some(&self.in_proj_bias)).reshape([b, s, 3, h, d]);
-        let part = |i: usize| qkv.narrow(2, i, 1).reshape([b, s, h, d]).permute(&[0, 2, 1, 3]);
+        // One copy into [3, b, h, s, d]; each of q, k, v is then a
+        // contiguous block of it.
+        let qkv =
+            x.linear(&self.in_proj_weight, Some(&self.in_proj_bias)).reshape([b, s, 3, h, d]).permute(&[2, 0, 3, 1, 4]);
+        let part = |i: usize| qkv.narrow(0, i, 1).reshape([b, h, s, d]);
         let y = scaled_dot_product_attention(&part(0), &part(1), &part(2), self.causal);
         self.out_proj.forward(&y.permute(&[0, 2, 1, 3]).reshape([b, s, embed]))
     }

@@ -186,11 +186,16 @@ pub fn scaled_dot_product_attention(q: &Tensor, k: &Tensor, v: &Tensor, causal: 
     same_device("scaled_dot_product_attention", q, k);
     same_device("scaled_dot_product_attention", q, v);
     let scale = 1.0 / (qd[r - 1] as f32).sqrt();
-    let mut scores = q.matmul(&k.transpose(-2, -1)) * scale;
+    // q·kᵀ with kᵀ read through the matmul's transpose flag, not copied.
+    let mut scores = q.matmul_t(k, false, true) * scale;
     if causal {
+        // PyTorch's math path: an additive bias of 0 and -∞, which the GPU
+        // fuses with the scaling into one elementwise kernel.
         let (sq, sk) = (qd[r - 2], kd[r - 2]);
-        let future = triangle_mask(sq, sk, 1, false, &q.device());
-        scores = scores.masked_fill(&future, f32::NEG_INFINITY);
+        let bias = Tensor::generate("causal mask", [sq, sk].into(), &q.device(), |i| {
+            if i % sk > i / sk { f32::NEG_INFINITY } else { 0.0 }
+        });
+        scores = &scores + &bias;
     }
     scores.softmax(-1).matmul(v)
 }

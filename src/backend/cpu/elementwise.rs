@@ -18,10 +18,26 @@ pub(super) fn unary(op: UnaryOp, x: &[f32]) -> Result<Vec<f32>> {
     // loop (a GELU ran one scalar call per element).
     match op {
         Neg => map(x, |v| -v),
-        Exp => map(x, #[inline(always)] |v| exp(v)),
-        Log => map(x, #[inline(always)] |v| v.ln()),
-        Sqrt => map(x, #[inline(always)] |v| v.sqrt()),
-        Abs => map(x, #[inline(always)] |v| v.abs()),
+        Exp => map(
+            x,
+            #[inline(always)]
+            |v| exp(v),
+        ),
+        Log => map(
+            x,
+            #[inline(always)]
+            |v| v.ln(),
+        ),
+        Sqrt => map(
+            x,
+            #[inline(always)]
+            |v| v.sqrt(),
+        ),
+        Abs => map(
+            x,
+            #[inline(always)]
+            |v| v.abs(),
+        ),
         Sign => map(x, |v| {
             if v > 0.0 {
                 1.0
@@ -34,10 +50,26 @@ pub(super) fn unary(op: UnaryOp, x: &[f32]) -> Result<Vec<f32>> {
         }),
         // `v <= 0` is false for NaN, which passes through.
         Relu => map(x, |v| if v <= 0.0 { 0.0 } else { v }),
-        Sigmoid => map(x, #[inline(always)] |v| sigmoid(v)),
-        Tanh => map(x, #[inline(always)] |v| tanh(v)),
-        Gelu => map(x, #[inline(always)] |v| gelu(v)),
-        GeluGrad => map(x, #[inline(always)] |v| gelu_grad(v)),
+        Sigmoid => map(
+            x,
+            #[inline(always)]
+            |v| sigmoid(v),
+        ),
+        Tanh => map(
+            x,
+            #[inline(always)]
+            |v| tanh(v),
+        ),
+        Gelu => map(
+            x,
+            #[inline(always)]
+            |v| gelu(v),
+        ),
+        GeluGrad => map(
+            x,
+            #[inline(always)]
+            |v| gelu_grad(v),
+        ),
         AddScalar(s) => map(x, |v| v + s),
         MulScalar(s) => map(x, |v| v * s),
         PowScalar(p) => map(x, |v| v.powf(p)),
