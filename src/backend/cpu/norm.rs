@@ -14,13 +14,18 @@ use crate::Result;
 pub(super) fn layer_norm(x: &[f32], w: &[f32], b: &[f32], rows: usize, cols: usize, eps: f32) -> Result<[Vec<f32>; 2]> {
     let mut y = output_overwritten(rows * cols)?;
     let mut stats = output_overwritten(rows * 2)?;
-    for (row, s) in stats.chunks_mut(2).enumerate().take(rows) {
-        let r = &x[row * cols..(row + 1) * cols];
-        let mean = row_sum(r) / cols as f32;
-        let var = r.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / cols as f32;
-        s[0] = mean;
-        s[1] = 1.0 / (var + eps).sqrt();
-    }
+    for_rows(
+        &mut stats,
+        2,
+        #[inline(always)]
+        |row, s| {
+            let r = &x[row * cols..(row + 1) * cols];
+            let mean = row_sum(r) / cols as f32;
+            let var = r.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / cols as f32;
+            s[0] = mean;
+            s[1] = 1.0 / (var + eps).sqrt();
+        },
+    );
     let stats_ref = &stats;
     for_rows(
         &mut y,
