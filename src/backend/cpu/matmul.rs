@@ -59,6 +59,22 @@ pub(super) fn matmul(a: &[f32], b: &[f32], s: MatmulSpec) -> Result<Vec<f32>> {
     let (rsa, csa) = if s.trans_a { (1, s.m) } else { (s.k, 1) };
     let (rsb, csb) = if s.trans_b { (1, s.k) } else { (s.n, 1) };
     let macs = s.m.saturating_mul(s.n).saturating_mul(s.k);
+    let threads = pool::threads();
+    if s.batch > 1 && macs < PAR_MATMUL_MACS && threads > 1 && macs.saturating_mul(s.batch) >= PAR_MATMUL_MACS {
+        // Many small products (attention's per-head q·kᵀ): whole entries
+        // per task, the batch split into about 4 tasks a thread.
+        let per_task = s.batch.div_ceil(threads * 4);
+        let optr = OutPtr(out.as_mut_ptr());
+        let entry = |i: usize| {
+            let a = Mat { data: &a[i * s.a_batch_stride..], rows: s.m, cols: s.k, rs: rsa, cs: csa };
+            let b = Mat { data: &b[i * s.b_batch_stride..], rows: s.k, cols: s.n, rs: rsb, cs: csb };
+            // SAFETY: entry i's m×n block of C starts at i·m·n, inside the
+            // exactly sized output, and only this call writes it.
+            unsafe { gemm_raw(optr.at(i * s.m * s.n), s.n, a, b, false) };
+        };
+        pool::run(s.batch.div_ceil(per_task), &|t| (t * per_task..((t + 1) * per_task).min(s.batch)).for_each(entry));
+        return Ok(out);
+    }
     for (i, c) in out.chunks_mut(s.m * s.n).enumerate() {
         let pa = &a[i * s.a_batch_stride..];
         let pb = &b[i * s.b_batch_stride..];
@@ -72,7 +88,6 @@ pub(super) fn matmul(a: &[f32], b: &[f32], s: MatmulSpec) -> Result<Vec<f32>> {
             // written by this call alone.
             unsafe { gemm_raw(cptr.at(m0 * s.n + n0), s.n, a, b, false) };
         };
-        let threads = pool::threads();
         if macs < PAR_MATMUL_MACS || threads == 1 {
             block((0, s.m), (0, s.n));
             continue;
@@ -237,6 +252,29 @@ mod tests {
                     assert!(
                         (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
                         "{m}x{k}x{n} {trans_a} {trans_b} [{j}]: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn many_small_products_split_by_batch_entry_match_a_plain_loop() {
+        // 300 products of 16×24·24×9 (attention's per-head shape): below
+        // PAR_MATMUL_MACS each, above it together, so whole entries go to
+        // tasks, with a ragged last task; B shared (stride 0) or per entry.
+        let (batch, m, k, n) = (300, 16, 24, 9);
+        for (trans_a, trans_b) in [(false, false), (false, true), (true, false)] {
+            for b_stride in [0, k * n] {
+                let s =
+                    MatmulSpec { batch, m, n, k, trans_a, trans_b, a_batch_stride: m * k, b_batch_stride: b_stride };
+                let a: Vec<f32> = (0..batch * m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0).collect();
+                let b: Vec<f32> = (0..batch * k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0).collect();
+                let (got, want) = (matmul(&a, &b, s).unwrap(), naive(&a, &b, s));
+                for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{trans_a} {trans_b} {b_stride} [{j}]: {g} vs {w}"
                     );
                 }
             }
