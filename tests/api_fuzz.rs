@@ -157,6 +157,15 @@ enum Op {
     Pool(u8, usize, usize, usize),
     /// batch_norm in training (true) or evaluation mode.
     BatchNorm(bool),
+    /// layer_norm over the last n axes, with (true) or without an affine
+    /// weight and bias.
+    LayerNorm(usize, bool),
+    /// scaled_dot_product_attention(x, x, x), causal or not.
+    Attention(bool),
+    /// tril (true) or triu with this diagonal.
+    Triangle(bool, i64),
+    /// cross_entropy_with these labels, label 1 ignored.
+    CrossEntropyIgnore(Vec<f32>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -193,6 +202,10 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(c, k, st, p, d, g)| Op::Conv(c, k, st, p, d, g)),
         2 => (0u8..4, 0usize..4, 0usize..3, 0usize..2).prop_map(|(k, ks, st, p)| Op::Pool(k, ks, st, p)),
         1 => any::<bool>().prop_map(Op::BatchNorm),
+        2 => (0usize..4, any::<bool>()).prop_map(|(n, affine)| Op::LayerNorm(n, affine)),
+        1 => any::<bool>().prop_map(Op::Attention),
+        1 => (any::<bool>(), -2i64..3).prop_map(|(lower, d)| Op::Triangle(lower, d)),
+        1 => prop::collection::vec((0u8..6).prop_map(f32::from), 1..64).prop_map(Op::CrossEntropyIgnore),
     ]
 }
 
@@ -394,6 +407,38 @@ fn step(x: &Tensor, other: &Tensor, op: &Op, dev: &Device) -> Tensor {
             2 => x.avg_pool2d(*k, *stride, *pad, false),
             _ => x.adaptive_avg_pool2d((*k, *stride)),
         },
+        Op::LayerNorm(n, affine) => {
+            let normalized = x.dims()[x.rank().saturating_sub(*n)..].to_vec();
+            let count: usize = normalized.iter().product();
+            if *affine && *n <= x.rank() && count <= 4096 {
+                let w = Tensor::from_vec(
+                    (0..count).map(|i| 0.5 + (i % 3) as f32 * 0.25).collect(),
+                    normalized.clone(),
+                    dev,
+                );
+                let b = Tensor::from_vec((0..count).map(|i| (i % 5) as f32 * 0.1 - 0.2).collect(), normalized, dev);
+                x.layer_norm(*n, Some(&w.unwrap()), Some(&b.unwrap()), 1e-5)
+            } else {
+                x.layer_norm(*n, None, None, 1e-5)
+            }
+        }
+        Op::Attention(causal) => wgrad::scaled_dot_product_attention(x, x, x, *causal),
+        Op::Triangle(lower, d) => {
+            if *lower {
+                x.tril(*d)
+            } else {
+                x.triu(*d)
+            }
+        }
+        Op::CrossEntropyIgnore(labels) => {
+            let rows = x.dims().first().copied().unwrap_or(0);
+            let y = if rows <= 4096 {
+                Tensor::from_vec((0..rows).map(|r| labels[r % labels.len()]).collect(), [rows], dev).unwrap()
+            } else {
+                Tensor::zeros([rows], dev)
+            };
+            x.cross_entropy_with(&y, wgrad::CrossEntropyOptions { ignore_index: Some(1), ..Default::default() })
+        }
         Op::BatchNorm(training) => {
             let c = if x.rank() >= 2 { x.dims()[1] } else { 0 };
             if *training || c > 4096 {
@@ -430,7 +475,7 @@ fn inexact(op: &Op) -> bool {
         Op::Axis(k, _, _) => !matches!(k, 2 | 3 | 6 | 7 | 9 | 11),
         Op::CrossEntropy(_) => true,
         Op::Binary(b) => matches!(b, Div | Matmul | MseLoss | Bce | L1 | Huber | BceLogits),
-        Op::Conv(..) | Op::BatchNorm(_) => true,
+        Op::Conv(..) | Op::BatchNorm(_) | Op::LayerNorm(..) | Op::Attention(_) | Op::CrossEntropyIgnore(_) => true,
         Op::Pool(kind, ..) => *kind != 0,
         _ => false,
     }
