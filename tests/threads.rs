@@ -59,3 +59,26 @@ fn a_tensor_made_on_one_thread_is_used_on_another() {
         assert_eq!(grads.get(&x).unwrap().to_vec().unwrap(), vec![2.0, 4.0, 6.0], "{dev}");
     }
 }
+
+/// Threads gathering with bad indices on one GPU while others read results
+/// back: every bad gather is an error. (A read back on one thread used to
+/// resolve another thread's check begun but not yet in the submission as
+/// clean, so a bad index read back as a value now and then.)
+#[test]
+fn bad_indices_are_errors_whatever_other_threads_read() {
+    let Some(dev) = common::gpu() else { return };
+    let table = Tensor::randn([50, 8], &dev);
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (dev, table) = (dev.clone(), table.clone());
+            s.spawn(move || {
+                for i in 0..150 {
+                    let bad = (t + i) % 2 == 0;
+                    let ids = Tensor::new([1.0, if bad { 50.0 } else { 7.0 }, 3.0], &dev).unwrap();
+                    let got = table.index_select(0, &ids).to_vec();
+                    assert_eq!(got.is_err(), bad, "thread {t}, step {i}: {got:?}");
+                }
+            });
+        }
+    });
+}

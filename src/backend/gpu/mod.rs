@@ -256,12 +256,15 @@ impl Context {
 
     /// A new device-side check for a dispatch of `op` (see [`taint`]).
     pub(crate) fn check(&self, op: &'static str) -> Result<Arc<taint::Check>> {
-        if let Some(c) = self.checks.begin(op) {
-            return Ok(c);
+        loop {
+            if let Some(c) = self.checks.begin(op) {
+                return Ok(c);
+            }
+            // The next slot is held by an unresolved check: resolve all that
+            // can be (one begun by another thread and not yet recorded
+            // resolves at the next read: try again).
+            self.resolve_checks(&[])?;
         }
-        // Every slot is held by an unresolved check: resolve them all.
-        self.resolve_checks(&[])?;
-        Ok(self.checks.begin(op).expect("all slots were just resolved"))
     }
 
     /// The error buffer, bound at `slot` of a kernel with checks.
@@ -299,9 +302,11 @@ impl Context {
     fn resolve_checks(&self, sources: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u32>>> {
         let mut all = sources.to_vec();
         all.push((&self.checks.buffer.buffer, (taint::SLOTS * taint::WORDS_PER_SLOT * 4) as u64));
+        // Before the submission: only checks already recorded are in it.
+        let resolvable = self.checks.resolvable();
         let mut read = self.queue.read(&all, &self.health)?;
         let errors = read.pop().expect("the error buffer was read");
-        self.checks.resolve(&errors);
+        self.checks.resolve(&resolvable, &errors);
         Ok(read)
     }
 

@@ -39,6 +39,9 @@ pub(crate) struct Check {
     op: &'static str,
     /// `Some(None)` once resolved clean, `Some(Some(e))` once it fired.
     outcome: OnceLock<Option<Error>>,
+    /// Set once its dispatch is recorded (see [`Taint::add`]): only then
+    /// can a read back's submission include it.
+    recorded: std::sync::atomic::AtomicBool,
 }
 
 impl Check {
@@ -67,8 +70,11 @@ impl Taint {
         lock(&self.0)
     }
 
-    /// Adds `check` (the newest, so it goes last).
+    /// Adds `check` (the newest, so it goes last), whose dispatch has just
+    /// been recorded: from now on a read back's submission includes it and
+    /// may resolve it.
     pub fn add(&self, check: Arc<Check>) {
+        check.recorded.store(true, std::sync::atomic::Ordering::Release);
         let mut mine = self.lock();
         if !mine.iter().any(|c| c.failed().is_some()) {
             mine.push(check);
@@ -203,19 +209,36 @@ impl Checks {
             return None;
         }
         s.next_id = if id == u32::MAX { 1 } else { id + 1 };
-        let check = Arc::new(Check { id, slot, seq: next_seq(), op, outcome: OnceLock::new() });
+        let check =
+            Arc::new(Check { id, slot, seq: next_seq(), op, outcome: OnceLock::new(), recorded: Default::default() });
         s.slots[slot as usize] = Some(check.clone());
         Some(check)
     }
 
-    /// Resolves every outstanding check from `words`, the error buffer as
-    /// read back after all of their dispatches finished.
-    pub fn resolve(&self, words: &[u32]) {
+    /// The outstanding checks a read back submitted now can resolve: those
+    /// whose dispatch is recorded (so in the submission), and those nothing
+    /// depends on any more (a dispatch that failed to record: their outcome
+    /// matters to no one). Taken *before* the submission: a check another
+    /// thread begins, or records, after it must wait for the next read —
+    /// resolving it from this one would find its slot unwritten and call a
+    /// bad index clean.
+    pub fn resolvable(&self) -> Vec<Arc<Check>> {
         let s = self.state();
-        for check in s.slots.iter().flatten() {
-            if check.resolved() {
-                continue;
-            }
+        s.slots
+            .iter()
+            .flatten()
+            .filter(|c| {
+                !c.resolved() && (c.recorded.load(std::sync::atomic::Ordering::Acquire) || Arc::strong_count(c) == 1)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Resolves `checks` (from [`resolvable`](Self::resolvable)) from
+    /// `words`, the error buffer as read back after their dispatches
+    /// finished.
+    pub fn resolve(&self, checks: &[Arc<Check>], words: &[u32]) {
+        for check in checks {
             let at = (check.slot * WORDS_PER_SLOT) as usize;
             let record = &words[at..at + WORDS_PER_SLOT as usize];
             let error = (record[0] == check.id).then(|| Error::IndexOutOfRange {
