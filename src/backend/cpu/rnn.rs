@@ -28,6 +28,10 @@ pub(super) fn lstm_cell(gates: &[f32], hc_prev: &[f32], batch: usize, hidden: us
             let [gi, gf, gg, go] = split4(&gates[b * 4 * hidden..(b + 1) * 4 * hidden], hidden);
             let c_prev = &hc_prev[b * 2 * hidden + hidden..(b + 1) * 2 * hidden];
             let (h, c) = out.split_at_mut(hidden);
+            // Index loops over slices cut to one length: no bounds checks,
+            // and no iterator adapter left out of line (compiled without
+            // the `simd` wrapper's target features), so the loop vectorises.
+            let (h, c, c_prev) = (&mut h[..hidden], &mut c[..hidden], &c_prev[..hidden]);
             for j in 0..hidden {
                 let cj = sigmoid(gf[j]) * c_prev[j] + sigmoid(gi[j]) * tanh(gg[j]);
                 c[j] = cj;
@@ -64,6 +68,10 @@ pub(super) fn lstm_cell_backward(
             let (di, rest) = dg.split_at_mut(hidden);
             let (df, rest) = rest.split_at_mut(hidden);
             let (dgg, do_) = rest.split_at_mut(hidden);
+            // As in the forward: index loops over slices of one length.
+            let (di, df, dgg, do_, dc_prev) =
+                (&mut di[..hidden], &mut df[..hidden], &mut dgg[..hidden], &mut do_[..hidden], &mut dc_prev[..hidden]);
+            let (c_prev, dh, dc_in) = (&c_prev[..hidden], &dh[..hidden], &dc_in[..hidden]);
             for j in 0..hidden {
                 let (i, f, g, o) = (sigmoid(gi[j]), sigmoid(gf[j]), tanh(gg[j]), sigmoid(go[j]));
                 let tc = tanh(f * c_prev[j] + i * g);

@@ -95,14 +95,25 @@ pub(super) fn for_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [
             let chunk = unsafe { chunks.get(c) };
             simd(
                 #[inline(always)]
-                || chunk.chunks_mut(row_len).enumerate().for_each(|(r, row)| f(c * per_task + r, row)),
+                || each_row(chunk, row_len, c * per_task, &f),
             )
         });
     } else {
         simd(
             #[inline(always)]
-            || out.chunks_mut(row_len).enumerate().for_each(|(r, row)| f(r, row)),
+            || each_row(out, row_len, 0, &f),
         );
+    }
+}
+
+/// `f(first + r, row r)` for the rows of `out`, as a plain index loop: an
+/// iterator chain here (`chunks_mut().enumerate().for_each`) was compiled
+/// out of line, without the target features of the `simd` wrapper around
+/// it, so the rows' loops ran on SSE2 instead of AVX-512.
+#[inline(always)]
+fn each_row(out: &mut [f32], row_len: usize, first: usize, f: &impl Fn(usize, &mut [f32])) {
+    for r in 0..out.len() / row_len {
+        f(first + r, &mut out[r * row_len..(r + 1) * row_len]);
     }
 }
 
