@@ -184,10 +184,12 @@ pub(crate) struct Opened {
 /// before an integrated one before a software one.
 pub(crate) async fn open(options: &GpuOptions) -> Result<Opened> {
     let backends = options.backends.as_deref().map_or(wgpu::Backends::PRIMARY, wgpu::Backends::from_comma_list);
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends,
-        ..wgpu::InstanceDescriptor::new_without_display_handle_from_env()
-    });
+    let mut descriptor =
+        wgpu::InstanceDescriptor { backends, ..wgpu::InstanceDescriptor::new_without_display_handle_from_env() };
+    // The noop backend (WGPU_BACKEND=noop) runs only when asked for by name:
+    // it computes nothing, and exists to measure the host's cost per dispatch.
+    descriptor.backend_options.noop.enable = backends.contains(wgpu::Backends::NOOP);
+    let instance = wgpu::Instance::new(descriptor);
     let wanted = options.adapter.as_ref().map(|s| s.to_lowercase());
     let mut adapters = instance.enumerate_adapters(backends).await;
     let found: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();

@@ -381,7 +381,7 @@ impl GpuDevice {
 
     /// Whether the adapter is a hardware GPU (not a software rasterizer).
     pub(crate) fn ctx_is_hardware(&self) -> bool {
-        self.ctx.info.device_type != wgpu::DeviceType::Cpu
+        self.ctx.info.device_type != wgpu::DeviceType::Cpu && self.ctx.info.backend != wgpu::Backend::Noop
     }
 
     /// The adapter behind this device.
