@@ -16,6 +16,10 @@
 //! figures from another run. `--burn` likewise builds and runs
 //! `benches/burn_peer`: burn's wgpu backend on the same adapter, and its
 //! ndarray backend on the CPU.
+//!
+//! `WGPU_BACKEND=noop` measures wgpu's noop adapter as the GPU: every
+//! kernel's host path (recording, validation, encoding) with no device work,
+//! so the GPU column is host cost alone.
 
 use clap::Parser;
 use plotters::prelude::*;
