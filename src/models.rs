@@ -154,7 +154,9 @@ impl Module for LstmLm {
 /// ending at `end` (not included) or after `max_len` tokens: all sequences
 /// at once, one forward per position over the whole prefix, sampling the
 /// next tokens with `options` from `generator`. The model is run in
-/// evaluation mode and without a tape; its mode is restored.
+/// evaluation mode and without a tape; its mode is restored. The longest
+/// sequence fed to the model is `max_len` tokens: at most a [`Gpt`]'s
+/// context.
 pub fn generate(
     model: &dyn Module,
     count: usize,
@@ -164,6 +166,9 @@ pub fn generate(
     generator: &mut Generator,
     device: &Device,
 ) -> Result<Vec<Vec<usize>>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
     let modes = crate::nn::modes(model);
     model.eval();
     let result = no_grad(|| {

@@ -355,3 +355,41 @@ fn dispatches_of_a_gpt_block() {
     count("sdpa", &|| scaled_dot_product_attention(&q, &k, &v, true));
     assert!(total <= 60, "a GPT block's forward and backward took {total} dispatches");
 }
+
+fn infinities_outside_the_kept_part_do_not_leak(dev: &Device) {
+    // tril/triu select: -∞ above the diagonal of a causal mask, 0 below.
+    let mask = Tensor::full([3, 3], f32::NEG_INFINITY, dev).triu(1).to_vec().unwrap();
+    let inf = f32::NEG_INFINITY;
+    assert_eq!(mask, [0.0, inf, inf, 0.0, 0.0, inf, 0.0, 0.0, 0.0]);
+    let x = Tensor::new([[1.0, f32::INFINITY], [2.0, 3.0]], dev).unwrap();
+    assert_eq!(x.tril(0).to_vec().unwrap(), [1.0, 0.0, 2.0, 3.0]);
+    // An ignored row with a -∞ logit at the stand-in label: the loss is the
+    // kept row's, ln 2 (PyTorch's), with or without smoothing and weights.
+    let logits = Tensor::new([[f32::NEG_INFINITY, 0.0], [0.0, 0.0]], dev).unwrap();
+    let labels = Tensor::new([-100.0, 1.0], dev).unwrap();
+    let w = Tensor::new([1.0, 2.0], dev).unwrap();
+    for opts in [
+        CrossEntropyOptions { ignore_index: Some(-100), ..Default::default() },
+        CrossEntropyOptions { ignore_index: Some(-100), label_smoothing: 0.1, ..Default::default() },
+        CrossEntropyOptions { ignore_index: Some(-100), weight: Some(&w), ..Default::default() },
+    ] {
+        let loss = logits.cross_entropy_with(&labels, opts).item().unwrap();
+        assert!((loss - std::f32::consts::LN_2).abs() < 1e-6, "{opts:?}: {loss}");
+    }
+}
+test_device!(infinities_outside_the_kept_part_do_not_leak);
+
+#[test]
+fn edge_cases_of_gru_state_generation_and_sampling() {
+    let dev = Device::Cpu;
+    let gru = nn::GRU::new(3, 4, 2, &dev);
+    let msg = panic_message_of(|| {
+        gru.forward_with_state(&Tensor::zeros([2, 5, 3], &dev), Some(&Tensor::zeros([2, 1, 4], &dev)));
+    });
+    assert!(msg.contains("GRU") && msg.contains("[2, 1, 4]"), "{msg}");
+    let lm = wgrad::models::LstmLm::new(5, 4, 6, 1, &dev);
+    let none = wgrad::models::generate(&lm, 0, (0, 0), 8, Sampling::default(), &mut Generator::new(0), &dev).unwrap();
+    assert!(none.is_empty());
+    let err = multinomial(&Tensor::zeros([2, 0], &dev), &mut Generator::new(0)).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { op: "multinomial", .. }), "{err}");
+}

@@ -436,6 +436,10 @@ impl GRU {
         let input = self.layers[0].weight_ih.dims()[1];
         let (batch, seq) = check_sequence("GRU", x, input);
         let hd = self.hidden;
+        if let Some(h0) = h0 {
+            let want = [self.layers.len(), batch, hd];
+            assert!(h0.dims() == want, "GRU: initial state of shape {}, expected {want:?}", h0.shape());
+        }
         let mut layer_input = x.clone();
         let mut hs = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {

@@ -31,6 +31,12 @@ pub struct CrossEntropyOptions<'a> {
     pub ignore_index: Option<i64>,
 }
 
+/// `x` where `kept` is 1, and 0 (not `x · 0`, which is NaN for an infinite
+/// `x`) where it is 0.
+fn only_kept(x: &Tensor, kept: &Tensor) -> Tensor {
+    kept.where_cond(x, &Tensor::zeros([], &x.device()))
+}
+
 impl Tensor {
     /// Mean absolute error against `target` (same shape).
     pub fn l1_loss(&self, target: &Tensor) -> Tensor {
@@ -128,7 +134,7 @@ impl Tensor {
         if eps == 0.0 && weight.is_none() {
             // The fused per-row kernel, masked: Σ kept · nll / Σ kept.
             let kept = kept.expect("an ignore index");
-            return (self.cross_entropy_per_sample(labels) * &kept).sum() / &kept.sum();
+            return only_kept(&self.cross_entropy_per_sample(labels), &kept).sum() / &kept.sum();
         }
         let logp = self.log_softmax(1);
         let nll = logp.gather(1, &labels.unsqueeze(1)).squeeze(1).neg();
@@ -140,9 +146,14 @@ impl Tensor {
             None => (Tensor::ones([labels.dims()[0]], &self.device()), None),
         };
         if let Some(kept) = &kept {
-            w_rows = &w_rows * kept;
+            w_rows = only_kept(&w_rows, kept);
         }
         let mut per_row = &nll * &w_rows;
+        if let Some(kept) = &kept {
+            // An ignored row's nll may be ∞ (a -∞ logit at its stand-in
+            // label 0): selected away, not multiplied by a zero weight.
+            per_row = only_kept(&per_row, kept);
+        }
         if eps > 0.0 {
             // The uniform part: -Σ_c w_c · log p_c / C, for the rows kept.
             let weighted = match w_classes {
@@ -151,7 +162,7 @@ impl Tensor {
             };
             let mut smooth = weighted.sum_dim(1, false).neg() / classes as f32;
             if let Some(kept) = &kept {
-                smooth = &smooth * kept;
+                smooth = only_kept(&smooth, kept);
             }
             per_row = &per_row * (1.0 - eps) + &smooth * eps;
         }

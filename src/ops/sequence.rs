@@ -102,7 +102,9 @@ impl Tensor {
         assert!(self.rank() >= 2, "{op}: needs at least 2 axes, got shape {}", self.shape());
         let d = self.dims();
         let mask = triangle_mask(d[d.len() - 2], d[d.len() - 1], diagonal, lower, &self.device());
-        self * &mask
+        // A select, not a product: ±∞ and NaN outside the triangle become
+        // 0, as in PyTorch (`full(-inf).triu(1)` is a causal mask).
+        mask.where_cond(self, &Tensor::zeros([], &self.device()))
     }
 }
 
@@ -250,6 +252,10 @@ pub fn multinomial(probs: &Tensor, generator: &mut Generator) -> Result<Vec<usiz
         probs.shape()
     );
     let classes = *probs.dims().last().expect("rank ≥ 1");
+    let rows = if probs.rank() == 1 { 1 } else { probs.dims()[0] };
+    if classes == 0 && rows > 0 {
+        return Err(crate::Error::InvalidArgument { op: "multinomial", msg: "no classes to draw from".into() });
+    }
     let values = probs.to_vec()?;
     let mut out = Vec::new();
     for row in values.chunks(classes.max(1)) {

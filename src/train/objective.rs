@@ -211,7 +211,10 @@ impl<'a> Running<'a> {
             let n = target.dims().first().copied().unwrap_or(1);
             match kept {
                 Some(k) => {
-                    self.loss_sum = &self.loss_sum + &(&loss.detach() * &k);
+                    // A batch whose targets are all ignored has a NaN mean
+                    // loss and counts for nothing (not NaN · 0).
+                    let part = k.gt_scalar(0.0).where_cond(&(&loss.detach() * &k), &Tensor::zeros([], &k.device()));
+                    self.loss_sum = &self.loss_sum + &part;
                     self.loss_count = Some(match &self.loss_count {
                         Some(c) => c + &k,
                         None => k,
@@ -278,6 +281,23 @@ mod tests {
         assert_eq!(objective.compute(&out, &y).item().unwrap(), first);
         assert_eq!(objective.weight.as_ref().unwrap().id(), weight, "the weights were uploaded again");
         assert!(Objective::new(&Loss::CrossEntropy, &out.device()).weight.is_none());
+    }
+
+    #[test]
+    fn a_batch_whose_targets_are_all_ignored_counts_for_nothing() {
+        let dev = Device::Cpu;
+        let loss = Loss::CrossEntropyWith { label_smoothing: 0.0, weight: None, ignore_index: Some(-1) };
+        let objective = Objective::new(&loss, &dev);
+        let out = Tensor::new([[1.0, 0.0], [0.0, 1.0]], &dev).unwrap();
+        let mut running = Running::new(&[], &dev);
+        for y in [[1.0, -1.0], [-1.0, -1.0]] {
+            let y = Tensor::new(y, &dev).unwrap();
+            let l = objective.compute(&out, &y);
+            running.add(&out, &y, &l, objective.kept(&y));
+        }
+        // The first batch's one kept target; the second's NaN mean is not summed.
+        let expected = (1.0f32.exp() + 1.0).ln();
+        assert!((running.read().unwrap().loss - expected).abs() < 1e-6);
     }
 
     #[test]
