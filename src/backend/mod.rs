@@ -438,6 +438,10 @@ pub(crate) trait Backend {
         rows: usize,
         cols: usize,
     ) -> [Storage; 3];
+    /// The gradient of [`softmax`](Self::softmax) (or log-softmax) along
+    /// `v`'s axis from its output `y` and the output's gradient `g`:
+    /// `y·(g - Σ g·y)`, or `g - exp(y)·Σ g` for log-softmax.
+    fn softmax_backward(&self, y: &Storage, g: &Storage, v: AxisView, log: bool) -> Storage;
     /// One LSTM step's gate arithmetic: `hc = [h | c]` (`[batch, 2·hidden]`)
     /// from the pre-activation `gates = [i | f | g | o]` (`[batch,
     /// 4·hidden]`, PyTorch's order) and `hc_prev`:

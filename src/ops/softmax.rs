@@ -12,14 +12,23 @@ impl Tensor {
         Tensor::from_storage(storage, self.shape().clone(), self.device().clone())
     }
 
+    /// The gradient `self` of a (log-)softmax output `y` carried back to its
+    /// input, by one kernel (not differentiable itself: no double backward).
+    fn softmax_backward_raw(&self, y: &Tensor, axis: usize, log: bool) -> Tensor {
+        let (outer, len, inner) = y.shape().split_at_axis(axis);
+        let device = y.device();
+        let storage = Tensor::with_storages(&[y, self], |s| {
+            device.backend().softmax_backward(s[0], s[1], AxisView { outer, len, inner }, log)
+        });
+        Tensor::from_storage(storage, y.shape().clone(), device)
+    }
+
     /// `exp(x) / Σ exp(x)` along `axis`.
     pub fn softmax(&self, axis: impl Dim) -> Tensor {
         let axis = axis.index(self.shape(), "softmax");
         self.softmax_raw(axis, false).record("softmax", &[self], move |c| {
-            // dx = s ⊙ (g − Σ g⊙s)
-            let s = c.output();
-            let dot = (c.grad * s).sum_dim(axis, true);
-            vec![Some(s * &(c.grad - &dot))]
+            // dx = s ⊙ (g − Σ g⊙s), one kernel.
+            vec![Some(c.grad.softmax_backward_raw(c.output(), axis, false))]
         })
     }
 
@@ -27,9 +36,8 @@ impl Tensor {
     pub fn log_softmax(&self, axis: impl Dim) -> Tensor {
         let axis = axis.index(self.shape(), "log_softmax");
         self.softmax_raw(axis, true).record("log_softmax", &[self], move |c| {
-            // dx = g − softmax(x) · Σ g
-            let total = c.grad.sum_dim(axis, true);
-            vec![Some(c.grad - &(c.output().exp() * &total))]
+            // dx = g − softmax(x) · Σ g, one kernel.
+            vec![Some(c.grad.softmax_backward_raw(c.output(), axis, true))]
         })
     }
 }

@@ -203,6 +203,10 @@ impl Backend for Cpu {
         run_many(&[x, stats, w, gy], || norm::layer_norm_backward(x.cpu(), stats.cpu(), w.cpu(), gy.cpu(), rows, cols))
     }
 
+    fn softmax_backward(&self, y: &Storage, g: &Storage, v: AxisView, log: bool) -> Storage {
+        run(&[y, g], || softmax::softmax_backward(y.cpu(), g.cpu(), v, log))
+    }
+
     fn lstm_cell(&self, gates: &Storage, hc_prev: &Storage, batch: usize, hidden: usize) -> Storage {
         run(&[gates, hc_prev], || rnn::lstm_cell(gates.cpu(), hc_prev.cpu(), batch, hidden))
     }

@@ -64,3 +64,31 @@ pub(super) fn softmax(x: &[f32], v: AxisView, log: bool) -> Result<Vec<f32>> {
     );
     Ok(out)
 }
+
+/// The gradient of [`softmax`] (or log-softmax, `log`) from its output `y`
+/// and the output's gradient `g`: per line `y·(g - Σ g·y)`, or
+/// `g - exp(y)·Σ g`.
+pub(super) fn softmax_backward(y: &[f32], g: &[f32], v: AxisView, log: bool) -> Result<Vec<f32>> {
+    let AxisView { outer, len, inner } = v;
+    let mut out = output_overwritten(outer * len * inner)?;
+    for_rows(
+        &mut out,
+        (len * inner).max(1),
+        #[inline(always)]
+        |o, block| {
+            let (ys, gs) = (&y[o * len * inner..(o + 1) * len * inner], &g[o * len * inner..(o + 1) * len * inner]);
+            for i in 0..inner {
+                let at = |l: usize| l * inner + i;
+                let mut total = 0.0f32;
+                for l in 0..len {
+                    total += if log { gs[at(l)] } else { gs[at(l)] * ys[at(l)] };
+                }
+                for l in 0..len {
+                    block[at(l)] =
+                        if log { gs[at(l)] - exp(ys[at(l)]) * total } else { ys[at(l)] * (gs[at(l)] - total) };
+                }
+            }
+        },
+    );
+    Ok(out)
+}

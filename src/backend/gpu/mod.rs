@@ -501,6 +501,10 @@ impl Backend for GpuDevice {
         norm::layer_norm_backward(&self.ctx, [x.gpu(), stats.gpu(), w.gpu(), gy.gpu()], rows, cols).map(Storage::Gpu)
     }
 
+    fn softmax_backward(&self, y: &Storage, g: &Storage, v: AxisView, log: bool) -> Storage {
+        Storage::Gpu(softmax::softmax_backward(&self.ctx, y.gpu(), g.gpu(), v, log))
+    }
+
     fn lstm_cell(&self, gates: &Storage, hc_prev: &Storage, batch: usize, hidden: usize) -> Storage {
         Storage::Gpu(rnn::lstm_cell(&self.ctx, gates.gpu(), hc_prev.gpu(), batch, hidden))
     }

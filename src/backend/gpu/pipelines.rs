@@ -34,6 +34,7 @@ pub(crate) enum Shader {
     Fill,
     Reduce,
     Softmax,
+    SoftmaxBackward,
     Loss,
     Gather,
     Scatter,
@@ -53,13 +54,14 @@ pub(crate) enum Shader {
 impl Shader {
     /// Every shader, for tests that check them all.
     #[cfg(test)]
-    pub const ALL: [Shader; 18] = [
+    pub const ALL: [Shader; 19] = [
         Shader::Scan,
         Shader::Sort,
         Shader::Copy,
         Shader::Fill,
         Shader::Reduce,
         Shader::Softmax,
+        Shader::SoftmaxBackward,
         Shader::Loss,
         Shader::Gather,
         Shader::Scatter,
@@ -88,6 +90,7 @@ impl Shader {
             Shader::Fill => &[include_str!("../../../shaders/fill.wgsl")],
             Shader::Reduce => &[include_str!("../../../shaders/reduce.wgsl")],
             Shader::Softmax => &[ELEMENTWISE, ONLINE_SOFTMAX, include_str!("../../../shaders/softmax.wgsl")],
+            Shader::SoftmaxBackward => &[include_str!("../../../shaders/softmax_backward.wgsl")],
             Shader::Loss => &[ELEMENTWISE, ONLINE_SOFTMAX, CHECK, include_str!("../../../shaders/loss.wgsl")],
             Shader::Gather => &[CHECK, INDEX_VIEW, include_str!("../../../shaders/gather.wgsl")],
             Shader::Scatter => &[CHECK, INDEX_VIEW, include_str!("../../../shaders/scatter.wgsl")],
@@ -386,6 +389,7 @@ pub(crate) mod tests {
         assert_mirrors::<norm::NormParams>(&Shader::LayerNorm.source(), "layer_norm");
         assert_mirrors::<rnn::RnnParams>(&Shader::Rnn.source(), "rnn");
         assert_mirrors::<reduce::AxisParams>(&Shader::Reduce.source(), "reduce");
+        assert_mirrors::<reduce::AxisParams>(&Shader::SoftmaxBackward.source(), "softmax_backward");
         assert_mirrors::<reduce::AxisParams>(&Shader::Softmax.source(), "softmax");
         assert_mirrors::<loss::LossParams>(&Shader::Loss.source(), "loss");
         assert_mirrors::<matmul::MatmulParams>(&Shader::Matmul.source(), "matmul");
