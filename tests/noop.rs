@@ -33,10 +33,33 @@ fn a_training_step_runs_its_host_path_on_the_noop_adapter() {
     assert!((10..=40).contains(&per_step), "{per_step} dispatches a step");
 }
 
+/// The seed's MNIST model (Flatten → Linear 784→128 → ReLU → Dropout 0.2 →
+/// Linear 128→10, Adam, batch 32): its training step dispatches at most
+/// the kernels the README states (23), counted on the noop adapter, whose
+/// host path dispatches exactly what a GPU's would.
 #[test]
-fn device_best_never_picks_the_noop_adapter() {
-    // SAFETY: no other thread of this test binary reads the environment
-    // while this one writes it (the other test opens its device by options).
-    unsafe { std::env::set_var("WGPU_BACKEND", "noop") };
-    assert!(Device::best().is_cpu(), "Device::best() took the noop adapter, which computes nothing");
+fn an_mnist_step_dispatches_no_more_kernels_than_the_readme_says() {
+    let gpu = noop();
+    let dev = Device::Gpu(gpu.clone());
+    wgrad::manual_seed(0);
+    let model = nn::Sequential::new()
+        .add(nn::Flatten)
+        .add(nn::Linear::new(784, 128, &dev))
+        .add(nn::ReLU)
+        .add(nn::Dropout::new(0.2))
+        .add(nn::Linear::new(128, 10, &dev));
+    let mut opt = Adam::new(model.parameters(), 1e-3);
+    let x = Tensor::randn([32, 28, 28], &dev);
+    let y = Tensor::from_vec((0..32).map(|i| (i % 10) as f32).collect(), [32], &dev).unwrap();
+    let mut step = || {
+        let loss = model.forward(&x).cross_entropy(&y);
+        opt.step(&loss.backward());
+        gpu.synchronize().unwrap();
+    };
+    step();
+    let before = gpu.kernels_dispatched();
+    step();
+    let dispatched = gpu.kernels_dispatched() - before;
+    eprintln!("an MNIST training step: {dispatched} dispatches");
+    assert!(dispatched <= 23, "an MNIST training step took {dispatched} dispatches; the README says 23");
 }
