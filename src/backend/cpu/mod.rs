@@ -114,10 +114,8 @@ fn store(result: Result<Vec<f32>>) -> Storage {
 
 /// Runs `kernel` unless an input is poisoned, in which case the result is too.
 fn run(inputs: &[&Storage], kernel: impl FnOnce() -> Result<Vec<f32>>) -> Storage {
-    match poisoned(inputs) {
-        Some(e) => Storage::Poisoned(e),
-        None => store(kernel()),
-    }
+    let [out] = run_many(inputs, || kernel().map(|v| [v]));
+    out
 }
 
 /// As [`run`], for a kernel with `N` outputs (all poisoned alike).

@@ -149,12 +149,8 @@ impl Context {
         inputs: &[&GpuBuffer],
         fill: impl FnOnce(&[&Arc<Pooled>], &Arc<Pooled>) -> Result<()>,
     ) -> GpuBuffer {
-        let ready = match computed(inputs.iter().copied()) {
-            Ok(ready) => ready,
-            Err(poison) => return GpuBuffer::poisoned(poison),
-        };
-        let result = self.alloc(op, n).and_then(|out| fill(&ready, &out).map(|()| out));
-        GpuBuffer::ready(result.map_err(|e| Poison::new(ready.iter().map(|p| &p.taint), Fault::new(e))))
+        let [out] = self.compute_many(op, [n], inputs, |ins, [out]| fill(ins, out));
+        out
     }
 
     /// As [`compute`](Self::compute) for a kernel family with `N` outputs
