@@ -170,6 +170,22 @@ fn argmax_breaks_ties_like_the_cpu() {
 }
 
 #[test]
+fn layer_norm_family() {
+    // Rows of 1, of fewer elements than a workgroup, and of more (300,
+    // 3000: the GPU's strided loop over a row and its tree sum), with the
+    // affine weight and bias as variables; one and two normalised axes.
+    let shapes: &[(&[usize], usize)] = &[(&[7, 1], 1), (&[5, 300], 1), (&[3, 4, 129], 2), (&[2, 3000], 1)];
+    for (i, &(shape, axes)) in shapes.iter().enumerate() {
+        let x = rand(shape, -3.0, 3.0, 4100 + i as u64);
+        let normalized = &shape[shape.len() - axes..];
+        let (w, b) = (rand(normalized, 0.5, 1.5, 4200 + i as u64), rand(normalized, -1.0, 1.0, 4300 + i as u64));
+        parity(&format!("layer_norm {shape:?}"), REDUCTION, &[x, w, b], &[], |v, _| {
+            v[0].layer_norm(axes, Some(&v[1]), Some(&v[2]), 1e-5)
+        });
+    }
+}
+
+#[test]
 fn softmax_family() {
     let shapes: &[&[usize]] = &[&[1], &[3], &[257], &[65, 17], &[3, 129], &[17, 63, 3], &[2, 3000]];
     for (i, &shape) in shapes.iter().enumerate() {
