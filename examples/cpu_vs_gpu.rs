@@ -348,7 +348,6 @@ fn run(args: Args) -> Result<()> {
     // a GPT and an LSTM (an eighth of the names with --quick).
     let names = wgrad::data::names::load("data/names", 16)?;
     let names_train = if args.quick { names.train.split_last(0.875).0 } else { names.train.clone() };
-    let lm_loss = wgrad::train::Loss::CrossEntropyWith { label_smoothing: 0.0, weight: None, ignore_index: Some(-1) };
     type BuildLm = fn(&Device) -> Box<dyn nn::Module>;
     let lms: [(&str, BuildLm); 2] = [
         ("names_gpt_epoch", |d| {
@@ -366,7 +365,7 @@ fn run(args: Args) -> Result<()> {
             let config = FitConfig {
                 epochs: 1,
                 batch_size: 64,
-                loss: Some(lm_loss.clone()),
+                loss: Some(wgrad::data::names::loss()),
                 metrics: Some(Vec::new()),
                 verbose: false,
                 ..FitConfig::default()

@@ -26,7 +26,7 @@ use wgrad::data::names::{self, Names};
 use wgrad::models::{Gpt, GptConfig, LstmLm, generate};
 use wgrad::nn::Module;
 use wgrad::optim::Adam;
-use wgrad::train::{FitConfig, Loss, evaluate_with, fit};
+use wgrad::train::{FitConfig, evaluate_with, fit};
 use wgrad::{Device, Generator, Sampling, io};
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -120,11 +120,6 @@ fn model(args: &Args, vocab: usize, device: &Device) -> Result<Box<dyn Module>, 
     })
 }
 
-/// Cross-entropy over the next character, padding (-1) ignored.
-fn loss() -> Loss {
-    Loss::CrossEntropyWith { label_smoothing: 0.0, weight: None, ignore_index: Some(-1) }
-}
-
 fn run(args: Args) -> wgrad::Result<()> {
     let device = match args.device {
         Choice::Cpu => Device::Cpu,
@@ -148,7 +143,7 @@ fn run(args: Args) -> wgrad::Result<()> {
     if let Some(path) = &args.load {
         io::load(&*net, path)?;
     } else {
-        let val = evaluate_with(&*net, &data.validation, 1024, &loss(), &[])?;
+        let val = evaluate_with(&*net, &data.validation, 1024, &names::loss(), &[])?;
         println!("untrained val_loss {:.4}", val.loss);
         let mut opt = Adam::new(net.parameters(), args.lr);
         let config = FitConfig {
@@ -156,7 +151,7 @@ fn run(args: Args) -> wgrad::Result<()> {
             batch_size: args.batch_size,
             validation_data: Some(data.validation.clone()),
             shuffle_seed: args.seed,
-            loss: Some(loss()),
+            loss: Some(names::loss()),
             metrics: Some(Vec::new()),
             ..FitConfig::default()
         };
@@ -176,7 +171,7 @@ fn run(args: Args) -> wgrad::Result<()> {
     let samples = generate(&*net, args.samples, (0, 0), BLOCK, options, &mut g, &device)?;
     let samples: Vec<String> = samples.iter().map(|s| data.vocab.decode(s)).collect();
     println!("samples: {}", samples.join(" "));
-    let val = evaluate_with(&*net, &data.validation, 1024, &loss(), &[])?;
+    let val = evaluate_with(&*net, &data.validation, 1024, &names::loss(), &[])?;
     println!("val_loss: {:.4}", val.loss);
     Ok(())
 }

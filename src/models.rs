@@ -3,7 +3,7 @@
 //! train too. Their `state_dict` names are those of the PyTorch twins in
 //! `benches/names_torch.py`, so weights move between the two.
 
-use crate::nn::{Embedding, LSTM, LayerNorm, Linear, Module, TransformerBlock, Visitor};
+use crate::nn::{Embedding, EvalMode, LSTM, LayerNorm, Linear, Module, TransformerBlock, Visitor, torch_linear};
 use crate::rng::{Generator, with_default_generator};
 use crate::{Device, Result, Sampling, Tensor, no_grad, sample};
 
@@ -40,15 +40,6 @@ pub struct Gpt {
     config: GptConfig,
 }
 
-/// PyTorch's `nn.Linear` initialisation, `U(±1/√in)` for both.
-fn linear(inputs: usize, outputs: usize, g: &mut Generator, device: &Device) -> Linear {
-    let bound = 1.0 / (inputs as f32).sqrt();
-    Linear {
-        weight: Tensor::rand_uniform_with([outputs, inputs], -bound, bound, g, device).requires_grad(),
-        bias: Some(Tensor::rand_uniform_with([outputs], -bound, bound, g, device).requires_grad()),
-    }
-}
-
 impl Gpt {
     /// Drawn from the calling thread's default generator, PyTorch's
     /// initialisation.
@@ -62,7 +53,7 @@ impl Gpt {
                     .map(|_| TransformerBlock::with_generator(d_model, heads, 4 * d_model, true, g, device))
                     .collect(),
                 ln_f: LayerNorm::new([d_model], device),
-                lm_head: linear(d_model, vocab, g, device),
+                lm_head: torch_linear(d_model, vocab, g, device),
                 config,
             }
         })
@@ -128,7 +119,7 @@ impl LstmLm {
         with_default_generator(|g| LstmLm {
             wte: Embedding::with_generator(vocab, embed, g, device),
             lstm: LSTM::with_generator(embed, hidden, layers, g, device),
-            lm_head: linear(hidden, vocab, g, device),
+            lm_head: torch_linear(hidden, vocab, g, device),
         })
     }
 }
@@ -154,7 +145,8 @@ impl Module for LstmLm {
 /// ending at `end` (not included) or after `max_len` tokens: all sequences
 /// at once, one forward per position over the whole prefix, sampling the
 /// next tokens with `options` from `generator`. The model is run in
-/// evaluation mode and without a tape; its mode is restored. The longest
+/// evaluation mode and without a tape; its mode flags are restored (also
+/// on an error or a panic). The longest
 /// sequence fed to the model is `max_len` tokens: at most a [`Gpt`]'s
 /// context.
 pub fn generate(
@@ -169,9 +161,8 @@ pub fn generate(
     if count == 0 {
         return Ok(Vec::new());
     }
-    let modes = crate::nn::modes(model);
-    model.eval();
-    let result = no_grad(|| {
+    let _mode = EvalMode::enter(model);
+    no_grad(|| {
         let mut seqs: Vec<Vec<usize>> = vec![vec![start]; count];
         let mut done = vec![false; count];
         for _ in 0..max_len {
@@ -188,7 +179,5 @@ pub fn generate(
             }
         }
         Ok(seqs.into_iter().map(|s| s[1..].iter().copied().take_while(|&t| t != end).collect()).collect())
-    });
-    crate::nn::set_modes(model, &modes);
-    result
+    })
 }

@@ -7,7 +7,7 @@ use wgrad::data::names::{self, Names};
 use wgrad::models::{Gpt, GptConfig, LstmLm};
 use wgrad::nn::Module;
 use wgrad::optim::{Adam, Optimizer};
-use wgrad::train::{FitConfig, Loss, evaluate_with, fit};
+use wgrad::train::{FitConfig, evaluate_with, fit};
 use wgrad::{CrossEntropyOptions, Device, Generator, manual_seed};
 
 /// The unigram baseline's validation loss on this split (each character
@@ -16,10 +16,6 @@ const UNIGRAM: f32 = 2.8672;
 
 fn data() -> Names {
     names::load(concat!(env!("CARGO_MANIFEST_DIR"), "/data/names"), 16).unwrap()
-}
-
-fn loss() -> Loss {
-    Loss::CrossEntropyWith { label_smoothing: 0.0, weight: None, ignore_index: Some(-1) }
 }
 
 fn gpt(dev: &Device) -> Gpt {
@@ -35,14 +31,14 @@ fn lstm(dev: &Device) -> LstmLm {
 fn one_epoch_beats_the_unigram_baseline(dev: &Device) {
     let data = data();
     let model = gpt(dev);
-    let before = evaluate_with(&model, &data.validation, 1024, &loss(), &[]).unwrap().loss;
+    let before = evaluate_with(&model, &data.validation, 1024, &names::loss(), &[]).unwrap().loss;
     assert!(before > UNIGRAM, "untrained: {before}");
     let mut opt = Adam::new(model.parameters(), 3e-3);
     let config = FitConfig {
         epochs: 1,
         batch_size: 64,
         validation_data: Some(data.validation.clone()),
-        loss: Some(loss()),
+        loss: Some(names::loss()),
         metrics: Some(Vec::new()),
         verbose: false,
         ..FitConfig::default()

@@ -85,6 +85,12 @@ impl Names {
     }
 }
 
+/// The loss of this encoding: cross-entropy over the next token with the
+/// padding (-1) ignored, averaged over the characters predicted.
+pub fn loss() -> crate::train::Loss {
+    crate::train::Loss::CrossEntropyWith { label_smoothing: 0.0, weight: None, ignore_index: Some(-1) }
+}
+
 /// Reads `train.txt` and `val.txt` (one name a line) from `dir` and
 /// encodes them with a context of `block` tokens. A missing file, an empty
 /// split, a name longer than `block - 1`, or a validation character the

@@ -54,6 +54,7 @@ mod sequence;
 pub use conv::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, MaxPool2d, Residual};
 pub use layers::{Dropout, Flatten, GELU, ReLU, Sigmoid, Softmax, Tanh, Unflatten};
 pub use linear::{Init, Linear};
+pub(crate) use sequence::torch_linear;
 pub use sequence::{Embedding, GRU, LSTM, LayerNorm, LstmState, MultiheadAttention, TransformerBlock};
 
 use crate::{Device, Result, Tensor};
@@ -161,6 +162,28 @@ pub(crate) fn set_modes(module: &dyn Module, modes: &[bool]) {
             m.set(training);
         }
     }));
+}
+
+/// Evaluation mode until dropped, then each mode flag as it was before (also
+/// if evaluation fails or panics): a sub-module the caller keeps in
+/// evaluation mode (a BatchNorm frozen for fine-tuning) stays so.
+pub(crate) struct EvalMode<'a> {
+    model: &'a dyn Module,
+    modes: Vec<bool>,
+}
+
+impl<'a> EvalMode<'a> {
+    pub(crate) fn enter(model: &'a dyn Module) -> Self {
+        let modes = modes(model);
+        model.eval();
+        EvalMode { model, modes }
+    }
+}
+
+impl Drop for EvalMode<'_> {
+    fn drop(&mut self) {
+        set_modes(self.model, &self.modes);
+    }
 }
 
 /// A layer or a model: a differentiable function with named parameters.

@@ -10,7 +10,7 @@ use crate::{Device, Tensor, scaled_dot_product_attention};
 
 /// PyTorch's `nn.Linear` initialisation: weight and bias both
 /// `U(±1/√in)`.
-fn torch_linear(inputs: usize, outputs: usize, g: &mut Generator, device: &Device) -> Linear {
+pub(crate) fn torch_linear(inputs: usize, outputs: usize, g: &mut Generator, device: &Device) -> Linear {
     let bound = 1.0 / (inputs.max(1) as f32).sqrt();
     Linear {
         weight: Tensor::rand_uniform_with([outputs, inputs], -bound, bound, g, device).requires_grad(),

@@ -150,28 +150,6 @@ fn device_of(model: &dyn Module) -> Device {
     model.parameters().first().map(|p| p.device()).unwrap_or_default()
 }
 
-/// Evaluation mode until dropped, then each mode flag as it was before (also
-/// if evaluation fails or panics): a sub-module the caller keeps in
-/// evaluation mode (a BatchNorm frozen for fine-tuning) stays so.
-struct EvalMode<'a> {
-    model: &'a dyn Module,
-    modes: Vec<bool>,
-}
-
-impl<'a> EvalMode<'a> {
-    fn enter(model: &'a dyn Module) -> Self {
-        let modes = crate::nn::modes(model);
-        model.eval();
-        EvalMode { model, modes }
-    }
-}
-
-impl Drop for EvalMode<'_> {
-    fn drop(&mut self) {
-        crate::nn::set_modes(self.model, &self.modes);
-    }
-}
-
 /// The optimizer's learning rate until dropped, then the rate it had.
 struct KeepRate<'a> {
     optimizer: &'a mut dyn Optimizer,
@@ -432,7 +410,7 @@ fn evaluate_objective(
     if data.is_empty() || batch_size == 0 {
         return invalid("evaluate", format!("nothing to evaluate ({} items, batch size {batch_size})", data.len()));
     }
-    let _mode = EvalMode::enter(model);
+    let _mode = crate::nn::EvalMode::enter(model);
     no_grad(|| {
         let mut running = Running::new(metrics, &device);
         for (x, y) in data.batches(batch_size, None, &device) {
@@ -457,7 +435,7 @@ pub fn predict_outputs(model: &dyn Module, data: &Dataset, batch_size: usize) ->
     if batch_size == 0 {
         return invalid("predict", "batch size must be at least 1".into());
     }
-    let _mode = EvalMode::enter(model);
+    let _mode = crate::nn::EvalMode::enter(model);
     no_grad(|| {
         let outs: Vec<Tensor> = data.batches(batch_size, None, &device).map(|(x, _)| model.forward(&x)).collect();
         if outs.is_empty() {
