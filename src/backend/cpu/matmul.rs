@@ -177,29 +177,42 @@ pub(super) unsafe fn gemm_raw(dst: *mut f32, dst_rs: usize, a: Mat, b: Mat, accu
         }
         return;
     }
+    // gemm's microkernels want a column-major destination; ours is
+    // row-major, so (as `gemm::gemm` does before dispatching) compute the
+    // transpose: dstᵀ = bᵀ · aᵀ, swapping the operands and their strides.
+    let (mut m, mut n, mut dst_cs, mut dst_rs) = (m, n, 1isize, dst_rs as isize);
+    let (mut lhs, mut rhs) = (a, b);
+    let (mut lhs_cs, mut lhs_rs, mut rhs_cs, mut rhs_rs) = (a.cs as isize, a.rs as isize, b.cs as isize, b.rs as isize);
+    if dst_cs < dst_rs {
+        (m, n, dst_cs, dst_rs) = (n, m, dst_rs, dst_cs);
+        (lhs, rhs) = (b, a);
+        (lhs_cs, lhs_rs, rhs_cs, rhs_rs) = (b.rs as isize, b.cs as isize, a.rs as isize, a.cs as isize);
+    }
     // SAFETY: every element each operand's strides reach lies inside its
-    // slice (checked above); dst's rows are the caller's to write.
+    // slice (checked above), and every stride is non-negative (what the
+    // kernel expects; gemm::gemm would flip negative ones first); dst's rows
+    // are the caller's to write.
     unsafe {
-        gemm::gemm(
+        gemm_f32::gemm::f32::get_gemm_fn()(
             m,
             n,
             k,
             dst,
-            1,
-            dst_rs as isize,
+            dst_cs,
+            dst_rs,
             accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
+            lhs.data.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.data.as_ptr(),
+            rhs_cs,
+            rhs_rs,
             if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            gemm_common::Parallelism::None,
         );
     }
 }

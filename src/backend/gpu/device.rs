@@ -189,6 +189,12 @@ pub(crate) async fn open(options: &GpuOptions) -> Result<Opened> {
     // The noop backend (WGPU_BACKEND=noop) runs only when asked for by name:
     // it computes nothing, and exists to measure the host's cost per dispatch.
     descriptor.backend_options.noop.enable = backends.contains(wgpu::Backends::NOOP);
+    // It stands for a typical discrete GPU: 32-lane subgroups (its default,
+    // 4 to 128, would select the kernels for adapters without subgroups), so
+    // the host path measured, and the kernels built, are a real GPU's.
+    descriptor.backend_options.noop.device_type = Some(wgpu::DeviceType::DiscreteGpu);
+    descriptor.backend_options.noop.subgroup_min_size = Some(32);
+    descriptor.backend_options.noop.subgroup_max_size = Some(32);
     let instance = wgpu::Instance::new(descriptor);
     let wanted = options.adapter.as_ref().map(|s| s.to_lowercase());
     let mut adapters = instance.enumerate_adapters(backends).await;

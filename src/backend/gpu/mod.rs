@@ -56,6 +56,7 @@ use super::{
 use crate::Result;
 use crate::shape::Strided;
 use device::{Health, Tuning};
+pub use pipelines::CompiledKernel;
 use pipelines::{BindGroups, Kernel, Pipelines};
 use pool::{Pool, Pooled};
 use queue::Queue;
@@ -390,6 +391,15 @@ impl GpuDevice {
     /// that a loop dispatches what you expect.
     pub fn kernels_dispatched(&self) -> u64 {
         self.ctx.queue.dispatched()
+    }
+
+    /// Every compute pipeline this device has built, in build order: the
+    /// WGSL source, entry point, override constants and bindings of each
+    /// kernel the program has run, fused kernels included (as
+    /// `TORCH_LOGS=output_code` shows PyTorch's). `tests/portability.rs`
+    /// translates them for Metal, DX12 and OpenGL.
+    pub fn compiled_kernels(&self) -> Vec<CompiledKernel> {
+        self.ctx.pipelines.compiled()
     }
 
     /// Bytes live, bytes pooled and allocations made so far.

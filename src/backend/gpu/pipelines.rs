@@ -52,6 +52,30 @@ pub(crate) enum Shader {
 }
 
 impl Shader {
+    /// The file that names the family (the one with its entry points).
+    pub fn file(self) -> &'static str {
+        match self {
+            Shader::Copy => "copy.wgsl",
+            Shader::Fill => "fill.wgsl",
+            Shader::Reduce => "reduce.wgsl",
+            Shader::Softmax => "softmax.wgsl",
+            Shader::SoftmaxBackward => "softmax_backward.wgsl",
+            Shader::Loss => "loss.wgsl",
+            Shader::Gather => "gather.wgsl",
+            Shader::Scatter => "scatter.wgsl",
+            Shader::LayerNorm => "layer_norm.wgsl",
+            Shader::Rnn => "rnn.wgsl",
+            Shader::Dropout => "dropout.wgsl",
+            Shader::Optim => "optim.wgsl",
+            Shader::Matmul => "matmul.wgsl",
+            Shader::MatmulTiled => "matmul_tiled.wgsl",
+            Shader::Conv | Shader::ConvTiled => "conv.wgsl",
+            Shader::Pool => "pool.wgsl",
+            Shader::Scan => "scan.wgsl",
+            Shader::Sort => "sort.wgsl",
+        }
+    }
+
     /// Every shader, for tests that check them all.
     #[cfg(test)]
     pub const ALL: [Shader; 19] = [
@@ -177,20 +201,46 @@ type Layout = (wgpu::BindGroupLayout, wgpu::PipelineLayout);
 
 #[derive(Default)]
 struct Built {
-    modules: HashMap<Shader, wgpu::ShaderModule>,
+    modules: HashMap<Shader, (wgpu::ShaderModule, Arc<str>)>,
     layouts: HashMap<Vec<(u32, bool)>, Layout>,
     pipelines: HashMap<PipelineKey, Arc<Pipeline>>,
+}
+
+/// One compute pipeline a device has built: what it compiled, so that a
+/// user (or a test) can inspect, translate or profile the kernels a
+/// program really runs — fused kernels included.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CompiledKernel {
+    /// The WGSL file of the family (`"matmul.wgsl"`), or `"generated"` for a
+    /// fused elementwise kernel.
+    pub file: String,
+    /// The entry point.
+    pub entry: String,
+    /// The override constants it was built with, by name.
+    pub constants: Vec<(String, f64)>,
+    /// The complete WGSL source compiled (prelude and shared parts included).
+    pub source: Arc<str>,
+    /// The storage buffers it binds: (binding, written).
+    pub bindings: Vec<(u32, bool)>,
 }
 
 /// Shader modules, layouts and pipelines, built on first use.
 pub(crate) struct Pipelines {
     device: wgpu::Device,
     built: Mutex<Built>,
+    /// Every pipeline built, in build order (only at build time: a training
+    /// loop's steady state adds nothing).
+    compiled: Mutex<Vec<CompiledKernel>>,
 }
 
 impl Pipelines {
     pub fn new(device: wgpu::Device) -> Self {
-        Pipelines { device, built: Mutex::default() }
+        Pipelines { device, built: Mutex::default(), compiled: Mutex::default() }
+    }
+
+    /// Every pipeline built so far.
+    pub fn compiled(&self) -> Vec<CompiledKernel> {
+        lock(&self.compiled).clone()
     }
 
     fn built(&self) -> MutexGuard<'_, Built> {
@@ -213,34 +263,52 @@ impl Pipelines {
         }
         // Built outside the lock: compiling can take milliseconds, and two
         // threads building the same pipeline at once only waste one build.
-        let p = Arc::new(match (kernel, &key) {
+        let (p, record) = match (kernel, &key) {
             (Kernel::Static { shader, entry, constants }, PipelineKey::Static { signature, .. }) => {
-                let module = self.module(*shader);
-                self.build(&module, entry, constants, signature)
+                let (module, source) = self.module(*shader);
+                let record = CompiledKernel {
+                    file: shader.file().into(),
+                    entry: entry.to_string(),
+                    constants: constants.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
+                    source,
+                    bindings: signature.clone(),
+                };
+                (self.build(&module, entry, constants, signature), record)
             }
             (Kernel::Generated { source, wg }, PipelineKey::Generated { signature, .. }) => {
+                let full: Arc<str> = super::fusion::full_source(source).into();
                 let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some("generated"),
-                    source: wgpu::ShaderSource::Wgsl(super::fusion::full_source(source).into()),
+                    source: wgpu::ShaderSource::Wgsl(full.as_ref().into()),
                 });
-                self.build(&module, "main", &[("WG", *wg as f64)], signature)
+                let record = CompiledKernel {
+                    file: "generated".into(),
+                    entry: "main".into(),
+                    constants: vec![("WG".into(), *wg as f64)],
+                    source: full,
+                    bindings: signature.clone(),
+                };
+                (self.build(&module, "main", &[("WG", *wg as f64)], signature), record)
             }
             _ => unreachable!("the key is made from the kernel"),
-        });
+        };
+        let p = Arc::new(p);
+        lock(&self.compiled).push(record);
         self.built().pipelines.insert(key, p.clone());
         p
     }
 
-    fn module(&self, shader: Shader) -> wgpu::ShaderModule {
+    fn module(&self, shader: Shader) -> (wgpu::ShaderModule, Arc<str>) {
         if let Some(m) = self.built().modules.get(&shader) {
             return m.clone();
         }
+        let source: Arc<str> = shader.source().into();
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(&format!("{shader:?}")),
-            source: wgpu::ShaderSource::Wgsl(shader.source().into()),
+            source: wgpu::ShaderSource::Wgsl(source.as_ref().into()),
         });
-        self.built().modules.insert(shader, module.clone());
-        module
+        self.built().modules.insert(shader, (module.clone(), source.clone()));
+        (module, source)
     }
 
     fn layout(&self, signature: &[(u32, bool)]) -> Layout {
