@@ -86,10 +86,10 @@ fn best_takes_a_software_adapter_only_when_asked() {
     // Only a software rasterizer (lavapipe here): slower than the CPU
     // backend, so best() is the CPU, and a hardware-only open says why.
     assert!(Device::best().is_cpu());
-    let options = GpuOptions { software: false, ..GpuOptions::default() };
+    let options = GpuOptions { software: false, ..GpuOptions::from_env() };
     let err = GpuDevice::with_options(options).unwrap_err().to_string();
     assert!(err.contains("software rasterizer") && err.contains(&gpu.info().name), "{err}");
     // Asked for by name or explicitly, it is used.
-    let named = GpuOptions { adapter: Some(gpu.info().name), ..GpuOptions::default() };
+    let named = GpuOptions { adapter: Some(gpu.info().name), ..GpuOptions::from_env() };
     assert_eq!(GpuDevice::with_options(named).unwrap().info(), gpu.info());
 }

@@ -52,6 +52,12 @@ const IMMEDIATE_BUDGET: usize = 128;
 /// every Vulkan, Metal, DX12 and desktop-GL adapter exceeds.
 const STORAGE_BUFFER_BUDGET: usize = 8;
 
+/// Invocations per workgroup and bytes of workgroup memory: WebGPU's
+/// defaults. These three budgets are what the runtime requires of an
+/// adapter when it opens one (`required` in src/backend/gpu/device.rs).
+const INVOCATION_BUDGET: u32 = 256;
+const WORKGROUP_MEMORY_BUDGET: usize = 16384;
+
 fn noop(subgroups: bool) -> Device {
     let options = GpuOptions { backends: Some("noop".into()), subgroups, ..GpuOptions::default() };
     Device::Gpu(GpuDevice::with_options(options).expect("wgpu's noop backend is compiled in"))
@@ -195,19 +201,12 @@ fn storage_bindings(module: &naga::Module) -> BTreeMap<u32, bool> {
         .collect()
 }
 
-/// Bytes of the module's immediate block, if it has one.
-fn immediate_bytes(module: &naga::Module) -> usize {
-    let layouter = {
-        let mut l = naga::proc::Layouter::default();
-        l.update(module.to_ctx()).unwrap();
-        l
-    };
-    module
-        .global_variables
-        .iter()
-        .filter(|(_, g)| g.space == naga::AddressSpace::Immediate)
-        .map(|(_, g)| layouter[g.ty].size as usize)
-        .sum()
+/// Bytes of the module's globals in `space` (after `process_overrides` the
+/// module holds only what its one entry point uses).
+fn bytes_in(module: &naga::Module, space: naga::AddressSpace) -> usize {
+    let mut layouter = naga::proc::Layouter::default();
+    layouter.update(module.to_ctx()).unwrap();
+    module.global_variables.iter().filter(|(_, g)| g.space == space).map(|(_, g)| layouter[g.ty].size as usize).sum()
 }
 
 /// Writes the kernel for every backend; the first failure, named.
@@ -323,9 +322,18 @@ fn check(kernels: &[CompiledKernel], subgroups: bool) -> (usize, Vec<String>) {
         if let Err(e) = translate(&module, &info, &k.entry, subgroups) {
             failures.push(format!("{what}: {e}"));
         }
-        let bytes = immediate_bytes(&module);
+        let bytes = bytes_in(&module, naga::AddressSpace::Immediate);
         if bytes > IMMEDIATE_BUDGET {
             failures.push(format!("{what}: {bytes} bytes of immediates, DX12 allows {IMMEDIATE_BUDGET}"));
+        }
+        let shared = bytes_in(&module, naga::AddressSpace::WorkGroup);
+        let ep = module.entry_points.iter().find(|e| e.name == k.entry).expect("the entry point");
+        if shared > WORKGROUP_MEMORY_BUDGET {
+            failures.push(format!("{what}: {shared} bytes of workgroup memory, budget {WORKGROUP_MEMORY_BUDGET}"));
+        }
+        let invocations: u32 = ep.workgroup_size.iter().product();
+        if invocations > INVOCATION_BUDGET || ep.workgroup_size[0] > INVOCATION_BUDGET {
+            failures.push(format!("{what}: workgroup {:?}, budget {INVOCATION_BUDGET}", ep.workgroup_size));
         }
         let buffers = k.bindings.len();
         if buffers > STORAGE_BUFFER_BUDGET {

@@ -86,13 +86,15 @@ impl Default for GpuOptions {
 
 impl GpuOptions {
     /// The defaults, with `adapter` from `WGPU_ADAPTER_NAME` and `backends`
-    /// from `WGPU_BACKEND` where those are set, and fusion off where
-    /// `WGRAD_FUSION=0`.
+    /// from `WGPU_BACKEND` (e.g. `gl` for OpenGL) where those are set, fusion
+    /// off where `WGRAD_FUSION=0`, and subgroups off where
+    /// `WGRAD_SUBGROUPS=0` (the kernels an adapter without them runs).
     pub fn from_env() -> Self {
         GpuOptions {
             adapter: std::env::var("WGPU_ADAPTER_NAME").ok(),
             backends: std::env::var("WGPU_BACKEND").ok(),
             fusion: std::env::var("WGRAD_FUSION").map_or(true, |v| v != "0"),
+            subgroups: std::env::var("WGRAD_SUBGROUPS").map_or(true, |v| v != "0"),
             ..GpuOptions::default()
         }
     }
@@ -180,6 +182,38 @@ pub(crate) struct Opened {
     pub health: Health,
 }
 
+/// What the kernels need of an adapter beyond WebGPU's defaults, checked
+/// once when a device opens (every Vulkan, Metal, DX12 and desktop-GL
+/// adapter offers it; `tests/portability.rs` checks each kernel against
+/// these numbers).
+pub(crate) mod required {
+    /// Bytes of immediate data (push constants): Vulkan's minimum and DX12's
+    /// root-constant budget in wgpu.
+    pub const IMMEDIATE_BYTES: u32 = super::IMMEDIATE_BYTES;
+    /// Storage buffers one kernel binds at most (a fused kernel's six
+    /// leaves, its output and its words buffer).
+    pub const STORAGE_BUFFERS: u32 = 8;
+    /// Invocations of the largest workgroup the tuning picks.
+    pub const INVOCATIONS: u32 = 256;
+    /// Workgroup memory of the workgroup-tiled kernels, in bytes.
+    pub const WORKGROUP_BYTES: u32 = 16384;
+}
+
+/// The first limit of `limits` below what wgrad needs, described.
+pub(crate) fn missing_limit(limits: &wgpu::Limits) -> Option<String> {
+    let checks = [
+        ("bytes of immediate data (push constants)", limits.max_immediate_size, required::IMMEDIATE_BYTES),
+        ("storage buffers per shader stage", limits.max_storage_buffers_per_shader_stage, required::STORAGE_BUFFERS),
+        ("invocations per workgroup", limits.max_compute_invocations_per_workgroup, required::INVOCATIONS),
+        ("invocations along a workgroup's x", limits.max_compute_workgroup_size_x, required::INVOCATIONS),
+        ("bytes of workgroup memory", limits.max_compute_workgroup_storage_size, required::WORKGROUP_BYTES),
+    ];
+    checks
+        .iter()
+        .find(|(_, have, need)| have < need)
+        .map(|(what, have, need)| format!("offers {have} {what}, wgrad needs {need}"))
+}
+
 /// Opens a device on the best adapter that `options` allow: a discrete GPU
 /// before an integrated one before a software one.
 pub(crate) async fn open(options: &GpuOptions) -> Result<Opened> {
@@ -221,7 +255,9 @@ pub(crate) async fn open(options: &GpuOptions) -> Result<Opened> {
     adapters.sort_by_key(|a| rank(a.get_info().device_type));
     let Some(adapter) = adapters.into_iter().next() else {
         let why = match (&wanted, found.is_empty()) {
-            (_, true) => format!("no adapter for backends {backends:?}"),
+            (_, true) => {
+                format!("no adapter for backends {backends:?} (OpenGL is tried only when asked for: WGPU_BACKEND=gl)")
+            }
             (None, false) if !options.software && software.len() == found.len() => format!(
                 "the only GPU adapters, {software:?}, are software rasterizers (a GPU emulated on the CPU, slower \
                  than wgrad's CPU backend); Device::gpu() or WGPU_ADAPTER_NAME uses one anyway"
@@ -233,11 +269,8 @@ pub(crate) async fn open(options: &GpuOptions) -> Result<Opened> {
     };
     let info = adapter.get_info();
     let limits = adapter.limits();
-    if limits.max_immediate_size < IMMEDIATE_BYTES {
-        return Err(Error::NoAdapter(format!(
-            "{} offers {} bytes of immediate data, wgrad needs {IMMEDIATE_BYTES}",
-            info.name, limits.max_immediate_size
-        )));
+    if let Some(why) = missing_limit(&limits) {
+        return Err(Error::NoAdapter(format!("{} ({:?}): {why}", info.name, info.backend)));
     }
     let subgroups =
         options.subgroups && adapter.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8;
@@ -258,4 +291,23 @@ pub(crate) async fn open(options: &GpuOptions) -> Result<Opened> {
         .map_err(|e| Error::NoAdapter(format!("{}: {e}", info.name)))?;
     let health = Health::watch(&device);
     Ok(Opened { tuning: Tuning::for_adapter(&info, subgroups), device, queue, info, limits, health })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapters_short_of_a_limit_are_refused_naming_it() {
+        // WebGPU's defaults have no immediates at all.
+        let why = missing_limit(&wgpu::Limits::default()).unwrap();
+        assert!(why.contains("immediate") && why.contains("needs 128"), "{why}");
+        let mut enough = wgpu::Limits { max_immediate_size: 128, ..wgpu::Limits::default() };
+        assert_eq!(missing_limit(&enough), None);
+        enough.max_compute_workgroup_storage_size = 8192;
+        let why = missing_limit(&enough).unwrap();
+        assert!(why.contains("offers 8192 bytes of workgroup memory"), "{why}");
+        let few = wgpu::Limits { max_immediate_size: 256, max_storage_buffers_per_shader_stage: 4, ..enough };
+        assert!(missing_limit(&few).unwrap().contains("4 storage buffers"));
+    }
 }
