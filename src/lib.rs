@@ -50,7 +50,9 @@ mod tensor;
 pub mod train;
 
 pub use autograd::{CustomOp, Gradients, detect_anomaly, is_grad_enabled, live_nodes, no_grad};
-pub use backend::gpu::{CompiledKernel, DeviceInfo, GpuDevice, GpuOptions, MemoryStats};
+pub use backend::gpu::{
+    CompiledKernel, DeviceInfo, GpuDevice, GpuOptions, KernelAverage, KernelEvent, MemoryStats, Profile,
+};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use gradcheck::{GradcheckError, GradcheckOptions, gradcheck, gradcheck_with};

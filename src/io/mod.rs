@@ -246,7 +246,10 @@ fn write_tensors(
 /// Creates a temporary file beside `path`, fills it with `write`, syncs it
 /// and renames it to `path`. On any failure the temporary file is removed
 /// and `path` is left as it was.
-fn write_atomically(path: &Path, write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<()> {
+pub(crate) fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(path, e))?;
     // Temporary files are private (0600); give the result the permissions

@@ -29,7 +29,8 @@ pub(crate) struct Tuning {
 
 impl Tuning {
     fn for_adapter(info: &wgpu::AdapterInfo, subgroups: bool) -> Self {
-        if info.device_type == wgpu::DeviceType::Cpu {
+        // The noop adapter reports itself as a CPU, but stands for a GPU.
+        if info.device_type == wgpu::DeviceType::Cpu && info.backend != wgpu::Backend::Noop {
             // Software rasterisers (lavapipe, WARP) run a workgroup on one CPU
             // thread, SIMD across invocations: barriers are dear, and small
             // workgroups spread a matmul evenly over the cores.
@@ -224,9 +225,9 @@ pub(crate) async fn open(options: &GpuOptions) -> Result<Opened> {
     // it computes nothing, and exists to measure the host's cost per dispatch.
     descriptor.backend_options.noop.enable = backends.contains(wgpu::Backends::NOOP);
     // It stands for a typical discrete GPU: 32-lane subgroups (its default,
-    // 4 to 128, would select the kernels for adapters without subgroups), so
-    // the host path measured, and the kernels built, are a real GPU's.
-    descriptor.backend_options.noop.device_type = Some(wgpu::DeviceType::DiscreteGpu);
+    // 4 to 128, would select the kernels for adapters without subgroups) and
+    // a GPU's tuning (`Tuning::for_adapter`), so the host path measured, and
+    // the kernels built, are a real GPU's.
     descriptor.backend_options.noop.subgroup_min_size = Some(32);
     descriptor.backend_options.noop.subgroup_max_size = Some(32);
     let instance = wgpu::Instance::new(descriptor);
@@ -277,6 +278,11 @@ pub(crate) async fn open(options: &GpuOptions) -> Result<Opened> {
     let mut features = wgpu::Features::IMMEDIATES;
     if subgroups {
         features |= wgpu::Features::SUBGROUP;
+    }
+    // For the profiler's GPU times, where the adapter has them (the noop
+    // adapter claims every feature, and its timestamps would all be zero).
+    if info.backend != wgpu::Backend::Noop {
+        features |= adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
     }
     let (device, queue) = adapter
         .request_device(&wgpu::DeviceDescriptor {

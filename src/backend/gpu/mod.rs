@@ -38,6 +38,7 @@ mod norm;
 mod optim;
 mod pipelines;
 mod pool;
+mod profile;
 mod queue;
 mod reduce;
 mod rnn;
@@ -59,6 +60,7 @@ use device::{Health, Tuning};
 pub use pipelines::CompiledKernel;
 use pipelines::{BindGroups, Kernel, Pipelines};
 use pool::{Pool, Pooled};
+pub use profile::{KernelAverage, KernelEvent, Profile};
 use queue::Queue;
 use std::fmt;
 use std::sync::Arc;
@@ -102,7 +104,21 @@ impl<'a> Bind<'a> {
     }
 }
 
+impl Drop for Context {
+    fn drop(&mut self) {
+        if self.queue.profiling() {
+            profile::at_exit::on_drop(self);
+        }
+    }
+}
+
 impl Context {
+    /// See [`GpuDevice::stop_profiling`].
+    pub(crate) fn stop_profiling(&self) -> Result<Profile> {
+        self.lazy.run_all();
+        self.queue.stop_profiling(&self.health, DeviceInfo::of(&self.info).to_string())
+    }
+
     /// Records one dispatch of `kernel` on `binds` with parameters `params`
     /// (the kernel's `struct Params`, as immediate data). Buffers written
     /// take on the taint of those read.
@@ -125,17 +141,31 @@ impl Context {
         if groups.contains(&0) {
             return Ok(());
         }
+        let started = self.queue.profiling().then(std::time::Instant::now);
         let mut signature: Vec<(u32, bool)> = binds.iter().map(|b| (b.slot, b.write)).collect();
         signature.sort_unstable();
         let pipeline = self.pipelines.get(kernel, signature);
         let buffers: Vec<(u32, &wgpu::Buffer)> = binds.iter().map(|b| (b.slot, &b.buffer.buffer)).collect();
         let bind_group = self.bind_groups.get(&pipeline.layout, &buffers);
-        self.queue.dispatch(queue::Dispatch {
-            pipeline: &pipeline.pipeline,
-            bind_group: &bind_group,
-            immediates: bytemuck::bytes_of(params),
-            groups,
+        let info = started.map(|started| {
+            let mut slots: Vec<(u32, u64)> = binds.iter().map(|b| (b.slot, b.buffer.buffer.size() / 4)).collect();
+            slots.sort_unstable();
+            profile::EventInfo {
+                op: profile::current_op().unwrap_or_else(|| kernel.family()),
+                kernel: kernel.name(),
+                elements: slots.into_iter().map(|(_, n)| n).collect(),
+                started,
+            }
         });
+        self.queue.dispatch(
+            queue::Dispatch {
+                pipeline: &pipeline.pipeline,
+                bind_group: &bind_group,
+                immediates: bytemuck::bytes_of(params),
+                groups,
+            },
+            info,
+        );
         Ok(())
     }
 
@@ -170,7 +200,7 @@ impl Context {
         let outs: Result<Vec<Arc<Pooled>>> = sizes.iter().map(|&n| self.alloc(op, n)).collect();
         let result = outs.and_then(|outs| {
             let outs: [Arc<Pooled>; N] = outs.try_into().unwrap_or_else(|_| unreachable!("N sizes, N buffers"));
-            fill(&ready, &outs).map(|()| outs)
+            profile::with_op(op, || fill(&ready, &outs)).map(|()| outs)
         });
         match result {
             Ok(outs) => outs.map(|o| GpuBuffer::ready(Ok(o))),
@@ -359,7 +389,7 @@ impl GpuDevice {
         let limit = o.limits.max_storage_buffer_binding_size.min(o.limits.max_buffer_size);
         let pool = Pool::new(o.device.clone(), limit);
         let errors = pool.alloc("device-side checks", (taint::SLOTS * taint::WORDS_PER_SLOT) as usize, || {})?;
-        Ok(GpuDevice {
+        let gpu = GpuDevice {
             ctx: Arc::new(Context {
                 pipelines: Pipelines::new(o.device.clone()),
                 bind_groups: BindGroups::new(o.device.clone()),
@@ -373,7 +403,12 @@ impl GpuDevice {
                 tuning: o.tuning,
                 health: o.health,
             }),
-        })
+        };
+        if let Some(path) = std::env::var_os("WGRAD_PROFILE").filter(|p| !p.is_empty()) {
+            gpu.start_profiling();
+            profile::at_exit::register(&gpu.ctx, path.into());
+        }
+        Ok(gpu)
     }
 
     /// Whether the adapter is a hardware GPU (not a software rasterizer).
@@ -391,6 +426,23 @@ impl GpuDevice {
     /// that a loop dispatches what you expect.
     pub fn kernels_dispatched(&self) -> u64 {
         self.ctx.queue.dispatched()
+    }
+
+    /// Starts recording every kernel dispatched on this device (dropping a
+    /// profile already being recorded); see [`Profile`]. The whole run can
+    /// be profiled without code: `WGRAD_PROFILE=trace.json` profiles every
+    /// device from when it opens, and at exit prints each one's table and
+    /// writes its Chrome trace.
+    pub fn start_profiling(&self) {
+        self.ctx.lazy.run_all();
+        self.ctx.queue.start_profiling();
+    }
+
+    /// Ends the profile: runs pending work, waits for the GPU and returns
+    /// every kernel dispatched since [`start_profiling`](Self::start_profiling)
+    /// (an empty profile if it was not called).
+    pub fn stop_profiling(&self) -> Result<Profile> {
+        self.ctx.stop_profiling()
     }
 
     /// Every compute pipeline this device has built, in build order: the

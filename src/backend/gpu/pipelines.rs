@@ -158,6 +158,24 @@ pub(crate) enum Kernel<'a> {
     Generated { source: String, wg: u32 },
 }
 
+impl Kernel<'_> {
+    /// The kernel's name in profiles: file stem and entry point.
+    pub fn name(&self) -> String {
+        match self {
+            Kernel::Static { entry, .. } => format!("{}::{entry}", self.family()),
+            Kernel::Generated { .. } => "fused".into(),
+        }
+    }
+
+    /// The file stem of its family (`"matmul"`), or `"fused"`.
+    pub fn family(&self) -> &'static str {
+        match self {
+            Kernel::Static { shader, .. } => shader.file().trim_end_matches(".wgsl"),
+            Kernel::Generated { .. } => "fused",
+        }
+    }
+}
+
 /// Parameter structs mirror a WGSL `struct Params` field by field; the
 /// field table lets a test check the two against each other.
 #[cfg_attr(not(test), allow(dead_code))]

@@ -13,9 +13,10 @@
 use super::Health;
 use super::lock;
 use super::pool::size_class;
+use super::profile::{EventInfo, Profile, Recording};
 use crate::{Error, Result};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Dispatches recorded before the batch is submitted without being asked.
@@ -27,6 +28,11 @@ struct Batch {
     encoder: Option<wgpu::CommandEncoder>,
     pass: Option<wgpu::ComputePass<'static>>,
     dispatches: u32,
+    /// While profiling: the batch's timestamp queries (two per dispatch)
+    /// and the profile events they time, in order.
+    timing: Option<(wgpu::QuerySet, Vec<usize>)>,
+    /// While profiling: the profile being recorded.
+    profile: Option<Recording>,
 }
 
 pub(crate) struct Queue {
@@ -38,6 +44,11 @@ pub(crate) struct Queue {
     staging: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
     /// Kernels dispatched since the device was opened.
     dispatched: AtomicU64,
+    /// Whether a profile is being recorded (read without the lock, on every
+    /// dispatch).
+    profiling: AtomicBool,
+    /// Whether the device has timestamp queries (`TIMESTAMP_QUERY`).
+    timestamps: bool,
 }
 
 /// What one dispatch binds and runs.
@@ -50,7 +61,70 @@ pub(crate) struct Dispatch<'a> {
 
 impl Queue {
     pub fn new(device: wgpu::Device, queue: wgpu::Queue) -> Self {
-        Queue { device, queue, batch: Mutex::default(), staging: Mutex::default(), dispatched: AtomicU64::new(0) }
+        let timestamps = device.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+        Queue {
+            device,
+            queue,
+            batch: Mutex::default(),
+            staging: Mutex::default(),
+            dispatched: AtomicU64::new(0),
+            profiling: AtomicBool::new(false),
+            timestamps,
+        }
+    }
+
+    /// Whether dispatches are being profiled.
+    pub fn profiling(&self) -> bool {
+        self.profiling.load(Ordering::Relaxed)
+    }
+
+    /// Starts a profile (dropping one being recorded).
+    pub fn start_profiling(&self) {
+        let mut batch = self.batch();
+        // Work recorded before belongs to no profile: submit it untimed.
+        self.submit_batch(&mut batch);
+        batch.profile = Some(Recording::new());
+        self.profiling.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends the profile: waits for the GPU and reads the timestamps back.
+    pub fn stop_profiling(&self, health: &Health, device_name: String) -> Result<Profile> {
+        let (recording, index) = {
+            let mut batch = self.batch();
+            self.profiling.store(false, Ordering::Relaxed);
+            let index = self.submit_batch(&mut batch);
+            (batch.profile.take(), index)
+        };
+        let Some(mut recording) = recording else {
+            return Ok(Profile { device: device_name, gpu_timing: self.timestamps, ..Profile::default() });
+        };
+        self.wait(index, health)?;
+        let mut ticks: Vec<(usize, u64, u64)> = Vec::new();
+        for (buffer, events) in &recording.pending {
+            let bytes = (events.len() * 16) as u64;
+            let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
+            buffer.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
+                let _ = sender.send(r);
+            });
+            self.wait(None, health)?;
+            match pollster::block_on(receiver.receive()) {
+                Some(Ok(())) => {}
+                _ => return Err(Error::Gpu("reading back the profiler's timestamps".into())),
+            }
+            let view = buffer.get_mapped_range(..bytes).map_err(|e| Error::Gpu(format!("profiler: {e}")))?;
+            let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&view[..]);
+            drop(view);
+            buffer.unmap();
+            ticks.extend(events.iter().enumerate().map(|(i, &e)| (e, stamps[2 * i], stamps[2 * i + 1])));
+        }
+        let period = f64::from(self.queue.get_timestamp_period());
+        let first = ticks.iter().map(|t| t.1).min().unwrap_or(0);
+        let ns = |t: u64| std::time::Duration::from_nanos((t as f64 * period) as u64);
+        for (e, begin, end) in ticks {
+            recording.events[e].gpu_start = Some(ns(begin.saturating_sub(first)));
+            recording.events[e].gpu = Some(ns(end.saturating_sub(begin)));
+        }
+        Ok(Profile { events: recording.events, gpu_timing: self.timestamps, device: device_name })
     }
 
     fn batch(&self) -> MutexGuard<'_, Batch> {
@@ -61,18 +135,57 @@ impl Queue {
         self.dispatched.load(Ordering::Relaxed)
     }
 
-    /// Records one dispatch into the current pass.
-    pub fn dispatch(&self, d: Dispatch) {
+    /// Records one dispatch into the current pass; while profiling, `info`
+    /// (built only then) describes it, and with timestamp queries it gets a
+    /// pass of its own, timed.
+    pub fn dispatch(&self, d: Dispatch, info: Option<EventInfo>) {
         self.dispatched.fetch_add(1, Ordering::Relaxed);
         let mut batch = self.batch();
-        let pass = self.pass(&mut batch);
-        pass.set_pipeline(d.pipeline);
-        pass.set_bind_group(0, d.bind_group, &[]);
-        pass.set_immediates(0, d.immediates);
-        pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        match info {
+            Some(info) if batch.profile.is_some() => self.dispatch_profiled(&mut batch, d, info),
+            _ => {
+                let pass = self.pass(&mut batch);
+                pass.set_pipeline(d.pipeline);
+                pass.set_bind_group(0, d.bind_group, &[]);
+                pass.set_immediates(0, d.immediates);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+        }
         batch.dispatches += 1;
         if batch.dispatches >= SUBMIT_EVERY {
-            Self::submit_batch(&self.queue, &mut batch);
+            self.submit_batch(&mut batch);
+        }
+    }
+
+    fn dispatch_profiled(&self, batch: &mut Batch, d: Dispatch, info: EventInfo) {
+        let timed = self.timestamps.then(|| {
+            let (set, events) = batch.timing.get_or_insert_with(|| {
+                let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("wgrad profiler"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2 * SUBMIT_EVERY,
+                });
+                (set, Vec::new())
+            });
+            (set.clone(), events.len() as u32)
+        });
+        let encoder = self.encoder(batch);
+        let writes = timed.as_ref().map(|(set, slot)| wgpu::ComputePassTimestampWrites {
+            query_set: set,
+            beginning_of_pass_write_index: Some(2 * slot),
+            end_of_pass_write_index: Some(2 * slot + 1),
+        });
+        {
+            let mut pass =
+                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: writes });
+            pass.set_pipeline(d.pipeline);
+            pass.set_bind_group(0, d.bind_group, &[]);
+            pass.set_immediates(0, d.immediates);
+            pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        }
+        let event = batch.profile.as_mut().expect("profiling").push(info, d.groups);
+        if let Some((_, events)) = batch.timing.as_mut().filter(|_| timed.is_some()) {
+            events.push(event);
         }
     }
 
@@ -97,16 +210,38 @@ impl Queue {
         })
     }
 
-    fn submit_batch(queue: &wgpu::Queue, batch: &mut Batch) -> Option<wgpu::SubmissionIndex> {
+    fn submit_batch(&self, batch: &mut Batch) -> Option<wgpu::SubmissionIndex> {
         batch.pass = None;
-        let encoder = batch.encoder.take()?;
+        let mut encoder = batch.encoder.take()?;
         batch.dispatches = 0;
-        Some(queue.submit([encoder.finish()]))
+        // While profiling: resolve the batch's timestamps into a buffer
+        // the profile reads when it stops.
+        let timing = batch.timing.take().filter(|(_, events)| !events.is_empty()).map(|(set, events)| {
+            let bytes = (events.len() * 16) as u64;
+            let buffer = |usage| {
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("wgrad profiler"),
+                    size: bytes,
+                    usage,
+                    mapped_at_creation: false,
+                })
+            };
+            let resolved = buffer(wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC);
+            let readback = buffer(wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST);
+            encoder.resolve_query_set(&set, 0..2 * events.len() as u32, &resolved, 0);
+            encoder.copy_buffer_to_buffer(&resolved, 0, &readback, 0, bytes);
+            (readback, events)
+        });
+        let index = self.queue.submit([encoder.finish()]);
+        if let (Some(timing), Some(profile)) = (timing, batch.profile.as_mut()) {
+            profile.pending.push(timing);
+        }
+        Some(index)
     }
 
     /// Submits what is recorded (if anything) and returns its index.
     pub fn submit(&self) -> Option<wgpu::SubmissionIndex> {
-        Self::submit_batch(&self.queue, &mut self.batch())
+        self.submit_batch(&mut self.batch())
     }
 
     /// Waits for a submission (or, with `None`, for everything) to finish.
@@ -155,7 +290,7 @@ impl Queue {
                     encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
                 }
             }
-            Self::submit_batch(&self.queue, &mut batch)
+            self.submit_batch(&mut batch)
         };
         let mut receivers = Vec::with_capacity(staging.len());
         for ((buffer, _), &(_, bytes)) in staging.iter().zip(sources) {
