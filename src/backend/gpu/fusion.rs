@@ -121,8 +121,109 @@ fn function(e: &Expr, first_scalar: usize, word: &dyn Fn(usize) -> String) -> (S
     (src, values)
 }
 
-/// The generated part of the kernel computing `e` (the pipeline cache keys
-/// on it; [`full_source`] adds the shared library when it misses) and its
+/// The parameter words of `e` laid out as `(dims, strides)`
+/// ([`Expr::layout`]): the count, the dims, each strided leaf's offset and
+/// strides, the scalars — what [`kernel`] returns beside the source, without
+/// generating it.
+pub(super) fn words(e: &Expr, dims: &[usize], strides: &[Vec<usize>]) -> Vec<u32> {
+    let vec4 = e.dims.is_none();
+    let mut words = vec![if vec4 { e.n.div_ceil(4) } else { e.n } as u32];
+    words.extend(dims.iter().map(|&d| d as u32));
+    let mut views = strides.iter();
+    for leaf in &e.leaves {
+        let Some(view) = &leaf.view else { continue };
+        words.push(view.offset as u32);
+        words.extend(views.next().expect("one stride list per strided leaf").iter().map(|&s| s as u32));
+    }
+    for node in &e.nodes {
+        if let Node::Unary(op, _) = *node {
+            words.extend(scalars(op).iter().map(|v| v.to_bits()));
+        }
+    }
+    words
+}
+
+/// Everything the source [`kernel`] generates for `e` depends on, as
+/// numbers: what the pipeline cache keys generated kernels by. Building it
+/// costs a fraction of generating (and hashing) the source, which happens
+/// only when the cache misses; builds with debug assertions check, on every
+/// hit, that the cached kernel's source is the one `e` would generate.
+pub(super) fn structure(e: &Expr, dims: &[usize], strides: &[Vec<usize>], words_in_buffer: bool) -> Vec<u32> {
+    let mut key = Vec::with_capacity(8 + 4 * e.nodes.len() + e.leaves.len() * (1 + dims.len()));
+    key.extend([words_in_buffer as u32, e.dims.is_none() as u32, e.leaves.len() as u32]);
+    key.extend([dims.len() as u32, e.root as u32, e.nodes.len() as u32]);
+    let mut views = strides.iter();
+    for leaf in &e.leaves {
+        match &leaf.view {
+            None => key.push(0),
+            Some(_) => {
+                key.push(1);
+                let strides = views.next().expect("one stride list per strided leaf");
+                key.extend(strides.iter().map(|&s| (s != 0) as u32));
+            }
+        }
+    }
+    for node in &e.nodes {
+        match *node {
+            Node::Leaf(l) => key.extend([0, l as u32]),
+            Node::Unary(op, a) => key.extend([1, unary_code(op), a as u32]),
+            Node::Binary(op, a, b) => key.extend([2, binary_code(op), a as u32, b as u32]),
+            Node::Select(c, a, b) => key.extend([3, c as u32, a as u32, b as u32]),
+        }
+    }
+    key
+}
+
+/// A number per unary op (its scalar operands are words, not code).
+fn unary_code(op: UnaryOp) -> u32 {
+    use UnaryOp::*;
+    match op {
+        Neg => 0,
+        Exp => 1,
+        Log => 2,
+        Sqrt => 3,
+        Abs => 4,
+        Sign => 5,
+        Relu => 6,
+        Sigmoid => 7,
+        Tanh => 8,
+        Gelu => 9,
+        GeluGrad => 10,
+        AddScalar(_) => 11,
+        MulScalar(_) => 12,
+        PowScalar(_) => 13,
+        MaxScalar(_) => 14,
+        MinScalar(_) => 15,
+        CmpScalar(c, _) => 16 + cmp_code(c),
+        InRange(..) => 32,
+    }
+}
+
+fn binary_code(op: BinaryOp) -> u32 {
+    match op {
+        BinaryOp::Add => 0,
+        BinaryOp::Sub => 1,
+        BinaryOp::Mul => 2,
+        BinaryOp::Div => 3,
+        BinaryOp::Max => 4,
+        BinaryOp::Min => 5,
+        BinaryOp::Cmp(c) => 16 + cmp_code(c),
+    }
+}
+
+fn cmp_code(c: Cmp) -> u32 {
+    match c {
+        Cmp::Lt => 0,
+        Cmp::Le => 1,
+        Cmp::Gt => 2,
+        Cmp::Ge => 3,
+        Cmp::Eq => 4,
+        Cmp::Ne => 5,
+    }
+}
+
+/// The generated part of the kernel computing `e` ([`full_source`] adds the
+/// shared library) and its
 /// parameter words. The output is at binding `leaves`; with
 /// `words_in_buffer` the words are read from a storage buffer at binding
 /// `leaves + 1` instead of immediate data.

@@ -474,13 +474,20 @@ fn run(ctx: &Arc<Context>, e: &Expr) -> Result<Arc<Pooled>, Poison> {
 fn record_expr(ctx: &Arc<Context>, e: &Expr) -> crate::Result<Arc<Pooled>> {
     let out = ctx.alloc("elementwise op", e.n)?;
     let wg = ctx.tuning.elementwise_wg;
-    let words_in_buffer = e.words() > WORDS;
-    let (source, words) = fusion::kernel(e, words_in_buffer);
+    let (dims, strides) = e.layout();
+    let words = fusion::words(e, &dims, &strides);
+    let words_in_buffer = words.len() > WORDS;
+    let source = || {
+        let (source, generated_words) = fusion::kernel(e, words_in_buffer);
+        debug_assert_eq!(generated_words, words, "fusion::words disagrees with fusion::kernel");
+        source
+    };
+    let structure = fusion::structure(e, &dims, &strides, words_in_buffer);
     let mut binds: Vec<Bind> =
         e.leaves.iter().enumerate().map(|(l, leaf)| Bind::read(l as u32, &leaf.buffer)).collect();
     binds.push(Bind::write(e.leaves.len() as u32, &out));
     let groups = ctx.groups_1d(words[0] as usize, wg);
-    let kernel = Kernel::Generated { source, wg };
+    let kernel = Kernel::Generated { structure, source: &source, wg };
     if words_in_buffer {
         let meta = ctx.upload_words("elementwise op", &words)?;
         binds.push(Bind::read(e.leaves.len() as u32 + 1, &meta));

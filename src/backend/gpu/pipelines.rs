@@ -151,11 +151,11 @@ pub(crate) fn with_prelude(parts: &[&str]) -> String {
 
 /// What a dispatch runs: an entry point of a WGSL file with its override
 /// constants, or a generated kernel (entry `main`, override `WG`) given by
-/// its generated part alone (see `fusion::kernel`): that is what its
-/// pipeline is cached by, and the full source is built only to compile it.
+/// its structure (`fusion::structure`), which its pipeline is cached by,
+/// and a function generating its source, called only to compile it.
 pub(crate) enum Kernel<'a> {
     Static { shader: Shader, entry: &'static str, constants: &'a [(&'static str, f64)] },
-    Generated { source: String, wg: u32 },
+    Generated { structure: Vec<u32>, source: &'a dyn Fn() -> String, wg: u32 },
 }
 
 impl Kernel<'_> {
@@ -206,12 +206,15 @@ pub(crate) use params;
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum PipelineKey {
     Static { shader: Shader, entry: &'static str, constants: Vec<(&'static str, u64)>, signature: Vec<(u32, bool)> },
-    Generated { source: String, wg: u32, signature: Vec<(u32, bool)> },
+    Generated { structure: Vec<u32>, wg: u32, signature: Vec<(u32, bool)> },
 }
 
 pub(crate) struct Pipeline {
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
+    /// A generated kernel's source, to check cache hits against.
+    #[cfg(debug_assertions)]
+    generated: Option<String>,
 }
 
 /// The bind group layout of one binding signature, and its pipeline layout.
@@ -274,9 +277,16 @@ impl Pipelines {
                 constants: constants.iter().map(|&(k, v)| (k, v.to_bits())).collect(),
                 signature,
             },
-            Kernel::Generated { source, wg } => PipelineKey::Generated { source: source.clone(), wg: *wg, signature },
+            Kernel::Generated { structure, wg, .. } => {
+                PipelineKey::Generated { structure: structure.clone(), wg: *wg, signature }
+            }
         };
         if let Some(p) = self.built().pipelines.get(&key) {
+            #[cfg(debug_assertions)]
+            if let Kernel::Generated { source, .. } = kernel {
+                let generated = p.generated.as_deref().expect("a generated kernel's pipeline keeps its source");
+                assert_eq!(generated, source(), "two generated kernels with one structure key");
+            }
             return p.clone();
         }
         // Built outside the lock: compiling can take milliseconds, and two
@@ -293,8 +303,9 @@ impl Pipelines {
                 };
                 (self.build(&module, entry, constants, signature), record)
             }
-            (Kernel::Generated { source, wg }, PipelineKey::Generated { signature, .. }) => {
-                let full: Arc<str> = super::fusion::full_source(source).into();
+            (Kernel::Generated { source, wg, .. }, PipelineKey::Generated { signature, .. }) => {
+                let source = source();
+                let full: Arc<str> = super::fusion::full_source(&source).into();
                 let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some("generated"),
                     source: wgpu::ShaderSource::Wgsl(full.as_ref().into()),
@@ -306,7 +317,13 @@ impl Pipelines {
                     source: full,
                     bindings: signature.clone(),
                 };
-                (self.build(&module, "main", &[("WG", *wg as f64)], signature), record)
+                #[allow(unused_mut)]
+                let mut pipeline = self.build(&module, "main", &[("WG", *wg as f64)], signature);
+                #[cfg(debug_assertions)]
+                {
+                    pipeline.generated = Some(source);
+                }
+                (pipeline, record)
             }
             _ => unreachable!("the key is made from the kernel"),
         };
@@ -376,7 +393,12 @@ impl Pipelines {
             },
             cache: None,
         });
-        Pipeline { pipeline, layout }
+        Pipeline {
+            pipeline,
+            layout,
+            #[cfg(debug_assertions)]
+            generated: None,
+        }
     }
 }
 
