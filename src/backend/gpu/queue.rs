@@ -142,13 +142,17 @@ impl Queue {
         self.dispatched.fetch_add(1, Ordering::Relaxed);
         let mut batch = self.batch();
         match info {
-            Some(info) if batch.profile.is_some() => self.dispatch_profiled(&mut batch, d, info),
-            _ => {
+            Some(info) if batch.profile.is_some() && self.timestamps => self.dispatch_timed(&mut batch, d, info),
+            info => {
                 let pass = self.pass(&mut batch);
                 pass.set_pipeline(d.pipeline);
                 pass.set_bind_group(0, d.bind_group, &[]);
                 pass.set_immediates(0, d.immediates);
                 pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                // Without timestamps, profiled dispatches share the pass.
+                if let (Some(info), Some(profile)) = (info, batch.profile.as_mut()) {
+                    profile.push(info, d.groups);
+                }
             }
         }
         batch.dispatches += 1;
@@ -157,8 +161,10 @@ impl Queue {
         }
     }
 
-    fn dispatch_profiled(&self, batch: &mut Batch, d: Dispatch, info: EventInfo) {
-        let timed = self.timestamps.then(|| {
+    /// A profiled dispatch in a compute pass of its own, with timestamps
+    /// written at its start and end.
+    fn dispatch_timed(&self, batch: &mut Batch, d: Dispatch, info: EventInfo) {
+        let (set, slot) = {
             let (set, events) = batch.timing.get_or_insert_with(|| {
                 let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
                     label: Some("wgrad profiler"),
@@ -168,25 +174,23 @@ impl Queue {
                 (set, Vec::new())
             });
             (set.clone(), events.len() as u32)
-        });
+        };
         let encoder = self.encoder(batch);
-        let writes = timed.as_ref().map(|(set, slot)| wgpu::ComputePassTimestampWrites {
-            query_set: set,
-            beginning_of_pass_write_index: Some(2 * slot),
-            end_of_pass_write_index: Some(2 * slot + 1),
-        });
         {
-            let mut pass =
-                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: writes });
+            let writes = wgpu::ComputePassTimestampWrites {
+                query_set: &set,
+                beginning_of_pass_write_index: Some(2 * slot),
+                end_of_pass_write_index: Some(2 * slot + 1),
+            };
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: Some(writes) });
             pass.set_pipeline(d.pipeline);
             pass.set_bind_group(0, d.bind_group, &[]);
             pass.set_immediates(0, d.immediates);
             pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
         }
         let event = batch.profile.as_mut().expect("profiling").push(info, d.groups);
-        if let Some((_, events)) = batch.timing.as_mut().filter(|_| timed.is_some()) {
-            events.push(event);
-        }
+        batch.timing.as_mut().expect("just made").1.push(event);
     }
 
     /// The compute pass being recorded, opened if there is none.
