@@ -61,12 +61,21 @@ impl Check {
 
 /// The checks a buffer's contents depend on, in issue order: unresolved
 /// ones, and at most one that fired (the last kept: an earlier fault always
-/// wins, so later checks cannot change what a read reports).
+/// wins, so later checks cannot change what a read reports). Checks
+/// resolved clean may linger until the next merge; every reader skips them.
+///
+/// The list is shared, copy-on-write: a training loop's buffers mostly
+/// depend on the same checks (every check since the last read back), so a
+/// fresh output takes its input's list by reference instead of copying it,
+/// and a buffer that already shares its input's list is done at once. A
+/// loop that reads nothing back for an epoch grows these lists to hundreds
+/// of checks; copying them on every dispatch cost a tenth of the host's
+/// time per MNIST step.
 #[derive(Default)]
-pub(crate) struct Taint(Mutex<Vec<Arc<Check>>>);
+pub(crate) struct Taint(Mutex<Arc<Vec<Arc<Check>>>>);
 
 impl Taint {
-    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Check>>> {
+    fn lock(&self) -> MutexGuard<'_, Arc<Vec<Arc<Check>>>> {
         lock(&self.0)
     }
 
@@ -77,7 +86,7 @@ impl Taint {
         check.recorded.store(true, std::sync::atomic::Ordering::Release);
         let mut mine = self.lock();
         if !mine.iter().any(|c| c.failed().is_some()) {
-            mine.push(check);
+            Arc::make_mut(&mut mine).push(check);
         }
     }
 
@@ -88,18 +97,27 @@ impl Taint {
         if std::ptr::eq(self, other) {
             return;
         }
-        let theirs = other.lock();
+        // A reference to their list, not a lock held while taking ours.
+        let theirs = other.lock().clone();
         if theirs.is_empty() {
             return;
         }
         let mut mine = self.lock();
+        if Arc::ptr_eq(&mine, &theirs) {
+            return;
+        }
+        if mine.iter().all(|c| !c.live()) {
+            // Nothing of ours matters (a fresh output): take theirs.
+            *mine = without_resolved_prefix(theirs);
+            return;
+        }
         if contains_all(&mine, &theirs) {
             // The common case in a training loop: a parameter already
             // depends on every check its gradient does but the newest.
             return;
         }
         let merged = merge(&mine, &theirs);
-        *mine = merged;
+        *mine = Arc::new(merged);
     }
 
     /// Whether some check it depends on is not resolved yet.
@@ -119,6 +137,13 @@ impl Taint {
     pub fn error(&self) -> Option<Error> {
         self.first_failed().map(|(_, e)| e)
     }
+}
+
+/// `list` without its leading checks resolved clean (after a read back,
+/// all of them): shared as it is when it starts with a live check.
+fn without_resolved_prefix(list: Arc<Vec<Arc<Check>>>) -> Arc<Vec<Arc<Check>>> {
+    let dead = list.iter().take_while(|c| !c.live()).count();
+    if dead == 0 { list } else { Arc::new(list[dead..].to_vec()) }
 }
 
 /// Whether every live check of `b` is in `a` (both in issue order), or `a`
@@ -305,5 +330,76 @@ impl Poison {
 impl From<Error> for Poison {
     fn from(error: Error) -> Self {
         Poison::new([], Fault::new(error))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(id: u32) -> Arc<Check> {
+        Arc::new(Check {
+            id,
+            slot: id,
+            seq: next_seq(),
+            op: "gather",
+            outcome: OnceLock::new(),
+            recorded: Default::default(),
+        })
+    }
+
+    fn list(t: &Taint) -> Arc<Vec<Arc<Check>>> {
+        t.lock().clone()
+    }
+
+    #[test]
+    fn fresh_outputs_share_their_inputs_check_list() {
+        let input = Taint::default();
+        let (a, b) = (check(1), check(2));
+        input.add(a.clone());
+        input.add(b.clone());
+        let out = Taint::default();
+        out.extend_from(&input);
+        assert!(Arc::ptr_eq(&list(&out), &list(&input)), "a fresh output copies nothing");
+        // Adding to one list leaves the other as it was (copy on write).
+        let c = check(3);
+        out.add(c.clone());
+        assert_eq!(list(&input).len(), 2);
+        assert_eq!(list(&out).len(), 3);
+        // Checks resolved clean at the front are dropped when shared again.
+        let _ = a.outcome.set(None);
+        let again = Taint::default();
+        again.extend_from(&out);
+        assert_eq!(list(&again).iter().map(|c| c.id).collect::<Vec<_>>(), vec![2, 3]);
+        // A check that fires is reported by every buffer depending on it.
+        let _ = b.outcome.set(Some(Error::IndexOutOfRange { op: "gather", index: 9.0, bound: 4 }));
+        let _ = c.outcome.set(None);
+        for t in [&input, &out, &again] {
+            assert!(matches!(t.error(), Some(Error::IndexOutOfRange { bound: 4, .. })));
+        }
+    }
+
+    #[test]
+    fn merging_keeps_issue_order_and_stops_at_the_first_that_fired() {
+        let (a, b, c) = (check(11), check(12), check(13));
+        let x = Taint::default();
+        x.add(a.clone());
+        x.add(c.clone());
+        let y = Taint::default();
+        y.add(b.clone());
+        let out = Taint::default();
+        out.extend_from(&x);
+        out.extend_from(&y);
+        assert_eq!(list(&out).iter().map(|c| c.id).collect::<Vec<_>>(), vec![11, 12, 13]);
+        // Already holding every check of `y`: nothing changes.
+        let before = list(&out);
+        out.extend_from(&y);
+        assert!(Arc::ptr_eq(&before, &list(&out)));
+        let _ = a.outcome.set(None);
+        let _ = b.outcome.set(Some(Error::IndexOutOfRange { op: "gather", index: -1.0, bound: 3 }));
+        let merged = Taint::default();
+        merged.add(check(14));
+        merged.extend_from(&out);
+        assert_eq!(list(&merged).iter().map(|c| c.id).collect::<Vec<_>>(), vec![12], "after the fired one: nothing");
     }
 }
