@@ -8,6 +8,10 @@ struct Params {
     len: u32,
     check_slot: u32,
     check_id: u32,
+    // The backward's gradient of row r: grad_rows[r * grad_stride] * grad_scale
+    // (stride 0 and scale 1/rows: the gradient of the mean loss, unexpanded).
+    grad_stride: u32,
+    grad_scale: f32,
 }
 var<immediate> params: Params;
 
@@ -50,7 +54,8 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
 }
 
-// out[row][j] = (softmax(x[row])[j] - [j == label]) · grad_rows[row].
+// out[row][j] = (softmax(x[row])[j] - [j == label]) · g, with
+// g = grad_rows[row · grad_stride] · grad_scale.
 @compute @workgroup_size(WG)
 fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
@@ -59,7 +64,7 @@ fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
         return;
     }
     let s = row_stats(row, lid);
-    let g = grad_rows[row];
+    let g = op_mul(grad_rows[row * params.grad_stride], params.grad_scale);
     let label = checked_label(row, lid);
     let base = row * params.len;
     for (var l = lid; l < params.len; l += WG) {

@@ -414,7 +414,9 @@ pub(crate) trait Backend {
     /// Per-row `logsumexp(logits) - logits[label]` for `[rows, classes]` logits;
     /// a label that is not a class index poisons the result.
     fn cross_entropy(&self, logits: &Storage, labels: &Storage, rows: usize, classes: usize) -> Storage;
-    /// `(softmax(logits) - onehot(label)) · grad_rows[row]`.
+    /// `(softmax(logits) - onehot(label)) · grad_rows[row]`, or with
+    /// `grad_scale`, `· grad_rows[0] · grad_scale` for every row (the
+    /// gradient of the mean loss without expanding it to a row each).
     fn cross_entropy_backward(
         &self,
         logits: &Storage,
@@ -422,6 +424,7 @@ pub(crate) trait Backend {
         grad_rows: &Storage,
         rows: usize,
         classes: usize,
+        grad_scale: Option<f32>,
     ) -> Storage;
     /// Layer normalisation of each `cols`-element row of `x`:
     /// `[y, stats]`, `y = (x - mean) · rstd · w + b` and `stats` the

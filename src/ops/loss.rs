@@ -219,7 +219,20 @@ impl Tensor {
     /// everything computed from it, on every device: reading it returns
     /// [`crate::Error::IndexOutOfRange`].
     pub fn cross_entropy(&self, labels: &Tensor) -> Tensor {
-        self.cross_entropy_per_sample(labels).mean()
+        // One node: its backward hands the mean's scalar gradient and 1/rows
+        // to the per-row kernel, instead of scaling it and expanding it to
+        // a row each (two dispatches on a GPU) first.
+        let loss = crate::no_grad(|| self.cross_entropy_per_sample(labels).mean());
+        let (rows, classes) = (self.dims()[0], self.dims()[1]);
+        let labels = labels.detach();
+        loss.record("cross_entropy", &[self], move |c| {
+            let x = c.input(0);
+            let device = x.device();
+            let storage = Tensor::with_storages(&[x, &labels, c.grad], |s| {
+                device.backend().cross_entropy_backward(s[0], s[1], s[2], rows, classes, Some(1.0 / rows as f32))
+            });
+            vec![Some(Tensor::from_storage(storage, x.shape().clone(), device))]
+        })
     }
 
     /// The per-sample cross-entropies (`reduction='none'`), shape `[batch]`.
@@ -241,7 +254,7 @@ impl Tensor {
             let x = c.input(0);
             let device = x.device();
             let storage = Tensor::with_storages(&[x, &labels, c.grad], |s| {
-                device.backend().cross_entropy_backward(s[0], s[1], s[2], rows, classes)
+                device.backend().cross_entropy_backward(s[0], s[1], s[2], rows, classes, None)
             });
             vec![Some(Tensor::from_storage(storage, x.shape().clone(), device))]
         })

@@ -35,7 +35,16 @@ pub(super) fn cross_entropy(x: &[f32], y: &[f32], rows: usize, classes: usize) -
     Ok(out)
 }
 
-pub(super) fn cross_entropy_backward(x: &[f32], y: &[f32], g: &[f32], rows: usize, classes: usize) -> Result<Vec<f32>> {
+/// The gradient of the logits for the per-row gradient `g`, or with
+/// `scale`, for `g[0] · scale` in every row (the mean loss's, unexpanded).
+pub(super) fn cross_entropy_backward(
+    x: &[f32],
+    y: &[f32],
+    g: &[f32],
+    rows: usize,
+    classes: usize,
+    scale: Option<f32>,
+) -> Result<Vec<f32>> {
     check_labels(&y[..rows], classes)?;
     let mut out = output_overwritten(rows * classes)?;
     for_rows(
@@ -49,11 +58,15 @@ pub(super) fn cross_entropy_backward(x: &[f32], y: &[f32], g: &[f32], rows: usiz
                 *o = exp(v - max);
             }
             let sum = row_sum(o);
-            let scale = g[r] / sum;
+            let g = match scale {
+                Some(s) => g[0] * s,
+                None => g[r],
+            };
+            let scale = g / sum;
             for o in o.iter_mut() {
                 *o *= scale;
             }
-            o[y[r] as usize] -= g[r];
+            o[y[r] as usize] -= g;
         },
     );
     Ok(out)

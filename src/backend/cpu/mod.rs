@@ -280,9 +280,10 @@ impl Backend for Cpu {
         grad_rows: &Storage,
         rows: usize,
         classes: usize,
+        grad_scale: Option<f32>,
     ) -> Storage {
         run(&[logits, labels, grad_rows], || {
-            loss::cross_entropy_backward(logits.cpu(), labels.cpu(), grad_rows.cpu(), rows, classes)
+            loss::cross_entropy_backward(logits.cpu(), labels.cpu(), grad_rows.cpu(), rows, classes, grad_scale)
         })
     }
 

@@ -6,16 +6,19 @@ use super::{Bind, Context, GpuBuffer};
 use std::sync::Arc;
 
 params! {
-    /// `rows` rows of `len` logits.
-    LossParams { rows: u32, len: u32, check_slot: u32, check_id: u32 }
+    /// `rows` rows of `len` logits; the backward's gradient of row r is
+    /// `grad_rows[r · grad_stride] · grad_scale`.
+    LossParams { rows: u32, len: u32, check_slot: u32, check_id: u32, grad_stride: u32, grad_scale: f32 }
 }
 
-/// Per-row losses, or with `grad_rows` the gradient of the logits.
+/// Per-row losses, or with `grad_rows` the gradient of the logits: per
+/// row, or with a scale, one value (the gradient of the mean loss) times
+/// the scale for every row.
 pub(crate) fn cross_entropy(
     ctx: &Arc<Context>,
     logits: &GpuBuffer,
     labels: &GpuBuffer,
-    grad_rows: Option<&GpuBuffer>,
+    grad_rows: Option<(&GpuBuffer, Option<f32>)>,
     rows: usize,
     classes: usize,
 ) -> GpuBuffer {
@@ -25,13 +28,24 @@ pub(crate) fn cross_entropy(
         None => ("cross_entropy", rows),
     };
     let mut inputs = vec![logits, labels];
-    inputs.extend(grad_rows);
+    inputs.extend(grad_rows.map(|(g, _)| g));
+    let (grad_stride, grad_scale) = match grad_rows {
+        Some((_, Some(scale))) => (0, scale),
+        _ => (1, 1.0),
+    };
     ctx.compute("cross_entropy", n, &inputs, |ins, out| {
         let mut binds = vec![Bind::read(0, ins[0]), Bind::read(1, ins[1]), Bind::write(3, out), ctx.errors(4)];
         binds.extend(ins.get(2).map(|g| Bind::read(2, g)));
         let kernel = Kernel::Static { shader: Shader::Loss, entry, constants: &[("WG", wg as f64)] };
         let check = ctx.check("cross_entropy")?;
-        let params = LossParams { rows: rows as u32, len: classes as u32, check_slot: check.slot, check_id: check.id };
+        let params = LossParams {
+            rows: rows as u32,
+            len: classes as u32,
+            check_slot: check.slot,
+            check_id: check.id,
+            grad_stride,
+            grad_scale,
+        };
         ctx.record(&kernel, &binds, &params, ctx.spread(rows as u64))?;
         out.taint.add(check);
         Ok(())

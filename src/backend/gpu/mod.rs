@@ -633,8 +633,9 @@ impl Backend for GpuDevice {
         grad_rows: &Storage,
         rows: usize,
         classes: usize,
+        grad_scale: Option<f32>,
     ) -> Storage {
-        let g = Some(grad_rows.gpu());
+        let g = Some((grad_rows.gpu(), grad_scale));
         Storage::Gpu(loss::cross_entropy(&self.ctx, logits.gpu(), labels.gpu(), g, rows, classes))
     }
 
