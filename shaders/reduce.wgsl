@@ -29,7 +29,7 @@ struct Acc {
 }
 
 fn fold(acc: Acc, v: f32, i: u32) -> Acc {
-    if OP == 0u {
+    if OP == 0u || OP == 5u {
         return Acc(acc.value + v, i);
     }
     if acc.index == NONE {
@@ -52,6 +52,11 @@ fn fold(acc: Acc, v: f32, i: u32) -> Acc {
 }
 
 fn finish(acc: Acc) -> f32 {
+    if OP == 5u {
+        // The mean: the sum over the length (0 / 0 = NaN for an empty axis,
+        // spelled out: drivers may assume finite math).
+        return select(acc.value / f32(params.len), nan(), params.len == 0u);
+    }
     return select(acc.value, f32(acc.index), OP == 2u || OP == 4u);
 }
 

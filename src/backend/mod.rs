@@ -176,6 +176,8 @@ pub(crate) enum ReduceOp {
     Min = 3,
     /// Index of the first minimum (or the first NaN), as an f32.
     ArgMin = 4,
+    /// The sum divided by the length (as PyTorch's `mean`: NaN when empty).
+    Mean = 5,
 }
 
 /// A (batched) matrix product `out[b] = op(A[b]) · op(B[b])`, where `op`

@@ -34,16 +34,21 @@ impl Tensor {
         self.flat().sum_dim(0, false)
     }
 
-    /// Mean along `axis`.
+    /// Mean along `axis` (one reduction: the sum over the length, as
+    /// PyTorch computes it; NaN for an empty axis).
     pub fn mean_dim(&self, axis: impl Dim, keepdim: bool) -> Tensor {
         let axis = axis.index(self.shape(), "mean_dim");
         let len = self.dims()[axis];
-        self.sum_dim(axis, keepdim).mul_scalar(1.0 / len as f32)
+        let input_shape = self.shape().clone();
+        self.reduce_raw(ReduceOp::Mean, axis, keepdim).record("mean_dim", &[self], move |c| {
+            let kept = c.grad.mul_scalar(1.0 / len as f32).reshape(input_shape.with_dim(axis, 1));
+            vec![Some(kept.broadcast_to(input_shape))]
+        })
     }
 
     /// Mean of all elements, as a scalar.
     pub fn mean(&self) -> Tensor {
-        self.sum().mul_scalar(1.0 / self.elem_count() as f32)
+        self.flat().mean_dim(0, false)
     }
 
     /// Maximum along `axis`. The gradient goes to the first maximal element

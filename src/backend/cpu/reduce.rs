@@ -18,8 +18,8 @@ pub(super) fn reduce(op: ReduceOp, x: &[f32], v: AxisView) -> Result<Vec<f32>> {
         |o, row| {
             let block = &x[o * len * inner..(o + 1) * len * inner];
             match op {
-                ReduceOp::Sum if inner == 1 => row[0] = row_sum(block),
-                ReduceOp::Sum => {
+                ReduceOp::Sum | ReduceOp::Mean if inner == 1 => row[0] = row_sum(block),
+                ReduceOp::Sum | ReduceOp::Mean => {
                     for l in 0..len {
                         for (r, &v) in row.iter_mut().zip(&block[l * inner..]) {
                             *r += v;
@@ -54,6 +54,12 @@ pub(super) fn reduce(op: ReduceOp, x: &[f32], v: AxisView) -> Result<Vec<f32>> {
                         }
                         *r = best as f32;
                     }
+                }
+            }
+            if op == ReduceOp::Mean {
+                // As the GPU and PyTorch: the sum over the length.
+                for r in row.iter_mut() {
+                    *r /= len as f32;
                 }
             }
         },
