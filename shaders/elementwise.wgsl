@@ -192,3 +192,22 @@ fn op_pow(x: f32, p: f32) -> f32 {
     }
     return bitcast<f32>(bitcast<u32>(r) | s);
 }
+
+// Chris Wellons' lowbias32: the CPU's (src/rng.rs) bit for bit.
+fn mix32(v: u32) -> u32 {
+    var h = v;
+    h ^= h >> 16u;
+    h *= 0x7feb352du;
+    h ^= h >> 15u;
+    h *= 0x846ca68bu;
+    h ^= h >> 16u;
+    return h;
+}
+
+// Inverted dropout of element e: x · scale where the call's key keeps it,
+// x · 0 where not (a dropped NaN or infinity stays visible as NaN, as in
+// PyTorch). One seed drops the same elements on both devices.
+fn op_dropout(x: f32, e: u32, key0: u32, key1: u32, threshold: u32, scale: f32) -> f32 {
+    let keep = mix32(mix32(e ^ key0) ^ key1) >= threshold;
+    return x * select(0.0, scale, keep);
+}

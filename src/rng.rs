@@ -142,7 +142,8 @@ pub fn with_default_generator<R>(f: impl FnOnce(&mut Generator) -> R) -> R {
 }
 
 /// A 32-bit integer hash with full avalanche (Chris Wellons' "lowbias32").
-/// `shaders/dropout.wgsl` has the same function; the two must agree bit for bit.
+/// `shaders/elementwise.wgsl` has the same function (`mix32`, used by the
+/// fused kernels' `op_dropout`); the two must agree bit for bit.
 #[inline]
 pub(crate) fn mix32(mut x: u32) -> u32 {
     x ^= x >> 16;

@@ -289,6 +289,26 @@ fn dropout_masks_are_identical_on_both_devices() {
     manual_seed(5);
     let gpu = x.to_device(&dev).unwrap().dropout(0.2, true).to_vec().unwrap();
     assert_eq!(cpu, gpu, "one seed must give one mask, bit for bit");
+    // On the GPU dropout is a node of the fused kernel: after a chain, on a
+    // transposed (strided, one element per invocation) input, with an odd
+    // count (a partial vec4), and with NaN and ∞ (a dropped one stays NaN).
+    let mut values = x.to_vec().unwrap();
+    values[3] = f32::NAN;
+    values[10] = f32::INFINITY;
+    let x = Tensor::from_vec(values, [129, 65], &Device::Cpu).unwrap();
+    let chain = |x: &Tensor| {
+        manual_seed(9);
+        let a = (x * 2.0).relu().dropout(0.4, true);
+        let b = x.t().dropout(0.5, true) + 1.0;
+        let c = x.narrow(0, 0, 7).dropout(0.25, true);
+        [a, b, c].map(|t| t.to_vec().unwrap())
+    };
+    let (cpu, gpu) = (chain(&x), chain(&x.to_device(&dev).unwrap()));
+    for (c, g) in cpu.iter().zip(&gpu) {
+        let same = c.iter().zip(g).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+        assert!(same, "fused dropout differs from the CPU's");
+    }
+    assert!(cpu[0].iter().any(|v| v.is_nan()), "a NaN survives or stays NaN when dropped");
 }
 
 #[test]

@@ -96,7 +96,9 @@ fn function(e: &Expr, first_scalar: usize, word: &dyn Fn(usize) -> String) -> (S
         Node::Leaf(l) => format!("x{l}"),
         _ => format!("t{i}"),
     };
-    let args: Vec<String> = (0..e.leaves.len()).map(|l| format!("x{l}: f32")).collect();
+    // `e`: the element's index, which dropout's mask is a function of.
+    let args: Vec<String> =
+        std::iter::once("e: u32".to_string()).chain((0..e.leaves.len()).map(|l| format!("x{l}: f32"))).collect();
     let mut src = format!("fn f({}) -> f32 {{\n", args.join(", "));
     let mut values = Vec::new();
     for (i, node) in e.nodes.iter().enumerate() {
@@ -114,6 +116,20 @@ fn function(e: &Expr, first_scalar: usize, word: &dyn Fn(usize) -> String) -> (S
             }
             Node::Binary(op, a, b) => binary_wgsl(op, &name(a), &name(b)),
             Node::Select(c, a, b) => format!("op_where({}, {}, {})", name(c), name(a), name(b)),
+            Node::Dropout(x, w) => {
+                // Raw words (two keys and a threshold are not floats); kept
+                // as f32 bit patterns in `values`, which round-trip exactly.
+                let k = first_scalar + values.len();
+                values.extend(w.iter().map(|&v| f32::from_bits(v)));
+                format!(
+                    "op_dropout({}, e, {}, {}, {}, bitcast<f32>({}))",
+                    name(x),
+                    word(k),
+                    word(k + 1),
+                    word(k + 2),
+                    word(k + 3)
+                )
+            }
         };
         let _ = writeln!(src, "    let {} = {expr};", name(i));
     }
@@ -136,8 +152,10 @@ pub(super) fn words(e: &Expr, dims: &[usize], strides: &[Vec<usize>]) -> Vec<u32
         words.extend(views.next().expect("one stride list per strided leaf").iter().map(|&s| s as u32));
     }
     for node in &e.nodes {
-        if let Node::Unary(op, _) = *node {
-            words.extend(scalars(op).iter().map(|v| v.to_bits()));
+        match *node {
+            Node::Unary(op, _) => words.extend(scalars(op).iter().map(|v| v.to_bits())),
+            Node::Dropout(_, w) => words.extend(w),
+            _ => {}
         }
     }
     words
@@ -169,6 +187,7 @@ pub(super) fn structure(e: &Expr, dims: &[usize], strides: &[Vec<usize>], words_
             Node::Unary(op, a) => key.extend([1, unary_code(op), a as u32]),
             Node::Binary(op, a, b) => key.extend([2, binary_code(op), a as u32, b as u32]),
             Node::Select(c, a, b) => key.extend([3, c as u32, a as u32, b as u32]),
+            Node::Dropout(x, _) => key.extend([4, x as u32]),
         }
     }
     key
@@ -279,11 +298,18 @@ pub(super) fn kernel(e: &Expr, words_in_buffer: bool) -> (String, Vec<u32>) {
         for l in 0..leaves {
             let _ = writeln!(src, "    let v{l} = in{l}[i];");
         }
-        let lane = |c: &str| {
+        let lane = |c: &str, at: u32| {
             let args: Vec<String> = (0..leaves).map(|l| format!("v{l}.{c}")).collect();
-            format!("f({})", args.join(", "))
+            format!("f(4u * i + {at}u, {})", args.join(", "))
         };
-        let _ = writeln!(src, "    out[i] = vec4<f32>({}, {}, {}, {});", lane("x"), lane("y"), lane("z"), lane("w"));
+        let _ = writeln!(
+            src,
+            "    out[i] = vec4<f32>({}, {}, {}, {});",
+            lane("x", 0),
+            lane("y", 1),
+            lane("z", 2),
+            lane("w", 3)
+        );
     } else {
         // Coordinates, innermost first; the outermost needs no modulo.
         src.push_str("    var rest = i;\n");
@@ -296,7 +322,7 @@ pub(super) fn kernel(e: &Expr, words_in_buffer: bool) -> (String, Vec<u32>) {
             }
         }
         let args: Vec<String> = index_of.iter().enumerate().map(|(l, at)| format!("in{l}[{at}]")).collect();
-        let _ = writeln!(src, "    out[i] = f({});", args.join(", "));
+        let _ = writeln!(src, "    out[i] = f(i, {});", args.join(", "));
     }
     src.push_str("}\n");
     (src, words)

@@ -170,6 +170,10 @@ pub(super) enum Node {
     Binary(BinaryOp, usize, usize),
     /// `c ≠ 0 ? a : b`.
     Select(usize, usize, usize),
+    /// Inverted dropout of `x`: element `e` kept (times `scale`) when
+    /// `mix32(mix32(e ^ key0) ^ key1) ≥ threshold`, else 0 — the CPU's mask
+    /// bit for bit (`src/rng.rs`). Words: key0, key1, threshold, scale bits.
+    Dropout(usize, [u32; 4]),
 }
 
 /// A buffer an expression reads: element `i` of the result reads element
@@ -226,7 +230,14 @@ impl Expr {
     }
 
     pub(super) fn scalars(&self) -> usize {
-        self.nodes.iter().map(|n| if let Node::Unary(op, _) = n { fusion::scalars(*op).len() } else { 0 }).sum()
+        self.nodes
+            .iter()
+            .map(|n| match n {
+                Node::Unary(op, _) => fusion::scalars(*op).len(),
+                Node::Dropout(..) => 4,
+                _ => 0,
+            })
+            .sum()
     }
 
     /// The strided leaves' views coalesced over the dims: the dims, and per
@@ -287,6 +298,7 @@ impl Expr {
                 Node::Unary(op, a) => Node::Unary(op, map[a]),
                 Node::Binary(op, a, b) => Node::Binary(op, map[a], map[b]),
                 Node::Select(c, a, b) => Node::Select(map[c], map[a], map[b]),
+                Node::Dropout(x, w) => Node::Dropout(map[x], w),
             };
             map.push(self.intern(node));
         }
@@ -296,6 +308,11 @@ impl Expr {
     /// `op(self)`.
     fn unary(mut self, op: UnaryOp) -> Expr {
         self.root = self.intern(Node::Unary(op, self.root));
+        self
+    }
+
+    fn dropout(mut self, words: [u32; 4]) -> Expr {
+        self.root = self.intern(Node::Dropout(self.root, words));
         self
     }
 
@@ -362,6 +379,22 @@ pub(crate) fn unary(ctx: &Arc<Context>, op: UnaryOp, x: &GpuBuffer, n: usize) ->
     let build = || -> Result<Expr, Poison> {
         let e = operand(x, n)?.unary(op);
         if e.fits() { Ok(e) } else { Ok(computed(x, n)?.unary(op)) }
+    };
+    match build() {
+        Ok(e) => finish(ctx, e),
+        Err(e) => GpuBuffer::poisoned(e),
+    }
+}
+
+/// Inverted dropout of the first `n` elements of `x` with probability `p`
+/// and `key`: a node of the fused kernel, so its mask costs no dispatch of
+/// its own (the forward fuses with the activation before it, the backward
+/// with the gradient's mask).
+pub(crate) fn dropout(ctx: &Arc<Context>, x: &GpuBuffer, n: usize, p: f32, key: [u32; 2]) -> GpuBuffer {
+    let words = [key[0], key[1], crate::rng::dropout_threshold(p), (1.0 / (1.0 - p)).to_bits()];
+    let build = || -> Result<Expr, Poison> {
+        let e = operand(x, n)?.dropout(words);
+        if e.fits() { Ok(e) } else { Ok(computed(x, n)?.dropout(words)) }
     };
     match build() {
         Ok(e) => finish(ctx, e),

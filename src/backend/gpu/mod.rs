@@ -640,7 +640,7 @@ impl Backend for GpuDevice {
     }
 
     fn dropout(&self, x: &Storage, n: usize, p: f32, key: [u32; 2]) -> Storage {
-        Storage::Gpu(elementwise::dropout(&self.ctx, x.gpu(), n, p, key))
+        Storage::Gpu(lazy::dropout(&self.ctx, x.gpu(), n, p, key))
     }
 
     fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [&mut Storage], n: usize) {

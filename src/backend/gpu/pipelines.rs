@@ -40,7 +40,6 @@ pub(crate) enum Shader {
     Scatter,
     LayerNorm,
     Rnn,
-    Dropout,
     Optim,
     Matmul,
     MatmulTiled,
@@ -65,7 +64,6 @@ impl Shader {
             Shader::Scatter => "scatter.wgsl",
             Shader::LayerNorm => "layer_norm.wgsl",
             Shader::Rnn => "rnn.wgsl",
-            Shader::Dropout => "dropout.wgsl",
             Shader::Optim => "optim.wgsl",
             Shader::Matmul => "matmul.wgsl",
             Shader::MatmulTiled => "matmul_tiled.wgsl",
@@ -78,7 +76,7 @@ impl Shader {
 
     /// Every shader, for tests that check them all.
     #[cfg(test)]
-    pub const ALL: [Shader; 19] = [
+    pub const ALL: [Shader; 18] = [
         Shader::Scan,
         Shader::Sort,
         Shader::Copy,
@@ -91,7 +89,6 @@ impl Shader {
         Shader::Scatter,
         Shader::LayerNorm,
         Shader::Rnn,
-        Shader::Dropout,
         Shader::Optim,
         Shader::Matmul,
         Shader::MatmulTiled,
@@ -120,7 +117,6 @@ impl Shader {
             Shader::Scatter => &[CHECK, INDEX_VIEW, include_str!("../../../shaders/scatter.wgsl")],
             Shader::LayerNorm => &[include_str!("../../../shaders/layer_norm.wgsl")],
             Shader::Rnn => &[ELEMENTWISE, include_str!("../../../shaders/rnn.wgsl")],
-            Shader::Dropout => &[include_str!("../../../shaders/dropout.wgsl")],
             Shader::Optim => &[include_str!("../../../shaders/optim.wgsl")],
             Shader::Matmul => &[include_str!("../../../shaders/matmul.wgsl"), GEMM_BODY],
             Shader::MatmulTiled => &[include_str!("../../../shaders/matmul_tiled.wgsl"), GEMM_TILED_BODY],
@@ -491,7 +487,6 @@ pub(crate) mod tests {
         use super::super::{conv, copy, elementwise, gather, loss, matmul, norm, optim, reduce, rnn};
         assert_mirrors::<copy::ViewParams>(&Shader::Copy.source(), "copy");
         assert_mirrors::<elementwise::FillParams>(&Shader::Fill.source(), "fill");
-        assert_mirrors::<elementwise::DropoutParams>(&Shader::Dropout.source(), "dropout");
         assert_mirrors::<gather::GatherParams>(&Shader::Gather.source(), "gather");
         assert_mirrors::<gather::GatherParams>(&Shader::Scatter.source(), "scatter");
         assert_mirrors::<norm::NormParams>(&Shader::LayerNorm.source(), "layer_norm");
