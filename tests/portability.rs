@@ -58,8 +58,8 @@ const STORAGE_BUFFER_BUDGET: usize = 8;
 const INVOCATION_BUDGET: u32 = 256;
 const WORKGROUP_MEMORY_BUDGET: usize = 16384;
 
-fn noop(subgroups: bool) -> Device {
-    let options = GpuOptions { backends: Some("noop".into()), subgroups, ..GpuOptions::default() };
+fn noop(subgroups: bool, fusion: bool) -> Device {
+    let options = GpuOptions { backends: Some("noop".into()), subgroups, fusion, ..GpuOptions::default() };
     Device::Gpu(GpuDevice::with_options(options).expect("wgpu's noop backend is compiled in"))
 }
 
@@ -390,8 +390,8 @@ fn with_unreached(mut kernels: Vec<CompiledKernel>) -> Vec<CompiledKernel> {
 /// Builds and checks one kernel set; returns its kernels for the coverage
 /// check, which spans both sets (the tiled matmul appears only without
 /// subgroups).
-fn run(subgroups: bool) -> (Vec<CompiledKernel>, Vec<String>) {
-    let dev = noop(subgroups);
+fn run(subgroups: bool, fusion: bool) -> (Vec<CompiledKernel>, Vec<String>) {
+    let dev = noop(subgroups, fusion);
     workload(&dev);
     let kernels = with_unreached(gpu(&dev).compiled_kernels());
     assert!(
@@ -405,18 +405,22 @@ fn run(subgroups: bool) -> (Vec<CompiledKernel>, Vec<String>) {
 
 #[test]
 fn every_kernel_translates_for_metal_dx12_opengl_and_vulkan() {
-    let (with, mut problems) = run(true);
+    let (with, mut problems) = run(true, true);
     assert!(
         with.iter().any(|k| k.file == "matmul.wgsl"),
         "the noop adapter (32-lane subgroups) did not select the subgroup matmul"
     );
-    let (without, failures) = run(false);
+    let (without, failures) = run(false, true);
     assert!(
         without.iter().all(|k| k.file != "matmul.wgsl") && without.iter().any(|k| k.file == "matmul_tiled.wgsl"),
         "subgroups off did not select the workgroup-tiled matmul"
     );
     problems.extend(failures);
-    let all: Vec<CompiledKernel> = with.into_iter().chain(without).collect();
+    // Fusion off (WGRAD_FUSION=0): views are copied by the strided-copy
+    // kernel instead of read by the fused kernel that consumes them.
+    let (unfused, failures) = run(true, false);
+    problems.extend(failures);
+    let all: Vec<CompiledKernel> = with.into_iter().chain(without).chain(unfused).collect();
     problems.extend(coverage(&all));
     assert!(problems.is_empty(), "{} problems:\n{}", problems.len(), problems.join("\n"));
 }

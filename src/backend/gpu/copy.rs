@@ -62,6 +62,9 @@ fn record(ctx: &Arc<Context>, entry: &'static str, view: &Strided, x: &Arc<Poole
 
 /// The view `src` of `x`, copied into a new contiguous buffer.
 pub(crate) fn copy_strided(ctx: &Arc<Context>, x: &GpuBuffer, src: &Strided) -> GpuBuffer {
+    if let Some(pending) = super::lazy::view(ctx, x, src) {
+        return pending;
+    }
     let n = src.dims.iter().product();
     ctx.compute("copy", n, &[x], |ins, out| record(ctx, "gather_strided", src, ins[0], out))
 }

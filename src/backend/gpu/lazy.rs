@@ -386,6 +386,23 @@ pub(crate) fn unary(ctx: &Arc<Context>, op: UnaryOp, x: &GpuBuffer, n: usize) ->
     }
 }
 
+/// `x` read through `view` (a permute, broadcast or narrow), pending: the
+/// copy becomes a strided leaf of the kernel that consumes it, so a view
+/// feeding elementwise work costs no dispatch of its own. `None` with
+/// fusion off, or for a view too wide for a fused kernel's parameter
+/// words (the caller copies it at once).
+pub(crate) fn view(ctx: &Arc<Context>, x: &GpuBuffer, view: &Strided) -> Option<GpuBuffer> {
+    if !ctx.lazy.fusion {
+        return None;
+    }
+    let buffer = match x.get() {
+        Ok(b) => b.clone(),
+        Err(p) => return Some(GpuBuffer::poisoned(p)),
+    };
+    let e = Expr::strided(buffer, view);
+    e.fits().then(|| GpuBuffer::pending(ctx, e))
+}
+
 /// Inverted dropout of the first `n` elements of `x` with probability `p`
 /// and `key`: a node of the fused kernel, so its mask costs no dispatch of
 /// its own (the forward fuses with the activation before it, the backward
@@ -429,9 +446,10 @@ pub(crate) fn binary(
             }
             // Compute the pending side with more ops (their dims disagree,
             // or together they are too big).
-            if ea.ops() >= eb.ops() && ea.ops() > 0 {
+            let (wa, wb) = (weight(a.0, &ea), weight(b.0, &eb));
+            if wa >= wb && wa > 0 {
                 ea = computed(a.0, n).map_err(|p| poisoned(p, &eb))?;
-            } else if eb.ops() > 0 {
+            } else if wb > 0 {
                 eb = computed(b.0, n).map_err(|p| poisoned(p, &ea))?;
             } else {
                 // Two leaves over one shape always combine; when their
@@ -476,7 +494,8 @@ pub(crate) fn select(
                 return Ok(combined.expect("just matched"));
             }
             // Compute the pending side with the most ops.
-            let (most, ops) = e.iter().enumerate().map(|(i, x)| (i, x.ops())).max_by_key(|&(_, o)| o).expect("three");
+            let (most, ops) =
+                e.iter().enumerate().map(|(i, x)| (i, weight(sides[i].0, x))).max_by_key(|&(_, o)| o).expect("three");
             if ops == 0 {
                 return Ok(combined.expect("leaves share the output's dims"));
             }
@@ -492,6 +511,13 @@ pub(crate) fn select(
         Ok(e) => finish(ctx, e),
         Err(e) => GpuBuffer::poisoned(e),
     }
+}
+
+/// How much computing `x`'s pending expression `e` first would take off a
+/// combined kernel: 0 when it is computed (a leaf), else its ops plus one
+/// (a pending view has no ops but still must be computed to be re-viewed).
+fn weight(x: &GpuBuffer, e: &Expr) -> usize {
+    if x.expr().is_some() { e.ops() + 1 } else { 0 }
 }
 
 /// A pending buffer for `e`, or with fusion off, `e` computed now.
