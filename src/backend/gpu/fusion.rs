@@ -88,10 +88,10 @@ fn binary_wgsl(op: BinaryOp, a: &str, b: &str) -> String {
     format!("{f}({a}, {b})")
 }
 
-/// The WGSL function `f(x0, x1, ...) -> f32` computing one element of `e`;
-/// `word(k)` names parameter word `k`. Its scalar operands are the words
-/// from `first_scalar` on, whose values it returns.
-fn function(e: &Expr, first_scalar: usize, word: &dyn Fn(usize) -> String) -> (String, Vec<f32>) {
+/// The WGSL function `f(e, x0, x1, ...) -> f32` computing element `e` of
+/// `e`; `word(k)` names parameter word `k`. Its scalar operands are the
+/// words from `first_scalar` on, in the order [`words`] writes them.
+fn function(e: &Expr, first_scalar: usize, word: &dyn Fn(usize) -> String) -> String {
     let name = |i: usize| match e.nodes[i] {
         Node::Leaf(l) => format!("x{l}"),
         _ => format!("t{i}"),
@@ -100,41 +100,35 @@ fn function(e: &Expr, first_scalar: usize, word: &dyn Fn(usize) -> String) -> (S
     let args: Vec<String> =
         std::iter::once("e: u32".to_string()).chain((0..e.leaves.len()).map(|l| format!("x{l}: f32"))).collect();
     let mut src = format!("fn f({}) -> f32 {{\n", args.join(", "));
-    let mut values = Vec::new();
+    let mut k = first_scalar;
     for (i, node) in e.nodes.iter().enumerate() {
         let expr = match *node {
             Node::Leaf(_) => continue,
             Node::Unary(op, a) => {
-                let names: Vec<String> = scalars(op)
-                    .iter()
-                    .map(|&v| {
-                        values.push(v);
-                        format!("bitcast<f32>({})", word(first_scalar + values.len() - 1))
-                    })
-                    .collect();
+                let names: Vec<String> =
+                    (0..scalars(op).len()).map(|s| format!("bitcast<f32>({})", word(k + s))).collect();
+                k += names.len();
                 unary_wgsl(op, &name(a), &names)
             }
             Node::Binary(op, a, b) => binary_wgsl(op, &name(a), &name(b)),
             Node::Select(c, a, b) => format!("op_where({}, {}, {})", name(c), name(a), name(b)),
-            Node::Dropout(x, w) => {
-                // Raw words (two keys and a threshold are not floats); kept
-                // as f32 bit patterns in `values`, which round-trip exactly.
-                let k = first_scalar + values.len();
-                values.extend(w.iter().map(|&v| f32::from_bits(v)));
+            Node::Dropout(x, _) => {
+                // Raw words: two keys and a threshold are not floats.
+                k += 4;
                 format!(
                     "op_dropout({}, e, {}, {}, {}, bitcast<f32>({}))",
                     name(x),
-                    word(k),
-                    word(k + 1),
-                    word(k + 2),
-                    word(k + 3)
+                    word(k - 4),
+                    word(k - 3),
+                    word(k - 2),
+                    word(k - 1)
                 )
             }
         };
         let _ = writeln!(src, "    let {} = {expr};", name(i));
     }
     let _ = writeln!(src, "    return {};\n}}", name(e.root));
-    (src, values)
+    src
 }
 
 /// The parameter words of `e` laid out as `(dims, strides)`
@@ -242,36 +236,34 @@ fn cmp_code(c: Cmp) -> u32 {
 }
 
 /// The generated part of the kernel computing `e` ([`full_source`] adds the
-/// shared library) and its
-/// parameter words. The output is at binding `leaves`; with
-/// `words_in_buffer` the words are read from a storage buffer at binding
-/// `leaves + 1` instead of immediate data.
-pub(super) fn kernel(e: &Expr, words_in_buffer: bool) -> (String, Vec<u32>) {
+/// shared library), reading the parameter words [`words`] lays out. The
+/// output is at binding `leaves`; with `words_in_buffer` the words are read
+/// from a storage buffer at binding `leaves + 1` instead of immediate data.
+pub(super) fn kernel(e: &Expr, words_in_buffer: bool) -> String {
     let (dims, strides) = e.layout();
     let leaves = e.leaves.len();
     // Strided leaves exist exactly when the expression has dims.
     let vec4 = e.dims.is_none();
     let word = |k: usize| if words_in_buffer { format!("words[{k}]") } else { format!("params.w[{k}]") };
-    // Words: count, dims, per strided leaf offset and strides, scalars.
-    let mut words = vec![if vec4 { e.n.div_ceil(4) } else { e.n } as u32];
-    words.extend(dims.iter().map(|&d| d as u32));
+    // Word positions: count, dims, per strided leaf offset and strides, scalars.
+    let mut k = 1 + dims.len();
     let mut index_of = vec![String::from("i"); leaves];
     let mut views = strides.iter();
     for (l, leaf) in e.leaves.iter().enumerate() {
-        let Some(view) = &leaf.view else { continue };
+        if leaf.view.is_none() {
+            continue;
+        }
         let strides = views.next().expect("one stride list per strided leaf");
-        let mut terms = vec![word(words.len())];
-        words.push(view.offset as u32);
+        let mut terms = vec![word(k)];
         for (d, &s) in strides.iter().enumerate() {
             if s != 0 {
-                terms.push(format!("c{d} * {}", word(words.len())));
+                terms.push(format!("c{d} * {}", word(k + 1 + d)));
             }
-            words.push(s as u32);
         }
+        k += 1 + strides.len();
         index_of[l] = terms.join(" + ");
     }
-    let (function, values) = function(e, words.len(), &word);
-    words.extend(values.iter().map(|v| v.to_bits()));
+    let function = function(e, k, &word);
 
     let mut src = String::with_capacity(2048);
     if words_in_buffer {
@@ -325,7 +317,7 @@ pub(super) fn kernel(e: &Expr, words_in_buffer: bool) -> (String, Vec<u32>) {
         let _ = writeln!(src, "    out[i] = f(i, {});", args.join(", "));
     }
     src.push_str("}\n");
-    (src, words)
+    src
 }
 
 /// The complete WGSL of a kernel whose generated part is `generated`.
@@ -355,8 +347,9 @@ mod tests {
         e.root = e.intern(Node::Binary(BinaryOp::Add, m, other));
         assert_eq!(e.ops(), 3);
         assert_eq!(e.scalars(), 2);
-        let (src, values) = function(&e, 1, &|k| format!("params.w[{k}]"));
-        assert_eq!(values, vec![2.0, 3.0]);
+        let src = function(&e, 1, &|k| format!("params.w[{k}]"));
+        let scalars: Vec<f32> = words(&e, &[], &[])[1..].iter().map(|&w| f32::from_bits(w)).collect();
+        assert_eq!(scalars, vec![2.0, 3.0]);
         assert!(src.contains("let t1 = op_mul(x0, bitcast<f32>(params.w[1]));"), "{src}");
         assert!(src.contains("let t2 = op_mul(x0, bitcast<f32>(params.w[2]));"), "{src}");
         assert!(src.contains("let t3 = op_add(t1, t2);"), "{src}");

@@ -305,17 +305,23 @@ pub(crate) mod at_exit {
     fn write_all_now() {
         let devices = std::mem::take(&mut *super::super::lock(&DEVICES));
         for (ctx, path) in devices {
-            let Some(ctx) = ctx.upgrade() else { continue };
-            match ctx.stop_profiling() {
-                Ok(profile) => {
-                    eprint!("{}", profile.table(20));
-                    match profile.write_chrome_trace(&path) {
-                        Ok(()) => eprintln!("wgrad: wrote the kernel trace to {}", path.display()),
-                        Err(e) => eprintln!("wgrad: could not write {}: {e}", path.display()),
-                    }
-                }
-                Err(e) => eprintln!("wgrad: WGRAD_PROFILE: {e}"),
+            if let Some(ctx) = ctx.upgrade() {
+                report(&ctx, &path);
             }
+        }
+    }
+
+    /// Ends `ctx`'s profile, prints its table and writes its trace to `path`.
+    fn report(ctx: &Context, path: &std::path::Path) {
+        match ctx.stop_profiling() {
+            Ok(profile) => {
+                eprint!("{}", profile.table(20));
+                match profile.write_chrome_trace(path) {
+                    Ok(()) => eprintln!("wgrad: wrote the kernel trace to {}", path.display()),
+                    Err(e) => eprintln!("wgrad: could not write {}: {e}", path.display()),
+                }
+            }
+            Err(e) => eprintln!("wgrad: WGRAD_PROFILE: {e}"),
         }
     }
 
@@ -325,11 +331,6 @@ pub(crate) mod at_exit {
         let Some(i) = devices.iter().position(|(w, _)| std::ptr::eq(w.as_ptr(), ctx)) else { return };
         let (_, path) = devices.remove(i);
         drop(devices);
-        if let Ok(profile) = ctx.stop_profiling() {
-            eprint!("{}", profile.table(20));
-            if profile.write_chrome_trace(&path).is_ok() {
-                eprintln!("wgrad: wrote the kernel trace to {}", path.display());
-            }
-        }
+        report(ctx, &path);
     }
 }

@@ -98,23 +98,14 @@ impl Queue {
         let Some(mut recording) = recording else {
             return Ok(Profile { device: device_name, gpu_timing: self.timestamps, ..Profile::default() });
         };
-        self.wait(index, health)?;
+        // Every batch's timestamps, mapped together: one wait.
+        let buffers: Vec<(&wgpu::Buffer, u64)> =
+            recording.pending.iter().map(|(b, events)| (b, (events.len() * 16) as u64)).collect();
+        let stamps = self.map_read(&buffers, index, health, "reading the profiler's timestamps", |bytes| {
+            bytemuck::pod_collect_to_vec::<u8, u64>(bytes)
+        })?;
         let mut ticks: Vec<(usize, u64, u64)> = Vec::new();
-        for (buffer, events) in &recording.pending {
-            let bytes = (events.len() * 16) as u64;
-            let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
-            buffer.map_async(wgpu::MapMode::Read, ..bytes, move |r| {
-                let _ = sender.send(r);
-            });
-            self.wait(None, health)?;
-            match pollster::block_on(receiver.receive()) {
-                Some(Ok(())) => {}
-                _ => return Err(Error::Gpu("reading back the profiler's timestamps".into())),
-            }
-            let view = buffer.get_mapped_range(..bytes).map_err(|e| Error::Gpu(format!("profiler: {e}")))?;
-            let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&view[..]);
-            drop(view);
-            buffer.unmap();
+        for ((_, events), stamps) in recording.pending.iter().zip(stamps) {
             ticks.extend(events.iter().enumerate().map(|(i, &e)| (e, stamps[2 * i], stamps[2 * i + 1])));
         }
         let period = f64::from(self.queue.get_timestamp_period());
@@ -296,8 +287,27 @@ impl Queue {
             }
             self.submit_batch(&mut batch)
         };
-        let mut receivers = Vec::with_capacity(staging.len());
-        for ((buffer, _), &(_, bytes)) in staging.iter().zip(sources) {
+        let mapped: Vec<(&wgpu::Buffer, u64)> = staging.iter().zip(sources).map(|((b, _), &(_, n))| (b, n)).collect();
+        let out = self.map_read(&mapped, index, health, "reading back a tensor", bytemuck::pod_collect_to_vec)?;
+        for (buffer, size) in staging {
+            lock(&self.staging).entry(size).or_default().push(buffer);
+        }
+        Ok(out)
+    }
+
+    /// Maps each `(buffer, bytes)` (submitted, at the latest in `index`)
+    /// for reading, waits for the GPU once, and returns `f` of each one's
+    /// first `bytes` bytes, unmapping it after.
+    fn map_read<T>(
+        &self,
+        buffers: &[(&wgpu::Buffer, u64)],
+        index: Option<wgpu::SubmissionIndex>,
+        health: &Health,
+        what: &str,
+        f: impl Fn(&[u8]) -> T,
+    ) -> Result<Vec<T>> {
+        let mut receivers = Vec::with_capacity(buffers.len());
+        for &(buffer, bytes) in buffers {
             let (sender, receiver) = futures_intrusive::channel::shared::oneshot_channel();
             buffer.map_async(wgpu::MapMode::Read, ..bytes.max(4), move |r| {
                 let _ = sender.send(r);
@@ -305,23 +315,18 @@ impl Queue {
             receivers.push(receiver);
         }
         self.wait(index, health)?;
-        let mut out = Vec::with_capacity(staging.len());
-        for (((buffer, size), receiver), &(_, bytes)) in staging.into_iter().zip(receivers).zip(sources) {
+        let mut out = Vec::with_capacity(buffers.len());
+        for (&(buffer, bytes), receiver) in buffers.iter().zip(receivers) {
             match pollster::block_on(receiver.receive()) {
                 Some(Ok(())) => {}
-                Some(Err(e)) => {
-                    return Err(health.lost().unwrap_or_else(|| Error::Gpu(format!("reading back a tensor: {e}"))));
-                }
-                None => return Err(Error::Gpu("reading back a tensor: the map callback never ran".into())),
+                Some(Err(e)) => return Err(health.lost().unwrap_or_else(|| Error::Gpu(format!("{what}: {e}")))),
+                None => return Err(Error::Gpu(format!("{what}: the map callback never ran"))),
             }
             let data = {
-                let view = buffer
-                    .get_mapped_range(..bytes.max(4))
-                    .map_err(|e| Error::Gpu(format!("reading back a tensor: {e}")))?;
-                bytemuck::pod_collect_to_vec::<u8, u32>(&view[..bytes as usize])
+                let view = buffer.get_mapped_range(..bytes.max(4)).map_err(|e| Error::Gpu(format!("{what}: {e}")))?;
+                f(&view[..bytes as usize])
             };
             buffer.unmap();
-            lock(&self.staging).entry(size).or_default().push(buffer);
             out.push(data);
         }
         Ok(out)
