@@ -1,10 +1,12 @@
 //! A transformer's kernels, CPU vs GPU: layer normalisation and scaled
 //! dot-product attention (causal), forward and forward+backward, at a
-//! GPT-small-like shape and at the names model's.
+//! GPT-small-like shape and at the names model's; and an LSTM layer at the
+//! names model's shape (the CPU's fused layer, the GPU's unrolled steps).
 
 mod common;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use wgrad::nn::Module;
 use wgrad::{Tensor, scaled_dot_product_attention};
 
 fn layer_norm(c: &mut Criterion) {
@@ -52,5 +54,26 @@ fn attention(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layer_norm, attention);
+fn lstm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lstm");
+    group.sample_size(10);
+    // [batch, seq, input] → hidden, one layer: the names model's LSTM.
+    let (batch, seq, input, hidden) = (64usize, 16usize, 64usize, 128usize);
+    for (name, dev) in common::devices() {
+        wgrad::manual_seed(0);
+        let lstm = wgrad::nn::LSTM::new(input, hidden, 1, &dev);
+        let x = Tensor::randn([batch, seq, input], &dev).requires_grad();
+        let g = Tensor::randn([batch, seq, hidden], &dev);
+        let size = format!("{batch}x{seq}x{input}->{hidden}");
+        group.bench_function(BenchmarkId::new(format!("{name} fwd"), &size), |bench| {
+            common::iter_synced(bench, &dev, || wgrad::no_grad(|| lstm.forward(&x)))
+        });
+        group.bench_function(BenchmarkId::new(format!("{name} fwd+bwd"), &size), |bench| {
+            common::iter_synced(bench, &dev, || lstm.forward(&x).backward_with(g.clone()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, layer_norm, attention, lstm);
 criterion_main!(benches);

@@ -462,6 +462,44 @@ pub(crate) trait Backend {
         batch: usize,
         hidden: usize,
     ) -> [Storage; 2];
+    /// A whole LSTM layer over a batch-first sequence, fused, where the
+    /// backend has one (`None` otherwise: the caller unrolls the sequence
+    /// into per-step matmuls and [`lstm_cell`](Self::lstm_cell)s, which is
+    /// what a GPU runs anyway). From the input projections `projected`
+    /// (`[batch, seq, 4·hidden]`, biases in), `w_hh` (`[4·hidden, hidden]`)
+    /// and the initial state `hc0` (`[batch, 2·hidden]`, `[h | c]`): every
+    /// step's state `[batch, seq, 2·hidden]`, and the activated gates
+    /// (`[batch, seq, 4·hidden]`) its backward reads.
+    fn lstm_layer(
+        &self,
+        projected: &Storage,
+        w_hh: &Storage,
+        hc0: &Storage,
+        batch: usize,
+        seq: usize,
+        hidden: usize,
+    ) -> Option<[Storage; 2]> {
+        let _ = (projected, w_hh, hc0, batch, seq, hidden);
+        None
+    }
+    /// The gradients of [`lstm_layer`](Self::lstm_layer) for `g` (the
+    /// gradient of every step's state): `[d projected, d w_hh, d hc0]`.
+    /// Called only where `lstm_layer` returned its results.
+    #[allow(clippy::too_many_arguments)]
+    fn lstm_layer_backward(
+        &self,
+        acts: &Storage,
+        hc: &Storage,
+        hc0: &Storage,
+        w_hh: &Storage,
+        g: &Storage,
+        batch: usize,
+        seq: usize,
+        hidden: usize,
+    ) -> [Storage; 3] {
+        let _ = (acts, hc, hc0, w_hh, g, batch, seq, hidden);
+        unreachable!("lstm_layer_backward: this backend has no fused LSTM layer")
+    }
     /// `x · keep(i) / (1 - p)` with `keep` from [`crate::rng::dropout_keep`].
     fn dropout(&self, x: &Storage, n: usize, p: f32, key: [u32; 2]) -> Storage;
     /// One fused optimizer step on `param` (and its state buffers), in place.

@@ -311,11 +311,13 @@ fn stack_steps(steps: &[Tensor]) -> Tensor {
 /// A long short-term memory network, batch-first (PyTorch's
 /// `nn.LSTM(input, hidden, num_layers, batch_first=True)`): per layer
 /// `weight_ih_l{k}`, `weight_hh_l{k}`, `bias_ih_l{k}`, `bias_hh_l{k}` with
-/// the gates in PyTorch's order (input, forget, cell, output). The
-/// sequence is unrolled on the tape: the input projections of every step
-/// are one matmul, then per step one `[batch, hidden]·[hidden, 4·hidden]`
-/// matmul and the gate arithmetic as one fused kernel (forward and
-/// backward).
+/// the gates in PyTorch's order (input, forget, cell, output). The input
+/// projections of every step are one matmul; the recurrence is then one
+/// fused op per layer on the CPU (each thread runs the whole sequence for
+/// its block of batch rows, and the backward through time is one pass),
+/// and on a GPU it is unrolled on the tape: per step one `[batch,
+/// hidden]·[hidden, 4·hidden]` matmul and the gate arithmetic as one fused
+/// kernel (forward and backward).
 pub struct LSTM {
     layers: Vec<RnnLayer>,
     hidden: usize,
@@ -341,6 +343,12 @@ impl LSTM {
     /// The output sequence `[batch, seq, hidden]` (the last layer's `h` at
     /// every step) and the final state, from `state` (zeros if `None`).
     pub fn forward_with_state(&self, x: &Tensor, state: Option<&LstmState>) -> (Tensor, LstmState) {
+        self.run(x, state, true)
+    }
+
+    /// [`forward_with_state`](Self::forward_with_state), each layer one
+    /// fused op where the backend has one (`fused`) or unrolled per step.
+    fn run(&self, x: &Tensor, state: Option<&LstmState>, fused: bool) -> (Tensor, LstmState) {
         let input = self.layers[0].weight_ih.dims()[1];
         let (batch, seq) = check_sequence("LSTM", x, input);
         let hd = self.hidden;
@@ -358,7 +366,7 @@ impl LSTM {
         for (l, layer) in self.layers.iter().enumerate() {
             // The state as one [batch, 2·hidden] tensor, [h | c]: what the
             // fused cell reads and writes.
-            let mut hc = match state {
+            let hc0 = match state {
                 Some((h0, c0)) => {
                     let layer_of = |t: &Tensor| t.narrow(0, l, 1).squeeze(0);
                     Tensor::cat(&[&layer_of(h0), &layer_of(c0)], 1)
@@ -367,19 +375,33 @@ impl LSTM {
             };
             // Every step's input projection, both biases folded in: [batch, seq, 4h].
             let projected = layer_input.linear(&layer.weight_ih, Some(&(&layer.bias_ih + &layer.bias_hh)));
-            let w_hh_t = layer.weight_hh.t();
-            let mut states = Vec::with_capacity(seq);
-            for t in 0..seq {
-                let h = hc.narrow(1, 0, hd);
-                let gates = &projected.narrow(1, t, 1).squeeze(1) + &h.matmul(&w_hh_t);
-                hc = gates.lstm_cell(&hc);
-                states.push(hc.clone());
-            }
-            layer_input = if seq == 0 {
-                Tensor::zeros([batch, 0, hd], &x.device())
-            } else {
-                // [batch, seq, 2h] → the h half.
-                stack_steps(&states).narrow(2, 0, hd)
+            // The whole layer as one op (the CPU's: one pass forward, one
+            // backward through time), or unrolled on the tape: per step one
+            // matmul and the fused cell (a GPU runs these as kernels anyway).
+            let whole = if fused && seq > 0 { projected.lstm_layer(&layer.weight_hh, &hc0) } else { None };
+            let hc = match whole {
+                Some(states) => {
+                    layer_input = states.narrow(2, 0, hd);
+                    states.narrow(1, seq - 1, 1).squeeze(1)
+                }
+                None => {
+                    let w_hh_t = layer.weight_hh.t();
+                    let mut hc = hc0;
+                    let mut states = Vec::with_capacity(seq);
+                    for t in 0..seq {
+                        let h = hc.narrow(1, 0, hd);
+                        let gates = &projected.narrow(1, t, 1).squeeze(1) + &h.matmul(&w_hh_t);
+                        hc = gates.lstm_cell(&hc);
+                        states.push(hc.clone());
+                    }
+                    layer_input = if seq == 0 {
+                        Tensor::zeros([batch, 0, hd], &x.device())
+                    } else {
+                        // [batch, seq, 2h] → the h half.
+                        stack_steps(&states).narrow(2, 0, hd)
+                    };
+                    hc
+                }
             };
             hs.push(hc.narrow(1, 0, hd).unsqueeze(0));
             cs.push(hc.narrow(1, hd, hd).unsqueeze(0));
@@ -481,5 +503,56 @@ impl Module for GRU {
     fn describe(&self) -> String {
         let input = self.layers[0].weight_ih.dims()[1];
         format!("GRU({input}, {}, layers {})", self.hidden, self.layers.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPU's fused LSTM layer (forward, and backward through time)
+    /// against the unrolled per-step tape, which the GPU runs and which
+    /// the PyTorch-reference tests pin: values and every gradient, at
+    /// sizes whose batch splits unevenly over threads (and batch 1), two
+    /// layers, from a given state and from zeros.
+    #[test]
+    fn fused_lstm_layer_matches_the_unrolled_steps() {
+        let dev = Device::Cpu;
+        let mut g = Generator::new(11);
+        for (batch, seq, hidden, state) in [(3, 5, 7, true), (1, 4, 9, false), (5, 1, 3, true), (6, 6, 16, false)] {
+            let lstm = LSTM::with_generator(4, hidden, 2, &mut g, &dev);
+            let x = Tensor::randn_with([batch, seq, 4], 0.0, 1.0, &mut g, &dev).requires_grad();
+            let h0 = Tensor::randn_with([2, batch, hidden], 0.0, 1.0, &mut g, &dev).requires_grad();
+            let c0 = Tensor::randn_with([2, batch, hidden], 0.0, 1.0, &mut g, &dev).requires_grad();
+            let weights = Tensor::randn_with([batch, seq, hidden], 0.0, 1.0, &mut g, &dev);
+            let run = |fused: bool| {
+                let st = (h0.clone(), c0.clone());
+                let (y, (hn, cn)) = lstm.run(&x, state.then_some(&st), fused);
+                // A loss reading every step's h and the final h and c.
+                let loss = (&y * &weights).sum() + (&hn * &hn).sum() + cn.sum() * 0.5;
+                let grads = loss.backward();
+                let mut params = vec![&x];
+                let layer_params: Vec<&Tensor> =
+                    lstm.layers.iter().flat_map(|l| [&l.weight_ih, &l.weight_hh, &l.bias_ih, &l.bias_hh]).collect();
+                params.extend(layer_params);
+                if state {
+                    params.extend([&h0, &c0]);
+                }
+                let mut out = vec![y.to_vec().unwrap(), hn.to_vec().unwrap(), cn.to_vec().unwrap()];
+                out.extend(params.iter().map(|p| grads.get(p).expect("a gradient").to_vec().unwrap()));
+                out
+            };
+            let (fused, unrolled) = (run(true), run(false));
+            for (k, (a, b)) in fused.iter().zip(&unrolled).enumerate() {
+                assert_eq!(a.len(), b.len());
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    // Same formulas, different summation order in the GEMMs.
+                    assert!(
+                        (x - y).abs() <= 1e-5 + 1e-4 * y.abs(),
+                        "batch {batch} seq {seq} hidden {hidden}: output {k}[{i}] fused {x} unrolled {y}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -139,6 +139,54 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// A whole LSTM layer over the sequence, fused, where the device's
+    /// backend has one (see [`crate::backend::Backend::lstm_layer`]; the
+    /// CPU does): `self` the input projections `[batch, seq, 4·hidden]`
+    /// (both biases in), `w_hh` `[4·hidden, hidden]`, `hc0` the initial
+    /// `[batch, 2·hidden]` state `[h | c]`; returns every step's state
+    /// `[batch, seq, 2·hidden]`, recorded as one tape entry whose backward
+    /// runs through time in one pass. `None` where the backend has none:
+    /// the caller unrolls the sequence into [`lstm_cell`](Self::lstm_cell)s.
+    pub(crate) fn lstm_layer(&self, w_hh: &Tensor, hc0: &Tensor) -> Option<Tensor> {
+        let (batch, hidden) = (hc0.dims()[0], hc0.dims()[1] / 2);
+        assert!(
+            self.rank() == 3
+                && self.dims()[0] == batch
+                && self.dims()[2] == 4 * hidden
+                && w_hh.dims() == [4 * hidden, hidden]
+                && hc0.dims() == [batch, 2 * hidden],
+            "lstm_layer: projections {}, w_hh {} and state {} do not fit [batch, seq, 4·hidden], \
+             [4·hidden, hidden] and [batch, 2·hidden]",
+            self.shape(),
+            w_hh.shape(),
+            hc0.shape()
+        );
+        same_device("lstm_layer", self, w_hh);
+        same_device("lstm_layer", self, hc0);
+        let (device, seq) = (self.device(), self.dims()[1]);
+        let [acts, hc] = Tensor::with_storages(&[self, w_hh, hc0], |s| {
+            device.backend().lstm_layer(s[0], s[1], s[2], batch, seq, hidden)
+        })?;
+        let acts = Tensor::from_storage(acts, [batch, seq, 4 * hidden].into(), device.clone());
+        let out = Tensor::from_storage(hc, [batch, seq, 2 * hidden].into(), device);
+        Some(out.record("lstm_layer", &[self, w_hh, hc0], move |c| {
+            let device = c.grad.device();
+            let [dp, dw, dhc0] = Tensor::with_storages(&[&acts, c.output(), c.input(2), c.input(1), c.grad], |s| {
+                device.backend().lstm_layer_backward(s[0], s[1], s[2], s[3], s[4], batch, seq, hidden)
+            });
+            let wrap = |need: bool, s: crate::backend::Storage, shape: crate::Shape| {
+                need.then(|| Tensor::from_storage(s, shape, device.clone()))
+            };
+            vec![
+                wrap(c.needs[0], dp, [batch, seq, 4 * hidden].into()),
+                wrap(c.needs[1], dw, [4 * hidden, hidden].into()),
+                wrap(c.needs[2], dhc0, [batch, 2 * hidden].into()),
+            ]
+        }))
+    }
+}
+
 /// `[rows, cols]` of 1 where `column - row ≤ diagonal` (`lower`) or
 /// `≥ diagonal`, else 0.
 fn triangle_mask(rows: usize, cols: usize, diagonal: i64, lower: bool, device: &crate::Device) -> Tensor {

@@ -222,6 +222,36 @@ impl Backend for Cpu {
         })
     }
 
+    fn lstm_layer(
+        &self,
+        projected: &Storage,
+        w_hh: &Storage,
+        hc0: &Storage,
+        batch: usize,
+        seq: usize,
+        hidden: usize,
+    ) -> Option<[Storage; 2]> {
+        Some(run_many(&[projected, w_hh, hc0], || {
+            rnn::lstm_layer(projected.cpu(), w_hh.cpu(), hc0.cpu(), batch, seq, hidden)
+        }))
+    }
+
+    fn lstm_layer_backward(
+        &self,
+        acts: &Storage,
+        hc: &Storage,
+        hc0: &Storage,
+        w_hh: &Storage,
+        g: &Storage,
+        batch: usize,
+        seq: usize,
+        hidden: usize,
+    ) -> [Storage; 3] {
+        run_many(&[acts, hc, hc0, w_hh, g], || {
+            rnn::lstm_layer_backward(acts.cpu(), hc.cpu(), hc0.cpu(), w_hh.cpu(), g.cpu(), batch, seq, hidden)
+        })
+    }
+
     fn cumsum(&self, x: &Storage, v: AxisView, reverse: bool) -> Storage {
         run(&[x], || scan::cumsum(x.cpu(), v, reverse))
     }
