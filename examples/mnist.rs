@@ -24,6 +24,13 @@
 //!     cargo run --release --example mnist -- --model cnn
 //!
 //! The last line printed is `test accuracy: 0.XXXX`.
+//!
+//! Data-parallel over MPI (see `docs/distributed.md`): the global batch is
+//! split over the ranks, gradients are averaged every step, rank 0 prints
+//! and saves:
+//!
+//!     cargo build --release --features mpi --example mnist
+//!     mpirun -np 2 target/release/examples/mnist --distributed [--verbose]
 
 use clap::Parser;
 use std::path::PathBuf;
@@ -109,6 +116,15 @@ struct Args {
     load: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Data-parallel training over MPI (build with `--features mpi`, start
+    /// with `mpirun -np N`): each rank trains on its share of every batch;
+    /// rank 0 prints and saves
+    #[arg(long)]
+    distributed: bool,
+    /// With --distributed: print the gradient all-reduce's time per step
+    /// and how much of it the backward pass hides
+    #[arg(long)]
+    verbose: bool,
 }
 
 fn mlp(hidden: &[usize], dropout: f32, device: &Device) -> nn::Sequential {
@@ -179,56 +195,97 @@ fn model(args: &Args, device: &Device) -> nn::Sequential {
     }
 }
 
+/// `println!` on rank 0 only (every process alone).
+macro_rules! say {
+    ($($t:tt)*) => { if wgrad::train::is_primary() { println!($($t)*) } };
+}
+
+/// The MPI job when `--distributed` (feature `mpi`).
+#[cfg(feature = "mpi")]
+type Job = Option<std::sync::Arc<wgrad::distributed::Distributed>>;
+#[cfg(not(feature = "mpi"))]
+type Job = Option<()>;
+
+fn join_job(args: &Args) -> wgrad::Result<Job> {
+    if !args.distributed {
+        return Ok(None);
+    }
+    #[cfg(feature = "mpi")]
+    {
+        let d = wgrad::distributed::Distributed::init()?;
+        say!("distributed: {} ranks", d.world_size());
+        Ok(Some(std::sync::Arc::new(d)))
+    }
+    #[cfg(not(feature = "mpi"))]
+    Err(wgrad::Error::Distributed(
+        "--distributed needs the mpi feature: cargo build --release --features mpi --example mnist".into(),
+    ))
+}
+
 fn run(args: Args) -> wgrad::Result<()> {
+    #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
+    let job = join_job(&args)?;
     let device = match args.device {
         Choice::Cpu => Device::Cpu,
         Choice::Gpu => Device::gpu()?,
         Choice::Best => Device::best(),
     };
-    println!("device: {}", device.info());
+    say!("device: {}", device.info());
     let data = mnist::load(&args.data)?;
-    println!("data: {} training and {} test digits from {}", data.train.len(), data.test.len(), args.data.display());
+    say!("data: {} training and {} test digits from {}", data.train.len(), data.test.len(), args.data.display());
     wgrad::manual_seed(args.seed);
     let net = model(&args, &device);
-    println!("model: {} ({} parameters)", net.describe(), net.num_parameters());
+    say!("model: {} ({} parameters)", net.describe(), net.num_parameters());
 
     if let Some(path) = &args.load {
         io::load(&net, path)?;
         let m = evaluate(&net, &data.test, 256)?;
-        println!("test loss: {:.4}", m.loss);
-        println!("test accuracy: {:.4}", m.accuracy());
+        say!("test loss: {:.4}", m.loss);
+        say!("test accuracy: {:.4}", m.accuracy());
         return Ok(());
     }
 
+    #[cfg(feature = "mpi")]
+    if let Some(d) = &job {
+        // Same seed, so the same weights already; the broadcast makes it so
+        // whatever the ranks' generators did.
+        d.broadcast_parameters(&net)?;
+    }
     let mut opt = Adam::new(net.parameters(), args.lr);
     let config = FitConfig {
         epochs: args.epochs,
         batch_size: args.batch_size.unwrap_or(if args.model == Arch::Mlp { 32 } else { 128 }),
         validation_split: args.validation_split,
         shuffle_seed: args.seed,
+        #[cfg(feature = "mpi")]
+        distributed: job.clone(),
+        #[cfg(feature = "mpi")]
+        distributed_stats: args.verbose,
         ..FitConfig::default()
     };
     let started = Instant::now();
     fit(&net, &mut opt, &data.train, &config)?;
-    println!("trained in {:.1}s", started.elapsed().as_secs_f64());
+    say!("trained in {:.1}s", started.elapsed().as_secs_f64());
 
     let test = evaluate(&net, &data.test, 256)?;
-    println!("test loss: {:.4}", test.loss);
-    io::save(&net, &args.save, io::Dtype::F32)?;
-    let reloaded = model(&args, &device);
-    io::load(&reloaded, &args.save)?;
-    let same = predict(&net, &data.test, 256)? == predict(&reloaded, &data.test, 256)?;
-    let again = evaluate(&reloaded, &data.test, 256)?;
-    if !same || again.accuracy() != test.accuracy() {
-        return Err(wgrad::Error::Mismatch(format!(
-            "{}: the reloaded model scores {:.4}, the trained one {:.4}",
-            args.save.display(),
-            again.accuracy(),
-            test.accuracy()
-        )));
+    say!("test loss: {:.4}", test.loss);
+    if wgrad::train::is_primary() {
+        io::save(&net, &args.save, io::Dtype::F32)?;
+        let reloaded = model(&args, &device);
+        io::load(&reloaded, &args.save)?;
+        let same = predict(&net, &data.test, 256)? == predict(&reloaded, &data.test, 256)?;
+        let again = evaluate(&reloaded, &data.test, 256)?;
+        if !same || again.accuracy() != test.accuracy() {
+            return Err(wgrad::Error::Mismatch(format!(
+                "{}: the reloaded model scores {:.4}, the trained one {:.4}",
+                args.save.display(),
+                again.accuracy(),
+                test.accuracy()
+            )));
+        }
+        println!("saved {} and reloaded it: same predictions", args.save.display());
     }
-    println!("saved {} and reloaded it: same predictions", args.save.display());
-    println!("test accuracy: {:.4}", test.accuracy());
+    say!("test accuracy: {:.4}", test.accuracy());
     Ok(())
 }
 

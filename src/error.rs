@@ -122,6 +122,11 @@ pub enum Error {
     /// Saved parameters do not fit the model they are loaded into.
     #[error("{0}")]
     Mismatch(String),
+
+    /// Data-parallel training could not communicate (the `mpi` feature's
+    /// `wgrad::distributed`): MPI missing a capability, or a peer gone.
+    #[error("distributed: {0}")]
+    Distributed(String),
 }
 
 impl Error {

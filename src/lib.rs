@@ -34,6 +34,8 @@ mod autograd;
 mod backend;
 pub mod data;
 mod device;
+#[cfg(feature = "mpi")]
+pub mod distributed;
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
 mod error;

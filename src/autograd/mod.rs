@@ -245,6 +245,18 @@ impl Tensor {
     /// As [`backward`](Self::backward), with an explicit seed gradient of this
     /// tensor's shape (a vector-Jacobian product).
     pub fn backward_with(&self, seed: Tensor) -> Gradients {
+        self.backward_hooked(seed, &mut |_, _| {})
+    }
+
+    /// As [`backward_with`](Self::backward_with), calling `hook(variable,
+    /// grad)` the moment each variable's gradient is complete, while the
+    /// rest of the backward pass still runs (PyTorch's
+    /// `register_post_accumulate_grad_hook`): what data-parallel training
+    /// hangs its gradient all-reduce on, so communication overlaps the
+    /// remaining backward work. Variables complete in decreasing order of
+    /// creation (the last layer's first), each exactly once; one the loss
+    /// does not depend on is never reported.
+    pub fn backward_hooked(&self, seed: Tensor, hook: &mut dyn FnMut(&Tensor, &Tensor)) -> Gradients {
         assert!(
             seed.shape() == self.shape(),
             "backward_with: seed shape {} does not match tensor shape {}",
@@ -262,6 +274,10 @@ impl Tensor {
             pending.insert(self.id(), (self.clone(), seed));
             while let Some((_, (t, g))) = pending.pop_last() {
                 if t.is_variable() {
+                    // Every contribution has arrived: anything that adds to
+                    // it was created after it, so has a larger id and was
+                    // processed first.
+                    hook(&t, &g);
                     grads.map.insert(t.id(), g);
                     continue;
                 }

@@ -116,7 +116,7 @@ impl Dataset {
     }
 
     /// The items at `indices`, in that order.
-    fn subset(&self, indices: &[usize]) -> Dataset {
+    pub(crate) fn subset(&self, indices: &[usize]) -> Dataset {
         let (item, target) = (self.item_len(), self.target_len());
         let mut inputs = Vec::with_capacity(indices.len() * item);
         let mut targets = Vec::with_capacity(indices.len() * target);

@@ -209,7 +209,11 @@ impl Callback for ModelCheckpoint {
             }
             *best = Some(value);
         }
-        crate::io::save_checkpoint(&self.path, end.model, end.optimizer, end.stats.epoch)?;
+        // In a data-parallel job every rank holds the same model: rank 0
+        // alone writes it.
+        if super::is_primary() {
+            crate::io::save_checkpoint(&self.path, end.model, end.optimizer, end.stats.epoch)?;
+        }
         Ok(Control::Continue)
     }
 }

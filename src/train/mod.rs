@@ -85,6 +85,23 @@ pub struct FitConfig {
     /// Print progress (a bar on a terminal, a line every few seconds
     /// otherwise) and a summary line per epoch.
     pub verbose: bool,
+    /// Data-parallel training over MPI (feature `mpi`): every rank runs
+    /// `fit` with the same model, data and config; each trains on its
+    /// share of every global batch of `batch_size` (the epoch's seeded
+    /// shuffle is the same on every rank), gradients are averaged over the
+    /// ranks as backward produces them, and the loss, metrics and
+    /// validation are reduced over the ranks, so every rank returns the
+    /// same history. Only rank 0 prints; callbacks run on every rank (an
+    /// early stop stops all), and [`ModelCheckpoint`] saves on rank 0 only.
+    /// Call `Distributed::broadcast_parameters` first, so all ranks start
+    /// from the same weights.
+    #[cfg(feature = "mpi")]
+    pub distributed: Option<std::sync::Arc<crate::distributed::Distributed>>,
+    /// With `distributed`, print per epoch (rank 0) the gradient
+    /// all-reduce's time per step and the fraction of it hidden behind
+    /// the backward pass.
+    #[cfg(feature = "mpi")]
+    pub distributed_stats: bool,
 }
 
 impl Default for FitConfig {
@@ -103,6 +120,10 @@ impl Default for FitConfig {
             clip_grad_norm: None,
             callbacks: Vec::new(),
             verbose: true,
+            #[cfg(feature = "mpi")]
+            distributed: None,
+            #[cfg(feature = "mpi")]
+            distributed_stats: false,
         }
     }
 }
@@ -145,6 +166,28 @@ impl EpochStats {
     }
 }
 
+static SECONDARY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks this process as a data-parallel job's rank 0 (`true`, also the
+/// default) or another rank, which neither prints progress nor saves
+/// checkpoints.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) fn set_primary(primary: bool) {
+    SECONDARY.store(!primary, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether this process prints and saves: true unless it is a rank other
+/// than 0 of a data-parallel job ([`FitConfig`]'s `distributed`).
+pub fn is_primary() -> bool {
+    !SECONDARY.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sums a vector over the ranks of a data-parallel job (identity alone).
+type Reduce<'a> = Option<&'a dyn Fn(&mut [f32])>;
+
+/// An owned [`Reduce`].
+type Reducer<'a> = Box<dyn Fn(&mut [f32]) + 'a>;
+
 /// The device of a model's parameters (the CPU for a model without any).
 fn device_of(model: &dyn Module) -> Device {
     model.parameters().first().map(|p| p.device()).unwrap_or_default()
@@ -177,6 +220,93 @@ fn invalid<T>(op: &'static str, msg: String) -> Result<T> {
 /// Seconds for a summary line: three significant digits at least.
 fn duration(seconds: f64) -> String {
     if seconds < 10.0 { format!("{seconds:.3}s") } else { format!("{seconds:.1}s") }
+}
+
+/// `fit`'s side of a data-parallel job ([`FitConfig`]'s `distributed`;
+/// nothing without the `mpi` feature or without a job).
+struct Parallel<'a> {
+    #[cfg(feature = "mpi")]
+    dist: Option<&'a crate::distributed::Distributed>,
+    #[cfg(feature = "mpi")]
+    sync: Option<crate::distributed::GradientSync<'a>>,
+    #[cfg(feature = "mpi")]
+    stats: bool,
+    _config: std::marker::PhantomData<&'a FitConfig>,
+}
+
+impl<'a> Parallel<'a> {
+    #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
+    fn new(config: &'a FitConfig, params: &[Tensor]) -> Self {
+        Parallel {
+            #[cfg(feature = "mpi")]
+            dist: config.distributed.as_deref(),
+            #[cfg(feature = "mpi")]
+            sync: config.distributed.as_deref().map(|d| d.gradient_sync(params, None)),
+            #[cfg(feature = "mpi")]
+            stats: config.distributed_stats,
+            _config: std::marker::PhantomData,
+        }
+    }
+
+    /// How many processes share each batch.
+    fn world(&self) -> usize {
+        #[cfg(feature = "mpi")]
+        if let Some(d) = self.dist {
+            return d.world_size();
+        }
+        1
+    }
+
+    /// This rank's part of a global batch (all of it alone).
+    fn shard<'b>(&self, global: &'b [usize]) -> &'b [usize] {
+        #[cfg(feature = "mpi")]
+        if let Some(d) = self.dist {
+            return &global[d.shard(global.len())];
+        }
+        global
+    }
+
+    /// The step's gradients: backward of this rank's `loss` (`None`: no
+    /// rows here this step), averaged over the ranks with this rank's
+    /// `weight` (its share of the global batch).
+    #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
+    fn backward(&mut self, loss: Option<&Tensor>, weight: f32) -> Result<crate::Gradients> {
+        #[cfg(feature = "mpi")]
+        if let Some(s) = &mut self.sync {
+            return s.backward(loss, weight);
+        }
+        Ok(loss.expect("a single process always has rows").backward())
+    }
+
+    /// Sums metric vectors over the ranks (`None` alone).
+    fn reduce(&self) -> Option<Reducer<'a>> {
+        #[cfg(feature = "mpi")]
+        if let Some(d) = self.dist {
+            return Some(Box::new(move |v: &mut [f32]| d.all_reduce_sum(v)));
+        }
+        None
+    }
+
+    /// With `distributed_stats`, the epoch's all-reduce timings (rank 0).
+    #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
+    fn report(&mut self, epoch: usize, verbose: bool) {
+        #[cfg(feature = "mpi")]
+        if let Some(s) = &mut self.sync {
+            let st = s.take_stats();
+            if verbose && self.stats && st.steps > 0 {
+                let per_step = |x: f64| x / st.steps as f64 * 1e3;
+                println!(
+                    "epoch {epoch}: all-reduce {:.2} ms/step ({} buckets, {:.2} MB/step per rank), \
+                     waited {:.2} ms/step after backward: {:.0}% hidden behind backward",
+                    per_step(st.comm_seconds),
+                    s.buckets(),
+                    st.bytes as f64 / st.steps as f64 / 1e6,
+                    per_step(st.wait_seconds),
+                    st.hidden_fraction() * 100.0
+                );
+            }
+        }
+    }
 }
 
 /// Trains `model` on `data`. Returns one [`EpochStats`] per epoch trained.
@@ -227,6 +357,7 @@ pub fn fit(
     let held_out = held_out.filter(|v| !v.is_empty());
     if let Some(v) = &held_out
         && config.verbose
+        && is_primary()
         && config.validation_data.is_none()
         && v.classes().is_some()
         && v.distinct_labels() < train.distinct_labels()
@@ -268,38 +399,52 @@ pub fn fit(
     }
     let mut history = Vec::with_capacity(epochs);
     let mut step = config.initial_epoch * steps_per_epoch;
+    let verbose = config.verbose && is_primary();
+    let mut parallel = Parallel::new(config, &params);
+    let reduce = parallel.reduce();
     for epoch in config.initial_epoch + 1..=config.epochs {
         crate::nn::set_modes(model, &training_modes);
-        let batches = train.batches(config.batch_size, Some(&mut generator), &device);
-        let bar = progress_bar(config.verbose, steps_per_epoch, epoch, config.epochs);
+        // The epoch's order (Dataset::batches's): the same on every rank of
+        // a data-parallel job, each taking its share of every batch.
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        generator.shuffle(&mut order);
+        let bar = progress_bar(verbose, steps_per_epoch, epoch, config.epochs);
         let started = Instant::now();
         let mut last_line = started;
         let mut running = Running::new(&metrics, &device);
         let mut lr = base_rate;
-        for (i, (x, y)) in batches.enumerate() {
+        for (i, global) in order.chunks(config.batch_size).enumerate() {
             if let Some(s) = &config.schedule {
                 lr = s.lr(base_rate, Progress { step, epoch: epoch - 1, steps_per_epoch, total_steps });
                 keep.optimizer.set_learning_rate(lr);
             }
-            let out = model.forward(&x);
-            let loss = loss_fn.compute(&out, &y);
-            let mut grads = loss.backward();
+            let local = parallel.shard(global);
+            let mut grads = if local.is_empty() {
+                parallel.backward(None, 0.0)?
+            } else {
+                let (x, y) = train.gather(local, &device);
+                let out = model.forward(&x);
+                let loss = loss_fn.compute(&out, &y);
+                let grads = parallel.backward(Some(&loss), local.len() as f32 / global.len() as f32)?;
+                running.add(&out, &y, &loss, loss_fn.kept(&y));
+                grads
+            };
             if let Some(max_norm) = config.clip_grad_norm {
                 clip_grad_norm(&mut grads, &params, max_norm);
             }
             keep.optimizer.step(&grads);
-            running.add(&out, &y, &loss, loss_fn.kept(&y));
             step += 1;
             // Reading metrics waits for the device: do it now and then.
             let done = i + 1;
             let report = if bar.is_hidden() {
-                config.verbose && last_line.elapsed() >= Duration::from_secs(5) && done < steps_per_epoch
+                verbose && last_line.elapsed() >= Duration::from_secs(5) && done < steps_per_epoch
             } else {
                 done % 25 == 0 || done == steps_per_epoch
             };
             if report {
-                let m = running.read()?;
-                let rate = running.seen() as f64 / started.elapsed().as_secs_f64();
+                // Rank 0's running figures (the epoch's line is reduced).
+                let m = running.read(None)?;
+                let rate = (running.seen() * parallel.world()) as f64 / started.elapsed().as_secs_f64();
                 let text = format!("loss {:.4}{} - {rate:.0} samples/s", m.loss, metric_text(&m, ""));
                 if bar.is_hidden() {
                     println!("epoch {epoch}/{}: {done}/{steps_per_epoch} - {text}", config.epochs);
@@ -310,17 +455,24 @@ pub fn fit(
                 }
             }
         }
-        let train_metrics = running.read()?;
+        let train_metrics = running.read(reduce.as_deref())?;
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
         let validation = match &held_out {
-            Some(v) => Some(evaluate_objective(model, v, config.batch_size, &loss_fn, &metrics)?),
+            Some(v) if parallel.world() > 1 => {
+                // Each rank evaluates its block of the held-out items.
+                let all: Vec<usize> = (0..v.len()).collect();
+                let part = v.subset(parallel.shard(&all));
+                Some(evaluate_objective(model, &part, config.batch_size, &loss_fn, &metrics, reduce.as_deref())?)
+            }
+            Some(v) => Some(evaluate_objective(model, v, config.batch_size, &loss_fn, &metrics, None)?),
             None => None,
         };
+        parallel.report(epoch, verbose);
         if let Some(s) = &config.schedule {
             s.epoch_end(validation.as_ref().map_or(train_metrics.loss, |v| v.loss));
         }
-        if config.verbose {
+        if verbose {
             let mut line = format!(
                 "epoch {epoch}/{}: loss {:.4}{}",
                 config.epochs,
@@ -345,7 +497,7 @@ pub fn fit(
         }
         history.push(stats);
         if stop {
-            if config.verbose {
+            if verbose {
                 println!("stopped after epoch {epoch}: a callback asked to");
             }
             break;
@@ -395,19 +547,22 @@ pub fn evaluate_with(
     loss: &Loss,
     metrics: &[Metric],
 ) -> Result<Metrics> {
-    evaluate_objective(model, data, batch_size, &Objective::new(loss, &device_of(model)), metrics)
+    evaluate_objective(model, data, batch_size, &Objective::new(loss, &device_of(model)), metrics, None)
 }
 
-/// As [`evaluate_with`], with the loss ready for the model's device.
+/// As [`evaluate_with`], with the loss ready for the model's device; with
+/// `reduce`, `data` is this rank's part and the sums are reduced over the
+/// ranks (a rank's part may then be empty).
 fn evaluate_objective(
     model: &dyn Module,
     data: &Dataset,
     batch_size: usize,
     loss: &Objective,
     metrics: &[Metric],
+    reduce: Reduce,
 ) -> Result<Metrics> {
     let device = device_of(model);
-    if data.is_empty() || batch_size == 0 {
+    if (data.is_empty() && reduce.is_none()) || batch_size == 0 {
         return invalid("evaluate", format!("nothing to evaluate ({} items, batch size {batch_size})", data.len()));
     }
     let _mode = crate::nn::EvalMode::enter(model);
@@ -417,7 +572,7 @@ fn evaluate_objective(
             let out = model.forward(&x);
             running.add(&out, &y, &loss.compute(&out, &y), loss.kept(&y));
         }
-        running.read()
+        running.read(reduce)
     })
 }
 

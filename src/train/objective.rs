@@ -236,8 +236,8 @@ impl<'a> Running<'a> {
     }
 
     /// Reads the sums back (waiting for the device), all in one transfer.
-    pub fn read(&self) -> Result<Metrics> {
-        let all = no_grad(|| {
+    pub fn read(&self, reduce: super::Reduce) -> Result<Metrics> {
+        let mut all = no_grad(|| {
             let parts: Vec<Tensor> = [&self.loss_sum]
                 .into_iter()
                 .chain(&self.sums)
@@ -247,13 +247,34 @@ impl<'a> Running<'a> {
             Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
         })
         .to_vec()?;
-        let loss_count = if self.loss_count.is_some() { all[all.len() - 1] } else { self.seen.max(1) as f32 };
+        let mut counts: Vec<f32> = self.counts.iter().map(|&c| c as f32).collect();
+        let mut seen = self.seen as f32;
+        if let Some(reduce) = reduce {
+            // One all-reduce of everything: [sums…, counts…, seen, has count].
+            let had_count = self.loss_count.is_some();
+            if !had_count {
+                all.push(0.0);
+            }
+            let sums = all.len();
+            all.extend(&counts);
+            all.push(seen);
+            all.push(f32::from(had_count));
+            reduce(&mut all);
+            let has_count = all.pop().expect("pushed above") > 0.0;
+            seen = all.pop().expect("pushed above");
+            counts = all.split_off(sums);
+            if !has_count {
+                all.pop();
+            }
+        }
+        // The loss's own count follows the metrics' sums when there is one.
+        let loss_count = if all.len() > 1 + self.metrics.len() { all[all.len() - 1] } else { seen.max(1.0) };
         let values = self
             .metrics
             .iter()
             .zip(&all[1..])
-            .zip(&self.counts)
-            .map(|((m, &sum), &count)| (m.name(), sum / count.max(1) as f32))
+            .zip(&counts)
+            .map(|((m, &sum), &count)| (m.name(), sum / count.max(1.0)))
             .collect();
         Ok(Metrics { loss: all[0] / loss_count, values })
     }
@@ -297,7 +318,7 @@ mod tests {
         }
         // The first batch's one kept target; the second's NaN mean is not summed.
         let expected = (1.0f32.exp() + 1.0).ln();
-        assert!((running.read().unwrap().loss - expected).abs() < 1e-6);
+        assert!((running.read(None).unwrap().loss - expected).abs() < 1e-6);
     }
 
     #[test]
@@ -308,7 +329,7 @@ mod tests {
         let loss = out.cross_entropy(&y);
         running.add(&out, &y, &loss, None);
         running.add(&out, &y, &loss, None);
-        let m = running.read().unwrap();
+        let m = running.read(None).unwrap();
         // Arg-max right for rows 0 and 3; the label among the top 2 for 0, 1 and 3.
         assert_eq!(m.values, [("accuracy".into(), 0.5), ("top2_accuracy".into(), 0.75), ("top5_accuracy".into(), 1.0)]);
         assert!((m.loss - loss.item().unwrap()).abs() < 1e-6);

@@ -1,0 +1,498 @@
+//! Data-parallel training over MPI (cargo feature `mpi`): every process
+//! ("rank") holds the whole model, trains on its own shard of every batch,
+//! and averages gradients with the others each step — PyTorch's
+//! `DistributedDataParallel`, Horovod, Keras's data-parallel distribution.
+//!
+//! ```no_run
+//! # use wgrad::{Device, distributed::Distributed, nn::Module, train::{fit, FitConfig}};
+//! # fn run(model: &dyn Module, opt: &mut dyn wgrad::optim::Optimizer, data: &wgrad::data::Dataset) -> wgrad::Result<()> {
+//! let dist = std::sync::Arc::new(Distributed::init()?); // under `mpirun -np N`
+//! dist.broadcast_parameters(model)?; // every rank starts from rank 0's weights
+//! let config = FitConfig { batch_size: 128, distributed: Some(dist.clone()), ..FitConfig::default() };
+//! fit(model, opt, data, &config)?; // each rank trains on its share of each batch of 128
+//! # Ok(()) }
+//! ```
+//!
+//! # Design
+//! - **Buckets** (DDP's): the parameters' gradients are packed, in reverse
+//!   parameter order (the order backward completes them), into flat
+//!   buckets of about [`DEFAULT_BUCKET_BYTES`]. A bucket is all-reduced
+//!   the moment its last gradient is complete
+//!   ([`Tensor::backward_hooked`]), on a communication thread, while the
+//!   backward pass goes on computing the earlier layers' gradients; the
+//!   step waits only for what is still in flight when backward ends.
+//! - **Staging**: a bucket's gradients are concatenated on their device
+//!   (one kernel on a GPU) and read back once; the averaged bucket is
+//!   uploaded once and split into views. A GPU-direct transport
+//!   (CUDA-aware MPI, NCCL) would skip both copies; wgpu exposes no device
+//!   pointers to hand one, so every GPU runs through the host here.
+//! - **Order**: buckets are reduced in a fixed order (bucket 0 first) on
+//!   every rank, whatever order they complete in, so the collectives match
+//!   across ranks. Each rank scales its gradients by its share of the
+//!   global batch (`local rows / global rows`) before the sum, so the
+//!   result is the gradient of the global batch's mean loss (equal to a
+//!   plain average when the shards are equal). The sum is `MPI_SUM` on
+//!   `MPI_FLOAT` over the ranks: Open MPI's algorithms give every rank the
+//!   same bits (its ring and recursive-doubling reductions hand each
+//!   element's one sum to everyone), which the tests check; the sum's
+//!   association differs from a one-process run's, so results agree with
+//!   one process to rounding, not bit for bit.
+//! - **Failure**: every collective waits at most [`Distributed::timeout`]
+//!   (`WGRAD_DIST_TIMEOUT` seconds, default 300) for the other ranks; then
+//!   it prints which rank, which collective and how long it waited, and
+//!   calls `MPI_Abort`, which ends every rank of the job (a hung peer
+//!   would otherwise hang everyone). A rank that exits makes `mpirun` end
+//!   the job with its own message. Saves are atomic (written aside, then
+//!   renamed), so no rank leaves a torn file.
+//!
+//! `docs/distributed.md` covers running on several machines and the cost
+//! model of the all-reduce.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mpi::collective::SystemOperation;
+use mpi::environment::Universe;
+use mpi::topology::SimpleCommunicator;
+use mpi::traits::*;
+
+use crate::nn::Module;
+use crate::{Error, Gradients, Result, Tensor, no_grad};
+
+/// The bucket size of [`Distributed::gradient_sync`] unless given: 4 MiB,
+/// about DDP's first bucket (1 MB) and later ones (25 MB) in between — big
+/// enough that per-message latency is small, small enough that the first
+/// buckets leave while backward still has work to hide them behind.
+pub const DEFAULT_BUCKET_BYTES: usize = 4 << 20;
+
+/// This process's place in an MPI job, opened by [`Distributed::init`].
+/// Keep it alive until the end of the program: dropping it finalizes MPI.
+pub struct Distributed {
+    world: SimpleCommunicator,
+    /// Serialises this process's collectives on `world` across threads
+    /// (the ranks must issue them in the same order).
+    serial: std::sync::Mutex<()>,
+    rank: usize,
+    size: usize,
+    timeout: Duration,
+    bucket_bytes: usize,
+    // Last: dropped after the communicators, it calls MPI_Finalize.
+    _universe: Universe,
+}
+
+// SAFETY: MPI runs with MPI_THREAD_MULTIPLE (checked in `init`), so any
+// thread may call it; the collectives on `world` take `serial`, so two
+// threads of one rank never interleave theirs, and gradient syncs use
+// communicators of their own.
+unsafe impl Send for Distributed {}
+unsafe impl Sync for Distributed {}
+
+/// A communicator moved to the communication thread.
+struct SendComm(SimpleCommunicator);
+// SAFETY: MPI is initialised with MPI_THREAD_MULTIPLE (checked in `init`),
+// under which any thread may call MPI on any communicator; this one is used
+// by the communication thread alone.
+unsafe impl Send for SendComm {}
+
+fn error(msg: String) -> Error {
+    Error::Distributed(msg)
+}
+
+impl Distributed {
+    /// Joins the MPI job this process was started in (`mpirun -np N …`; a
+    /// process started without `mpirun` is a job of one). MPI must offer
+    /// `MPI_THREAD_MULTIPLE` (the gradient all-reduce runs on its own
+    /// thread); Open MPI does. Errors if MPI was already initialised.
+    pub fn init() -> Result<Distributed> {
+        let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Multiple)
+            .ok_or_else(|| error("MPI is already initialised in this process".into()))?;
+        if threading != mpi::Threading::Multiple {
+            return Err(error(format!(
+                "this MPI offers {threading:?} threading; wgrad's gradient all-reduce needs MPI_THREAD_MULTIPLE"
+            )));
+        }
+        let world = universe.world();
+        let (rank, size) = (world.rank() as usize, world.size() as usize);
+        let timeout = std::env::var("WGRAD_DIST_TIMEOUT")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|s| *s > 0.0)
+            .map_or(Duration::from_secs(300), Duration::from_secs_f64);
+        let bucket_bytes = std::env::var("WGRAD_DIST_BUCKET_KB")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|&kb| kb > 0)
+            .map_or(DEFAULT_BUCKET_BYTES, |kb| kb << 10);
+        crate::train::set_primary(rank == 0);
+        Ok(Distributed {
+            world,
+            serial: std::sync::Mutex::new(()),
+            rank,
+            size,
+            timeout,
+            bucket_bytes,
+            _universe: universe,
+        })
+    }
+
+    /// This process's rank, `0..world_size()`.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// The number of processes in the job.
+    pub fn world_size(&self) -> usize {
+        self.size
+    }
+
+    /// Whether this is rank 0, the one that prints and saves.
+    pub fn is_primary(&self) -> bool {
+        self.rank == 0
+    }
+
+    /// How long a collective waits for the other ranks before the job is
+    /// aborted (`WGRAD_DIST_TIMEOUT` seconds, default 300).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The part of a global batch of `len` items this rank trains on: a
+    /// contiguous block, the blocks of consecutive ranks adjacent and their
+    /// sizes differing by at most one (a short last batch may leave a rank
+    /// none).
+    pub fn shard(&self, len: usize) -> std::ops::Range<usize> {
+        len * self.rank / self.size..len * (self.rank + 1) / self.size
+    }
+
+    /// Copies rank 0's parameters and buffers (running statistics) into
+    /// every rank's `model`, so all start identical: one broadcast of the
+    /// whole state. Every rank must call it with the same architecture.
+    pub fn broadcast_parameters(&self, model: &dyn Module) -> Result<()> {
+        let state = model.state_dict();
+        let total: usize = state.iter().map(|(_, t)| t.elem_count()).sum();
+        let mut flat = Vec::with_capacity(total);
+        if self.is_primary() {
+            for (_, t) in &state {
+                flat.extend(t.to_vec()?);
+            }
+        } else {
+            flat.resize(total, 0.0);
+        }
+        {
+            let _serial = self.serial();
+            self.world.process_at_rank(0).broadcast_into(&mut flat[..]);
+        }
+        if !self.is_primary() {
+            let mut at = 0;
+            for (_, t) in &state {
+                let n = t.elem_count();
+                let values = Tensor::from_slice(&flat[at..at + n], t.shape().clone(), &t.device())?;
+                t.assign(&values);
+                at += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sums `values` element-wise over every rank, in place (metrics,
+    /// counts), waiting at most [`timeout`](Self::timeout).
+    pub fn all_reduce_sum(&self, values: &mut [f32]) {
+        let send = values.to_vec();
+        let _serial = self.serial();
+        all_reduce(&self.world, &send, values, self.timeout, self.rank, "a metrics all-reduce");
+    }
+
+    /// Waits until every rank has arrived here.
+    pub fn barrier(&self) {
+        let _serial = self.serial();
+        self.world.barrier();
+    }
+
+    fn serial(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.serial.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gradient averaging for the trainable `params` (a model's
+    /// `parameters()`, the same on every rank), in buckets of about
+    /// `bucket_bytes` (for `None`: `WGRAD_DIST_BUCKET_KB` KiB, or
+    /// [`DEFAULT_BUCKET_BYTES`]).
+    pub fn gradient_sync(&self, params: &[Tensor], bucket_bytes: Option<usize>) -> GradientSync<'_> {
+        GradientSync::new(self, params, bucket_bytes.unwrap_or(self.bucket_bytes))
+    }
+}
+
+/// `MPI_Iallreduce(SUM)` of `send` into `recv`, polled until done or
+/// `timeout`, after which the whole job is aborted with a message (a
+/// collective cannot be cancelled, and a rank that left would hang every
+/// later one).
+fn all_reduce(comm: &SimpleCommunicator, send: &[f32], recv: &mut [f32], timeout: Duration, rank: usize, what: &str) {
+    let started = Instant::now();
+    mpi::request::scope(|scope| {
+        let mut request = comm.immediate_all_reduce_into(scope, send, recv, SystemOperation::sum());
+        loop {
+            match request.test() {
+                Ok(_) => break,
+                Err(r) => request = r,
+            }
+            if started.elapsed() > timeout {
+                eprintln!(
+                    "wgrad distributed: rank {rank} waited {:.1} s for the other ranks in {what} \
+                     (WGRAD_DIST_TIMEOUT): a rank has failed or hangs; aborting the job",
+                    started.elapsed().as_secs_f64()
+                );
+                comm.abort(1);
+            }
+            // Poll, yielding the core to any computation that wants it (a
+            // peer about to arrive answers within microseconds); after a
+            // few milliseconds of waiting, sleep between polls.
+            if started.elapsed() < Duration::from_millis(5) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        }
+    });
+}
+
+/// Where a parameter's gradient goes: its bucket and its place there.
+#[derive(Clone, Copy)]
+struct Slot {
+    bucket: usize,
+    index: usize,
+}
+
+struct Bucket {
+    /// The parameters packed here, in order, and their lengths.
+    params: Vec<Tensor>,
+    /// This step's gradients as they complete.
+    grads: Vec<Option<Tensor>>,
+    filled: usize,
+    sent: bool,
+    len: usize,
+}
+
+/// A bucket's flat gradients, on their way to the communication thread.
+struct Job {
+    bucket: usize,
+    data: Vec<f32>,
+}
+
+/// A reduced bucket back from it, with the time its all-reduce took.
+struct Done {
+    bucket: usize,
+    data: Vec<f32>,
+    seconds: f64,
+}
+
+/// Timings of the gradient all-reduce, summed since the last
+/// [`GradientSync::take_stats`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyncStats {
+    /// Steps synchronised.
+    pub steps: usize,
+    /// Wall time of the buckets' all-reduces on the communication thread.
+    pub comm_seconds: f64,
+    /// Time the steps waited for all-reduces after their backward pass
+    /// ended: the communication not hidden behind backward.
+    pub wait_seconds: f64,
+    /// Bytes all-reduced per rank.
+    pub bytes: usize,
+}
+
+impl SyncStats {
+    /// The fraction of the communication time hidden behind the backward
+    /// pass, `1 - wait / comm` (1 with no communication).
+    pub fn hidden_fraction(&self) -> f64 {
+        if self.comm_seconds <= 0.0 { 1.0 } else { (1.0 - self.wait_seconds / self.comm_seconds).clamp(0.0, 1.0) }
+    }
+}
+
+/// Bucketed gradient averaging over the ranks, overlapped with the
+/// backward pass (see the module docs). One per training loop.
+pub struct GradientSync<'d> {
+    dist: &'d Distributed,
+    slots: HashMap<u64, Slot>,
+    buckets: Vec<Bucket>,
+    jobs: Option<Sender<Job>>,
+    done: Receiver<Done>,
+    thread: Option<JoinHandle<()>>,
+    stats: SyncStats,
+}
+
+impl<'d> GradientSync<'d> {
+    fn new(dist: &'d Distributed, params: &[Tensor], bucket_bytes: usize) -> Self {
+        let cap = (bucket_bytes / 4).max(1);
+        let mut buckets: Vec<Bucket> = Vec::new();
+        let mut slots = HashMap::new();
+        // Reverse order: the last layer's gradients complete first.
+        for p in params.iter().rev() {
+            let n = p.elem_count();
+            let start_new = buckets.last().is_none_or(|b| b.len > 0 && b.len + n > cap);
+            if start_new {
+                buckets.push(Bucket { params: Vec::new(), grads: Vec::new(), filled: 0, sent: false, len: 0 });
+            }
+            let b = buckets.len() - 1;
+            let bucket = &mut buckets[b];
+            slots.insert(p.id(), Slot { bucket: b, index: bucket.params.len() });
+            bucket.params.push(p.clone());
+            bucket.grads.push(None);
+            bucket.len += n;
+        }
+        let (jobs, jobs_rx) = mpsc::channel::<Job>();
+        let (done_tx, done) = mpsc::channel::<Done>();
+        let comm = SendComm({
+            let _serial = dist.serial();
+            dist.world.duplicate()
+        });
+        let (timeout, rank, count) = (dist.timeout, dist.rank, buckets.len());
+        let thread = std::thread::Builder::new()
+            .name("wgrad-allreduce".into())
+            .spawn(move || communicate(comm, count, jobs_rx, done_tx, timeout, rank))
+            .expect("spawning the all-reduce thread");
+        GradientSync { dist, slots, buckets, jobs: Some(jobs), done, thread: Some(thread), stats: SyncStats::default() }
+    }
+
+    /// How many buckets the parameters were packed into.
+    pub fn buckets(&self) -> usize {
+        self.buckets.len()
+    }
+
+    /// One step's backward pass and gradient averaging: backpropagates
+    /// `loss` (this rank's mean loss over its share of the batch; `None`
+    /// when the rank has no rows this step), sending each bucket as soon
+    /// as its gradients are complete, and returns the gradients of the
+    /// global batch: each rank's scaled by `weight` (its rows over the
+    /// global batch's) and summed over the ranks. A parameter the loss does
+    /// not reach contributes zeros; every rank gets a gradient for every
+    /// parameter.
+    pub fn backward(&mut self, loss: Option<&Tensor>, weight: f32) -> Result<Gradients> {
+        let mut grads = match loss {
+            Some(loss) => {
+                let seed = no_grad(|| Tensor::ones(loss.shape().clone(), &loss.device()));
+                let mut failed = None;
+                let grads = loss.backward_hooked(seed, &mut |v, g| {
+                    if failed.is_none()
+                        && let Err(e) = self.ready(v, g, weight)
+                    {
+                        failed = Some(e);
+                    }
+                });
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                grads
+            }
+            None => Gradients::default(),
+        };
+        let waited = Instant::now();
+        // Buckets with a parameter the loss did not reach go now, zeros
+        // standing in for the missing gradients.
+        for b in 0..self.buckets.len() {
+            if !self.buckets[b].sent {
+                self.send(b, weight)?;
+            }
+        }
+        let mut received = 0;
+        while received < self.buckets.len() {
+            let done = self.done.recv().map_err(|_| error("the all-reduce thread stopped".into()))?;
+            received += 1;
+            self.stats.comm_seconds += done.seconds;
+            self.stats.bytes += done.data.len() * 4;
+            let bucket = &mut self.buckets[done.bucket];
+            let device = bucket.params[0].device();
+            let flat = Tensor::from_slice(&done.data, [done.data.len()], &device)?;
+            let mut at = 0;
+            for (p, g) in bucket.params.iter().zip(&mut bucket.grads) {
+                let n = p.elem_count();
+                grads.insert(p, no_grad(|| flat.narrow(0, at, n).reshape(p.shape().clone())));
+                *g = None;
+                at += n;
+            }
+            bucket.filled = 0;
+            bucket.sent = false;
+        }
+        self.stats.wait_seconds += waited.elapsed().as_secs_f64();
+        self.stats.steps += 1;
+        Ok(grads)
+    }
+
+    /// A variable's gradient is complete: into its bucket, and the bucket
+    /// off to the all-reduce if it was the last.
+    fn ready(&mut self, variable: &Tensor, grad: &Tensor, weight: f32) -> Result<()> {
+        let Some(&Slot { bucket, index }) = self.slots.get(&variable.id()) else { return Ok(()) };
+        let b = &mut self.buckets[bucket];
+        if b.grads[index].replace(grad.clone()).is_none() {
+            b.filled += 1;
+        }
+        if b.filled == b.params.len() { self.send(bucket, weight) } else { Ok(()) }
+    }
+
+    /// Flattens bucket `b` on its device (zeros for missing gradients),
+    /// scales it by `weight`, reads it back and hands it to the thread.
+    fn send(&mut self, b: usize, weight: f32) -> Result<()> {
+        let bucket = &mut self.buckets[b];
+        let device = bucket.params[0].device();
+        let flat = no_grad(|| {
+            let parts: Vec<Tensor> = bucket
+                .params
+                .iter()
+                .zip(&bucket.grads)
+                .map(|(p, g)| match g {
+                    Some(g) => g.reshape([p.elem_count()]),
+                    None => Tensor::zeros([p.elem_count()], &device),
+                })
+                .collect();
+            Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0).mul_scalar(weight)
+        });
+        let data = flat.to_vec()?;
+        bucket.sent = true;
+        let jobs = self.jobs.as_ref().expect("the sender lives as long as the sync");
+        jobs.send(Job { bucket: b, data }).map_err(|_| error("the all-reduce thread stopped".into()))
+    }
+
+    /// The timings since the last call, and resets them.
+    pub fn take_stats(&mut self) -> SyncStats {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// The job this sync belongs to.
+    pub fn distributed(&self) -> &'d Distributed {
+        self.dist
+    }
+}
+
+impl Drop for GradientSync<'_> {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread, which frees its communicator
+        // before MPI is finalised.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The communication thread: all-reduces buckets strictly in index order
+/// (the same sequence of collectives on every rank), whatever order they
+/// arrive in; after the last of a step's `count` buckets, the next step's
+/// bucket 0.
+fn communicate(comm: SendComm, count: usize, jobs: Receiver<Job>, done: Sender<Done>, timeout: Duration, rank: usize) {
+    let comm = comm.0;
+    let mut waiting: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
+    let mut next = 0usize;
+    while let Ok(job) = jobs.recv() {
+        waiting.insert(job.bucket, job.data);
+        while let Some(send) = waiting.remove(&next) {
+            let started = Instant::now();
+            let mut recv = vec![0.0f32; send.len()];
+            all_reduce(&comm, &send, &mut recv, timeout, rank, &format!("the gradient all-reduce of bucket {next}"));
+            let seconds = started.elapsed().as_secs_f64();
+            if done.send(Done { bucket: next, data: recv, seconds }).is_err() {
+                return;
+            }
+            next = (next + 1) % count;
+        }
+    }
+}
