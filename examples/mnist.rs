@@ -250,6 +250,10 @@ fn run(args: Args) -> wgrad::Result<()> {
         // Same seed, so the same weights already; the broadcast makes it so
         // whatever the ranks' generators did.
         d.broadcast_parameters(&net)?;
+        // Independent dropout masks on each rank (rank 0 keeps its stream).
+        if d.rank() > 0 {
+            wgrad::manual_seed(args.seed.wrapping_add(d.rank() as u64));
+        }
     }
     let mut opt = Adam::new(net.parameters(), args.lr);
     let config = FitConfig {

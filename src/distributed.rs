@@ -28,16 +28,24 @@
 //!   pointers to hand one, so every GPU runs through the host here.
 //! - **Order**: buckets are reduced in a fixed order (bucket 0 first) on
 //!   every rank, whatever order they complete in, so the collectives match
-//!   across ranks. Each rank scales its gradients by its share of the
-//!   global batch (`local rows / global rows`) before the sum, so the
-//!   result is the gradient of the global batch's mean loss (equal to a
-//!   plain average when the shards are equal). The sum is `MPI_SUM` on
+//!   across ranks. Each rank multiplies its gradients by what its loss is
+//!   a mean over (its rows, or the targets an ignore index keeps) and
+//!   sends that count along; the sums are divided by the summed count, so
+//!   the result is the gradient of the global batch's mean loss (a plain
+//!   average when the shards are equal). A flag per parameter travels too:
+//!   a parameter no rank's loss reached (frozen, unused) gets no gradient,
+//!   so optimizers leave it alone as they do in one process. The sum is `MPI_SUM` on
 //!   `MPI_FLOAT` over the ranks: Open MPI's algorithms give every rank the
 //!   same bits (its ring and recursive-doubling reductions hand each
 //!   element's one sum to everyone), which the tests check; the sum's
 //!   association differs from a one-process run's, so results agree with
 //!   one process to rounding, not bit for bit.
-//! - **Failure**: every collective waits at most [`Distributed::timeout`]
+//! - **Buffers** (BatchNorm's running statistics) follow each rank's own
+//!   shards during an epoch (no synchronised BatchNorm);
+//!   [`Distributed::broadcast_buffers`] gives every rank rank 0's, which
+//!   `fit` does at the end of each epoch, before validation and saving.
+//! - **Failure**: every collective but the communicator duplication of
+//!   [`Distributed::gradient_sync`] waits at most [`Distributed::timeout`]
 //!   (`WGRAD_DIST_TIMEOUT` seconds, default 300) for the other ranks; then
 //!   it prints which rank, which collective and how long it waited, and
 //!   calls `MPI_Abort`, which ends every rank of the job (a hung peer
@@ -118,13 +126,15 @@ impl Distributed {
         let timeout = std::env::var("WGRAD_DIST_TIMEOUT")
             .ok()
             .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| *s > 0.0)
-            .map_or(Duration::from_secs(300), Duration::from_secs_f64);
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(300));
         let bucket_bytes = std::env::var("WGRAD_DIST_BUCKET_KB")
             .ok()
             .and_then(|v| v.trim().parse::<usize>().ok())
             .filter(|&kb| kb > 0)
-            .map_or(DEFAULT_BUCKET_BYTES, |kb| kb << 10);
+            .and_then(|kb| kb.checked_mul(1 << 10))
+            .unwrap_or(DEFAULT_BUCKET_BYTES);
         crate::train::set_primary(rank == 0);
         Ok(Distributed {
             world,
@@ -180,10 +190,7 @@ impl Distributed {
         } else {
             flat.resize(total, 0.0);
         }
-        {
-            let _serial = self.serial();
-            self.world.process_at_rank(0).broadcast_into(&mut flat[..]);
-        }
+        self.broadcast(&mut flat, "the parameter broadcast");
         if !self.is_primary() {
             let mut at = 0;
             for (_, t) in &state {
@@ -196,6 +203,43 @@ impl Distributed {
         Ok(())
     }
 
+    /// Copies rank 0's buffers (BatchNorm's running statistics) into every
+    /// rank's `model`. Each rank's running statistics follow its own shards
+    /// during training (there is no synchronised BatchNorm); `fit` calls
+    /// this at the end of every epoch, before validation and callbacks, so
+    /// every rank evaluates and saves rank 0's (what DDP's
+    /// `broadcast_buffers` does before each forward).
+    pub fn broadcast_buffers(&self, model: &dyn Module) -> Result<()> {
+        let buffers = model.named_buffers();
+        if buffers.is_empty() {
+            return Ok(());
+        }
+        let total: usize = buffers.iter().map(|(_, t)| t.elem_count()).sum();
+        let mut flat = Vec::with_capacity(total);
+        for (_, t) in &buffers {
+            flat.extend(t.to_vec()?);
+        }
+        self.broadcast(&mut flat, "the buffer broadcast");
+        if !self.is_primary() {
+            let mut at = 0;
+            for (_, t) in &buffers {
+                let n = t.elem_count();
+                t.assign(&Tensor::from_slice(&flat[at..at + n], t.shape().clone(), &t.device())?);
+                at += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rank 0's `values` into every rank's, waiting at most the timeout.
+    fn broadcast(&self, values: &mut [f32], what: &str) {
+        let _serial = self.serial();
+        mpi::request::scope(|scope| {
+            let request = self.world.process_at_rank(0).immediate_broadcast_into(scope, values);
+            wait(request, self.timeout, self.rank, what, &self.world);
+        });
+    }
+
     /// Sums `values` element-wise over every rank, in place (metrics,
     /// counts), waiting at most [`timeout`](Self::timeout).
     pub fn all_reduce_sum(&self, values: &mut [f32]) {
@@ -204,18 +248,19 @@ impl Distributed {
         all_reduce(&self.world, &send, values, self.timeout, self.rank, "a metrics all-reduce");
     }
 
-    /// Waits until every rank has arrived here.
+    /// Waits until every rank has arrived here (at most the timeout).
     pub fn barrier(&self) {
         let _serial = self.serial();
-        self.world.barrier();
+        let request = self.world.immediate_barrier();
+        wait(request, self.timeout, self.rank, "a barrier", &self.world);
     }
 
     fn serial(&self) -> std::sync::MutexGuard<'_, ()> {
         self.serial.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Gradient averaging for the trainable `params` (a model's
-    /// `parameters()`, the same on every rank), in buckets of about
+    /// Gradient averaging for `params` (a model's `parameters()`, the
+    /// same on every rank), in buckets of about
     /// `bucket_bytes` (for `None`: `WGRAD_DIST_BUCKET_KB` KiB, or
     /// [`DEFAULT_BUCKET_BYTES`]).
     pub fn gradient_sync(&self, params: &[Tensor], bucket_bytes: Option<usize>) -> GradientSync<'_> {
@@ -228,9 +273,22 @@ impl Distributed {
 /// collective cannot be cancelled, and a rank that left would hang every
 /// later one).
 fn all_reduce(comm: &SimpleCommunicator, send: &[f32], recv: &mut [f32], timeout: Duration, rank: usize, what: &str) {
-    let started = Instant::now();
     mpi::request::scope(|scope| {
-        let mut request = comm.immediate_all_reduce_into(scope, send, recv, SystemOperation::sum());
+        let request = comm.immediate_all_reduce_into(scope, send, recv, SystemOperation::sum());
+        wait(request, timeout, rank, what, comm);
+    });
+}
+
+/// Polls `request` until it completes, or aborts the job after `timeout`.
+fn wait<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
+    mut request: mpi::request::Request<'a, D, S>,
+    timeout: Duration,
+    rank: usize,
+    what: &str,
+    comm: &SimpleCommunicator,
+) {
+    let started = Instant::now();
+    {
         loop {
             match request.test() {
                 Ok(_) => break,
@@ -253,7 +311,7 @@ fn all_reduce(comm: &SimpleCommunicator, send: &[f32], recv: &mut [f32], timeout
                 std::thread::sleep(Duration::from_micros(100));
             }
         }
-    });
+    }
 }
 
 /// Where a parameter's gradient goes: its bucket and its place there.
@@ -264,7 +322,7 @@ struct Slot {
 }
 
 struct Bucket {
-    /// The parameters packed here, in order, and their lengths.
+    /// The parameters packed here, in order.
     params: Vec<Tensor>,
     /// This step's gradients as they complete.
     grads: Vec<Option<Tensor>>,
@@ -319,6 +377,9 @@ pub struct GradientSync<'d> {
     done: Receiver<Done>,
     thread: Option<JoinHandle<()>>,
     stats: SyncStats,
+    /// A step failed part-way: the buckets no longer line up with the
+    /// other ranks', so every later step is refused.
+    poisoned: bool,
 }
 
 impl<'d> GradientSync<'d> {
@@ -326,8 +387,14 @@ impl<'d> GradientSync<'d> {
         let cap = (bucket_bytes / 4).max(1);
         let mut buckets: Vec<Bucket> = Vec::new();
         let mut slots = HashMap::new();
-        // Reverse order: the last layer's gradients complete first.
-        for p in params.iter().rev() {
+        // Latest created first: backward completes gradients in decreasing
+        // order of creation (the last layer's first), whatever order the
+        // model lists its parameters in. A parameter listed twice is
+        // packed once.
+        let mut params: Vec<&Tensor> = params.iter().collect();
+        params.sort_by_key(|p| std::cmp::Reverse(p.id()));
+        params.dedup_by_key(|p| p.id());
+        for p in params {
             let n = p.elem_count();
             let start_new = buckets.last().is_none_or(|b| b.len > 0 && b.len + n > cap);
             if start_new {
@@ -351,7 +418,16 @@ impl<'d> GradientSync<'d> {
             .name("wgrad-allreduce".into())
             .spawn(move || communicate(comm, count, jobs_rx, done_tx, timeout, rank))
             .expect("spawning the all-reduce thread");
-        GradientSync { dist, slots, buckets, jobs: Some(jobs), done, thread: Some(thread), stats: SyncStats::default() }
+        GradientSync {
+            dist,
+            slots,
+            buckets,
+            jobs: Some(jobs),
+            done,
+            thread: Some(thread),
+            stats: SyncStats::default(),
+            poisoned: false,
+        }
     }
 
     /// How many buckets the parameters were packed into.
@@ -360,21 +436,32 @@ impl<'d> GradientSync<'d> {
     }
 
     /// One step's backward pass and gradient averaging: backpropagates
-    /// `loss` (this rank's mean loss over its share of the batch; `None`
-    /// when the rank has no rows this step), sending each bucket as soon
-    /// as its gradients are complete, and returns the gradients of the
-    /// global batch: each rank's scaled by `weight` (its rows over the
-    /// global batch's) and summed over the ranks. A parameter the loss does
-    /// not reach contributes zeros; every rank gets a gradient for every
-    /// parameter.
-    pub fn backward(&mut self, loss: Option<&Tensor>, weight: f32) -> Result<Gradients> {
+    /// `loss` (this rank's mean loss over `count` items of the global
+    /// batch — its rows, or the targets an ignore index keeps; `None` with
+    /// a count of 0 when the rank has none this step), sending each bucket
+    /// as soon as its gradients are complete, and returns the gradient of
+    /// the global batch's mean: `Σ count_r · grad_r / Σ count_r` over the
+    /// ranks. A parameter gets a gradient where the loss reached it on some
+    /// rank (the others count zeros for it); one no rank's loss reached
+    /// (frozen, or unused this step) gets none, as in a one-process
+    /// backward, so optimizers leave it alone.
+    pub fn backward(&mut self, loss: Option<&Tensor>, count: f32) -> Result<Gradients> {
+        if self.poisoned {
+            return Err(error("an earlier step failed part-way; the gradient sync is out of step".into()));
+        }
+        let result = self.step(loss, count);
+        self.poisoned = result.is_err();
+        result
+    }
+
+    fn step(&mut self, loss: Option<&Tensor>, count: f32) -> Result<Gradients> {
         let mut grads = match loss {
             Some(loss) => {
                 let seed = no_grad(|| Tensor::ones(loss.shape().clone(), &loss.device()));
                 let mut failed = None;
                 let grads = loss.backward_hooked(seed, &mut |v, g| {
                     if failed.is_none()
-                        && let Err(e) = self.ready(v, g, weight)
+                        && let Err(e) = self.ready(v, g, count)
                     {
                         failed = Some(e);
                     }
@@ -391,22 +478,29 @@ impl<'d> GradientSync<'d> {
         // standing in for the missing gradients.
         for b in 0..self.buckets.len() {
             if !self.buckets[b].sent {
-                self.send(b, weight)?;
+                self.send(b, count)?;
             }
         }
-        let mut received = 0;
-        while received < self.buckets.len() {
+        for _ in 0..self.buckets.len() {
             let done = self.done.recv().map_err(|_| error("the all-reduce thread stopped".into()))?;
-            received += 1;
             self.stats.comm_seconds += done.seconds;
             self.stats.bytes += done.data.len() * 4;
             let bucket = &mut self.buckets[done.bucket];
+            // [Σ count·grad | Σ flags per parameter | Σ count]
+            let (values, rest) = done.data.split_at(bucket.len);
+            let (flags, total) = rest.split_at(bucket.params.len());
+            let total = total[0];
+            let mean: Vec<f32> = values.iter().map(|v| if total > 0.0 { v / total } else { 0.0 }).collect();
             let device = bucket.params[0].device();
-            let flat = Tensor::from_slice(&done.data, [done.data.len()], &device)?;
+            let flat = Tensor::from_vec(mean, [bucket.len], &device)?;
             let mut at = 0;
-            for (p, g) in bucket.params.iter().zip(&mut bucket.grads) {
+            for ((p, g), &flag) in bucket.params.iter().zip(&mut bucket.grads).zip(flags) {
                 let n = p.elem_count();
-                grads.insert(p, no_grad(|| flat.narrow(0, at, n).reshape(p.shape().clone())));
+                if flag > 0.0 {
+                    grads.insert(p, no_grad(|| flat.narrow(0, at, n).reshape(p.shape().clone())));
+                } else {
+                    grads.remove(p);
+                }
                 *g = None;
                 at += n;
             }
@@ -420,18 +514,24 @@ impl<'d> GradientSync<'d> {
 
     /// A variable's gradient is complete: into its bucket, and the bucket
     /// off to the all-reduce if it was the last.
-    fn ready(&mut self, variable: &Tensor, grad: &Tensor, weight: f32) -> Result<()> {
+    fn ready(&mut self, variable: &Tensor, grad: &Tensor, count: f32) -> Result<()> {
         let Some(&Slot { bucket, index }) = self.slots.get(&variable.id()) else { return Ok(()) };
         let b = &mut self.buckets[bucket];
+        // backward_hooked reports each variable once; a bucket never goes twice.
+        debug_assert!(!b.sent && b.grads[index].is_none(), "a gradient reported twice");
+        if b.sent {
+            return Ok(());
+        }
         if b.grads[index].replace(grad.clone()).is_none() {
             b.filled += 1;
         }
-        if b.filled == b.params.len() { self.send(bucket, weight) } else { Ok(()) }
+        if b.filled == b.params.len() { self.send(bucket, count) } else { Ok(()) }
     }
 
-    /// Flattens bucket `b` on its device (zeros for missing gradients),
-    /// scales it by `weight`, reads it back and hands it to the thread.
-    fn send(&mut self, b: usize, weight: f32) -> Result<()> {
+    /// Flattens bucket `b` on its device — `count ·` the gradients (zeros
+    /// for missing ones), then a flag per parameter (1 if it had one) and
+    /// `count` — reads it back and hands it to the thread.
+    fn send(&mut self, b: usize, count: f32) -> Result<()> {
         let bucket = &mut self.buckets[b];
         let device = bucket.params[0].device();
         let flat = no_grad(|| {
@@ -444,9 +544,11 @@ impl<'d> GradientSync<'d> {
                     None => Tensor::zeros([p.elem_count()], &device),
                 })
                 .collect();
-            Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0).mul_scalar(weight)
+            Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0).mul_scalar(count)
         });
-        let data = flat.to_vec()?;
+        let mut data = flat.to_vec()?;
+        data.extend(bucket.grads.iter().map(|g| f32::from(g.is_some())));
+        data.push(count);
         bucket.sent = true;
         let jobs = self.jobs.as_ref().expect("the sender lives as long as the sync");
         jobs.send(Job { bucket: b, data }).map_err(|_| error("the all-reduce thread stopped".into()))

@@ -39,8 +39,9 @@ fn data() -> (Dataset, Dataset) {
 }
 
 /// Counts forward passes and, in the fault modes, makes rank 1 fail at
-/// the given one. `unused` is a parameter the loss never reaches (its
-/// bucket goes out with zeros after backward; every rank agrees).
+/// the given one. `unused` is a parameter the loss never reaches: no rank
+/// reports a gradient for it, so it must get none (with weight decay, a
+/// zero gradient would still move it).
 struct Faulty {
     inner: nn::Sequential,
     unused: nn::Linear,
@@ -83,12 +84,15 @@ fn worker() {
     };
     // A different seed per rank: broadcast_parameters must make them equal.
     wgrad::manual_seed(100 + rank as u64);
-    let inner = nn::Sequential::new()
-        .add(nn::Linear::new(16, 32, &device))
-        .add(nn::ReLU)
-        .add(nn::Linear::new(32, 32, &device))
-        .add(nn::Tanh)
-        .add(nn::Linear::new(32, 4, &device));
+    // "bn": with batch normalisation, whose batch statistics are each
+    // shard's (so only the ranks' agreement is checked, not one process's).
+    let bn = mode == "bn";
+    let mut inner = nn::Sequential::new().add(nn::Linear::new(16, 32, &device));
+    if bn {
+        inner = inner.add(nn::BatchNorm1d::new(32, &device));
+    }
+    let inner =
+        inner.add(nn::ReLU).add(nn::Linear::new(32, 32, &device)).add(nn::Tanh).add(nn::Linear::new(32, 4, &device));
     let fail_at = match (mode.as_str(), rank) {
         ("exit", 1) => Some((12, "exit")),
         ("hang", 1) => Some((12, "hang")),
@@ -97,10 +101,11 @@ fn worker() {
     let unused = nn::Linear::new(4, 4, &device);
     let model = Faulty { inner, unused, calls: AtomicUsize::new(0), fail_at };
     dist.broadcast_parameters(&model).unwrap();
+    let unused_before = model.unused.weight.to_vec().unwrap();
     let (train, validation) = data();
-    let mut opt = Sgd::new(model.parameters(), 0.1).momentum(0.9);
+    let mut opt = Sgd::new(model.parameters(), 0.1).momentum(0.9).weight_decay(1e-3);
     let config = FitConfig {
-        epochs: if mode == "train" { 2 } else { 4 },
+        epochs: if mode == "train" || bn { 2 } else { 4 },
         batch_size: 64,
         shuffle_seed: 3,
         validation_data: Some(validation),
@@ -110,6 +115,7 @@ fn worker() {
         ..FitConfig::default()
     };
     let history = fit(&model, &mut opt, &train, &config).unwrap();
+    assert_eq!(model.unused.weight.to_vec().unwrap(), unused_before, "an unused parameter was updated");
     let mut bytes = Vec::new();
     for (_, t) in model.state_dict() {
         for v in t.to_vec().unwrap() {
@@ -219,6 +225,23 @@ fn ranks_agree_and_match_one_process(device: &str) {
 #[test]
 fn ranks_agree_and_match_one_process_cpu() {
     ranks_agree_and_match_one_process("cpu");
+}
+
+/// With BatchNorm each rank's running statistics follow its shards; fit
+/// gives every rank rank 0's at the end of each epoch, so the ranks still
+/// end identical (buffers included) and report the same validation.
+#[test]
+fn batch_norm_ranks_agree() {
+    let dir = scratch("bn");
+    let (ok, text, _) = mpirun(2, "bn", "cpu", &dir, &[], Duration::from_secs(300));
+    assert!(ok, "mpirun -np 2 failed:\n{text}");
+    let (p0, p1) = (std::fs::read(dir.join("rank0.params")).unwrap(), std::fs::read(dir.join("rank1.params")).unwrap());
+    assert!(!p0.is_empty() && p0 == p1, "the ranks' parameters or running statistics differ");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("rank0.history")).unwrap(),
+        std::fs::read_to_string(dir.join("rank1.history")).unwrap()
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -519,7 +519,10 @@ mod tests {
     fn fused_lstm_layer_matches_the_unrolled_steps() {
         let dev = Device::Cpu;
         let mut g = Generator::new(11);
-        for (batch, seq, hidden, state) in [(3, 5, 7, true), (1, 4, 9, false), (5, 1, 3, true), (6, 6, 16, false)] {
+        // Hidden 33: two full 16-lane blocks and a partial one.
+        for (batch, seq, hidden, state) in
+            [(3, 5, 7, true), (1, 4, 9, false), (5, 1, 3, true), (6, 6, 16, false), (2, 3, 33, true)]
+        {
             let lstm = LSTM::with_generator(4, hidden, 2, &mut g, &dev);
             let x = Tensor::randn_with([batch, seq, 4], 0.0, 1.0, &mut g, &dev).requires_grad();
             let h0 = Tensor::randn_with([2, batch, hidden], 0.0, 1.0, &mut g, &dev).requires_grad();

@@ -91,8 +91,12 @@ pub struct FitConfig {
     /// shuffle is the same on every rank), gradients are averaged over the
     /// ranks as backward produces them, and the loss, metrics and
     /// validation are reduced over the ranks, so every rank returns the
-    /// same history. Only rank 0 prints; callbacks run on every rank (an
-    /// early stop stops all), and [`ModelCheckpoint`] saves on rank 0 only.
+    /// same history (but `seconds`). Only rank 0 prints; callbacks run on
+    /// every rank (a stop on any stops all), and [`ModelCheckpoint`] saves
+    /// on rank 0 only. Gradients are the global batch's mean: each rank's
+    /// weighted by what its loss is a mean over (rows, or the targets an
+    /// ignore index keeps). BatchNorm's running statistics are rank 0's
+    /// from the end of each epoch on (broadcast before validation).
     /// Call `Distributed::broadcast_parameters` first, so all ranks start
     /// from the same weights.
     #[cfg(feature = "mpi")]
@@ -248,6 +252,15 @@ impl<'a> Parallel<'a> {
         }
     }
 
+    /// Whether a data-parallel job trains (even of one process).
+    fn distributed(&self) -> bool {
+        #[cfg(feature = "mpi")]
+        if self.dist.is_some() {
+            return true;
+        }
+        false
+    }
+
     /// How many processes share each batch.
     fn world(&self) -> usize {
         #[cfg(feature = "mpi")]
@@ -267,13 +280,13 @@ impl<'a> Parallel<'a> {
     }
 
     /// The step's gradients: backward of this rank's `loss` (`None`: no
-    /// rows here this step), averaged over the ranks with this rank's
-    /// `weight` (its share of the global batch).
+    /// rows here this step), a mean over `count` items, averaged over the
+    /// ranks as the global batch's mean.
     #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
-    fn backward(&mut self, loss: Option<&Tensor>, weight: f32) -> Result<crate::Gradients> {
+    fn backward(&mut self, loss: Option<&Tensor>, count: f32) -> Result<crate::Gradients> {
         #[cfg(feature = "mpi")]
         if let Some(s) = &mut self.sync {
-            return s.backward(loss, weight);
+            return s.backward(loss, count);
         }
         Ok(loss.expect("a single process always has rows").backward())
     }
@@ -285,6 +298,27 @@ impl<'a> Parallel<'a> {
             return Some(Box::new(move |v: &mut [f32]| d.all_reduce_sum(v)));
         }
         None
+    }
+
+    /// Every rank's buffers (running statistics) made rank 0's.
+    #[cfg_attr(not(feature = "mpi"), allow(unused_variables))]
+    fn sync_buffers(&self, model: &dyn Module) -> Result<()> {
+        #[cfg(feature = "mpi")]
+        if let Some(d) = self.dist {
+            return d.broadcast_buffers(model);
+        }
+        Ok(())
+    }
+
+    /// Whether any rank's callbacks asked to stop (this one's alone).
+    fn any(&self, stop: bool) -> bool {
+        #[cfg(feature = "mpi")]
+        if let Some(d) = self.dist {
+            let mut v = [f32::from(stop)];
+            d.all_reduce_sum(&mut v);
+            return v[0] > 0.0;
+        }
+        stop
     }
 
     /// With `distributed_stats`, the epoch's all-reduce timings (rank 0).
@@ -425,8 +459,15 @@ pub fn fit(
                 let (x, y) = train.gather(local, &device);
                 let out = model.forward(&x);
                 let loss = loss_fn.compute(&out, &y);
-                let grads = parallel.backward(Some(&loss), local.len() as f32 / global.len() as f32)?;
-                running.add(&out, &y, &loss, loss_fn.kept(&y));
+                let kept = loss_fn.kept(&y);
+                // What this rank's loss is a mean over, for the average over
+                // ranks (read back only in a data-parallel job).
+                let count = match &kept {
+                    Some(k) if parallel.distributed() => k.to_vec()?[0],
+                    _ => local.len() as f32,
+                };
+                let grads = parallel.backward(Some(&loss), count)?;
+                running.add(&out, &y, &loss, kept);
                 grads
             };
             if let Some(max_norm) = config.clip_grad_norm {
@@ -458,6 +499,9 @@ pub fn fit(
         let train_metrics = running.read(reduce.as_deref())?;
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
+        // Each rank's running statistics followed its own shards: evaluate
+        // and save rank 0's everywhere.
+        parallel.sync_buffers(model)?;
         let validation = match &held_out {
             Some(v) if parallel.world() > 1 => {
                 // Each rank evaluates its block of the held-out items.
@@ -495,6 +539,8 @@ pub fn fit(
             let end = EpochEnd { stats: &stats, model, optimizer: &*keep.optimizer };
             stop |= c.on_epoch_end(&end)? == Control::Stop;
         }
+        // One rank's callback stopping stops every rank.
+        let stop = parallel.any(stop);
         history.push(stats);
         if stop {
             if verbose {
