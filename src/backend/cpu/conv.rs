@@ -13,6 +13,7 @@
 //! between its gather and its product.
 
 use super::matmul::{Mat, OutPtr, gemm_into, gemm_raw};
+use super::simd::simd;
 use super::{output, output_overwritten, pool};
 use crate::Result;
 use crate::backend::{ConvSpec, PoolKind, PoolSpec};
@@ -324,20 +325,25 @@ fn max_2x2(s: &PoolSpec) -> bool {
     s.kind == PoolKind::Max && (s.kh, s.kw, s.sh, s.sw, s.ph, s.pw) == (2, 2, 2, 2, 0, 0)
 }
 
-/// Window `(oy, ox)` of a [`max_2x2`] pool: the offset (0..4, row-major in
-/// the window) of its pick, and the value. The same rule as [`max_at`],
-/// written out so the compiler keeps it in registers.
+/// The pick of a 2×2 window `[a, b, c, d]` (row-major): its offset (0..4)
+/// and value, by the same rule as [`max_at`], branch-free so loops of it
+/// vectorise.
 #[inline(always)]
-fn pick_2x2(plane: &[f32], w: usize, oy: usize, ox: usize) -> (usize, f32) {
-    let at = 2 * oy * w + 2 * ox;
-    let v = [plane[at], plane[at + 1], plane[at + w], plane[at + w + 1]];
-    let (mut best_i, mut best) = (0, v[0]);
+fn pick_2x2(v: [f32; 4]) -> (u32, f32) {
+    let (mut best_i, mut best) = (0u32, v[0]);
     for (i, &x) in v.iter().enumerate().skip(1) {
         let take = x > best || x.is_nan();
         best = if take { x } else { best };
-        best_i = if take { i } else { best_i };
+        best_i = if take { i as u32 } else { best_i };
     }
     (best_i, best)
+}
+
+/// Output row `oy` of a [`max_2x2`] pool over `plane` (`w` wide): the
+/// window's two input rows, cut to the `2·ow` columns the windows cover.
+#[inline(always)]
+fn rows_2x2(plane: &[f32], w: usize, oy: usize, ow: usize) -> (&[f32], &[f32]) {
+    (&plane[2 * oy * w..][..2 * ow], &plane[(2 * oy + 1) * w..][..2 * ow])
 }
 
 pub(super) fn pool2d(x: &[f32], s: PoolSpec) -> Result<Vec<f32>> {
@@ -354,11 +360,18 @@ pub(super) fn pool2d(x: &[f32], s: PoolSpec) -> Result<Vec<f32>> {
         for (q, o) in dst.chunks_mut(plane_out).enumerate() {
             let plane = &x[(t * per + q) * plane_in..][..plane_in];
             if max_2x2(&s) {
-                for oy in 0..s.oh {
-                    for ox in 0..s.ow {
-                        o[oy * s.ow + ox] = pick_2x2(plane, s.w, oy, ox).1;
-                    }
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        for oy in 0..s.oh {
+                            let (r0, r1) = rows_2x2(plane, s.w, oy, s.ow);
+                            let o = &mut o[oy * s.ow..][..s.ow];
+                            for ox in 0..s.ow {
+                                o[ox] = pick_2x2([r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]]).1;
+                            }
+                        }
+                    },
+                );
                 continue;
             }
             for (oy, &ys) in win.rows.iter().enumerate() {
@@ -400,12 +413,28 @@ pub(super) fn pool2d_backward(x: &[f32], gy: &[f32], s: PoolSpec) -> Result<Vec<
             let plane = if s.kind == PoolKind::Max { &x[p * plane_in..][..plane_in] } else { &[] };
             let g = &gy[p * plane_out..][..plane_out];
             if max_2x2(&s) {
-                for oy in 0..s.oh {
-                    for ox in 0..s.ow {
-                        let i = pick_2x2(plane, s.w, oy, ox).0;
-                        d[(2 * oy + i / 2) * s.w + 2 * ox + i % 2] += g[oy * s.ow + ox];
-                    }
-                }
+                // Windows do not overlap: each covered input gets its
+                // window's gradient or 0, written once (an odd last row
+                // or column stays at the zero it was allocated with).
+                simd(
+                    #[inline(always)]
+                    || {
+                        for oy in 0..s.oh {
+                            let (r0, r1) = rows_2x2(plane, s.w, oy, s.ow);
+                            let g = &g[oy * s.ow..][..s.ow];
+                            let (top, bottom) = d[2 * oy * s.w..].split_at_mut(s.w);
+                            let (top, bottom) = (&mut top[..2 * s.ow], &mut bottom[..2 * s.ow]);
+                            for ox in 0..s.ow {
+                                let i = pick_2x2([r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]]).0;
+                                let go = g[ox];
+                                top[2 * ox] = if i == 0 { go } else { 0.0 };
+                                top[2 * ox + 1] = if i == 1 { go } else { 0.0 };
+                                bottom[2 * ox] = if i == 2 { go } else { 0.0 };
+                                bottom[2 * ox + 1] = if i == 3 { go } else { 0.0 };
+                            }
+                        }
+                    },
+                );
                 continue;
             }
             for (oy, &ys) in win.rows.iter().enumerate() {
