@@ -14,13 +14,17 @@
 //! ```
 //!
 //! # Design
-//! - **Buckets** (DDP's): the parameters' gradients are packed, in reverse
-//!   parameter order (the order backward completes them), into flat
-//!   buckets of about [`DEFAULT_BUCKET_BYTES`]. A bucket is all-reduced
-//!   the moment its last gradient is complete
-//!   ([`Tensor::backward_hooked`]), on a communication thread, while the
-//!   backward pass goes on computing the earlier layers' gradients; the
-//!   step waits only for what is still in flight when backward ends.
+//! - **Buckets** (DDP's): the parameters' gradients are packed, latest
+//!   created first (the order backward completes them), into flat buckets
+//!   of about [`DEFAULT_BUCKET_BYTES`]. A bucket's non-blocking all-reduce
+//!   (`MPI_Iallreduce`) starts the moment its last gradient is complete
+//!   ([`Tensor::backward_hooked`]), and every later gradient the backward
+//!   pass reports also tests the ones in flight, which is what makes MPI
+//!   progress them while the earlier layers' gradients are computed; the
+//!   step waits only for what is still in flight when backward ends. (A
+//!   communication thread would compete for the cores with the CPU
+//!   backend's workers: on this project's 2-core machine, handing buckets
+//!   to one cost about a millisecond a step.)
 //! - **Staging**: a bucket's gradients are concatenated on their device
 //!   (one kernel on a GPU) and read back once; the averaged bucket is
 //!   uploaded once and split into views. A GPU-direct transport
@@ -57,8 +61,6 @@
 //! model of the all-reduce.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc::{self, Receiver, Sender};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mpi::collective::SystemOperation;
@@ -96,13 +98,6 @@ pub struct Distributed {
 // communicators of their own.
 unsafe impl Send for Distributed {}
 unsafe impl Sync for Distributed {}
-
-/// A communicator moved to the communication thread.
-struct SendComm(SimpleCommunicator);
-// SAFETY: MPI is initialised with MPI_THREAD_MULTIPLE (checked in `init`),
-// under which any thread may call MPI on any communicator; this one is used
-// by the communication thread alone.
-unsafe impl Send for SendComm {}
 
 fn error(msg: String) -> Error {
     Error::Distributed(msg)
@@ -302,14 +297,7 @@ fn wait<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
                 );
                 comm.abort(1);
             }
-            // Poll, yielding the core to any computation that wants it (a
-            // peer about to arrive answers within microseconds); after a
-            // few milliseconds of waiting, sleep between polls.
-            if started.elapsed() < Duration::from_millis(5) {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(Duration::from_micros(100));
-            }
+            pause(started);
         }
     }
 }
@@ -329,19 +317,21 @@ struct Bucket {
     filled: usize,
     sent: bool,
     len: usize,
+    /// The send and receive buffers, kept from step to step (fresh ones
+    /// of this size cost page faults every step).
+    buffers: (Vec<f32>, Vec<f32>),
 }
 
-/// A bucket's flat gradients, on their way to the communication thread.
-struct Job {
+/// A bucket's all-reduce in flight: its buffers stay put (their heap
+/// storage does not move with the struct) until MPI reports it done.
+struct InFlight {
     bucket: usize,
-    data: Vec<f32>,
-}
-
-/// A reduced bucket back from it, with the time its all-reduce took.
-struct Done {
-    bucket: usize,
-    data: Vec<f32>,
-    seconds: f64,
+    send: Vec<f32>,
+    recv: Vec<f32>,
+    request: mpi::ffi::MPI_Request,
+    started: Instant,
+    /// When a test first found it complete.
+    finished: Option<Instant>,
 }
 
 /// Timings of the gradient all-reduce, summed since the last
@@ -350,10 +340,12 @@ struct Done {
 pub struct SyncStats {
     /// Steps synchronised.
     pub steps: usize,
-    /// Wall time of the buckets' all-reduces on the communication thread.
+    /// Wall time of the buckets' all-reduces, from their start to the
+    /// first test that found them complete.
     pub comm_seconds: f64,
     /// Time the steps waited for all-reduces after their backward pass
-    /// ended: the communication not hidden behind backward.
+    /// ended: the communication not hidden behind backward (waiting for a
+    /// slower rank included).
     pub wait_seconds: f64,
     /// Bytes all-reduced per rank.
     pub bytes: usize,
@@ -371,11 +363,16 @@ impl SyncStats {
 /// backward pass (see the module docs). One per training loop.
 pub struct GradientSync<'d> {
     dist: &'d Distributed,
+    /// Its own communicator: its all-reduces never interleave with the
+    /// metrics' on the world communicator.
+    comm: SimpleCommunicator,
     slots: HashMap<u64, Slot>,
     buckets: Vec<Bucket>,
-    jobs: Option<Sender<Job>>,
-    done: Receiver<Done>,
-    thread: Option<JoinHandle<()>>,
+    /// Buckets packed and waiting for a lower-numbered one to start first.
+    packed: BTreeMap<usize, Vec<f32>>,
+    /// The next bucket to start: they start in index order on every rank.
+    next: usize,
+    in_flight: Vec<InFlight>,
     stats: SyncStats,
     /// A step failed part-way: the buckets no longer line up with the
     /// other ranks', so every later step is refused.
@@ -398,7 +395,14 @@ impl<'d> GradientSync<'d> {
             let n = p.elem_count();
             let start_new = buckets.last().is_none_or(|b| b.len > 0 && b.len + n > cap);
             if start_new {
-                buckets.push(Bucket { params: Vec::new(), grads: Vec::new(), filled: 0, sent: false, len: 0 });
+                buckets.push(Bucket {
+                    params: Vec::new(),
+                    grads: Vec::new(),
+                    filled: 0,
+                    sent: false,
+                    len: 0,
+                    buffers: Default::default(),
+                });
             }
             let b = buckets.len() - 1;
             let bucket = &mut buckets[b];
@@ -407,24 +411,18 @@ impl<'d> GradientSync<'d> {
             bucket.grads.push(None);
             bucket.len += n;
         }
-        let (jobs, jobs_rx) = mpsc::channel::<Job>();
-        let (done_tx, done) = mpsc::channel::<Done>();
-        let comm = SendComm({
+        let comm = {
             let _serial = dist.serial();
             dist.world.duplicate()
-        });
-        let (timeout, rank, count) = (dist.timeout, dist.rank, buckets.len());
-        let thread = std::thread::Builder::new()
-            .name("wgrad-allreduce".into())
-            .spawn(move || communicate(comm, count, jobs_rx, done_tx, timeout, rank))
-            .expect("spawning the all-reduce thread");
+        };
         GradientSync {
             dist,
+            comm,
             slots,
             buckets,
-            jobs: Some(jobs),
-            done,
-            thread: Some(thread),
+            packed: BTreeMap::new(),
+            next: 0,
+            in_flight: Vec::new(),
             stats: SyncStats::default(),
             poisoned: false,
         }
@@ -481,32 +479,45 @@ impl<'d> GradientSync<'d> {
                 self.send(b, count)?;
             }
         }
-        for _ in 0..self.buckets.len() {
-            let done = self.done.recv().map_err(|_| error("the all-reduce thread stopped".into()))?;
-            self.stats.comm_seconds += done.seconds;
-            self.stats.bytes += done.data.len() * 4;
+        // Every bucket has started now (they were all packed); wait for
+        // them in order, then unpack.
+        for b in 0..self.buckets.len() {
+            let done = self.finish(b);
+            let finished = done.finished.unwrap_or_else(Instant::now);
+            self.stats.comm_seconds += finished.duration_since(done.started).as_secs_f64();
+            self.stats.bytes += done.recv.len() * 4;
             let bucket = &mut self.buckets[done.bucket];
+            let InFlight { send, mut recv, .. } = done;
             // [Σ count·grad | Σ flags per parameter | Σ count]
-            let (values, rest) = done.data.split_at(bucket.len);
+            let (values, rest) = recv.split_at_mut(bucket.len);
             let (flags, total) = rest.split_at(bucket.params.len());
             let total = total[0];
-            let mean: Vec<f32> = values.iter().map(|v| if total > 0.0 { v / total } else { 0.0 }).collect();
+            for v in values.iter_mut() {
+                *v = if total > 0.0 { *v / total } else { 0.0 };
+            }
             let device = bucket.params[0].device();
-            let flat = Tensor::from_vec(mean, [bucket.len], &device)?;
+            // A GPU gets one upload and views of it; the CPU a copy each.
+            let flat = if device.is_cpu() { None } else { Some(Tensor::from_slice(values, [bucket.len], &device)?) };
             let mut at = 0;
             for ((p, g), &flag) in bucket.params.iter().zip(&mut bucket.grads).zip(flags) {
                 let n = p.elem_count();
                 if flag > 0.0 {
-                    grads.insert(p, no_grad(|| flat.narrow(0, at, n).reshape(p.shape().clone())));
+                    let grad = match &flat {
+                        Some(flat) => no_grad(|| flat.narrow(0, at, n).reshape(p.shape().clone())),
+                        None => Tensor::from_slice(&values[at..at + n], p.shape().clone(), &device)?,
+                    };
+                    grads.insert(p, grad);
                 } else {
                     grads.remove(p);
                 }
                 *g = None;
                 at += n;
             }
+            bucket.buffers = (send, recv);
             bucket.filled = 0;
             bucket.sent = false;
         }
+        self.next = 0;
         self.stats.wait_seconds += waited.elapsed().as_secs_f64();
         self.stats.steps += 1;
         Ok(grads)
@@ -525,7 +536,9 @@ impl<'d> GradientSync<'d> {
         if b.grads[index].replace(grad.clone()).is_none() {
             b.filled += 1;
         }
-        if b.filled == b.params.len() { self.send(bucket, count) } else { Ok(()) }
+        let result = if b.filled == b.params.len() { self.send(bucket, count) } else { Ok(()) };
+        self.progress();
+        result
     }
 
     /// Flattens bucket `b` on its device — `count ·` the gradients (zeros
@@ -534,24 +547,113 @@ impl<'d> GradientSync<'d> {
     fn send(&mut self, b: usize, count: f32) -> Result<()> {
         let bucket = &mut self.buckets[b];
         let device = bucket.params[0].device();
-        let flat = no_grad(|| {
-            let parts: Vec<Tensor> = bucket
-                .params
-                .iter()
-                .zip(&bucket.grads)
-                .map(|(p, g)| match g {
-                    Some(g) => g.reshape([p.elem_count()]),
-                    None => Tensor::zeros([p.elem_count()], &device),
-                })
-                .collect();
-            Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0).mul_scalar(count)
-        });
-        let mut data = flat.to_vec()?;
+        let mut data = std::mem::take(&mut bucket.buffers.0);
+        data.clear();
+        if device.is_cpu() {
+            // Straight from each gradient's storage, scaled on the way.
+            for (p, g) in bucket.params.iter().zip(&bucket.grads) {
+                let Some(g) = g else {
+                    data.resize(data.len() + p.elem_count(), 0.0);
+                    continue;
+                };
+                let copied = Tensor::with_storages(&[g], |s| match s[0] {
+                    crate::backend::Storage::Cpu(v) => {
+                        data.extend(v.iter().map(|x| x * count));
+                        true
+                    }
+                    _ => false,
+                });
+                if !copied {
+                    // A poisoned gradient: its error.
+                    data.extend(g.to_vec()?.into_iter().map(|x| x * count));
+                }
+            }
+        } else {
+            // One concatenation on the device, one read back.
+            let flat = no_grad(|| {
+                let parts: Vec<Tensor> = bucket
+                    .params
+                    .iter()
+                    .zip(&bucket.grads)
+                    .map(|(p, g)| match g {
+                        Some(g) => g.reshape([p.elem_count()]),
+                        None => Tensor::zeros([p.elem_count()], &device),
+                    })
+                    .collect();
+                Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0).mul_scalar(count)
+            });
+            data.extend(flat.to_vec()?);
+        }
         data.extend(bucket.grads.iter().map(|g| f32::from(g.is_some())));
         data.push(count);
         bucket.sent = true;
-        let jobs = self.jobs.as_ref().expect("the sender lives as long as the sync");
-        jobs.send(Job { bucket: b, data }).map_err(|_| error("the all-reduce thread stopped".into()))
+        self.packed.insert(b, data);
+        // Start every bucket whose turn has come, in index order.
+        while let Some(send) = self.packed.remove(&self.next) {
+            self.start(self.next, send);
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Starts bucket `b`'s all-reduce (`MPI_Iallreduce`, sum).
+    fn start(&mut self, bucket: usize, send: Vec<f32>) {
+        let mut recv = std::mem::take(&mut self.buckets[bucket].buffers.1);
+        recv.resize(send.len(), 0.0);
+        // SAFETY: `null` is overwritten by MPI_Iallreduce before any use.
+        let mut request: mpi::ffi::MPI_Request = unsafe { mpi::ffi::RSMPI_REQUEST_NULL };
+        let count = i32::try_from(send.len()).expect("a bucket is far below 2³¹ floats");
+        // SAFETY: both buffers hold `count` f32s and stay allocated, unmoved
+        // (their heap storage), until the request completes: `finish` waits
+        // for it, and `Drop` leaks them if it never did.
+        unsafe {
+            mpi::ffi::MPI_Iallreduce(
+                send.as_ptr().cast(),
+                recv.as_mut_ptr().cast(),
+                count,
+                f32::equivalent_datatype().as_raw(),
+                SystemOperation::sum().as_raw(),
+                self.comm.as_raw(),
+                &mut request,
+            );
+        }
+        self.in_flight.push(InFlight { bucket, send, recv, request, started: Instant::now(), finished: None });
+    }
+
+    /// Lets MPI progress the all-reduces in flight (a non-blocking test of
+    /// each), noting when each completes. Called as backward reports
+    /// gradients, so communication advances while it computes.
+    fn progress(&mut self) {
+        for f in &mut self.in_flight {
+            if f.finished.is_none() && test(&mut f.request) {
+                f.finished = Some(Instant::now());
+            }
+        }
+    }
+
+    /// Waits (at most the timeout, then aborts the job) for bucket `b`'s
+    /// all-reduce and takes it out of the in-flight list.
+    fn finish(&mut self, b: usize) -> InFlight {
+        let at = self.in_flight.iter().position(|f| f.bucket == b).expect("every bucket was started");
+        let mut f = self.in_flight.swap_remove(at);
+        let waited = Instant::now();
+        while f.finished.is_none() {
+            if test(&mut f.request) {
+                f.finished = Some(Instant::now());
+                break;
+            }
+            if waited.elapsed() > self.dist.timeout {
+                eprintln!(
+                    "wgrad distributed: rank {} waited {:.1} s for the other ranks in the gradient all-reduce of \
+                     bucket {b} (WGRAD_DIST_TIMEOUT): a rank has failed or hangs; aborting the job",
+                    self.dist.rank,
+                    waited.elapsed().as_secs_f64()
+                );
+                self.comm.abort(1);
+            }
+            pause(waited);
+        }
+        f
     }
 
     /// The timings since the last call, and resets them.
@@ -567,34 +669,31 @@ impl<'d> GradientSync<'d> {
 
 impl Drop for GradientSync<'_> {
     fn drop(&mut self) {
-        // Closing the channel ends the thread, which frees its communicator
-        // before MPI is finalised.
-        self.jobs = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        // A step that failed part-way may leave all-reduces in flight: MPI
+        // may still write their buffers, so they are leaked, not freed.
+        for f in self.in_flight.drain(..) {
+            std::mem::forget(f.send);
+            std::mem::forget(f.recv);
         }
     }
 }
 
-/// The communication thread: all-reduces buckets strictly in index order
-/// (the same sequence of collectives on every rank), whatever order they
-/// arrive in; after the last of a step's `count` buckets, the next step's
-/// bucket 0.
-fn communicate(comm: SendComm, count: usize, jobs: Receiver<Job>, done: Sender<Done>, timeout: Duration, rank: usize) {
-    let comm = comm.0;
-    let mut waiting: BTreeMap<usize, Vec<f32>> = BTreeMap::new();
-    let mut next = 0usize;
-    while let Ok(job) = jobs.recv() {
-        waiting.insert(job.bucket, job.data);
-        while let Some(send) = waiting.remove(&next) {
-            let started = Instant::now();
-            let mut recv = vec![0.0f32; send.len()];
-            all_reduce(&comm, &send, &mut recv, timeout, rank, &format!("the gradient all-reduce of bucket {next}"));
-            let seconds = started.elapsed().as_secs_f64();
-            if done.send(Done { bucket: next, data: recv, seconds }).is_err() {
-                return;
-            }
-            next = (next + 1) % count;
-        }
+/// Whether `request` has completed (a non-blocking `MPI_Test`).
+fn test(request: &mut mpi::ffi::MPI_Request) -> bool {
+    let mut flag = 0;
+    // SAFETY: a live request from MPI_Iallreduce (MPI sets it to null once
+    // complete, and testing a null request reports completion).
+    unsafe { mpi::ffi::MPI_Test(request, &mut flag, mpi::ffi::RSMPI_STATUS_IGNORE) };
+    flag != 0
+}
+
+/// Between polls of a collective: yield the core to any computation for
+/// the first milliseconds (a peer about to arrive answers within
+/// microseconds), then sleep between polls.
+fn pause(since: Instant) {
+    if since.elapsed() < Duration::from_millis(5) {
+        std::thread::yield_now();
+    } else {
+        std::thread::sleep(Duration::from_micros(100));
     }
 }
