@@ -4,17 +4,19 @@
 //! Transpose and alignment flags are override constants, and batches beyond
 //! the 65535 workgroups one dispatch dimension allows take several dispatches.
 
+use super::autotune::{self, Choice};
 use super::device::Tuning;
 use super::pipelines::{Kernel, Shader, params};
+use super::pool::Pooled;
 use super::{Bind, Context, GpuBuffer};
 use crate::backend::MatmulSpec;
 use std::sync::Arc;
 
 /// Output rows per workgroup and columns per invocation of matmul.wgsl.
-const SUBGROUP_TILE_ROWS: u32 = 16;
-const SUBGROUP_TILE_COLS: u32 = 8;
+pub(super) const SUBGROUP_TILE_ROWS: u32 = 16;
+pub(super) const SUBGROUP_TILE_COLS: u32 = 8;
 /// Each invocation of matmul_tiled.wgsl computes a 4 × 4 block.
-const TILED_THREAD_TILE: u32 = 4;
+pub(super) const TILED_THREAD_TILE: u32 = 4;
 
 params! {
     /// One dispatch of a batched product (both matmul kernels).
@@ -33,17 +35,11 @@ params! {
 /// output (shared by matmul and the convolutions): whether it is the
 /// subgroup kernel, its tile-size constants, and the grid's x and y.
 pub(super) fn gemm_grid(t: &Tuning, m: usize, n_cols: usize) -> (bool, Vec<(&'static str, f64)>, [u32; 2]) {
-    let (m, n) = (m as u32, n_cols as u32);
-    match t.matmul_subgroup_wg {
-        Some(wg) => {
-            (true, vec![("WG", wg as f64)], [n.div_ceil(wg * SUBGROUP_TILE_COLS), m.div_ceil(SUBGROUP_TILE_ROWS)])
-        }
-        None => (
-            false,
-            vec![("WM", t.matmul_wm as f64), ("WN", t.matmul_wn as f64), ("BK", t.matmul_bk as f64)],
-            [n.div_ceil(t.matmul_wn * TILED_THREAD_TILE), m.div_ceil(t.matmul_wm * TILED_THREAD_TILE)],
-        ),
-    }
+    let choice = match t.matmul_subgroup_wg {
+        Some(wg) => Choice::Subgroup { wg },
+        None => Choice::Tiled { wm: t.matmul_wm, wn: t.matmul_wn, bk: t.matmul_bk },
+    };
+    choice.grid(m, n_cols)
 }
 
 /// Records `kernel` over `batches` batch entries (grid z), in as many
@@ -68,37 +64,49 @@ pub(super) fn record_batched<P: bytemuck::Pod>(
 }
 
 pub(crate) fn matmul(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, s: MatmulSpec) -> GpuBuffer {
-    ctx.compute("matmul", s.batch * s.m * s.n, &[a, b], |ins, out| {
-        let (a, b) = (ins[0], ins[1]);
-        let flag = |f: bool| f as u32 as f64;
-        let (subgroups, mut constants, grid) = gemm_grid(&ctx.tuning, s.m, s.n);
-        constants.extend([("TRANS_A", flag(s.trans_a)), ("TRANS_B", flag(s.trans_b))]);
-        let (shader, binds) = if subgroups {
-            // vec4 loads along each operand's contiguous axis need that axis
-            // and the batch stride to be multiples of 4.
-            let aligned = |contiguous: usize, stride: usize| contiguous % 4 == 0 && stride % 4 == 0;
-            let aligned_a = aligned(if s.trans_a { s.m } else { s.k }, s.a_batch_stride);
-            let aligned_b = aligned(if s.trans_b { s.k } else { s.n }, s.b_batch_stride);
-            constants.extend([
-                ("ALIGNED_A", flag(aligned_a)),
-                ("ALIGNED_B", flag(aligned_b)),
-                ("K_TAIL", flag(s.k % 4 != 0)),
-            ]);
-            (
-                Shader::Matmul,
-                vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, out), Bind::read(3, a), Bind::read(4, b)],
-            )
-        } else {
-            (Shader::MatmulTiled, vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, out)])
-        };
-        let kernel = Kernel::Static { shader, entry: "main", constants: &constants };
-        record_batched(ctx, &kernel, &binds, grid, s.batch, |first| MatmulParams {
-            m: s.m as u32,
-            n: s.n as u32,
-            k: s.k as u32,
-            a_batch_stride: s.a_batch_stride as u32,
-            b_batch_stride: s.b_batch_stride as u32,
-            first_batch: first as u32,
-        })
+    // The kernel for this shape class (tuned at its first use; see
+    // autotune.rs), or the adapter's default.
+    let choice = autotune::choose(ctx, &s).unwrap_or_else(|| Choice::default_for(ctx));
+    ctx.compute("matmul", s.batch * s.m * s.n, &[a, b], |ins, out| record_product(ctx, choice, ins[0], ins[1], out, &s))
+}
+
+/// Records the product `s` of `a` and `b` into `out` with kernel `choice`.
+pub(super) fn record_product(
+    ctx: &Context,
+    choice: Choice,
+    a: &Arc<Pooled>,
+    b: &Arc<Pooled>,
+    out: &Arc<Pooled>,
+    s: &MatmulSpec,
+) -> crate::Result<()> {
+    let flag = |f: bool| f as u32 as f64;
+    let (subgroups, mut constants, grid) = choice.grid(s.m, s.n);
+    constants.extend([("TRANS_A", flag(s.trans_a)), ("TRANS_B", flag(s.trans_b))]);
+    let (shader, binds) = if subgroups {
+        // vec4 loads along each operand's contiguous axis need that axis
+        // and the batch stride to be multiples of 4.
+        let aligned = |contiguous: usize, stride: usize| contiguous % 4 == 0 && stride % 4 == 0;
+        let aligned_a = aligned(if s.trans_a { s.m } else { s.k }, s.a_batch_stride);
+        let aligned_b = aligned(if s.trans_b { s.k } else { s.n }, s.b_batch_stride);
+        constants.extend([
+            ("ALIGNED_A", flag(aligned_a)),
+            ("ALIGNED_B", flag(aligned_b)),
+            ("K_TAIL", flag(s.k % 4 != 0)),
+        ]);
+        (
+            Shader::Matmul,
+            vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, out), Bind::read(3, a), Bind::read(4, b)],
+        )
+    } else {
+        (Shader::MatmulTiled, vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, out)])
+    };
+    let kernel = Kernel::Static { shader, entry: "main", constants: &constants };
+    record_batched(ctx, &kernel, &binds, grid, s.batch, |first| MatmulParams {
+        m: s.m as u32,
+        n: s.n as u32,
+        k: s.k as u32,
+        a_batch_stride: s.a_batch_stride as u32,
+        b_batch_stride: s.b_batch_stride as u32,
+        first_batch: first as u32,
     })
 }

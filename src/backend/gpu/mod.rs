@@ -25,6 +25,7 @@
 //! computed from it ([`taint`]). Either surfaces from `to_vec` as a
 //! [`crate::Error`]. wgpu errors are captured by a handler, never panics.
 
+mod autotune;
 mod conv;
 mod copy;
 mod device;
@@ -86,6 +87,9 @@ pub(crate) struct Context {
     pool: Arc<Pool>,
     lazy: lazy::Lazy,
     checks: Checks,
+    /// A matmul kernel this device uses for every product instead of the
+    /// tuned or default one (`GpuDevice::force_matmul_kernel`).
+    matmul_forced: std::sync::Mutex<Option<autotune::Choice>>,
 }
 
 /// A buffer bound at a binding slot, read-only or read-write.
@@ -402,6 +406,7 @@ impl GpuDevice {
                 limits: o.limits,
                 tuning: o.tuning,
                 health: o.health,
+                matmul_forced: std::sync::Mutex::new(None),
             }),
         };
         if let Some(path) = std::env::var_os("WGRAD_PROFILE").filter(|p| !p.is_empty()) {
@@ -472,6 +477,32 @@ impl GpuDevice {
         self.ctx.lazy.run_all();
         let index = self.ctx.queue.submit();
         self.ctx.queue.wait(index, &self.ctx.health)
+    }
+
+    /// The matmul kernel configurations this adapter can run (`subgroup
+    /// 32`, `tiled 8 8 32`, …; the default first): what the autotuner
+    /// chooses among (see `docs/gpu-performance.md`).
+    pub fn matmul_kernels(&self) -> Vec<String> {
+        autotune::candidates(&self.ctx).iter().map(|c| c.text()).collect()
+    }
+
+    /// The autotuner's decisions so far on this adapter, in this process
+    /// or read from its disk cache: (shape class, kernel).
+    pub fn matmul_autotuned(&self) -> Vec<(String, String)> {
+        autotune::decisions(&self.ctx)
+    }
+
+    /// Makes this device run every matmul with `kernel` (one of
+    /// [`matmul_kernels`](Self::matmul_kernels)), or return to the tuned
+    /// choice with `None`: for testing and benchmarking the candidates.
+    /// Panics on a kernel this adapter does not offer.
+    pub fn force_matmul_kernel(&self, kernel: Option<&str>) {
+        let choice = kernel.map(|k| {
+            autotune::Choice::parse(k)
+                .filter(|c| autotune::candidates(&self.ctx).contains(c))
+                .unwrap_or_else(|| panic!("force_matmul_kernel: {k:?} is not one of {:?}", self.matmul_kernels()))
+        });
+        *lock(&self.ctx.matmul_forced) = choice;
     }
 
     /// The largest tensor, in bytes, a kernel can bind on this adapter.
