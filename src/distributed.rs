@@ -106,8 +106,10 @@ fn error(msg: String) -> Error {
 impl Distributed {
     /// Joins the MPI job this process was started in (`mpirun -np N …`; a
     /// process started without `mpirun` is a job of one). MPI must offer
-    /// `MPI_THREAD_MULTIPLE` (the gradient all-reduce runs on its own
-    /// thread); Open MPI does. Errors if MPI was already initialised.
+    /// `MPI_THREAD_MULTIPLE` (a `Distributed` is shared between threads —
+    /// `fit` on one, metrics or a barrier on another — and gradient syncs
+    /// use their own communicators unlocked); Open MPI does. Errors if MPI
+    /// was already initialised.
     pub fn init() -> Result<Distributed> {
         let (universe, threading) = mpi::initialize_with_threading(mpi::Threading::Multiple)
             .ok_or_else(|| error("MPI is already initialised in this process".into()))?;
@@ -543,7 +545,8 @@ impl<'d> GradientSync<'d> {
 
     /// Flattens bucket `b` on its device — `count ·` the gradients (zeros
     /// for missing ones), then a flag per parameter (1 if it had one) and
-    /// `count` — reads it back and hands it to the thread.
+    /// `count` — reads it back (the CPU's straight from the gradients'
+    /// memory) and starts every all-reduce whose turn has come.
     fn send(&mut self, b: usize, count: f32) -> Result<()> {
         let bucket = &mut self.buckets[b];
         let device = bucket.params[0].device();
@@ -558,7 +561,9 @@ impl<'d> GradientSync<'d> {
                 };
                 let copied = Tensor::with_storages(&[g], |s| match s[0] {
                     crate::backend::Storage::Cpu(v) => {
-                        data.extend(v.iter().map(|x| x * count));
+                        // CPU storages hold exactly their elements.
+                        debug_assert_eq!(v.len(), p.elem_count());
+                        data.extend(v[..p.elem_count()].iter().map(|x| x * count));
                         true
                     }
                     _ => false,
