@@ -139,12 +139,17 @@ impl Lazy {
         }
     }
 
-    /// Computes every pending buffer that is still alive.
+    /// Computes every pending buffer that is still alive. The registry
+    /// keeps them until they have run: a `before_write` on another thread
+    /// meanwhile still finds (and runs) those that read its target, where
+    /// taking the list first left it an empty registry.
     pub fn run_all(&self) {
-        let cells = std::mem::take(&mut lock(&self.pending).cells);
-        for cell in cells.iter().filter_map(Weak::upgrade) {
+        let cells: Vec<Arc<Cell>> = lock(&self.pending).cells.iter().filter_map(Weak::upgrade).collect();
+        for cell in &cells {
             cell.run_if_reads(None);
         }
+        drop(cells);
+        lock(&self.pending).cells.retain(|c| c.upgrade().is_some_and(|c| c.is_pending()));
     }
 
     /// Makes `target` safe to write in place: computes it if it is pending,
