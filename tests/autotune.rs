@@ -30,8 +30,14 @@ fn candidates_are_correct_and_tuning_is_cached() {
     let _ = std::fs::remove_dir_all(&dir);
     let cache = dir.join("autotune.txt");
     // SAFETY: the only test of this binary, before any device (or thread of
-    // ours) reads the environment.
-    unsafe { std::env::set_var("WGRAD_AUTOTUNE_CACHE", &cache) };
+    // ours) reads the environment. Tuning is on for software adapters too
+    // (lavapipe), unless the environment turned it off.
+    unsafe {
+        std::env::set_var("WGRAD_AUTOTUNE_CACHE", &cache);
+        if std::env::var_os("WGRAD_AUTOTUNE").is_none() {
+            std::env::set_var("WGRAD_AUTOTUNE", "1");
+        }
+    }
     let Some(gpu) = common::gpu() else { return };
     let Device::Gpu(g) = &gpu else { unreachable!() };
     let tuning_off = std::env::var("WGRAD_AUTOTUNE").is_ok_and(|v| v.trim() == "0")

@@ -19,9 +19,12 @@
 //!   `$XDG_CACHE_HOME/wgrad/autotune-v1.txt`, else
 //!   `~/.cache/wgrad/autotune-v1.txt`; `off` keeps it in memory), so a
 //!   later run on the same adapter and driver starts tuned.
-//! - **Off**: `WGRAD_AUTOTUNE=0`, the noop adapter (nothing to time), and
-//!   while profiling (the candidates would fill the trace) no new class is
-//!   tuned; classes already decided keep their kernel.
+//! - **On** for hardware GPUs; **off** by default on software rasterisers
+//!   (lavapipe: most of a second per new class, for defaults chosen for
+//!   them), with `WGRAD_AUTOTUNE=0`, on the noop adapter (nothing to time),
+//!   and while profiling (the candidates would fill the trace) no new
+//!   class is tuned; classes already decided keep their kernel.
+//!   `WGRAD_AUTOTUNE=1` turns it on for software adapters too.
 //!
 //! Different tile shapes sum a row's products in different orders, so two
 //! runs whose tuning picked differently can differ in the last bits; the
@@ -192,12 +195,16 @@ fn file() -> Option<PathBuf> {
     }
 }
 
-/// Whether a new class may be tuned now (a tuned one is used regardless).
+/// Whether a new class may be tuned now (a tuned one is used regardless):
+/// `WGRAD_AUTOTUNE=1` or `0` if set, else on hardware GPUs only — on a
+/// software rasteriser each new class costs most of a second (a first
+/// training step at batch 512 took 4.6 s on lavapipe) and the defaults
+/// were chosen for it.
 fn enabled(ctx: &Context) -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("WGRAD_AUTOTUNE").map_or(true, |v| v.trim() != "0"))
-        && ctx.info.backend != wgpu::Backend::Noop
-        && !ctx.queue.profiling()
+    static SETTING: OnceLock<Option<bool>> = OnceLock::new();
+    let setting = *SETTING.get_or_init(|| std::env::var("WGRAD_AUTOTUNE").ok().map(|v| v.trim() != "0"));
+    let software = ctx.info.device_type == wgpu::DeviceType::Cpu;
+    setting.unwrap_or(!software) && ctx.info.backend != wgpu::Backend::Noop && !ctx.queue.profiling()
 }
 
 /// The kernel for product `s`: a device's forced choice, the tuned one for
