@@ -204,7 +204,10 @@ fn forward_rows(
             let gates = &mut acts[(r * seq + t) * h4..(r * seq + t + 1) * h4];
             for j in (0..hidden).step_by(LANES) {
                 let n = LANES.min(hidden - j);
-                let [mut i, mut f, mut g, mut o] = [0, 1, 2, 3].map(|k| lanes(&gates[k * hidden + j..][..n]));
+                // Four calls, not `[0, 1, 2, 3].map(..)`: that was compiled
+                // out of line, without the `simd` wrapper's features.
+                let gate = |k: usize| lanes(&gates[k * hidden + j..][..n]);
+                let (mut i, mut f, mut g, mut o) = (gate(0), gate(1), gate(2), gate(3));
                 let cp = lanes(&c_prev[j..j + n]);
                 let (mut hl, mut cl) = ([0.0; LANES], [0.0; LANES]);
                 for k in 0..LANES {
@@ -315,7 +318,8 @@ fn backward_rows(
             let dg = &mut dgates[at * h4..(at + 1) * h4];
             for j in (0..hidden).step_by(LANES) {
                 let n = LANES.min(hidden - j);
-                let [i, f, gv, o] = [0, 1, 2, 3].map(|k| lanes(&a[k * hidden + j..][..n]));
+                let gate = |k: usize| lanes(&a[k * hidden + j..][..n]);
+                let (i, f, gv, o) = (gate(0), gate(1), gate(2), gate(3));
                 let (cl, cp, ghl, gcl) =
                     (lanes(&c[j..j + n]), lanes(&c_prev[j..j + n]), lanes(&gh[j..j + n]), lanes(&gc[j..j + n]));
                 let (dhn, mut dcs) = (lanes(&dh_in[j..j + n]), lanes(&dc_state[j..j + n]));
