@@ -278,29 +278,37 @@ fn all_reduce(comm: &SimpleCommunicator, send: &[f32], recv: &mut [f32], timeout
 
 /// Polls `request` until it completes, or aborts the job after `timeout`.
 fn wait<'a, D: ?Sized, S: mpi::request::Scope<'a>>(
-    mut request: mpi::request::Request<'a, D, S>,
+    request: mpi::request::Request<'a, D, S>,
     timeout: Duration,
     rank: usize,
     what: &str,
     comm: &SimpleCommunicator,
 ) {
-    let started = Instant::now();
-    {
-        loop {
-            match request.test() {
-                Ok(_) => break,
-                Err(r) => request = r,
-            }
-            if started.elapsed() > timeout {
-                eprintln!(
-                    "wgrad distributed: rank {rank} waited {:.1} s for the other ranks in {what} \
-                     (WGRAD_DIST_TIMEOUT): a rank has failed or hangs; aborting the job",
-                    started.elapsed().as_secs_f64()
-                );
-                comm.abort(1);
-            }
-            pause(started);
+    let mut request = Some(request);
+    poll_until(timeout, rank, what, comm, || match request.take().map(|r| r.test()) {
+        Some(Err(r)) => {
+            request = Some(r);
+            false
         }
+        _ => true,
+    });
+}
+
+/// Calls `done` until it is true, pausing between calls; after `timeout`
+/// prints who waited for what and aborts the job (a collective cannot be
+/// cancelled, and a rank that left would hang every later one).
+fn poll_until(timeout: Duration, rank: usize, what: &str, comm: &SimpleCommunicator, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        if started.elapsed() > timeout {
+            eprintln!(
+                "wgrad distributed: rank {rank} waited {:.1} s for the other ranks in {what} \
+                 (WGRAD_DIST_TIMEOUT): a rank has failed or hangs; aborting the job",
+                started.elapsed().as_secs_f64()
+            );
+            comm.abort(1);
+        }
+        pause(started);
     }
 }
 
@@ -641,23 +649,13 @@ impl<'d> GradientSync<'d> {
     fn finish(&mut self, b: usize) -> InFlight {
         let at = self.in_flight.iter().position(|f| f.bucket == b).expect("every bucket was started");
         let mut f = self.in_flight.swap_remove(at);
-        let waited = Instant::now();
-        while f.finished.is_none() {
-            if test(&mut f.request) {
+        let what = format!("the gradient all-reduce of bucket {b}");
+        poll_until(self.dist.timeout, self.dist.rank, &what, &self.comm, || {
+            if f.finished.is_none() && test(&mut f.request) {
                 f.finished = Some(Instant::now());
-                break;
             }
-            if waited.elapsed() > self.dist.timeout {
-                eprintln!(
-                    "wgrad distributed: rank {} waited {:.1} s for the other ranks in the gradient all-reduce of \
-                     bucket {b} (WGRAD_DIST_TIMEOUT): a rank has failed or hangs; aborting the job",
-                    self.dist.rank,
-                    waited.elapsed().as_secs_f64()
-                );
-                self.comm.abort(1);
-            }
-            pause(waited);
-        }
+            f.finished.is_some()
+        });
         f
     }
 

@@ -30,6 +30,7 @@
 //! runs whose tuning picked differently can differ in the last bits; the
 //! disk cache (or `WGRAD_AUTOTUNE=0`) makes runs repeatable.
 
+use super::device::Tuning;
 use super::matmul::{SUBGROUP_TILE_COLS, SUBGROUP_TILE_ROWS, TILED_THREAD_TILE};
 use super::{Context, lock};
 use crate::backend::MatmulSpec;
@@ -81,7 +82,11 @@ impl Choice {
 
     /// The adapter's default (no tuning).
     pub(super) fn default_for(ctx: &Context) -> Choice {
-        let t = &ctx.tuning;
+        Choice::of_tuning(&ctx.tuning)
+    }
+
+    /// The configuration an adapter class's tuning table names.
+    pub(super) fn of_tuning(t: &Tuning) -> Choice {
         match t.matmul_subgroup_wg {
             Some(wg) => Choice::Subgroup { wg },
             None => Choice::Tiled { wm: t.matmul_wm, wn: t.matmul_wn, bk: t.matmul_bk },

@@ -381,9 +381,15 @@ fn side(x: (&GpuBuffer, &Strided), n: usize) -> Result<Expr, Poison> {
 
 /// `op(x)` over the first `n` elements of `x`.
 pub(crate) fn unary(ctx: &Arc<Context>, op: UnaryOp, x: &GpuBuffer, n: usize) -> GpuBuffer {
+    one_operand(ctx, x, n, |e| e.unary(op))
+}
+
+/// `node(x)` over the first `n` elements of `x`, pending: on `x`'s own
+/// expression, or on its computed buffer when that would not fit a kernel.
+fn one_operand(ctx: &Arc<Context>, x: &GpuBuffer, n: usize, node: impl Fn(Expr) -> Expr) -> GpuBuffer {
     let build = || -> Result<Expr, Poison> {
-        let e = operand(x, n)?.unary(op);
-        if e.fits() { Ok(e) } else { Ok(computed(x, n)?.unary(op)) }
+        let e = node(operand(x, n)?);
+        if e.fits() { Ok(e) } else { Ok(node(computed(x, n)?)) }
     };
     match build() {
         Ok(e) => finish(ctx, e),
@@ -414,14 +420,7 @@ pub(crate) fn view(ctx: &Arc<Context>, x: &GpuBuffer, view: &Strided) -> Option<
 /// with the gradient's mask).
 pub(crate) fn dropout(ctx: &Arc<Context>, x: &GpuBuffer, n: usize, p: f32, key: [u32; 2]) -> GpuBuffer {
     let words = [key[0], key[1], crate::rng::dropout_threshold(p), (1.0 / (1.0 - p)).to_bits()];
-    let build = || -> Result<Expr, Poison> {
-        let e = operand(x, n)?.dropout(words);
-        if e.fits() { Ok(e) } else { Ok(computed(x, n)?.dropout(words)) }
-    };
-    match build() {
-        Ok(e) => finish(ctx, e),
-        Err(e) => GpuBuffer::poisoned(e),
-    }
+    one_operand(ctx, x, n, |e| e.dropout(words))
 }
 
 /// `op(a, b)` with broadcasting: `a` and `b` are read through layouts of

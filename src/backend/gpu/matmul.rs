@@ -35,11 +35,7 @@ params! {
 /// output (shared by matmul and the convolutions): whether it is the
 /// subgroup kernel, its tile-size constants, and the grid's x and y.
 pub(super) fn gemm_grid(t: &Tuning, m: usize, n_cols: usize) -> (bool, Vec<(&'static str, f64)>, [u32; 2]) {
-    let choice = match t.matmul_subgroup_wg {
-        Some(wg) => Choice::Subgroup { wg },
-        None => Choice::Tiled { wm: t.matmul_wm, wn: t.matmul_wn, bk: t.matmul_bk },
-    };
-    choice.grid(m, n_cols)
+    Choice::of_tuning(t).grid(m, n_cols)
 }
 
 /// Records `kernel` over `batches` batch entries (grid z), in as many
