@@ -32,6 +32,7 @@
 
 mod autograd;
 mod backend;
+pub mod capture;
 pub mod data;
 mod device;
 #[cfg(feature = "mpi")]
@@ -55,6 +56,7 @@ pub use autograd::{CustomOp, Gradients, detect_anomaly, is_grad_enabled, live_no
 pub use backend::gpu::{
     CompiledKernel, DeviceInfo, GpuDevice, GpuOptions, KernelAverage, KernelEvent, MemoryStats, Profile,
 };
+pub use capture::{CaptureStats, CapturedStep};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use gradcheck::{GradcheckError, GradcheckOptions, gradcheck, gradcheck_with};

@@ -20,6 +20,8 @@ impl Tensor {
             return self * 0.0;
         }
         let key = with_default_generator(|g| g.next_dropout_key());
+        // A captured step draws it again at each replay.
+        crate::backend::gpu::capture::note_key(key);
         self.dropout_with_key(p, key)
     }
 

@@ -21,9 +21,41 @@ mod schedule;
 
 pub use schedule::{Cosine, LinearWarmup, LrSchedule, OneCycle, Progress, ReduceOnPlateau, StepDecay};
 
+use crate::backend::gpu::capture;
 use crate::backend::{Storage, UpdateRule};
 use crate::{Error, Gradients, Result, Tensor, no_grad};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A learning rate shared with the steps a [`crate::CapturedStep`] replays,
+/// so that a schedule's changes reach them.
+struct SharedLr(Arc<AtomicU32>);
+
+impl SharedLr {
+    fn new(lr: f32) -> Self {
+        SharedLr(Arc::new(AtomicU32::new(lr.to_bits())))
+    }
+    fn get(&self) -> f32 {
+        f32::from_bits(self.0.load(Ordering::Relaxed))
+    }
+    fn set(&self, lr: f32) {
+        self.0.store(lr.to_bits(), Ordering::Relaxed);
+    }
+}
+
+/// Runs `update` (which records one parameter's update); while a step is
+/// being captured, `rule_of` gives the rule of each replayed step.
+fn with_replay_rule(rule_of: impl FnOnce() -> Box<dyn FnMut() -> UpdateRule + Send>, update: impl FnOnce()) {
+    if capture::active() {
+        capture::set_rule(rule_of());
+        update();
+        // Not taken by a GPU update (a CPU parameter): not for the next one.
+        drop(capture::take_rule());
+    } else {
+        update();
+    }
+}
 
 /// Something that updates variables from their gradients.
 pub trait Optimizer {
@@ -135,7 +167,7 @@ fn update(param: &Tensor, grad: &Tensor, state: &mut Vec<Tensor>, count: usize, 
 /// (L2) weight decay: PyTorch's `torch.optim.SGD` with `dampening = 0`.
 pub struct Sgd {
     params: Vec<Tensor>,
-    lr: f32,
+    lr: SharedLr,
     momentum: f32,
     nesterov: bool,
     weight_decay: f32,
@@ -145,7 +177,7 @@ pub struct Sgd {
 impl Sgd {
     /// Plain SGD over `params` with learning rate `lr`.
     pub fn new(params: Vec<Tensor>, lr: f32) -> Self {
-        Sgd { params, lr, momentum: 0.0, nesterov: false, weight_decay: 0.0, state: HashMap::new() }
+        Sgd { params, lr: SharedLr::new(lr), momentum: 0.0, nesterov: false, weight_decay: 0.0, state: HashMap::new() }
     }
 
     /// Sets the momentum factor.
@@ -170,35 +202,35 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &Gradients) {
         assert!(!self.nesterov || self.momentum > 0.0, "Sgd: Nesterov momentum needs a momentum > 0");
-        let rule = UpdateRule::Sgd {
-            lr: self.lr,
-            momentum: self.momentum,
-            weight_decay: self.weight_decay,
-            nesterov: self.nesterov,
-        };
+        let (momentum, weight_decay, nesterov) = (self.momentum, self.weight_decay, self.nesterov);
+        let rule = move |lr| UpdateRule::Sgd { lr, momentum, weight_decay, nesterov };
         let buffers = usize::from(self.momentum != 0.0);
         no_grad(|| {
             for p in &self.params {
                 if let Some(g) = grads.get(p) {
-                    update(p, g, self.state.entry(p.id()).or_default(), buffers, rule);
+                    let lr = self.lr.0.clone();
+                    with_replay_rule(
+                        || Box::new(move || rule(f32::from_bits(lr.load(Ordering::Relaxed)))),
+                        || update(p, g, self.state.entry(p.id()).or_default(), buffers, rule(self.lr.get())),
+                    );
                 }
             }
         });
     }
 
     fn learning_rate(&self) -> f32 {
-        self.lr
+        self.lr.get()
     }
 
     fn set_learning_rate(&mut self, lr: f32) {
-        self.lr = lr;
+        self.lr.set(lr);
     }
 
     fn state_dict(&self) -> OptimizerState {
         OptimizerState {
             tensors: save_buffers(&self.params, &self.state, &["momentum_buffer"]),
             scalars: vec![
-                ("lr".into(), self.lr as f64),
+                ("lr".into(), self.lr.get() as f64),
                 ("momentum".into(), self.momentum as f64),
                 ("weight_decay".into(), self.weight_decay as f64),
                 ("nesterov".into(), self.nesterov as u8 as f64),
@@ -211,7 +243,7 @@ impl Optimizer for Sgd {
         let (lr, momentum) = (state.scalar("lr")?, state.scalar("momentum")?);
         let (weight_decay, nesterov) = (state.scalar("weight_decay")?, state.scalar("nesterov")?);
         self.state = buffers;
-        self.lr = lr as f32;
+        self.lr.set(lr as f32);
         self.momentum = momentum as f32;
         self.weight_decay = weight_decay as f32;
         self.nesterov = nesterov != 0.0;
@@ -223,13 +255,15 @@ impl Optimizer for Sgd {
 /// Hutter): PyTorch's `torch.optim.Adam` / `AdamW` without amsgrad.
 pub struct Adam {
     params: Vec<Tensor>,
-    lr: f32,
+    lr: SharedLr,
     beta1: f32,
     beta2: f32,
     eps: f32,
     weight_decay: f32,
     decoupled: bool,
-    steps: HashMap<u64, u32>,
+    /// Each parameter's step count, shared with captured steps, which
+    /// advance it at every replay.
+    steps: Arc<Mutex<HashMap<u64, u32>>>,
     state: HashMap<u64, Vec<Tensor>>,
 }
 
@@ -238,13 +272,13 @@ impl Adam {
     pub fn new(params: Vec<Tensor>, lr: f32) -> Self {
         Adam {
             params,
-            lr,
+            lr: SharedLr::new(lr),
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
             decoupled: false,
-            steps: HashMap::new(),
+            steps: Arc::default(),
             state: HashMap::new(),
         }
     }
@@ -275,39 +309,58 @@ impl Adam {
     }
 }
 
+impl Adam {
+    fn steps(&self) -> MutexGuard<'_, HashMap<u64, u32>> {
+        self.steps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Counts one more step of parameter `id` and returns the count.
+fn next_step(steps: &Mutex<HashMap<u64, u32>>, id: u64) -> u32 {
+    let mut steps = steps.lock().unwrap_or_else(|e| e.into_inner());
+    let t = steps.entry(id).or_insert(0);
+    *t += 1;
+    *t
+}
+
 impl Optimizer for Adam {
     fn step(&mut self, grads: &Gradients) {
+        let (beta1, beta2, eps, weight_decay, decoupled) =
+            (self.beta1, self.beta2, self.eps, self.weight_decay, self.decoupled);
+        let rule = move |lr, t: u32| UpdateRule::Adam {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            decoupled,
+            bias1: 1.0 - beta1.powi(t as i32),
+            bias2: 1.0 - beta2.powi(t as i32),
+        };
         no_grad(|| {
             for p in &self.params {
                 let Some(g) = grads.get(p) else { continue };
-                let t = self.steps.entry(p.id()).or_insert(0);
-                *t += 1;
-                let rule = UpdateRule::Adam {
-                    lr: self.lr,
-                    beta1: self.beta1,
-                    beta2: self.beta2,
-                    eps: self.eps,
-                    weight_decay: self.weight_decay,
-                    decoupled: self.decoupled,
-                    bias1: 1.0 - self.beta1.powi(*t as i32),
-                    bias2: 1.0 - self.beta2.powi(*t as i32),
-                };
-                update(p, g, self.state.entry(p.id()).or_default(), 2, rule);
+                let t = next_step(&self.steps, p.id());
+                let (lr, steps, id) = (self.lr.0.clone(), self.steps.clone(), p.id());
+                with_replay_rule(
+                    || Box::new(move || rule(f32::from_bits(lr.load(Ordering::Relaxed)), next_step(&steps, id))),
+                    || update(p, g, self.state.entry(p.id()).or_default(), 2, rule(self.lr.get(), t)),
+                );
             }
         });
     }
 
     fn learning_rate(&self) -> f32 {
-        self.lr
+        self.lr.get()
     }
 
     fn set_learning_rate(&mut self, lr: f32) {
-        self.lr = lr;
+        self.lr.set(lr);
     }
 
     fn state_dict(&self) -> OptimizerState {
         let mut scalars: Vec<(String, f64)> = vec![
-            ("lr".into(), self.lr as f64),
+            ("lr".into(), self.lr.get() as f64),
             ("beta1".into(), self.beta1 as f64),
             ("beta2".into(), self.beta2 as f64),
             ("eps".into(), self.eps as f64),
@@ -315,7 +368,7 @@ impl Optimizer for Adam {
             ("decoupled".into(), self.decoupled as u8 as f64),
         ];
         for (i, p) in self.params.iter().enumerate() {
-            if let Some(&t) = self.steps.get(&p.id()) {
+            if let Some(&t) = self.steps().get(&p.id()) {
                 scalars.push((format!("{i}.step"), t as f64));
             }
         }
@@ -334,9 +387,9 @@ impl Optimizer for Adam {
         let (lr, beta1, beta2, eps, wd) = (get("lr")?, get("beta1")?, get("beta2")?, get("eps")?, get("weight_decay")?);
         let decoupled = state.scalar("decoupled")? != 0.0;
         self.state = buffers;
-        self.steps = steps;
-        (self.lr, self.beta1, self.beta2, self.eps, self.weight_decay, self.decoupled) =
-            (lr, beta1, beta2, eps, wd, decoupled);
+        *self.steps() = steps;
+        self.lr.set(lr);
+        (self.beta1, self.beta2, self.eps, self.weight_decay, self.decoupled) = (beta1, beta2, eps, wd, decoupled);
         Ok(())
     }
 }

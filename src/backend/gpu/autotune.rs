@@ -209,7 +209,12 @@ fn enabled(ctx: &Context) -> bool {
     static SETTING: OnceLock<Option<bool>> = OnceLock::new();
     let setting = *SETTING.get_or_init(|| std::env::var("WGRAD_AUTOTUNE").ok().map(|v| v.trim() != "0"));
     let software = ctx.info.device_type == wgpu::DeviceType::Cpu;
-    setting.unwrap_or(!software) && ctx.info.backend != wgpu::Backend::Noop && !ctx.queue.profiling()
+    // Not while capturing a step: its timing dispatches would be recorded
+    // (a step is captured after an eager warm-up, which tunes).
+    setting.unwrap_or(!software)
+        && ctx.info.backend != wgpu::Backend::Noop
+        && !ctx.queue.profiling()
+        && !super::capture::capturing(ctx)
 }
 
 /// The kernel for product `s`: a device's forced choice, the tuned one for
@@ -277,8 +282,8 @@ fn tune(ctx: &Context, s: &MatmulSpec) -> crate::Result<Choice> {
     };
     let a_len = s.a_batch_stride * (s.batch - 1) + s.m * s.k;
     let b_len = s.b_batch_stride * (s.batch - 1) + s.k * s.n;
-    let a = ctx.upload_words("matmul autotune", &vec![0u32; a_len])?;
-    let b = ctx.upload_words("matmul autotune", &vec![0u32; b_len])?;
+    let a = ctx.upload_words("matmul autotune", &vec![0u32; a_len], Default::default())?;
+    let b = ctx.upload_words("matmul autotune", &vec![0u32; b_len], Default::default())?;
     let out = ctx.alloc("matmul autotune", s.batch * s.m * s.n)?;
     let mut best: Option<(Duration, Choice)> = None;
     for c in candidates(ctx) {

@@ -53,7 +53,7 @@ fn record(ctx: &Arc<Context>, entry: &'static str, view: &Strided, x: &Arc<Poole
     // [rank, offset, dims…, strides…] in a buffer.
     let mut words = vec![dims.len() as u32, view.offset as u32];
     words.extend(dims.iter().chain(&strides).map(|&v| v as u32));
-    let meta = ctx.upload_words("copy", &words)?;
+    let meta = ctx.upload_words("copy", &words, Default::default())?;
     binds.push(Bind::read(2, &meta));
     let entry = if entry == "gather_strided" { "gather_strided_words" } else { "scatter_strided_words" };
     let kernel = Kernel::Static { shader: Shader::Copy, entry, constants: &constants };

@@ -155,6 +155,24 @@ pub(super) fn words(e: &Expr, dims: &[usize], strides: &[Vec<usize>]) -> Vec<u32
     words
 }
 
+/// Where [`words`] put each dropout node's key: (index of key0, key).
+pub(super) fn dropout_keys(e: &Expr, words: &[u32]) -> Vec<(usize, [u32; 2])> {
+    let mut at = words.len() - e.scalars();
+    let mut keys = Vec::new();
+    for node in &e.nodes {
+        match *node {
+            Node::Unary(op, _) => at += scalars(op).len(),
+            Node::Dropout(_, w) => {
+                debug_assert_eq!(words[at..at + 4], w);
+                keys.push((at, [w[0], w[1]]));
+                at += 4;
+            }
+            _ => {}
+        }
+    }
+    keys
+}
+
 /// Everything the source [`kernel`] generates for `e` depends on, as
 /// numbers: what the pipeline cache keys generated kernels by. Building it
 /// costs a fraction of generating (and hashing) the source, which happens

@@ -56,7 +56,12 @@ fn run(
         let check = ctx.check(op)?;
         (p.check_slot, p.check_id) = (check.slot, check.id);
         let binds = [Bind::read(0, ins[0]), Bind::read(1, ins[1]), Bind::write(2, out), ctx.errors(3)];
-        ctx.record(&kernel, &binds, &p, ctx.groups_1d(invocations, wg))?;
+        let patches = super::capture::Patches::check(
+            op,
+            std::mem::offset_of!(GatherParams, check_slot),
+            std::mem::offset_of!(GatherParams, check_id),
+        );
+        ctx.record_patched(&kernel, &binds, &p, ctx.groups_1d(invocations, wg), patches)?;
         out.taint.add(check);
         Ok(())
     })

@@ -52,6 +52,7 @@ const MAX_LEAVES: usize = 6;
 /// The storage of a GPU tensor: a pooled buffer, the [`Poison`] that
 /// prevented producing it, or — until something needs it — the pending
 /// elementwise expression that will compute it.
+#[derive(Clone)]
 pub(crate) struct GpuBuffer(Arc<Cell>);
 
 pub(crate) struct Cell {
@@ -547,14 +548,18 @@ fn record_expr(ctx: &Arc<Context>, e: &Expr) -> crate::Result<Arc<Pooled>> {
     binds.push(Bind::write(e.leaves.len() as u32, &out));
     let groups = ctx.groups_1d(words[0] as usize, wg);
     let kernel = Kernel::Generated { structure, source: &source, wg };
+    // A captured step redraws its dropout keys at every replay.
+    let patches = || super::capture::Patches { keys: fusion::dropout_keys(e, &words), ..Default::default() };
+    let capturing = super::capture::active();
     if words_in_buffer {
-        let meta = ctx.upload_words("elementwise op", &words)?;
+        let meta =
+            ctx.upload_words("elementwise op", &words, if capturing { patches() } else { Default::default() })?;
         binds.push(Bind::read(e.leaves.len() as u32 + 1, &meta));
         ctx.record(&kernel, &binds, &(), groups)?;
     } else {
         let mut block = fusion::Words::default();
         block.w[..words.len()].copy_from_slice(&words);
-        ctx.record(&kernel, &binds, &block, groups)?;
+        ctx.record_patched(&kernel, &binds, &block, groups, if capturing { patches() } else { Default::default() })?;
     }
     Ok(out)
 }

@@ -46,7 +46,12 @@ pub(crate) fn cross_entropy(
             grad_stride,
             grad_scale,
         };
-        ctx.record(&kernel, &binds, &params, ctx.spread(rows as u64))?;
+        let patches = super::capture::Patches::check(
+            "cross_entropy",
+            std::mem::offset_of!(LossParams, check_slot),
+            std::mem::offset_of!(LossParams, check_id),
+        );
+        ctx.record_patched(&kernel, &binds, &params, ctx.spread(rows as u64), patches)?;
         out.taint.add(check);
         Ok(())
     })

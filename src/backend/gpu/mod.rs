@@ -26,6 +26,7 @@
 //! [`crate::Error`]. wgpu errors are captured by a handler, never panics.
 
 mod autotune;
+pub(crate) mod capture;
 mod conv;
 mod copy;
 mod device;
@@ -51,6 +52,7 @@ mod taint;
 pub use device::{DeviceInfo, GpuOptions};
 pub(crate) use lazy::GpuBuffer;
 pub use pool::MemoryStats;
+pub(crate) use pool::Pooled;
 
 use super::{
     AxisView, Backend, BinaryOp, ConvSpec, Fault, MatmulSpec, PoolSpec, ReduceOp, Storage, UnaryOp, UpdateRule,
@@ -60,7 +62,7 @@ use crate::shape::Strided;
 use device::{Health, Tuning};
 pub use pipelines::CompiledKernel;
 use pipelines::{BindGroups, Kernel, Pipelines};
-use pool::{Pool, Pooled};
+use pool::Pool;
 pub use profile::{KernelAverage, KernelEvent, Profile};
 use queue::Queue;
 use std::fmt;
@@ -133,6 +135,19 @@ impl Context {
         params: &P,
         groups: [u32; 3],
     ) -> Result<()> {
+        self.record_patched(kernel, binds, params, groups, capture::Patches::default())
+    }
+
+    /// As [`record`](Self::record), telling a capture (if this thread is
+    /// capturing) which parameters a replay must rewrite.
+    pub(crate) fn record_patched<P: bytemuck::Pod>(
+        &self,
+        kernel: &Kernel,
+        binds: &[Bind],
+        params: &P,
+        groups: [u32; 3],
+        patches: capture::Patches,
+    ) -> Result<()> {
         const { assert!(std::mem::size_of::<P>() <= pipelines::IMMEDIATE_BYTES as usize) };
         if let Some(e) = self.health.lost() {
             return Err(e);
@@ -161,15 +176,14 @@ impl Context {
                 started,
             }
         });
+        let immediates = bytemuck::bytes_of(params);
         self.queue.dispatch(
-            queue::Dispatch {
-                pipeline: &pipeline.pipeline,
-                bind_group: &bind_group,
-                immediates: bytemuck::bytes_of(params),
-                groups,
-            },
+            queue::Dispatch { pipeline: &pipeline.pipeline, bind_group: &bind_group, immediates, groups },
             info,
         );
+        if capture::active() {
+            capture::note_dispatch(self, &pipeline, &bind_group, binds, immediates, groups, kernel, patches);
+        }
         Ok(())
     }
 
@@ -247,14 +261,26 @@ impl Context {
         if let Some(e) = self.health.lost() {
             return Err(e);
         }
-        self.pool.alloc(op, n, || self.release_memory())
+        let buffer = self.pool.alloc(op, n, || self.release_memory())?;
+        if capture::active() {
+            capture::note_alloc(self, &buffer);
+        }
+        Ok(buffer)
     }
 
     /// A pooled buffer holding `words`: a view's dims and strides too many
     /// for the immediates, which its kernel reads from storage instead.
-    pub(crate) fn upload_words(&self, op: &'static str, words: &[u32]) -> Result<Arc<Pooled>> {
+    pub(crate) fn upload_words(
+        &self,
+        op: &'static str,
+        words: &[u32],
+        patches: capture::Patches,
+    ) -> Result<Arc<Pooled>> {
         let buffer = self.alloc(op, words.len())?;
         self.queue.write(&buffer.buffer, bytemuck::cast_slice(words));
+        if capture::active() {
+            capture::note_write(self, &buffer, bytemuck::cast_slice(words), patches);
+        }
         Ok(buffer)
     }
 
@@ -306,6 +332,7 @@ impl Context {
     /// Reads back the first `n` f32s of `src`, after all work recorded
     /// before this call; fails with the error of any check it depends on.
     fn download(&self, src: &GpuBuffer, n: usize) -> Result<Vec<f32>> {
+        capture::invalidate(self, "the step reads a tensor back");
         let src = match src.get() {
             Ok(p) => p,
             Err(poison) => {
@@ -331,6 +358,7 @@ impl Context {
     /// Reads back `sources` together with the error buffer and resolves
     /// every outstanding check.
     fn resolve_checks(&self, sources: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u32>>> {
+        capture::invalidate(self, "the step waits for the GPU to resolve device-side checks");
         let mut all = sources.to_vec();
         all.push((&self.checks.buffer.buffer, (taint::SLOTS * taint::WORDS_PER_SLOT * 4) as u64));
         // Before the submission: only checks already recorded are in it.
@@ -344,6 +372,9 @@ impl Context {
     fn upload(&self, data: &[f32]) -> GpuBuffer {
         let result = self.alloc("upload", data.len()).inspect(|out| {
             self.queue.write(&out.buffer, bytemuck::cast_slice(data));
+            if capture::active() {
+                capture::note_write(self, out, bytemuck::cast_slice(data), capture::Patches::default());
+            }
         });
         GpuBuffer::ready(result.map_err(Poison::from))
     }

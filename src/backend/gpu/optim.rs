@@ -29,7 +29,27 @@ params! {
 /// `grad`, in place.
 pub(crate) fn update(ctx: &Arc<Context>, rule: UpdateRule, targets: &mut [&mut GpuBuffer], grad: &GpuBuffer, n: usize) {
     let n4 = n.div_ceil(4) as u32;
-    let (entry, params) = match rule {
+    let (entry, values) = params(rule, n4);
+    // In a captured step, each replay asks the optimizer for the rule of
+    // its next step (step count, learning rate).
+    let mut patches = super::capture::Patches::default();
+    if let Some(mut rule_of) = super::capture::take_rule().filter(|_| super::capture::capturing(ctx)) {
+        patches.params = Some(Box::new(move || bytemuck::bytes_of(&params(rule_of(), n4).1).to_vec()));
+    }
+    let wg = ctx.tuning.elementwise_wg;
+    let slots = targets.len();
+    ctx.modify(targets, &[grad], |bufs| {
+        let kernel = Kernel::Static { shader: Shader::Optim, entry, constants: &[("WG", wg as f64)] };
+        // Bindings: the gradient at 0, the parameter at 1, its state from 2.
+        let mut binds = vec![Bind::read(0, &bufs[slots])];
+        binds.extend(bufs[..slots].iter().enumerate().map(|(i, b)| Bind::write(1 + i as u32, b)));
+        ctx.record_patched(&kernel, &binds, &values, ctx.groups_1d(n4 as usize, wg), patches)
+    });
+}
+
+/// The entry point and parameters of `rule` over `n4` vec4s.
+fn params(rule: UpdateRule, n4: u32) -> (&'static str, OptimParams) {
+    match rule {
         UpdateRule::Sgd { lr, momentum, weight_decay, nesterov } => (
             if momentum == 0.0 { "sgd" } else { "sgd_momentum" },
             OptimParams { n4, lr, weight_decay, momentum, nesterov: nesterov as u32, ..Default::default() },
@@ -49,14 +69,5 @@ pub(crate) fn update(ctx: &Arc<Context>, rule: UpdateRule, targets: &mut [&mut G
                 ..Default::default()
             },
         ),
-    };
-    let wg = ctx.tuning.elementwise_wg;
-    let slots = targets.len();
-    ctx.modify(targets, &[grad], |bufs| {
-        let kernel = Kernel::Static { shader: Shader::Optim, entry, constants: &[("WG", wg as f64)] };
-        // Bindings: the gradient at 0, the parameter at 1, its state from 2.
-        let mut binds = vec![Bind::read(0, &bufs[slots])];
-        binds.extend(bufs[..slots].iter().enumerate().map(|(i, b)| Bind::write(1 + i as u32, b)));
-        ctx.record(&kernel, &binds, &params, ctx.groups_1d(n4 as usize, wg))
-    });
+    }
 }

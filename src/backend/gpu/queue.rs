@@ -257,6 +257,15 @@ impl Queue {
         self.queue.write_buffer(buffer, 0, data);
     }
 
+    /// Copies the first `bytes` (a multiple of 4) of `src` into `dst`,
+    /// after every command recorded so far.
+    pub fn copy(&self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) {
+        if bytes > 0 {
+            let mut batch = self.batch();
+            self.encoder(&mut batch).copy_buffer_to_buffer(src, 0, dst, 0, bytes);
+        }
+    }
+
     /// Reads back the first `bytes` (a multiple of 4) of each `(buffer,
     /// bytes)` as u32 words, after all work recorded before this call, in
     /// one submission and one wait.

@@ -1,0 +1,367 @@
+//! Captured steps: a step's dispatches recorded once and replayed (what
+//! CUDA graphs are to PyTorch and `TinyJit` to tinygrad).
+//!
+//! While a thread captures on a device, every dispatch that thread records
+//! on it is also kept — pipeline, bind group, immediates, workgroups — with
+//! every buffer it binds, and so are uploads. A replay re-encodes the list:
+//! no tape, no fusion planning, no allocation, no cache lookups; only the
+//! values that change from step to step are rewritten:
+//!
+//! - dropout keys: each key the capture drew from the thread's default
+//!   generator is drawn again (the generator advances as an eager step
+//!   would advance it), and every word that held it is patched;
+//! - device-side checks (an index out of range): each replayed check gets a
+//!   fresh slot and id, and taints what it taints in an eager step;
+//! - optimizer hyper-parameters: an optimizer that captures registers a
+//!   function giving each update's rule (step count, learning rate), called
+//!   at every replay, so its counters advance as if it had stepped.
+//!
+//! The recording owns every buffer it binds: none goes back to the pool
+//! while it lives, so nothing a replay writes can alias a tensor made
+//! outside it. Buffers the step uses but did not allocate (parameters,
+//! optimizer state) are watched: once only the recording holds one (its
+//! owner replaced it, e.g. `load_state_dict`), the recording is stale and
+//! must be captured again.
+//!
+//! A step that reads a value back while capturing cannot be replayed (its
+//! host logic depends on the value): the recording is marked invalid.
+
+use super::pipelines::Pipeline;
+use super::pool::Pooled;
+use super::profile::{self, EventInfo};
+use super::{Context, GpuBuffer, queue};
+use crate::Result;
+use crate::backend::UpdateRule;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Values in a dispatch's immediates (or an upload's data) that a replay
+/// rewrites.
+#[derive(Default)]
+pub(crate) struct Patches {
+    /// A device-side check: its op, and the byte offsets of its slot and id.
+    pub check: Option<(&'static str, usize, usize)>,
+    /// Dropout keys: (word index of key0, key) — key1 follows key0.
+    pub keys: Vec<(usize, [u32; 2])>,
+    /// The whole immediates, recomputed by the optimizer at each replay.
+    pub params: Option<Box<dyn FnMut() -> Vec<u8> + Send>>,
+}
+
+impl Patches {
+    pub fn check(op: &'static str, slot: usize, id: usize) -> Self {
+        Patches { check: Some((op, slot, id)), ..Patches::default() }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.check.is_none() && self.keys.is_empty() && self.params.is_none()
+    }
+}
+
+/// A recorded patch: keys by their index in the capture's draws.
+struct Recorded {
+    check: Option<(&'static str, usize, usize)>,
+    keys: Vec<(usize, usize)>,
+    params: Option<Box<dyn FnMut() -> Vec<u8> + Send>>,
+}
+
+enum Command {
+    Dispatch {
+        pipeline: Arc<Pipeline>,
+        bind_group: wgpu::BindGroup,
+        /// (index into the buffer table, written).
+        binds: Vec<(usize, bool)>,
+        immediates: Vec<u8>,
+        groups: [u32; 3],
+        kernel: String,
+        op: &'static str,
+        patches: Option<Recorded>,
+    },
+    Write {
+        buffer: usize,
+        data: Vec<u8>,
+        patches: Option<Recorded>,
+    },
+}
+
+/// A step's dispatches and uploads, and every buffer they touch.
+pub(crate) struct Recording {
+    /// The device captured on (by address: only its dispatches are kept).
+    ctx: usize,
+    commands: Vec<Command>,
+    buffers: Vec<Arc<Pooled>>,
+    index: HashMap<usize, usize>,
+    /// The dropout keys drawn while capturing, in order.
+    keys: Vec<[u32; 2]>,
+    /// Buffers allocated while capturing (by address).
+    allocated: HashSet<usize>,
+    /// Buffers the step uses that it did not allocate (parameters,
+    /// optimizer state): the tensors owning them live outside it.
+    external: Vec<usize>,
+    /// Why it cannot be replayed.
+    invalid: Option<String>,
+}
+
+thread_local! {
+    static ACTIVE: RefCell<Option<Recording>> = const { RefCell::new(None) };
+    /// The rule function an optimizer registered for its next update.
+    static RULE: RefCell<Option<Box<dyn FnMut() -> UpdateRule + Send>>> = const { RefCell::new(None) };
+}
+
+/// Whether this thread is capturing on any device.
+pub(crate) fn active() -> bool {
+    ACTIVE.with(|a| a.borrow().is_some())
+}
+
+/// Runs `f` on this thread's recording if it captures on `ctx`.
+fn with<R>(ctx: &Context, f: impl FnOnce(&mut Recording) -> R) -> Option<R> {
+    ACTIVE.with(|a| {
+        let mut a = a.borrow_mut();
+        a.as_mut().filter(|r| r.ctx == ctx as *const Context as usize).map(f)
+    })
+}
+
+/// Whether this thread is capturing on `ctx`.
+pub(crate) fn capturing(ctx: &Context) -> bool {
+    with(ctx, |_| ()).is_some()
+}
+
+/// Starts capturing on `ctx` (this thread).
+pub(crate) fn begin(ctx: &Arc<Context>) {
+    ctx.lazy.run_all();
+    let recording = Recording {
+        ctx: Arc::as_ptr(ctx) as usize,
+        commands: Vec::new(),
+        buffers: Vec::new(),
+        index: HashMap::new(),
+        keys: Vec::new(),
+        allocated: HashSet::new(),
+        external: Vec::new(),
+        invalid: None,
+    };
+    ACTIVE.with(|a| *a.borrow_mut() = Some(recording));
+    RULE.with(|r| r.borrow_mut().take());
+}
+
+/// Ends the capture: runs what is pending (so it is recorded), keeps
+/// `outputs`, and notes which buffers live outside the recording.
+pub(crate) fn end(ctx: &Arc<Context>, outputs: &[&GpuBuffer]) -> Recording {
+    ctx.lazy.run_all();
+    let mut outs = Vec::new();
+    for o in outputs {
+        match o.get() {
+            Ok(p) => outs.push(p.clone()),
+            Err(_) => invalidate(ctx, "an output of the step failed"),
+        }
+    }
+    let mut rec = ACTIVE.with(|a| a.borrow_mut().take()).expect("capturing");
+    RULE.with(|r| r.borrow_mut().take());
+    for o in outs {
+        rec.table(&o);
+    }
+    rec.external =
+        (0..rec.buffers.len()).filter(|&i| !rec.allocated.contains(&(Arc::as_ptr(&rec.buffers[i]) as usize))).collect();
+    rec
+}
+
+/// Notes a buffer allocated on `ctx` while this thread captures on it.
+pub(crate) fn note_alloc(ctx: &Context, buffer: &Arc<Pooled>) {
+    with(ctx, |r| r.allocated.insert(Arc::as_ptr(buffer) as usize));
+}
+
+/// Stops capturing on this thread, discarding the recording (a step that
+/// panicked); nothing if it already ended.
+pub(crate) fn abort() {
+    ACTIVE.with(|a| a.borrow_mut().take());
+    RULE.with(|r| r.borrow_mut().take());
+}
+
+/// Marks the capture on `ctx` (if any) as not replayable.
+pub(crate) fn invalidate(ctx: &Context, why: &str) {
+    with(ctx, |r| {
+        r.invalid.get_or_insert_with(|| why.to_string());
+    });
+}
+
+/// Notes a dropout key drawn from the default generator.
+pub(crate) fn note_key(key: [u32; 2]) {
+    ACTIVE.with(|a| {
+        if let Some(r) = a.borrow_mut().as_mut() {
+            r.keys.push(key);
+        }
+    });
+}
+
+/// Registers the rule function of the optimizer update about to be
+/// recorded on this thread.
+pub(crate) fn set_rule(f: Box<dyn FnMut() -> UpdateRule + Send>) {
+    RULE.with(|r| *r.borrow_mut() = Some(f));
+}
+
+/// Takes the rule function registered for this update.
+pub(crate) fn take_rule() -> Option<Box<dyn FnMut() -> UpdateRule + Send>> {
+    RULE.with(|r| r.borrow_mut().take())
+}
+
+impl Recording {
+    /// The buffer's index in the table (added if new).
+    fn table(&mut self, buffer: &Arc<Pooled>) -> usize {
+        let key = Arc::as_ptr(buffer) as usize;
+        *self.index.entry(key).or_insert_with(|| {
+            self.buffers.push(buffer.clone());
+            self.buffers.len() - 1
+        })
+    }
+
+    fn recorded(&self, patches: Patches) -> Option<Recorded> {
+        if patches.is_empty() {
+            return None;
+        }
+        // Keys drawn outside the capture (a backward of an earlier forward)
+        // are constants of the step.
+        let keys = patches
+            .keys
+            .iter()
+            .filter_map(|&(word, key)| self.keys.iter().position(|&k| k == key).map(|i| (word, i)))
+            .collect();
+        Some(Recorded { check: patches.check, keys, params: patches.params })
+    }
+
+    /// Why it cannot be replayed, if it cannot.
+    pub fn invalid(&self) -> Option<&str> {
+        self.invalid.as_deref()
+    }
+
+    /// Dispatches a replay records.
+    pub fn dispatches(&self) -> usize {
+        self.commands.iter().filter(|c| matches!(c, Command::Dispatch { .. })).count()
+    }
+
+    /// Whether a buffer the step did not allocate (a parameter, optimizer
+    /// state) is now held by the recording alone: its owner replaced it,
+    /// and a replay would update a buffer nobody reads.
+    pub fn stale(&self) -> bool {
+        self.external.iter().any(|&i| Arc::strong_count(&self.buffers[i]) == 1)
+    }
+
+    /// Re-encodes every command, patched for this replay.
+    pub fn replay(&mut self, ctx: &Arc<Context>) -> Result<()> {
+        if let Some(e) = ctx.health.lost() {
+            return Err(e);
+        }
+        // Pending expressions reading what the step writes run first.
+        ctx.lazy.run_all();
+        let keys: Vec<[u32; 2]> =
+            crate::rng::with_default_generator(|g| (0..self.keys.len()).map(|_| g.next_dropout_key()).collect());
+        let profiling = ctx.queue.profiling();
+        for command in &mut self.commands {
+            match command {
+                Command::Dispatch { pipeline, bind_group, binds, immediates, groups, kernel, op, patches } => {
+                    let started = profiling.then(std::time::Instant::now);
+                    let mut check = None;
+                    if let Some(p) = patches {
+                        if let Some(f) = &mut p.params {
+                            *immediates = f();
+                        }
+                        patch_keys(immediates, &p.keys, &keys);
+                        if let Some((op, slot, id)) = p.check {
+                            let c = ctx.check(op)?;
+                            immediates[slot..slot + 4].copy_from_slice(&c.slot.to_ne_bytes());
+                            immediates[id..id + 4].copy_from_slice(&c.id.to_ne_bytes());
+                            check = Some(c);
+                        }
+                    }
+                    for &(w, write) in binds.iter() {
+                        if !write || Arc::ptr_eq(&self.buffers[w], &ctx.checks.buffer) {
+                            continue;
+                        }
+                        for &(r, _) in binds.iter().filter(|&&(r, rw)| !rw || r != w) {
+                            self.buffers[w].taint.extend_from(&self.buffers[r].taint);
+                        }
+                    }
+                    let info = started.map(|started| EventInfo {
+                        op,
+                        kernel: kernel.clone(),
+                        elements: binds.iter().map(|&(b, _)| self.buffers[b].buffer.size() / 4).collect(),
+                        started,
+                    });
+                    ctx.queue.dispatch(
+                        queue::Dispatch {
+                            pipeline: &pipeline.pipeline,
+                            bind_group,
+                            immediates: immediates.as_slice(),
+                            groups: *groups,
+                        },
+                        info,
+                    );
+                    if let Some(c) = check {
+                        for &(w, write) in binds.iter() {
+                            if write && !Arc::ptr_eq(&self.buffers[w], &ctx.checks.buffer) {
+                                self.buffers[w].taint.add(c.clone());
+                            }
+                        }
+                    }
+                }
+                Command::Write { buffer, data, patches } => {
+                    if let Some(p) = patches {
+                        patch_keys(data, &p.keys, &keys);
+                    }
+                    ctx.queue.write(&self.buffers[*buffer].buffer, data);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn patch_keys(bytes: &mut [u8], at: &[(usize, usize)], keys: &[[u32; 2]]) {
+    for &(word, i) in at {
+        let b = 4 * word;
+        bytes[b..b + 4].copy_from_slice(&keys[i][0].to_ne_bytes());
+        bytes[b + 4..b + 8].copy_from_slice(&keys[i][1].to_ne_bytes());
+    }
+}
+
+/// Keeps a dispatch `Context::record` has just recorded, if this thread
+/// captures on `ctx`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn note_dispatch(
+    ctx: &Context,
+    pipeline: &Arc<Pipeline>,
+    bind_group: &wgpu::BindGroup,
+    binds: &[super::Bind],
+    immediates: &[u8],
+    groups: [u32; 3],
+    kernel: &super::pipelines::Kernel,
+    patches: Patches,
+) {
+    with(ctx, |r| {
+        let binds = binds.iter().map(|b| (r.table(b.buffer), b.write)).collect();
+        let patches = r.recorded(patches);
+        r.commands.push(Command::Dispatch {
+            pipeline: pipeline.clone(),
+            bind_group: bind_group.clone(),
+            binds,
+            immediates: immediates.to_vec(),
+            groups,
+            kernel: kernel.name(),
+            op: profile::current_op().unwrap_or_else(|| kernel.family()),
+            patches,
+        });
+    });
+}
+
+/// Keeps an upload, if this thread captures on `ctx`.
+pub(crate) fn note_write(ctx: &Context, buffer: &Arc<Pooled>, data: &[u8], patches: Patches) {
+    with(ctx, |r| {
+        let buffer = r.table(buffer);
+        let patches = r.recorded(patches);
+        r.commands.push(Command::Write { buffer, data: data.to_vec(), patches });
+    });
+}
+
+/// Copies `bytes` of `src` into `dst` after every command recorded so far.
+pub(crate) fn copy(ctx: &Context, src: &Arc<Pooled>, dst: &Arc<Pooled>, bytes: u64) {
+    dst.taint.extend_from(&src.taint);
+    ctx.queue.copy(&src.buffer, &dst.buffer, bytes);
+}
