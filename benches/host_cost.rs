@@ -3,12 +3,13 @@
 //! with no device work): µs per dispatch of a chain of unfused elementwise
 //! ops, and µs of host time per MNIST training step (batch 32), with and
 //! without fusion. On a real GPU a small model's step costs at least this.
-//! The dispatches per step are printed once.
+//! The dispatches per step are printed once. The same step captured and
+//! replayed (`CapturedStep`) is the last row.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use wgrad::nn::{self, Module};
 use wgrad::optim::{Adam, Optimizer};
-use wgrad::{Device, GpuDevice, GpuOptions, Tensor};
+use wgrad::{CapturedStep, Device, GpuDevice, GpuOptions, Tensor};
 
 fn noop(fusion: bool) -> GpuDevice {
     GpuDevice::with_options(GpuOptions { backends: Some("noop".into()), fusion, ..GpuOptions::default() })
@@ -51,6 +52,28 @@ fn host_cost(c: &mut Criterion) {
         step();
         eprintln!("MNIST step ({label}): {} dispatches", gpu.kernels_dispatched() - before);
         group.bench_function(BenchmarkId::new("MNIST training step, batch 32", label), |b| b.iter(&mut step));
+
+        // The same step captured once and replayed (`CapturedStep`).
+        let opt = std::cell::RefCell::new(opt);
+        let mut f = |xy: &[Tensor]| {
+            let loss = model.forward(&xy[0]).cross_entropy(&xy[1]);
+            opt.borrow_mut().step(&loss.backward());
+            vec![loss]
+        };
+        let mut captured = CapturedStep::new(&mut f);
+        let inputs = [xb.clone(), yb.clone()];
+        let mut replay = || {
+            captured.run(&inputs).unwrap();
+            gpu.synchronize().unwrap();
+        };
+        replay();
+        replay();
+        let before = gpu.kernels_dispatched();
+        replay();
+        eprintln!("MNIST step ({label}), replayed: {} dispatches", gpu.kernels_dispatched() - before);
+        group.bench_function(BenchmarkId::new("MNIST training step, batch 32, captured", label), |b| {
+            b.iter(&mut replay)
+        });
     }
     group.finish();
 }

@@ -254,6 +254,13 @@ impl Recording {
         let keys: Vec<[u32; 2]> =
             crate::rng::with_default_generator(|g| (0..self.keys.len()).map(|_| g.next_dropout_key()).collect());
         let profiling = ctx.queue.profiling();
+        // An intermediate's first write in the step overwrites it whole:
+        // its checks start afresh, as a fresh buffer's do in an eager step
+        // (parameters and optimizer state, updated in place, keep theirs).
+        let mut fresh: Vec<bool> = vec![true; self.buffers.len()];
+        for &i in &self.external {
+            fresh[i] = false;
+        }
         for command in &mut self.commands {
             match command {
                 Command::Dispatch { pipeline, bind_group, binds, immediates, groups, kernel, op, patches } => {
@@ -274,6 +281,9 @@ impl Recording {
                     for &(w, write) in binds.iter() {
                         if !write || Arc::ptr_eq(&self.buffers[w], &ctx.checks.buffer) {
                             continue;
+                        }
+                        if std::mem::take(&mut fresh[w]) {
+                            self.buffers[w].taint.clear();
                         }
                         for &(r, _) in binds.iter().filter(|&&(r, rw)| !rw || r != w) {
                             self.buffers[w].taint.extend_from(&self.buffers[r].taint);
@@ -303,6 +313,9 @@ impl Recording {
                     }
                 }
                 Command::Write { buffer, data, patches } => {
+                    if std::mem::take(&mut fresh[*buffer]) {
+                        self.buffers[*buffer].taint.clear();
+                    }
                     if let Some(p) = patches {
                         patch_keys(data, &p.keys, &keys);
                     }
@@ -360,8 +373,10 @@ pub(crate) fn note_write(ctx: &Context, buffer: &Arc<Pooled>, data: &[u8], patch
     });
 }
 
-/// Copies `bytes` of `src` into `dst` after every command recorded so far.
+/// Copies `bytes` of `src` into `dst` (all of it that is read) after every
+/// command recorded so far.
 pub(crate) fn copy(ctx: &Context, src: &Arc<Pooled>, dst: &Arc<Pooled>, bytes: u64) {
+    dst.taint.clear();
     dst.taint.extend_from(&src.taint);
     ctx.queue.copy(&src.buffer, &dst.buffer, bytes);
 }
