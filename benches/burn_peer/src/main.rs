@@ -1,4 +1,4 @@
-//! burn on two of `examples/cpu_vs_gpu.rs`'s workloads — its wgpu backend
+//! burn on three of `examples/cpu_vs_gpu.rs`'s workloads — its wgpu backend
 //! on the same adapter as wgrad's GPU, its ndarray backend on the CPU —
 //! measured the same way (one cold run, one warm-up, the median of 7), printed as the
 //! tab-separated records `benches/peers.py --format tsv` prints:
@@ -7,7 +7,7 @@
 //!     cargo run --release --manifest-path benches/burn_peer/Cargo.toml
 //!
 //! Run it right after `cargo run --release --example cpu_vs_gpu -- --only
-//! matmul,elementwise_chain`: the machine is too noisy to compare runs far
+//! matmul,elementwise_chain,conv2d`: the machine is too noisy to compare runs far
 //! apart. Every timing ends with the result read back to the host.
 
 use burn::prelude::{Device, Tensor};
