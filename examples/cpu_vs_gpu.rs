@@ -321,23 +321,28 @@ fn run(args: Args) -> Result<()> {
 
     // The batch-32 step captured once and replayed (`CapturedStep`): on the
     // CPU the same eager step.
-    bench.add("train_step_captured", "batch 32".into(), Some(3.0 * 2.0 * 32.0 * (784.0 * 128.0 + 128.0 * 10.0)), &|dev| {
-        manual_seed(0);
-        let model = seed_model(dev, 128);
-        let mut opt = Adam::new(model.parameters(), 1e-3);
-        let idx: Vec<usize> = (0..32).collect();
-        let (x, y) = bench_data(dev, &idx);
-        let dev = dev.clone();
-        let mut step = wgrad::CapturedStep::new(move |xy: &[Tensor]| {
-            let loss = model.forward(&xy[0]).cross_entropy(&xy[1]);
-            opt.step(&loss.backward());
-            vec![loss]
-        });
-        Ok(Box::new(move || {
-            step.run(&[x.clone(), y.clone()])?;
-            dev.synchronize()
-        }))
-    })?;
+    bench.add(
+        "train_step_captured",
+        "batch 32".into(),
+        Some(3.0 * 2.0 * 32.0 * (784.0 * 128.0 + 128.0 * 10.0)),
+        &|dev| {
+            manual_seed(0);
+            let model = seed_model(dev, 128);
+            let mut opt = Adam::new(model.parameters(), 1e-3);
+            let idx: Vec<usize> = (0..32).collect();
+            let (x, y) = bench_data(dev, &idx);
+            let dev = dev.clone();
+            let mut step = wgrad::CapturedStep::new(move |xy: &[Tensor]| {
+                let loss = model.forward(&xy[0]).cross_entropy(&xy[1]);
+                opt.step(&loss.backward());
+                vec![loss]
+            });
+            Ok(Box::new(move || {
+                step.run(&[x.clone(), y.clone()])?;
+                dev.synchronize()
+            }))
+        },
+    )?;
 
     // Whole epochs through `fit`: the seed's MLP, and Keras's simple
     // convnet (on an eighth of the digits with --quick: a smoke run).
