@@ -116,6 +116,10 @@ struct Args {
     load: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// On a GPU: record each epoch's training step once and replay it
+    /// (`FitConfig::capture`): the same values, less host time per step
+    #[arg(long)]
+    capture: bool,
     /// Data-parallel training over MPI (build with `--features mpi`, start
     /// with `mpirun -np N`): each rank trains on its share of every batch;
     /// rank 0 prints and saves
@@ -261,6 +265,7 @@ fn run(args: Args) -> wgrad::Result<()> {
         batch_size: args.batch_size.unwrap_or(if args.model == Arch::Mlp { 32 } else { 128 }),
         validation_split: args.validation_split,
         shuffle_seed: args.seed,
+        capture: args.capture,
         #[cfg(feature = "mpi")]
         distributed: job.clone(),
         #[cfg(feature = "mpi")]

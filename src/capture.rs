@@ -125,7 +125,8 @@ impl<F: FnMut(&[Tensor]) -> Vec<Tensor>> CapturedStep<F> {
     /// are the device's (a lost device, memory); a step whose data is bad
     /// returns tensors that fail when read, as an eager step does.
     pub fn run(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>> {
-        let Some(gpu) = gpu_of(inputs) else { return Ok(self.eager(inputs)) };
+        // Inside another step's capture: eager, so that it records this one.
+        let Some(gpu) = gpu_of(inputs).filter(|_| !capture::active()) else { return Ok(self.eager(inputs)) };
         if let State::Captured(graph) = &mut self.state
             && graph.gpu == gpu
         {
@@ -134,11 +135,14 @@ impl<F: FnMut(&[Tensor]) -> Vec<Tensor>> CapturedStep<F> {
             if !fits {
                 return Ok(self.eager(inputs));
             }
-            if !graph.recording.stale() {
-                if let Some(out) = graph.replay(inputs)? {
-                    self.stats.replays += 1;
-                    return Ok(out);
-                }
+            if graph.recording.stale() {
+                // Something it updates was replaced: warm up (the new
+                // owner may create state in its first step), then capture.
+                self.state = State::WarmUp(1);
+            } else if let Some(out) = graph.replay(inputs)? {
+                self.stats.replays += 1;
+                return Ok(out);
+            } else {
                 // A poisoned input: the eager step carries its error.
                 return Ok(self.eager(inputs));
             }
@@ -158,7 +162,9 @@ impl<F: FnMut(&[Tensor]) -> Vec<Tensor>> CapturedStep<F> {
     /// frozen, a hyper-parameter other than the learning rate).
     pub fn invalidate(&mut self) {
         if let State::Captured(_) | State::Eager(_) = self.state {
-            self.state = State::WarmUp(0);
+            // A warm-up first: the change may make the next step create
+            // state (the moments of a parameter unfrozen).
+            self.state = State::WarmUp(1);
             self.failed = 0;
         }
     }
@@ -185,6 +191,14 @@ impl<F: FnMut(&[Tensor]) -> Vec<Tensor>> CapturedStep<F> {
         }
     }
 
+    /// A capture that cannot be replayed (its run computed the step): the
+    /// next run captures again, or after too many, every run is eager.
+    fn failed_capture(&mut self, why: String) {
+        self.failed += 1;
+        self.state = if self.failed >= MAX_FAILED_CAPTURES { State::Eager(why) } else { State::WarmUp(0) };
+        self.stats.eager += 1;
+    }
+
     fn eager(&mut self, inputs: &[Tensor]) -> Vec<Tensor> {
         self.stats.eager += 1;
         (self.f)(inputs)
@@ -205,7 +219,9 @@ impl<F: FnMut(&[Tensor]) -> Vec<Tensor>> CapturedStep<F> {
         }
         let tensors: Vec<Tensor> =
             owned.iter().map(|(shape, b)| Tensor::from_storage(gpu_storage(b), shape.clone(), dev.clone())).collect();
-        capture::begin(ctx);
+        if !capture::begin(ctx) {
+            return Ok(self.eager(inputs));
+        }
         let guard = Capturing;
         let outs = (self.f)(&tensors);
         let buffers: Vec<GpuBuffer> = outs
@@ -222,11 +238,8 @@ impl<F: FnMut(&[Tensor]) -> Vec<Tensor>> CapturedStep<F> {
         drop(guard);
         drop(tensors);
         if let Some(why) = recording.invalid() {
-            self.failed += 1;
-            if self.failed >= MAX_FAILED_CAPTURES {
-                self.state = State::Eager(why.to_string());
-            }
-            self.stats.eager += 1;
+            let why = why.to_string();
+            self.failed_capture(why);
             return Ok(outs);
         }
         let outputs: Vec<(Shape, Arc<Pooled>)> =
@@ -234,6 +247,11 @@ impl<F: FnMut(&[Tensor]) -> Vec<Tensor>> CapturedStep<F> {
         drop((outs, buffers));
         let graph = Graph { gpu: gpu.clone(), recording, inputs: owned, outputs };
         let result = graph.outputs()?;
+        let held: Vec<&Arc<Pooled>> = graph.outputs.iter().map(|(_, b)| b).collect();
+        if graph.recording.escaped(&held) {
+            self.failed_capture("the step created state that outlives it (e.g. an optimizer's first step)".into());
+            return Ok(result);
+        }
         self.state = State::Captured(Box::new(graph));
         self.failed = 0;
         self.stats.captures += 1;

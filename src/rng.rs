@@ -136,9 +136,18 @@ pub fn set_default_generator_state(state: GeneratorState) {
     DEFAULT.with(|g| *g.borrow_mut() = Generator::from_state(state));
 }
 
-/// Runs `f` with the calling thread's default generator.
+/// Runs `f` with the calling thread's default generator. (A step being
+/// captured that draws from it cannot be replayed: the draws would be
+/// frozen; see [`crate::CapturedStep`].)
 pub fn with_default_generator<R>(f: impl FnOnce(&mut Generator) -> R) -> R {
+    crate::backend::gpu::capture::invalidate_any("the step draws random numbers on the host");
     DEFAULT.with(|g| f(&mut g.borrow_mut()))
+}
+
+/// The default generator's next dropout key (which a captured step draws
+/// again at each replay).
+pub(crate) fn next_dropout_key() -> [u32; 2] {
+    DEFAULT.with(|g| g.borrow_mut().next_dropout_key())
 }
 
 /// A 32-bit integer hash with full avalanche (Chris Wellons' "lowbias32").

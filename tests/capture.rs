@@ -120,24 +120,90 @@ fn a_replaced_optimizer_state_is_captured_again() {
             vec![loss]
         };
         let mut step = CapturedStep::new(&mut f);
+        let mut kept = None;
         for i in 0..8 {
             if reload && i == 4 {
-                // New moment tensors: a replay would update the old ones.
+                // New moment tensors: a replay would update the old ones,
+                // which `kept` still holds.
                 let state = opt.borrow().state_dict();
                 opt.borrow_mut().load_state_dict(&state).unwrap();
+                kept = Some(state);
             }
             let (x, y) = batch(i, 32, &dev);
             step.run(&[x, y]).unwrap();
         }
         let stats = step.stats();
-        drop(step);
+        drop((step, kept));
         (model.parameters().iter().map(|p| p.to_vec().unwrap()).collect::<Vec<_>>(), stats)
     };
     let (plain, stats) = run(false);
     assert_eq!(stats, CaptureStats { eager: 1, captures: 1, replays: 6 });
     let (reloaded, stats) = run(true);
-    assert_eq!(stats, CaptureStats { eager: 1, captures: 2, replays: 5 });
+    // The reload is noticed at step 4, which runs eagerly (a warm-up: a new
+    // optimizer may create state in its first step); step 5 is captured.
+    assert_eq!(stats, CaptureStats { eager: 2, captures: 2, replays: 4 });
     assert_eq!(plain, reloaded);
+}
+
+#[test]
+fn a_new_optimizer_and_invalidate_warm_up_before_capturing_again() {
+    let Some(dev) = common::gpu() else { return };
+    let run = |captured: bool| {
+        manual_seed(4);
+        let model = mnist_model(&dev);
+        let opt = RefCell::new(Adam::new(model.parameters(), 1e-3));
+        let mut f = |xy: &[Tensor]| {
+            let loss = model.forward(&xy[0]).cross_entropy(&xy[1]);
+            opt.borrow_mut().step(&loss.backward());
+            vec![loss]
+        };
+        let mut step = CapturedStep::new(&mut f);
+        let mut losses = Vec::new();
+        for i in 0..8 {
+            if i == 4 {
+                // A fresh optimizer: its first step creates the moments,
+                // which a capture of that step would zero at every replay.
+                *opt.borrow_mut() = Adam::new(model.parameters(), 2e-3);
+                step.invalidate();
+            }
+            let (x, y) = batch(i, 32, &dev);
+            let out = if captured { step.run(&[x, y]).unwrap() } else { f_eager(&model, &opt, &x, &y) };
+            losses.push(out[0].item().unwrap());
+        }
+        let stats = step.stats();
+        drop(step);
+        (losses, model.parameters().iter().map(|p| p.to_vec().unwrap()).collect::<Vec<_>>(), stats)
+    };
+    let (eager_losses, eager_params, _) = run(false);
+    let (losses, params, stats) = run(true);
+    assert_eq!(losses, eager_losses);
+    assert_eq!(params, eager_params);
+    assert_eq!(stats, CaptureStats { eager: 2, captures: 2, replays: 4 });
+}
+
+fn f_eager(model: &nn::Sequential, opt: &RefCell<Adam>, x: &Tensor, y: &Tensor) -> Vec<Tensor> {
+    let loss = model.forward(x).cross_entropy(y);
+    opt.borrow_mut().step(&loss.backward());
+    vec![loss]
+}
+
+#[test]
+fn host_side_random_numbers_keep_a_step_eager() {
+    let Some(dev) = common::gpu() else { return };
+    let w = Tensor::ones([4], &dev).requires_grad();
+    let mut f = |x: &[Tensor]| {
+        // Noise drawn on the host: a replay would repeat it.
+        let noisy = &x[0] + &Tensor::randn([4], &x[0].device());
+        let loss = (&w * &noisy).sum();
+        wgrad::optim::Sgd::new(vec![w.clone()], 0.1).step(&loss.backward());
+        vec![loss]
+    };
+    let mut step = CapturedStep::new(&mut f);
+    for _ in 0..4 {
+        step.run(&[Tensor::ones([4], &dev)]).unwrap();
+    }
+    assert!(step.fallback().is_some_and(|why| why.contains("random numbers")), "{:?}", step.fallback());
+    assert_eq!(step.stats().replays, 0);
 }
 
 #[test]
@@ -217,3 +283,48 @@ fn a_replay_dispatches_the_eager_steps_kernels_on_the_noop_adapter() {
     assert_eq!(step.dispatches(), Some(captured as usize));
     assert_eq!(step.stats(), CaptureStats { eager: 1, captures: 1, replays: 1 });
 }
+
+/// `fit` with `capture` trains exactly as without: the same history
+/// (losses, accuracy, validation) and parameters, bit for bit, with
+/// dropout, a schedule, gradient clipping and a smaller last batch.
+fn fit_with_capture_trains_as_without(dev: &Device) {
+    use wgrad::data::Dataset;
+    use wgrad::optim::Cosine;
+    use wgrad::train::{FitConfig, fit};
+    let mut g = wgrad::Generator::new(1);
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    // 84 training items: five batches of 16 and one of 4.
+    for i in 0..105 {
+        let class = i % 3;
+        for d in 0..4 {
+            x.push(if d == class { 2.0 } else { 0.0 } + 0.3 * g.normal());
+        }
+        y.push(class as f32);
+    }
+    let data = Dataset::new(x, y, &[4], 3);
+    let run = |capture: bool| {
+        manual_seed(5);
+        let model = nn::Sequential::new()
+            .add(nn::Linear::new(4, 16, dev))
+            .add(nn::ReLU)
+            .add(nn::Dropout::new(0.3))
+            .add(nn::Linear::new(16, 3, dev));
+        let mut opt = Adam::new(model.parameters(), 1e-2);
+        let config = FitConfig {
+            epochs: 3,
+            batch_size: 16,
+            validation_split: 0.2,
+            schedule: Some(Box::new(Cosine { warmup: 3, min_lr: 1e-4 })),
+            clip_grad_norm: Some(1.0),
+            verbose: false,
+            capture,
+            ..FitConfig::default()
+        };
+        let history = fit(&model, &mut opt, &data, &config).unwrap();
+        let stats: Vec<_> = history.iter().map(|e| (e.train.clone(), e.validation.clone(), e.lr)).collect();
+        let params: Vec<Vec<f32>> = model.parameters().iter().map(|p| p.to_vec().unwrap()).collect();
+        (format!("{stats:?}"), params)
+    };
+    assert_eq!(run(true), run(false));
+}
+test_device!(fit_with_capture_trains_as_without);

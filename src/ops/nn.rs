@@ -1,7 +1,6 @@
 //! Ops specific to training networks: dropout.
 
 use crate::Tensor;
-use crate::rng::with_default_generator;
 
 impl Tensor {
     /// Inverted dropout: in training, each element is zeroed with probability
@@ -19,7 +18,7 @@ impl Tensor {
         if p == 1.0 {
             return self * 0.0;
         }
-        let key = with_default_generator(|g| g.next_dropout_key());
+        let key = crate::rng::next_dropout_key();
         // A captured step draws it again at each replay.
         crate::backend::gpu::capture::note_key(key);
         self.dropout_with_key(p, key)

@@ -44,6 +44,26 @@ impl SharedLr {
     }
 }
 
+/// Bumped by `load_state_dict`: a captured step is stale once its
+/// optimizer was reloaded (its state and hyper-parameters replaced), even
+/// if something else still holds the old state tensors.
+#[derive(Default)]
+struct Generation(Arc<std::sync::atomic::AtomicU64>);
+
+impl Generation {
+    fn bump(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// While a step is being captured: its replays need this generation.
+    fn guard_capture(&self) {
+        if capture::active() {
+            let (g, at) = (self.0.clone(), self.0.load(Ordering::Relaxed));
+            capture::note_guard(Box::new(move || g.load(Ordering::Relaxed) == at));
+        }
+    }
+}
+
 /// Runs `update` (which records one parameter's update); while a step is
 /// being captured, `rule_of` gives the rule of each replayed step.
 fn with_replay_rule(rule_of: impl FnOnce() -> Box<dyn FnMut() -> UpdateRule + Send>, update: impl FnOnce()) {
@@ -172,12 +192,21 @@ pub struct Sgd {
     nesterov: bool,
     weight_decay: f32,
     state: HashMap<u64, Vec<Tensor>>,
+    generation: Generation,
 }
 
 impl Sgd {
     /// Plain SGD over `params` with learning rate `lr`.
     pub fn new(params: Vec<Tensor>, lr: f32) -> Self {
-        Sgd { params, lr: SharedLr::new(lr), momentum: 0.0, nesterov: false, weight_decay: 0.0, state: HashMap::new() }
+        Sgd {
+            params,
+            lr: SharedLr::new(lr),
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.0,
+            state: HashMap::new(),
+            generation: Generation::default(),
+        }
     }
 
     /// Sets the momentum factor.
@@ -205,6 +234,7 @@ impl Optimizer for Sgd {
         let (momentum, weight_decay, nesterov) = (self.momentum, self.weight_decay, self.nesterov);
         let rule = move |lr| UpdateRule::Sgd { lr, momentum, weight_decay, nesterov };
         let buffers = usize::from(self.momentum != 0.0);
+        self.generation.guard_capture();
         no_grad(|| {
             for p in &self.params {
                 if let Some(g) = grads.get(p) {
@@ -243,6 +273,7 @@ impl Optimizer for Sgd {
         let (lr, momentum) = (state.scalar("lr")?, state.scalar("momentum")?);
         let (weight_decay, nesterov) = (state.scalar("weight_decay")?, state.scalar("nesterov")?);
         self.state = buffers;
+        self.generation.bump();
         self.lr.set(lr as f32);
         self.momentum = momentum as f32;
         self.weight_decay = weight_decay as f32;
@@ -265,6 +296,7 @@ pub struct Adam {
     /// advance it at every replay.
     steps: Arc<Mutex<HashMap<u64, u32>>>,
     state: HashMap<u64, Vec<Tensor>>,
+    generation: Generation,
 }
 
 impl Adam {
@@ -280,6 +312,7 @@ impl Adam {
             decoupled: false,
             steps: Arc::default(),
             state: HashMap::new(),
+            generation: Generation::default(),
         }
     }
 
@@ -337,6 +370,7 @@ impl Optimizer for Adam {
             bias1: 1.0 - beta1.powi(t as i32),
             bias2: 1.0 - beta2.powi(t as i32),
         };
+        self.generation.guard_capture();
         no_grad(|| {
             for p in &self.params {
                 let Some(g) = grads.get(p) else { continue };
@@ -387,6 +421,7 @@ impl Optimizer for Adam {
         let (lr, beta1, beta2, eps, wd) = (get("lr")?, get("beta1")?, get("beta2")?, get("eps")?, get("weight_decay")?);
         let decoupled = state.scalar("decoupled")? != 0.0;
         self.state = buffers;
+        self.generation.bump();
         *self.steps() = steps;
         self.lr.set(lr);
         (self.beta1, self.beta2, self.eps, self.weight_decay, self.decoupled) = (beta1, beta2, eps, wd, decoupled);

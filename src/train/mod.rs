@@ -35,10 +35,11 @@ use crate::data::Dataset;
 use crate::nn::Module;
 use crate::optim::{LrSchedule, Optimizer, Progress, clip_grad_norm};
 use crate::rng::Generator;
-use crate::{Device, Error, Result, Tensor, no_grad};
+use crate::{CapturedStep, Device, Error, Result, Tensor, no_grad};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use objective::{Objective, Running};
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,15 @@ pub struct FitConfig {
     /// Print progress (a bar on a terminal, a line every few seconds
     /// otherwise) and a summary line per epoch.
     pub verbose: bool,
+    /// Run each epoch's training steps as a [`crate::CapturedStep`] on a
+    /// GPU: forward, loss, backward, clipping and the optimizer step are
+    /// recorded once per epoch (after an eager warm-up step) and replayed,
+    /// which computes the same values with a fraction of the host's time
+    /// per step; the running loss and metrics are accumulated eagerly from
+    /// the step's outputs. A smaller last batch runs eagerly; a step that
+    /// cannot be replayed (a forward hook reading a value back) stays
+    /// eager. Ignored on the CPU and in a data-parallel job.
+    pub capture: bool,
     /// Data-parallel training over MPI (feature `mpi`): every rank runs
     /// `fit` with the same model, data and config; each trains on its
     /// share of every global batch of `batch_size` (the epoch's seeded
@@ -124,6 +134,7 @@ impl Default for FitConfig {
             clip_grad_norm: None,
             callbacks: Vec::new(),
             verbose: true,
+            capture: false,
             #[cfg(feature = "mpi")]
             distributed: None,
             #[cfg(feature = "mpi")]
@@ -447,33 +458,54 @@ pub fn fit(
         let mut last_line = started;
         let mut running = Running::new(&metrics, &device);
         let mut lr = base_rate;
+        // The optimizer, shared by the schedule and the captured step.
+        let opt = RefCell::new(&mut *keep.optimizer);
+        let clip = config.clip_grad_norm;
+        let mut captured = (config.capture && !parallel.distributed() && !device.is_cpu()).then(|| {
+            CapturedStep::new(|xy: &[Tensor]| {
+                let out = model.forward(&xy[0]);
+                let loss = loss_fn.compute(&out, &xy[1]);
+                let mut grads = loss.backward();
+                if let Some(max_norm) = clip {
+                    clip_grad_norm(&mut grads, &params, max_norm);
+                }
+                opt.borrow_mut().step(&grads);
+                vec![out.detach(), loss.detach()]
+            })
+        });
         for (i, global) in order.chunks(config.batch_size).enumerate() {
             if let Some(s) = &config.schedule {
                 lr = s.lr(base_rate, Progress { step, epoch: epoch - 1, steps_per_epoch, total_steps });
-                keep.optimizer.set_learning_rate(lr);
+                opt.borrow_mut().set_learning_rate(lr);
             }
             let local = parallel.shard(global);
-            let mut grads = if local.is_empty() {
-                parallel.backward(None, 0.0)?
-            } else {
+            if let Some(captured) = captured.as_mut() {
                 let (x, y) = train.gather(local, &device);
-                let out = model.forward(&x);
-                let loss = loss_fn.compute(&out, &y);
-                let kept = loss_fn.kept(&y);
-                // What this rank's loss is a mean over, for the average over
-                // ranks (read back only in a data-parallel job).
-                let count = match &kept {
-                    Some(k) if parallel.distributed() => k.to_vec()?[0],
-                    _ => local.len() as f32,
+                let outs = captured.run(&[x, y.clone()])?;
+                running.add(&outs[0], &y, &outs[1], loss_fn.kept(&y));
+            } else {
+                let mut grads = if local.is_empty() {
+                    parallel.backward(None, 0.0)?
+                } else {
+                    let (x, y) = train.gather(local, &device);
+                    let out = model.forward(&x);
+                    let loss = loss_fn.compute(&out, &y);
+                    let kept = loss_fn.kept(&y);
+                    // What this rank's loss is a mean over, for the average over
+                    // ranks (read back only in a data-parallel job).
+                    let count = match &kept {
+                        Some(k) if parallel.distributed() => k.to_vec()?[0],
+                        _ => local.len() as f32,
+                    };
+                    let grads = parallel.backward(Some(&loss), count)?;
+                    running.add(&out, &y, &loss, kept);
+                    grads
                 };
-                let grads = parallel.backward(Some(&loss), count)?;
-                running.add(&out, &y, &loss, kept);
-                grads
-            };
-            if let Some(max_norm) = config.clip_grad_norm {
-                clip_grad_norm(&mut grads, &params, max_norm);
+                if let Some(max_norm) = config.clip_grad_norm {
+                    clip_grad_norm(&mut grads, &params, max_norm);
+                }
+                opt.borrow_mut().step(&grads);
             }
-            keep.optimizer.step(&grads);
             step += 1;
             // Reading metrics waits for the device: do it now and then.
             let done = i + 1;
@@ -496,6 +528,8 @@ pub fn fit(
                 }
             }
         }
+        drop(captured);
+        drop(opt);
         let train_metrics = running.read(reduce.as_deref())?;
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();

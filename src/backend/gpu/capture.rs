@@ -100,6 +100,8 @@ pub(crate) struct Recording {
     external: Vec<usize>,
     /// Why it cannot be replayed.
     invalid: Option<String>,
+    /// Conditions a replay needs (an optimizer not reloaded since).
+    guards: Vec<Box<dyn Fn() -> bool + Send>>,
 }
 
 thread_local! {
@@ -126,8 +128,13 @@ pub(crate) fn capturing(ctx: &Context) -> bool {
     with(ctx, |_| ()).is_some()
 }
 
-/// Starts capturing on `ctx` (this thread).
-pub(crate) fn begin(ctx: &Arc<Context>) {
+/// Starts capturing on `ctx` (this thread); `false` if this thread is
+/// already capturing (a step inside a captured step runs eagerly, and the
+/// outer capture records its work).
+pub(crate) fn begin(ctx: &Arc<Context>) -> bool {
+    if active() {
+        return false;
+    }
     ctx.lazy.run_all();
     let recording = Recording {
         ctx: Arc::as_ptr(ctx) as usize,
@@ -138,9 +145,11 @@ pub(crate) fn begin(ctx: &Arc<Context>) {
         allocated: HashSet::new(),
         external: Vec::new(),
         invalid: None,
+        guards: Vec::new(),
     };
     ACTIVE.with(|a| *a.borrow_mut() = Some(recording));
     RULE.with(|r| r.borrow_mut().take());
+    true
 }
 
 /// Ends the capture: runs what is pending (so it is recorded), keeps
@@ -180,6 +189,27 @@ pub(crate) fn abort() {
 pub(crate) fn invalidate(ctx: &Context, why: &str) {
     with(ctx, |r| {
         r.invalid.get_or_insert_with(|| why.to_string());
+    });
+}
+
+/// Marks this thread's capture, on whatever device, as not replayable:
+/// the step does something a replay would not (host-side random numbers,
+/// work on another device).
+pub(crate) fn invalidate_any(why: &str) {
+    ACTIVE.with(|a| {
+        if let Some(r) = a.borrow_mut().as_mut() {
+            r.invalid.get_or_insert_with(|| why.to_string());
+        }
+    });
+}
+
+/// Adds a condition every replay of this thread's capture needs; once it
+/// fails, the recording is stale.
+pub(crate) fn note_guard(guard: Box<dyn Fn() -> bool + Send>) {
+    ACTIVE.with(|a| {
+        if let Some(r) = a.borrow_mut().as_mut() {
+            r.guards.push(guard);
+        }
     });
 }
 
@@ -241,7 +271,19 @@ impl Recording {
     /// state) is now held by the recording alone: its owner replaced it,
     /// and a replay would update a buffer nobody reads.
     pub fn stale(&self) -> bool {
-        self.external.iter().any(|&i| Arc::strong_count(&self.buffers[i]) == 1)
+        self.external.iter().any(|&i| Arc::strong_count(&self.buffers[i]) == 1) || !self.guards.iter().all(|g| g())
+    }
+
+    /// Whether a buffer the step allocated, other than its outputs, is
+    /// still held outside the recording once the step's tensors dropped:
+    /// state the step created (an optimizer's first moments), which a
+    /// replay would create again — zeroing it.
+    pub fn escaped(&self, outputs: &[&Arc<Pooled>]) -> bool {
+        self.buffers.iter().enumerate().any(|(i, b)| {
+            !self.external.contains(&i)
+                && !outputs.iter().any(|o| Arc::ptr_eq(o, b))
+                && Arc::strong_count(b) > 1
+        })
     }
 
     /// Re-encodes every command, patched for this replay.
@@ -252,7 +294,7 @@ impl Recording {
         // Pending expressions reading what the step writes run first.
         ctx.lazy.run_all();
         let keys: Vec<[u32; 2]> =
-            crate::rng::with_default_generator(|g| (0..self.keys.len()).map(|_| g.next_dropout_key()).collect());
+            (0..self.keys.len()).map(|_| crate::rng::next_dropout_key()).collect();
         let profiling = ctx.queue.profiling();
         // An intermediate's first write in the step overwrites it whole:
         // its checks start afresh, as a fresh buffer's do in an eager step

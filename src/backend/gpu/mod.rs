@@ -182,7 +182,11 @@ impl Context {
             info,
         );
         if capture::active() {
-            capture::note_dispatch(self, &pipeline, &bind_group, binds, immediates, groups, kernel, patches);
+            if capture::capturing(self) {
+                capture::note_dispatch(self, &pipeline, &bind_group, binds, immediates, groups, kernel, patches);
+            } else {
+                capture::invalidate_any("the step dispatches on another device");
+            }
         }
         Ok(())
     }
@@ -358,7 +362,6 @@ impl Context {
     /// Reads back `sources` together with the error buffer and resolves
     /// every outstanding check.
     fn resolve_checks(&self, sources: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u32>>> {
-        capture::invalidate(self, "the step waits for the GPU to resolve device-side checks");
         let mut all = sources.to_vec();
         all.push((&self.checks.buffer.buffer, (taint::SLOTS * taint::WORDS_PER_SLOT * 4) as u64));
         // Before the submission: only checks already recorded are in it.
