@@ -1,6 +1,6 @@
 // Fused optimizer updates: one dispatch per parameter reads its gradient
-// and rewrites the parameter and its state in place. The formulas are
-// PyTorch's (torch.optim.SGD / Adam / AdamW), as in src/backend/cpu/optim.rs.
+// and rewrites the parameter and its state in place, with the rules of
+// optim_rules.wgsl.
 
 struct Params {
     // Number of vec4s (buffers are padded to vec4s).
@@ -32,8 +32,7 @@ fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     if i >= params.n4 {
         return;
     }
-    let p = param[i];
-    param[i] = p - params.lr * (grad[i] + params.weight_decay * p);
+    param[i] = rule_sgd(param[i], grad[i]).p;
 }
 
 @compute @workgroup_size(WG)
@@ -43,11 +42,9 @@ fn sgd_momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     if i >= params.n4 {
         return;
     }
-    let p = param[i];
-    let g = grad[i] + params.weight_decay * p;
-    let v = params.momentum * state0[i] + g;
-    state0[i] = v;
-    param[i] = p - params.lr * select(v, g + params.momentum * v, params.nesterov != 0u);
+    let u = rule_sgd_momentum(param[i], grad[i], state0[i]);
+    state0[i] = u.s0;
+    param[i] = u.p;
 }
 
 @compute @workgroup_size(WG)
@@ -57,16 +54,8 @@ fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if i >= params.n4 {
         return;
     }
-    var p = param[i];
-    var g = grad[i];
-    if params.decoupled != 0u {
-        p *= 1.0 - params.lr * params.weight_decay;
-    } else {
-        g += params.weight_decay * p;
-    }
-    let m = params.beta1 * state0[i] + (1.0 - params.beta1) * g;
-    let v = params.beta2 * state1[i] + (1.0 - params.beta2) * g * g;
-    state0[i] = m;
-    state1[i] = v;
-    param[i] = p - (params.lr / params.bias1) * m / (sqrt(v) / sqrt(params.bias2) + vec4<f32>(params.eps));
+    let u = rule_adam(param[i], grad[i], state0[i], state1[i]);
+    state0[i] = u.s0;
+    state1[i] = u.s1;
+    param[i] = u.p;
 }

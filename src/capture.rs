@@ -47,8 +47,14 @@
 //! [`CapturedStep::invalidate`] after changing them. Inputs of other shapes
 //! (a last, smaller batch) run eagerly without disturbing the recording.
 //! Replacing a tensor the step updates (e.g. `load_state_dict` on the
-//! optimizer) is noticed, and the step is captured again. On the CPU, or
-//! with inputs on different devices, every run is eager.
+//! optimizer) is noticed, and the step is captured again after an eager
+//! warm-up (which creates the new optimizer's state). State the step
+//! carries to its next run must be updated in place (as optimizers and
+//! BatchNorm's running statistics are), not replaced by a new tensor (a
+//! recurrent state kept as `self.h = new_h`): a replay reads what the
+//! captured run read. Host-side random numbers (`Tensor::randn` inside the
+//! step) and work on another device keep a step eager. On the CPU, or with
+//! inputs on different devices, every run is eager.
 //!
 //! Outputs are fresh tensors at every run (the recording's own output
 //! buffers are copied), so a loss kept from an earlier step keeps its value.
@@ -247,11 +253,6 @@ impl<F: FnMut(&[Tensor]) -> Vec<Tensor>> CapturedStep<F> {
         drop((outs, buffers));
         let graph = Graph { gpu: gpu.clone(), recording, inputs: owned, outputs };
         let result = graph.outputs()?;
-        let held: Vec<&Arc<Pooled>> = graph.outputs.iter().map(|(_, b)| b).collect();
-        if graph.recording.escaped(&held) {
-            self.failed_capture("the step created state that outlives it (e.g. an optimizer's first step)".into());
-            return Ok(result);
-        }
         self.state = State::Captured(Box::new(graph));
         self.failed = 0;
         self.stats.captures += 1;

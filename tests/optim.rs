@@ -129,3 +129,54 @@ fn fused_gpu_updates_match_the_cpu() {
         assert_close(&gpu, &cpu, 1e-5, 1e-4, name);
     }
 }
+
+/// The multi-tensor update (several parameters per dispatch, as PyTorch's
+/// fused optimizers) gives the bits of one update per parameter: each rule,
+/// parameters of odd sizes (partial vec4s, a single element) and one large
+/// enough to take a dispatch of its own, over several steps.
+#[test]
+fn multi_tensor_updates_match_per_parameter_updates_bit_for_bit() {
+    let Some(dev) = gpu() else { return };
+    let Device::Gpu(g) = &dev else { unreachable!("a GPU") };
+    let sizes: &[&[usize]] = &[&[3], &[17, 5], &[1], &[64], &[1 << 20], &[6, 7], &[2]];
+    type Make = fn(Vec<Tensor>) -> Box<dyn Optimizer>;
+    let rules: [(&str, Make); 5] = [
+        ("sgd", |p| Box::new(Sgd::new(p, 0.1).weight_decay(0.01))),
+        ("momentum", |p| Box::new(Sgd::new(p, 0.1).momentum(0.9))),
+        ("nesterov", |p| Box::new(Sgd::new(p, 0.1).momentum(0.9).nesterov(true).weight_decay(1e-3))),
+        ("adam", |p| Box::new(Adam::new(p, 1e-2).weight_decay(0.1))),
+        ("adamw", |p| Box::new(Adam::adamw(p, 1e-2))),
+    ];
+    for (name, make) in rules {
+        let run = |together: bool| {
+            wgrad::manual_seed(9);
+            let params: Vec<Tensor> = sizes.iter().map(|s| Tensor::randn(s.to_vec(), &dev).requires_grad()).collect();
+            let mut opts: Vec<Box<dyn Optimizer>> = if together {
+                vec![make(params.clone())]
+            } else {
+                params.iter().map(|p| make(vec![p.clone()])).collect()
+            };
+            let mut dispatched = 0;
+            for step in 0..4 {
+                let loss = params
+                    .iter()
+                    .map(|p| (p * (step as f32 + 1.0)).tanh().sqr().sum())
+                    .reduce(|a, b| a + b)
+                    .expect("parameters");
+                let grads = loss.backward();
+                g.synchronize().unwrap();
+                let before = g.kernels_dispatched();
+                for opt in &mut opts {
+                    opt.step(&grads);
+                }
+                dispatched = g.kernels_dispatched() - before;
+            }
+            (params.iter().map(|p| p.to_vec().unwrap()).collect::<Vec<_>>(), dispatched)
+        };
+        let ((together, fewer), (apart, each)) = (run(true), run(false));
+        assert!(together == apart, "{name}: multi-tensor and per-parameter updates differ");
+        // Seven parameters: the large one alone, the six others in one or
+        // more multi-tensor dispatches.
+        assert!(fewer < each && each == 7, "{name}: {fewer} dispatches together, {each} apart");
+    }
+}

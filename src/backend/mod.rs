@@ -504,4 +504,21 @@ pub(crate) trait Backend {
     fn dropout(&self, x: &Storage, n: usize, p: f32, key: [u32; 2]) -> Storage;
     /// One fused optimizer step on `param` (and its state buffers), in place.
     fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [&mut Storage], n: usize);
+    /// The step of `rule` on several parameters (PyTorch's multi-tensor
+    /// `foreach`/fused optimizers): the same values as one [`update`](Self::update)
+    /// each, which is what backends without a multi-tensor kernel do.
+    fn update_many(&self, rule: UpdateRule, updates: &mut [Update<'_>]) {
+        for u in updates {
+            self.update(rule, u.param, u.grad, &mut u.state, u.n);
+        }
+    }
+}
+
+/// One parameter of an [`Backend::update_many`]: the parameter, its
+/// gradient, its state buffers, all of `n` elements.
+pub(crate) struct Update<'a> {
+    pub param: &'a mut Storage,
+    pub grad: &'a Storage,
+    pub state: Vec<&'a mut Storage>,
+    pub n: usize,
 }

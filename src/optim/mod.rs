@@ -22,7 +22,7 @@ mod schedule;
 pub use schedule::{Cosine, LinearWarmup, LrSchedule, OneCycle, Progress, ReduceOnPlateau, StepDecay};
 
 use crate::backend::gpu::capture;
-use crate::backend::{Storage, UpdateRule};
+use crate::backend::{Update, UpdateRule};
 use crate::{Error, Gradients, Result, Tensor, no_grad};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -164,23 +164,60 @@ fn save_buffers(params: &[Tensor], state: &HashMap<u64, Vec<Tensor>>, names: &[&
     out
 }
 
-/// Runs one fused update of `param` with `grad` and the optimizer `state`
-/// buffers (created as zeros on first use).
-fn update(param: &Tensor, grad: &Tensor, state: &mut Vec<Tensor>, count: usize, rule: UpdateRule) {
-    assert!(
-        param.shape() == grad.shape(),
-        "optimizer step: gradient shape {} does not match parameter shape {}",
-        grad.shape(),
-        param.shape()
-    );
-    crate::ops::same_device("optimizer step", param, grad);
-    if state.is_empty() {
-        *state = (0..count).map(|_| Tensor::zeros(param.shape().clone(), &param.device())).collect();
+/// Runs one fused update of each `(param, grad)` with its optimizer
+/// `state` (`count` buffers, created as zeros on first use), all with
+/// `rule`: one multi-tensor step where the device has one. While a step is
+/// being captured, `rule_of` gives the rule of each replayed step.
+fn update_all(
+    items: &[(&Tensor, &Tensor)],
+    state: &mut HashMap<u64, Vec<Tensor>>,
+    count: usize,
+    rule: UpdateRule,
+    rule_of: impl FnOnce() -> Box<dyn FnMut() -> UpdateRule + Send>,
+) {
+    let Some(&(first, _)) = items.first() else { return };
+    let device = first.device();
+    for &(param, grad) in items {
+        assert!(
+            param.shape() == grad.shape(),
+            "optimizer step: gradient shape {} does not match parameter shape {}",
+            grad.shape(),
+            param.shape()
+        );
+        crate::ops::same_device("optimizer step", param, grad);
+        crate::ops::same_device("optimizer step", first, param);
+        let s = state.entry(param.id()).or_default();
+        if s.is_empty() {
+            *s = (0..count).map(|_| Tensor::zeros(param.shape().clone(), &param.device())).collect();
+        }
     }
-    let mut guards: Vec<_> = state.iter().map(Tensor::write).collect();
-    let mut slots: Vec<&mut Storage> = guards.iter_mut().map(|g| &mut **g).collect();
-    let device = param.device();
-    device.backend().update(rule, &mut param.write(), &grad.read(), &mut slots, param.elem_count());
+    let grads: Vec<&Tensor> = items.iter().map(|&(_, g)| g).collect();
+    with_replay_rule(rule_of, || {
+        Tensor::with_storages(&grads, |grads| {
+            let mut params: Vec<_> = items.iter().map(|&(p, _)| p.write()).collect();
+            let mut states: Vec<Vec<_>> =
+                items.iter().map(|&(p, _)| state[&p.id()].iter().map(Tensor::write).collect()).collect();
+            let mut updates: Vec<Update> = params
+                .iter_mut()
+                .zip(states.iter_mut())
+                .zip(grads)
+                .zip(items)
+                .map(|(((p, s), g), &(param, _))| Update {
+                    param: &mut **p,
+                    grad: g,
+                    state: s.iter_mut().map(|s| &mut **s).collect(),
+                    n: param.elem_count(),
+                })
+                .collect();
+            device.backend().update_many(rule, &mut updates);
+        })
+    });
+}
+
+/// The parameters of `params` that have a gradient in `grads`, each once.
+fn with_grads<'a>(params: &'a [Tensor], grads: &'a Gradients) -> Vec<(&'a Tensor, &'a Tensor)> {
+    let mut seen = std::collections::HashSet::new();
+    params.iter().filter(|p| seen.insert(p.id())).filter_map(|p| Some((p, grads.get(p)?))).collect()
 }
 
 /// Stochastic gradient descent with optional momentum, Nesterov momentum and
@@ -235,16 +272,13 @@ impl Optimizer for Sgd {
         let rule = move |lr| UpdateRule::Sgd { lr, momentum, weight_decay, nesterov };
         let buffers = usize::from(self.momentum != 0.0);
         self.generation.guard_capture();
+        let lr = self.lr.0.clone();
         no_grad(|| {
-            for p in &self.params {
-                if let Some(g) = grads.get(p) {
-                    let lr = self.lr.0.clone();
-                    with_replay_rule(
-                        || Box::new(move || rule(f32::from_bits(lr.load(Ordering::Relaxed)))),
-                        || update(p, g, self.state.entry(p.id()).or_default(), buffers, rule(self.lr.get())),
-                    );
-                }
-            }
+            let items = with_grads(&self.params, grads);
+            let rule_of = || -> Box<dyn FnMut() -> UpdateRule + Send> {
+                Box::new(move || rule(f32::from_bits(lr.load(Ordering::Relaxed))))
+            };
+            update_all(&items, &mut self.state, buffers, rule(self.lr.get()), rule_of);
         });
     }
 
@@ -372,14 +406,26 @@ impl Optimizer for Adam {
         };
         self.generation.guard_capture();
         no_grad(|| {
-            for p in &self.params {
-                let Some(g) = grads.get(p) else { continue };
-                let t = next_step(&self.steps, p.id());
-                let (lr, steps, id) = (self.lr.0.clone(), self.steps.clone(), p.id());
-                with_replay_rule(
-                    || Box::new(move || rule(f32::from_bits(lr.load(Ordering::Relaxed)), next_step(&steps, id))),
-                    || update(p, g, self.state.entry(p.id()).or_default(), 2, rule(self.lr.get(), t)),
-                );
+            let items = with_grads(&self.params, grads);
+            // One multi-tensor update per step count (all of them share
+            // one, unless some parameters missed steps or were reloaded).
+            let mut by_step: std::collections::BTreeMap<u32, Vec<(&Tensor, &Tensor)>> = Default::default();
+            for (p, g) in items {
+                by_step.entry(next_step(&self.steps, p.id())).or_default().push((p, g));
+            }
+            for (t, group) in by_step {
+                let (lr, steps) = (self.lr.0.clone(), self.steps.clone());
+                let ids: Vec<u64> = group.iter().map(|(p, _)| p.id()).collect();
+                let rule_of = || -> Box<dyn FnMut() -> UpdateRule + Send> {
+                    Box::new(move || {
+                        let mut t = 0;
+                        for &id in &ids {
+                            t = next_step(&steps, id);
+                        }
+                        rule(f32::from_bits(lr.load(Ordering::Relaxed)), t)
+                    })
+                };
+                update_all(&group, &mut self.state, 2, rule(self.lr.get(), t), rule_of);
             }
         });
     }

@@ -274,18 +274,6 @@ impl Recording {
         self.external.iter().any(|&i| Arc::strong_count(&self.buffers[i]) == 1) || !self.guards.iter().all(|g| g())
     }
 
-    /// Whether a buffer the step allocated, other than its outputs, is
-    /// still held outside the recording once the step's tensors dropped:
-    /// state the step created (an optimizer's first moments), which a
-    /// replay would create again — zeroing it.
-    pub fn escaped(&self, outputs: &[&Arc<Pooled>]) -> bool {
-        self.buffers.iter().enumerate().any(|(i, b)| {
-            !self.external.contains(&i)
-                && !outputs.iter().any(|o| Arc::ptr_eq(o, b))
-                && Arc::strong_count(b) > 1
-        })
-    }
-
     /// Re-encodes every command, patched for this replay.
     pub fn replay(&mut self, ctx: &Arc<Context>) -> Result<()> {
         if let Some(e) = ctx.health.lost() {
@@ -293,8 +281,7 @@ impl Recording {
         }
         // Pending expressions reading what the step writes run first.
         ctx.lazy.run_all();
-        let keys: Vec<[u32; 2]> =
-            (0..self.keys.len()).map(|_| crate::rng::next_dropout_key()).collect();
+        let keys: Vec<[u32; 2]> = (0..self.keys.len()).map(|_| crate::rng::next_dropout_key()).collect();
         let profiling = ctx.queue.profiling();
         // An intermediate's first write in the step overwrites it whole:
         // its checks start afresh, as a fresh buffer's do in an eager step

@@ -547,7 +547,7 @@ fn record_expr(ctx: &Arc<Context>, e: &Expr) -> crate::Result<Arc<Pooled>> {
         e.leaves.iter().enumerate().map(|(l, leaf)| Bind::read(l as u32, &leaf.buffer)).collect();
     binds.push(Bind::write(e.leaves.len() as u32, &out));
     let groups = ctx.groups_1d(words[0] as usize, wg);
-    let kernel = Kernel::Generated { structure, source: &source, wg };
+    let kernel = Kernel::Generated { family: "fused", structure, source: &source, wg };
     // A captured step redraws its dropout keys at every replay.
     let patches = || super::capture::Patches { keys: fusion::dropout_keys(e, &words), ..Default::default() };
     let capturing = super::capture::active();

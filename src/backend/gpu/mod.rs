@@ -711,6 +711,11 @@ impl Backend for GpuDevice {
     fn update(&self, rule: UpdateRule, param: &mut Storage, grad: &Storage, state: &mut [&mut Storage], n: usize) {
         let mut targets: Vec<&mut GpuBuffer> = vec![param.gpu_mut()];
         targets.extend(state.iter_mut().map(|s| s.gpu_mut()));
-        optim::update(&self.ctx, rule, &mut targets, grad.gpu(), n);
+        let rule_of = optim::replay_rule(&self.ctx);
+        optim::update(&self.ctx, rule, &mut targets, grad.gpu(), n, rule_of);
+    }
+
+    fn update_many(&self, rule: UpdateRule, updates: &mut [super::Update<'_>]) {
+        optim::update_many(&self.ctx, rule, updates);
     }
 }

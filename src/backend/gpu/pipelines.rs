@@ -117,7 +117,7 @@ impl Shader {
             Shader::Scatter => &[CHECK, INDEX_VIEW, include_str!("../../../shaders/scatter.wgsl")],
             Shader::LayerNorm => &[include_str!("../../../shaders/layer_norm.wgsl")],
             Shader::Rnn => &[ELEMENTWISE, include_str!("../../../shaders/rnn.wgsl")],
-            Shader::Optim => &[include_str!("../../../shaders/optim.wgsl")],
+            Shader::Optim => &[OPTIM_RULES, include_str!("../../../shaders/optim.wgsl")],
             Shader::Matmul => &[include_str!("../../../shaders/matmul.wgsl"), GEMM_BODY],
             Shader::MatmulTiled => &[include_str!("../../../shaders/matmul_tiled.wgsl"), GEMM_TILED_BODY],
             Shader::Conv => &[include_str!("../../../shaders/conv.wgsl"), GEMM_BODY],
@@ -133,6 +133,9 @@ impl Shader {
         with_prelude(self.parts())
     }
 }
+
+/// The optimizer rules, shared with the generated multi-tensor kernels.
+pub(crate) const OPTIM_RULES: &str = include_str!("../../../shaders/optim_rules.wgsl");
 
 /// `parts` after the prelude.
 pub(crate) fn with_prelude(parts: &[&str]) -> String {
@@ -151,7 +154,7 @@ pub(crate) fn with_prelude(parts: &[&str]) -> String {
 /// and a function generating its source, called only to compile it.
 pub(crate) enum Kernel<'a> {
     Static { shader: Shader, entry: &'static str, constants: &'a [(&'static str, f64)] },
-    Generated { structure: Vec<u32>, source: &'a dyn Fn() -> String, wg: u32 },
+    Generated { family: &'static str, structure: Vec<u32>, source: &'a dyn Fn() -> String, wg: u32 },
 }
 
 impl Kernel<'_> {
@@ -159,15 +162,16 @@ impl Kernel<'_> {
     pub fn name(&self) -> String {
         match self {
             Kernel::Static { entry, .. } => format!("{}::{entry}", self.family()),
-            Kernel::Generated { .. } => "fused".into(),
+            Kernel::Generated { family, .. } => family.to_string(),
         }
     }
 
-    /// The file stem of its family (`"matmul"`), or `"fused"`.
+    /// The file stem of its family (`"matmul"`), or for a generated
+    /// kernel what generated it (`"fused"`, `"optim_multi"`).
     pub fn family(&self) -> &'static str {
         match self {
             Kernel::Static { shader, .. } => shader.file().trim_end_matches(".wgsl"),
-            Kernel::Generated { .. } => "fused",
+            Kernel::Generated { family, .. } => family,
         }
     }
 }
