@@ -203,7 +203,7 @@ fn update_all(
                 .zip(grads)
                 .zip(items)
                 .map(|(((p, s), g), &(param, _))| Update {
-                    param: &mut **p,
+                    param: p,
                     grad: g,
                     state: s.iter_mut().map(|s| &mut **s).collect(),
                     n: param.elem_count(),

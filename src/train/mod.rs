@@ -529,7 +529,6 @@ pub fn fit(
             }
         }
         drop(captured);
-        drop(opt);
         let train_metrics = running.read(reduce.as_deref())?;
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();

@@ -29,6 +29,7 @@
 use super::pipelines::Pipeline;
 use super::pool::Pooled;
 use super::profile::{self, EventInfo};
+use super::taint::Taint;
 use super::{Context, GpuBuffer, queue};
 use crate::Result;
 use crate::backend::UpdateRule;
@@ -46,6 +47,10 @@ pub(crate) struct Patches {
     pub keys: Vec<(usize, [u32; 2])>,
     /// The whole immediates, recomputed by the optimizer at each replay.
     pub params: Option<Box<dyn FnMut() -> Vec<u8> + Send>>,
+    /// Not a patch: the binds form independent groups of this many in a
+    /// row (a multi-tensor optimizer step), each group's outputs computed
+    /// from that group alone — which decides the checks they depend on.
+    pub groups_of: Option<usize>,
 }
 
 impl Patches {
@@ -54,7 +59,7 @@ impl Patches {
     }
 
     fn is_empty(&self) -> bool {
-        self.check.is_none() && self.keys.is_empty() && self.params.is_none()
+        self.check.is_none() && self.keys.is_empty() && self.params.is_none() && self.groups_of.is_none()
     }
 }
 
@@ -63,6 +68,7 @@ struct Recorded {
     check: Option<(&'static str, usize, usize)>,
     keys: Vec<(usize, usize)>,
     params: Option<Box<dyn FnMut() -> Vec<u8> + Send>>,
+    groups_of: Option<usize>,
 }
 
 enum Command {
@@ -102,6 +108,42 @@ pub(crate) struct Recording {
     invalid: Option<String>,
     /// Conditions a replay needs (an optimizer not reloaded since).
     guards: Vec<Box<dyn Fn() -> bool + Send>>,
+    /// The pending (fused) expressions the step made: computed when it
+    /// ends, so that they are recorded — only these, not other threads'.
+    pending: Vec<std::sync::Weak<super::lazy::Cell>>,
+    /// Shared with those expressions.
+    owner: Arc<Owner>,
+}
+
+/// A capture as its pending expressions see it: which thread records it,
+/// whether it still does, and whether another thread computed one of them
+/// (an in-place write elsewhere needed it), which the recording then lacks.
+pub(crate) struct Owner {
+    thread: std::thread::ThreadId,
+    active: std::sync::atomic::AtomicBool,
+    missed: std::sync::atomic::AtomicBool,
+}
+
+impl Owner {
+    /// Whether the capture is under way on another thread.
+    pub fn elsewhere(&self) -> bool {
+        self.active.load(std::sync::atomic::Ordering::Acquire) && std::thread::current().id() != self.thread
+    }
+
+    /// Called as one of its expressions is computed.
+    pub fn computed_here(&self) {
+        if self.elsewhere() {
+            self.missed.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+}
+
+/// The capture this thread runs on `ctx`, for a pending expression made now.
+pub(crate) fn owner(ctx: &Context) -> Option<Arc<Owner>> {
+    if !active() {
+        return None;
+    }
+    with(ctx, |r| r.owner.clone())
 }
 
 thread_local! {
@@ -146,6 +188,8 @@ pub(crate) fn begin(ctx: &Arc<Context>) -> bool {
         external: Vec::new(),
         invalid: None,
         guards: Vec::new(),
+        pending: Vec::new(),
+        owner: Arc::new(Owner { thread: std::thread::current().id(), active: true.into(), missed: false.into() }),
     };
     ACTIVE.with(|a| *a.borrow_mut() = Some(recording));
     RULE.with(|r| r.borrow_mut().take());
@@ -155,7 +199,18 @@ pub(crate) fn begin(ctx: &Arc<Context>) -> bool {
 /// Ends the capture: runs what is pending (so it is recorded), keeps
 /// `outputs`, and notes which buffers live outside the recording.
 pub(crate) fn end(ctx: &Arc<Context>, outputs: &[&GpuBuffer]) -> Recording {
-    ctx.lazy.run_all();
+    // The step's own pending expressions (the device's registry also
+    // holds other threads', which must not be recorded).
+    let pending = with(ctx, |r| std::mem::take(&mut r.pending)).unwrap_or_default();
+    for cell in &pending {
+        super::lazy::force(cell);
+    }
+    if let Some(owner) = with(ctx, |r| r.owner.clone()) {
+        owner.active.store(false, std::sync::atomic::Ordering::Release);
+        if owner.missed.load(std::sync::atomic::Ordering::Acquire) {
+            invalidate(ctx, "another thread computed part of the step while it was being captured");
+        }
+    }
     let mut outs = Vec::new();
     for o in outputs {
         match o.get() {
@@ -173,6 +228,11 @@ pub(crate) fn end(ctx: &Arc<Context>, outputs: &[&GpuBuffer]) -> Recording {
     rec
 }
 
+/// Notes a pending expression made on `ctx` while this thread captures on it.
+pub(crate) fn note_pending(ctx: &Context, cell: std::sync::Weak<super::lazy::Cell>) {
+    with(ctx, |r| r.pending.push(cell));
+}
+
 /// Notes a buffer allocated on `ctx` while this thread captures on it.
 pub(crate) fn note_alloc(ctx: &Context, buffer: &Arc<Pooled>) {
     with(ctx, |r| r.allocated.insert(Arc::as_ptr(buffer) as usize));
@@ -181,7 +241,9 @@ pub(crate) fn note_alloc(ctx: &Context, buffer: &Arc<Pooled>) {
 /// Stops capturing on this thread, discarding the recording (a step that
 /// panicked); nothing if it already ended.
 pub(crate) fn abort() {
-    ACTIVE.with(|a| a.borrow_mut().take());
+    if let Some(r) = ACTIVE.with(|a| a.borrow_mut().take()) {
+        r.owner.active.store(false, std::sync::atomic::Ordering::Release);
+    }
     RULE.with(|r| r.borrow_mut().take());
 }
 
@@ -254,7 +316,7 @@ impl Recording {
             .iter()
             .filter_map(|&(word, key)| self.keys.iter().position(|&k| k == key).map(|i| (word, i)))
             .collect();
-        Some(Recorded { check: patches.check, keys, params: patches.params })
+        Some(Recorded { check: patches.check, keys, params: patches.params, groups_of: patches.groups_of })
     }
 
     /// Why it cannot be replayed, if it cannot.
@@ -307,16 +369,23 @@ impl Recording {
                             check = Some(c);
                         }
                     }
-                    for &(w, write) in binds.iter() {
-                        if !write || Arc::ptr_eq(&self.buffers[w], &ctx.checks.buffer) {
-                            continue;
-                        }
+                    let output =
+                        |&(b, write): &(usize, bool)| write && !Arc::ptr_eq(&self.buffers[b], &ctx.checks.buffer);
+                    for &(w, _) in binds.iter().filter(|b| output(b)) {
                         if std::mem::take(&mut fresh[w]) {
                             self.buffers[w].taint.clear();
                         }
-                        for &(r, _) in binds.iter().filter(|&&(r, rw)| !rw || r != w) {
-                            self.buffers[w].taint.extend_from(&self.buffers[r].taint);
-                        }
+                    }
+                    let per = patches.as_ref().and_then(|p| p.groups_of).unwrap_or(binds.len()).max(1);
+                    for group in binds.chunks(per) {
+                        let writes: Vec<&Taint> =
+                            group.iter().filter(|b| output(b)).map(|&(b, _)| &self.buffers[b].taint).collect();
+                        let reads: Vec<&Taint> = group
+                            .iter()
+                            .filter(|&&(b, _)| !group.iter().any(|w| output(w) && w.0 == b))
+                            .map(|&(b, _)| &self.buffers[b].taint)
+                            .collect();
+                        Taint::spread(&writes, &reads);
                     }
                     let info = started.map(|started| EventInfo {
                         op,

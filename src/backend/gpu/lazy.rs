@@ -58,6 +58,8 @@ pub(crate) struct GpuBuffer(Arc<Cell>);
 pub(crate) struct Cell {
     ready: OnceLock<Result<Arc<Pooled>, Poison>>,
     pending: Mutex<Option<(Arc<Context>, Expr)>>,
+    /// The capture (on some thread) that made this pending expression.
+    capture: Option<Arc<super::capture::Owner>>,
 }
 
 impl Cell {
@@ -66,9 +68,19 @@ impl Cell {
         self.ready
             .get_or_init(|| {
                 let (ctx, expr) = lock(&self.pending).take().expect("a GPU buffer is either ready or pending");
+                if let Some(c) = &self.capture {
+                    c.computed_here();
+                }
                 run(&ctx, &expr)
             })
             .as_ref()
+    }
+
+    /// Whether a step another thread is capturing made it: only that
+    /// thread may compute it (so that its recording holds the kernel),
+    /// unless an in-place write needs it first.
+    fn captured_elsewhere(&self) -> bool {
+        self.capture.as_ref().is_some_and(|c| c.elsewhere())
     }
 
     /// Computes the buffer now if it is pending and reads `buffer` (or, with
@@ -87,7 +99,7 @@ impl Cell {
 
 impl GpuBuffer {
     pub fn ready(result: Result<Arc<Pooled>, Poison>) -> Self {
-        GpuBuffer(Arc::new(Cell { ready: OnceLock::from(result), pending: Mutex::new(None) }))
+        GpuBuffer(Arc::new(Cell { ready: OnceLock::from(result), pending: Mutex::new(None), capture: None }))
     }
 
     pub fn poisoned(poison: impl Into<Poison>) -> Self {
@@ -96,8 +108,12 @@ impl GpuBuffer {
 
     /// A buffer `expr` computes when it is first needed.
     fn pending(ctx: &Arc<Context>, expr: Expr) -> Self {
-        let cell = Arc::new(Cell { ready: OnceLock::new(), pending: Mutex::new(Some((ctx.clone(), expr))) });
+        let capture = super::capture::owner(ctx);
+        let cell = Arc::new(Cell { ready: OnceLock::new(), pending: Mutex::new(Some((ctx.clone(), expr))), capture });
         ctx.lazy.register(Arc::downgrade(&cell));
+        if cell.capture.is_some() {
+            super::capture::note_pending(ctx, Arc::downgrade(&cell));
+        }
         GpuBuffer(cell)
     }
 
@@ -109,6 +125,14 @@ impl GpuBuffer {
     /// The expression computing this buffer, while it is pending.
     fn expr(&self) -> Option<Expr> {
         lock(&self.0.pending).as_ref().map(|(_, e)| e.clone())
+    }
+}
+
+/// Computes `cell` now if it is still alive and pending (the end of a
+/// captured step: what the step left pending is part of it).
+pub(super) fn force(cell: &Weak<Cell>) {
+    if let Some(cell) = cell.upgrade() {
+        cell.run_if_reads(None);
     }
 }
 
@@ -146,7 +170,7 @@ impl Lazy {
     /// taking the list first left it an empty registry.
     pub fn run_all(&self) {
         let cells: Vec<Arc<Cell>> = lock(&self.pending).cells.iter().filter_map(Weak::upgrade).collect();
-        for cell in &cells {
+        for cell in cells.iter().filter(|c| !c.captured_elsewhere()) {
             cell.run_if_reads(None);
         }
         drop(cells);

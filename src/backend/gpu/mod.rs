@@ -152,10 +152,17 @@ impl Context {
         if let Some(e) = self.health.lost() {
             return Err(e);
         }
-        for w in binds.iter().filter(|b| b.write && !Arc::ptr_eq(b.buffer, &self.checks.buffer)) {
-            for r in binds.iter().filter(|b| !b.write || !Arc::ptr_eq(b.buffer, w.buffer)) {
-                w.buffer.taint.extend_from(&r.buffer.taint);
-            }
+        // Every output depends on the checks of every input (of its group,
+        // for a multi-tensor kernel).
+        for group in binds.chunks(patches.groups_of.unwrap_or(binds.len()).max(1)) {
+            let output = |b: &&Bind| b.write && !Arc::ptr_eq(b.buffer, &self.checks.buffer);
+            let writes: Vec<&taint::Taint> = group.iter().filter(output).map(|b| &b.buffer.taint).collect();
+            let reads: Vec<&taint::Taint> = group
+                .iter()
+                .filter(|b| !group.iter().filter(output).any(|w| Arc::ptr_eq(w.buffer, b.buffer)))
+                .map(|b| &b.buffer.taint)
+                .collect();
+            taint::Taint::spread(&writes, &reads);
         }
         if groups.contains(&0) {
             return Ok(());

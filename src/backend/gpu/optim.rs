@@ -128,7 +128,9 @@ fn multi(ctx: &Arc<Context>, rule: UpdateRule, group: &mut [&mut Update<'_>], ru
         bias1: v.bias1,
         bias2: v.bias2,
     };
-    let mut patches = super::capture::Patches::default();
+    // Each parameter's binds (gradient, values, state) are a group: a bad
+    // label behind one parameter's gradient poisons that parameter only.
+    let mut patches = super::capture::Patches { groups_of: Some(2 + state), ..Default::default() };
     if let Some(mut rule_of) = rule_of {
         patches.params = Some(Box::new(move || bytemuck::bytes_of(&with_ends(params(rule_of(), 0).1)).to_vec()));
     }
@@ -295,5 +297,34 @@ fn params(rule: UpdateRule, n4: u32) -> (&'static str, OptimParams) {
                 ..Default::default()
             },
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_multi_tensor_dispatch_fits_the_adapters_storage_buffers() {
+        // Gradient, values and state per parameter.
+        assert_eq!(per_dispatch(8, 2), 2, "Adam on an adapter with WebGPU's minimum of 8");
+        assert_eq!(per_dispatch(8, 1), 2);
+        assert_eq!(per_dispatch(8, 0), 4);
+        assert_eq!(per_dispatch(31, 2), 7, "Metal's 31 buffers per stage");
+        assert_eq!(per_dispatch(u32::MAX, 2), MAX_PER_DISPATCH);
+        assert_eq!(per_dispatch(3, 2), 1);
+        for limit in 1..100 {
+            for state in 0..=2 {
+                let k = per_dispatch(limit, state);
+                assert!(k == 1 || k * (2 + state) <= limit as usize);
+            }
+        }
+    }
+
+    #[test]
+    fn multi_params_fit_the_immediates() {
+        assert!(std::mem::size_of::<MultiParams>() <= super::super::pipelines::IMMEDIATE_BYTES as usize);
+        let src = source(3, 2);
+        assert!(src.contains("e7: u32") && src.contains("rule_adam(p2[j]") && !src.contains("p3"));
     }
 }

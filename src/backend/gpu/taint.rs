@@ -124,6 +124,28 @@ impl Taint {
         *mine = Arc::new(merged);
     }
 
+    /// What a kernel writing `writes` (in place or not) from `reads` leaves
+    /// behind: every written buffer depends on the checks of all of them.
+    /// With several outputs (a multi-tensor optimizer step), the union is
+    /// merged once and shared, where merging every read into every output
+    /// cost outputs × inputs merges of lists up to [`SLOTS`] long.
+    pub fn spread(writes: &[&Taint], reads: &[&Taint]) {
+        if let [w] = writes {
+            for r in reads {
+                w.extend_from(r);
+            }
+            return;
+        }
+        let union = Taint::default();
+        for t in writes.iter().chain(reads) {
+            union.extend_from(t);
+        }
+        let shared = union.lock().clone();
+        for w in writes {
+            *w.lock() = shared.clone();
+        }
+    }
+
     /// Depends on no check any more: the buffer is about to be overwritten
     /// whole (a captured step's intermediate, replayed).
     pub fn clear(&self) {
