@@ -136,8 +136,16 @@ fn fused_gpu_updates_match_the_cpu() {
 /// enough to take a dispatch of its own, over several steps.
 #[test]
 fn multi_tensor_updates_match_per_parameter_updates_bit_for_bit() {
-    let Some(dev) = gpu() else { return };
-    let Device::Gpu(g) = &dev else { unreachable!("a GPU") };
+    if gpu().is_none() {
+        return;
+    }
+    // A device of its own with multi-tensor updates on (software
+    // rasterisers default to one dispatch per parameter).
+    let g =
+        wgrad::GpuDevice::with_options(wgrad::GpuOptions { multi_tensor: Some(true), ..wgrad::GpuOptions::from_env() })
+            .unwrap();
+    let dev = Device::Gpu(g.clone());
+    let g = &g;
     let sizes: &[&[usize]] = &[&[3], &[17, 5], &[1], &[64], &[1 << 20], &[6, 7], &[2]];
     type Make = fn(Vec<Tensor>) -> Box<dyn Optimizer>;
     let rules: [(&str, Make); 5] = [

@@ -25,11 +25,13 @@ pub(crate) const MAX_PER_DISPATCH: usize = 8;
 const LARGE: usize = 1 << 20;
 
 params! {
-    /// A multi-tensor update: parameter `k` covers the vec4s from
-    /// `e[k-1]` (0 for the first) to `e[k]`; the rule's numbers as
-    /// [`OptimParams`].
+    /// A multi-tensor update: parameter `k` (of `n[k]` vec4s) takes the
+    /// workgroups from `e[k-1]` (0 for the first) to `e[k]`, so that every
+    /// workgroup works on one parameter (no divergence, one branch taken
+    /// per workgroup); the rule's numbers as [`OptimParams`].
     MultiParams {
         e: [u32; MAX_PER_DISPATCH],
+        n: [u32; MAX_PER_DISPATCH],
         lr: f32,
         weight_decay: f32,
         momentum: f32,
@@ -58,7 +60,8 @@ pub(crate) fn update_many(ctx: &Arc<Context>, rule: UpdateRule, updates: &mut [U
         UpdateRule::Sgd { momentum, .. } => usize::from(momentum != 0.0),
         UpdateRule::Adam { .. } => 2,
     };
-    let k = per_dispatch(ctx.limits.max_storage_buffers_per_shader_stage, state);
+    let k =
+        if ctx.tuning.multi_tensor { per_dispatch(ctx.limits.max_storage_buffers_per_shader_stage, state) } else { 1 };
     // In a captured step the optimizer's rule function advances its step
     // counts: the first dispatch calls it at each replay, the others
     // reuse its answer.
@@ -106,10 +109,12 @@ fn one(ctx: &Arc<Context>, rule: UpdateRule, u: &mut Update<'_>, rule_of: Option
 fn multi(ctx: &Arc<Context>, rule: UpdateRule, group: &mut [&mut Update<'_>], rule_of: Option<RuleOf>) {
     let (entry, values) = params(rule, 0);
     let state = group[0].state.len();
-    let mut ends = [0u32; MAX_PER_DISPATCH];
+    let wg = ctx.tuning.elementwise_wg;
+    let (mut ends, mut sizes) = ([0u32; MAX_PER_DISPATCH], [0u32; MAX_PER_DISPATCH]);
     let mut total = 0u32;
     for (k, u) in group.iter().enumerate() {
-        total += u.n.div_ceil(4) as u32;
+        sizes[k] = u.n.div_ceil(4) as u32;
+        total += sizes[k].div_ceil(wg);
         ends[k] = total;
     }
     for e in ends.iter_mut().skip(group.len()) {
@@ -117,6 +122,7 @@ fn multi(ctx: &Arc<Context>, rule: UpdateRule, group: &mut [&mut Update<'_>], ru
     }
     let with_ends = move |v: OptimParams| MultiParams {
         e: ends,
+        n: sizes,
         lr: v.lr,
         weight_decay: v.weight_decay,
         momentum: v.momentum,
@@ -145,7 +151,6 @@ fn multi(ctx: &Arc<Context>, rule: UpdateRule, group: &mut [&mut Update<'_>], ru
         targets.push(u.param.gpu_mut());
         targets.extend(u.state.iter_mut().map(|s| s.gpu_mut()));
     }
-    let wg = ctx.tuning.elementwise_wg;
     let source = || source(count, state);
     // Distinct from every fused kernel's structure, whose first word is 0 or 1.
     let structure = vec![u32::MAX, rule_id(entry), count as u32, state as u32];
@@ -160,7 +165,7 @@ fn multi(ctx: &Arc<Context>, rule: UpdateRule, group: &mut [&mut Update<'_>], ru
                 binds.push(Bind::write((4 * k + 1 + s) as u32, &bufs[k * per + s]));
             }
         }
-        ctx.record_patched(&kernel, &binds, &values, ctx.groups_1d(total as usize, wg), patches)
+        ctx.record_patched(&kernel, &binds, &values, ctx.spread(total as u64), patches)
     });
 }
 
@@ -179,6 +184,9 @@ fn source(count: usize, state: usize) -> String {
     src.push_str("struct Params {\n");
     for k in 0..MAX_PER_DISPATCH {
         let _ = writeln!(src, "    e{k}: u32,");
+    }
+    for k in 0..MAX_PER_DISPATCH {
+        let _ = writeln!(src, "    n{k}: u32,");
     }
     src.push_str(
         "    lr: f32,\n    weight_decay: f32,\n    momentum: f32,\n    nesterov: u32,\n    beta1: f32,\n    \
@@ -200,11 +208,12 @@ fn source(count: usize, state: usize) -> String {
     src.push_str(
         "@compute @workgroup_size(WG)\nfn main(@builtin(workgroup_id) wid: vec3<u32>, \
          @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {\n    \
-         let i = linear_id(wid, nwg, lid);\n",
+         let group = group_id(wid, nwg);\n",
     );
     for k in 0..count {
         let start = if k == 0 { "0u".to_string() } else { format!("params.e{}", k - 1) };
-        let _ = writeln!(src, "    if i < params.e{k} {{\n        let j = i - {start};");
+        let _ = writeln!(src, "    if group < params.e{k} {{\n        let j = (group - {start}) * WG + lid;");
+        let _ = writeln!(src, "        if j >= params.n{k} {{\n            return;\n        }}");
         let call = match state {
             0 => format!("rule_sgd(p{k}[j], g{k}[j])"),
             1 => format!("rule_sgd_momentum(p{k}[j], g{k}[j], s0_{k}[j])"),
