@@ -2,9 +2,12 @@
 //! rules, gradient clipping by global norm, and learning-rate schedules.
 //!
 //! An optimizer holds the variables it updates and their state (momentum
-//! buffers, Adam moments) on the variables' device. `step` runs one fused
-//! kernel per parameter that rewrites the parameter and its state in place,
-//! so a training step never copies parameters to the host.
+//! buffers, Adam moments) on the variables' device. `step` rewrites the
+//! parameters and their state in place with fused kernels — on a hardware
+//! GPU one multi-tensor dispatch for several parameters, as PyTorch's
+//! fused optimizers — so a training step never copies parameters to the
+//! host. The learning rate and Adam's step counts are shared with
+//! [`crate::CapturedStep`]s, whose replays advance them.
 //!
 //! ```
 //! use wgrad::{Device, Tensor, optim::{Adam, Optimizer}};
