@@ -169,6 +169,11 @@ impl Tensor {
     }
 
     /// Whether two handles share storage (a tensor and its reshapes).
+    /// The identity of its storage (shared by reshapes and `detach`).
+    pub(crate) fn storage_id(&self) -> usize {
+        Arc::as_ptr(&self.0.storage) as usize
+    }
+
     pub(crate) fn same_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
     }

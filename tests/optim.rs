@@ -188,3 +188,28 @@ fn multi_tensor_updates_match_per_parameter_updates_bit_for_bit() {
         assert!(fewer < each && each == 7, "{name}: {fewer} dispatches together, {each} apart");
     }
 }
+
+/// One optimizer over parameters on two devices, and over two parameters
+/// sharing one storage (each updated once, in turn, as before multi-tensor
+/// updates), steps without locking a storage twice.
+#[test]
+fn parameters_on_two_devices_or_sharing_storage_step() {
+    let Some(dev) = gpu() else { return };
+    let a = Tensor::ones([3], &Device::Cpu).requires_grad();
+    let b = Tensor::ones([3], &dev).requires_grad();
+    let mut grads = a.sqr().sum().backward();
+    let gb = b.sqr().sum().backward();
+    grads.insert(&b, gb.get(&b).unwrap().clone());
+    Sgd::new(vec![a.clone(), b.clone()], 0.1).step(&grads);
+    assert_eq!(a.to_vec().unwrap(), [0.8; 3]);
+    assert_eq!(b.to_vec().unwrap(), [0.8; 3]);
+
+    for device in [Device::Cpu, dev] {
+        let w = Tensor::ones([3], &device);
+        let (x, y) = (w.clone().requires_grad(), w.requires_grad());
+        let grads = (&x + &y).sum().backward();
+        Sgd::new(vec![x.clone(), y.clone()], 0.1).step(&grads);
+        // One storage, two updates of 0.1 each: 1 → 0.9 → 0.8.
+        assert_close(&x.to_vec().unwrap(), &[0.8; 3], 1e-6, 0.0, "a storage shared by two parameters");
+    }
+}

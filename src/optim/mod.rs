@@ -67,14 +67,18 @@ impl Generation {
     }
 }
 
-/// Runs `update` (which records one parameter's update); while a step is
-/// being captured, `rule_of` gives the rule of each replayed step.
-fn with_replay_rule(rule_of: impl FnOnce() -> Box<dyn FnMut() -> UpdateRule + Send>, update: impl FnOnce()) {
+/// Runs `update` (which records the updates of one rule); while a step is
+/// being captured, `rule_of` gives the rule of each replayed step, asked
+/// once per replay by whichever of its dispatches comes first.
+fn with_replay_rule(
+    rule: UpdateRule,
+    rule_of: impl FnOnce() -> Box<dyn FnMut() -> UpdateRule + Send>,
+    update: impl FnOnce(),
+) {
     if capture::active() {
-        capture::set_rule(rule_of());
+        capture::set_rule(capture::ReplayRule::shared(rule_of(), rule));
         update();
-        // Not taken by a GPU update (a CPU parameter): not for the next one.
-        drop(capture::take_rule());
+        capture::clear_rule();
     } else {
         update();
     }
@@ -169,8 +173,11 @@ fn save_buffers(params: &[Tensor], state: &HashMap<u64, Vec<Tensor>>, names: &[&
 
 /// Runs one fused update of each `(param, grad)` with its optimizer
 /// `state` (`count` buffers, created as zeros on first use), all with
-/// `rule`: one multi-tensor step where the device has one. While a step is
-/// being captured, `rule_of` gives the rule of each replayed step.
+/// `rule`: one multi-tensor step per device where the device has one. A
+/// storage shared by two of the tensors (two parameters on one storage, a
+/// gradient that is a parameter's) would be locked twice: those updates run
+/// one parameter at a time. While a step is being captured, `rule_of`
+/// gives the rule of each replayed step.
 fn update_all(
     items: &[(&Tensor, &Tensor)],
     state: &mut HashMap<u64, Vec<Tensor>>,
@@ -178,8 +185,6 @@ fn update_all(
     rule: UpdateRule,
     rule_of: impl FnOnce() -> Box<dyn FnMut() -> UpdateRule + Send>,
 ) {
-    let Some(&(first, _)) = items.first() else { return };
-    let device = first.device();
     for &(param, grad) in items {
         assert!(
             param.shape() == grad.shape(),
@@ -188,32 +193,45 @@ fn update_all(
             param.shape()
         );
         crate::ops::same_device("optimizer step", param, grad);
-        crate::ops::same_device("optimizer step", first, param);
         let s = state.entry(param.id()).or_default();
         if s.is_empty() {
             *s = (0..count).map(|_| Tensor::zeros(param.shape().clone(), &param.device())).collect();
         }
     }
-    let grads: Vec<&Tensor> = items.iter().map(|&(_, g)| g).collect();
-    with_replay_rule(rule_of, || {
-        Tensor::with_storages(&grads, |grads| {
-            let mut params: Vec<_> = items.iter().map(|&(p, _)| p.write()).collect();
-            let mut states: Vec<Vec<_>> =
-                items.iter().map(|&(p, _)| state[&p.id()].iter().map(Tensor::write).collect()).collect();
-            let mut updates: Vec<Update> = params
-                .iter_mut()
-                .zip(states.iter_mut())
-                .zip(grads)
-                .zip(items)
-                .map(|(((p, s), g), &(param, _))| Update {
-                    param: p,
-                    grad: g,
-                    state: s.iter_mut().map(|s| &mut **s).collect(),
-                    n: param.elem_count(),
-                })
-                .collect();
-            device.backend().update_many(rule, &mut updates);
-        })
+    // A gradient shared by several parameters is fine (read-locked once).
+    let mut written = std::collections::HashSet::new();
+    let mut aliased = items.iter().any(|&(p, _)| !written.insert(p.storage_id()));
+    aliased |= items.iter().any(|&(_, g)| written.contains(&g.storage_id()));
+    let mut groups: Vec<(crate::Device, Vec<(&Tensor, &Tensor)>)> = Vec::new();
+    for &item in items {
+        let device = item.0.device();
+        match groups.iter_mut().find(|(d, _)| *d == device) {
+            Some((_, g)) if !aliased => g.push(item),
+            _ => groups.push((device, vec![item])),
+        }
+    }
+    with_replay_rule(rule, rule_of, || {
+        for (device, group) in &groups {
+            let grads: Vec<&Tensor> = group.iter().map(|&(_, g)| g).collect();
+            Tensor::with_storages(&grads, |grads| {
+                let mut params: Vec<_> = group.iter().map(|&(p, _)| p.write()).collect();
+                let mut states: Vec<Vec<_>> =
+                    group.iter().map(|&(p, _)| state[&p.id()].iter().map(Tensor::write).collect()).collect();
+                let mut updates: Vec<Update> = params
+                    .iter_mut()
+                    .zip(states.iter_mut())
+                    .zip(grads)
+                    .zip(group)
+                    .map(|(((p, s), g), &(param, _))| Update {
+                        param: p,
+                        grad: g,
+                        state: s.iter_mut().map(|s| &mut **s).collect(),
+                        n: param.elem_count(),
+                    })
+                    .collect();
+                device.backend().update_many(rule, &mut updates);
+            })
+        }
     });
 }
 
@@ -419,6 +437,15 @@ impl Optimizer for Adam {
             for (t, group) in by_step {
                 let (lr, steps) = (self.lr.0.clone(), self.steps.clone());
                 let ids: Vec<u64> = group.iter().map(|(p, _)| p.id()).collect();
+                if capture::active() {
+                    // Replays give the group one step count: stale once an
+                    // eager step in between moved some of them apart.
+                    let (steps, ids) = (steps.clone(), ids.clone());
+                    capture::note_guard(Box::new(move || {
+                        let steps = steps.lock().unwrap_or_else(|e| e.into_inner());
+                        ids.iter().all(|id| steps.get(id) == steps.get(&ids[0]))
+                    }));
+                }
                 let rule_of = || -> Box<dyn FnMut() -> UpdateRule + Send> {
                     Box::new(move || {
                         let mut t = 0;

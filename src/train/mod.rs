@@ -93,7 +93,11 @@ pub struct FitConfig {
     /// per step; the running loss and metrics are accumulated eagerly from
     /// the step's outputs. A smaller last batch runs eagerly; a step that
     /// cannot be replayed (a forward hook reading a value back) stays
-    /// eager. Ignored on the CPU and in a data-parallel job.
+    /// eager. Ignored on the CPU and in a data-parallel job. wgrad's
+    /// optimizers share their learning rate and step counts with replays;
+    /// an [`Optimizer`] of your own that keeps host-side numbers of its
+    /// own (a step count, a rate it computes) has them frozen at their
+    /// captured values.
     pub capture: bool,
     /// Data-parallel training over MPI (feature `mpi`): every rank runs
     /// `fit` with the same model, data and config; each trains on its

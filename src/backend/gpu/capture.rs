@@ -45,8 +45,9 @@ pub(crate) struct Patches {
     pub check: Option<(&'static str, usize, usize)>,
     /// Dropout keys: (word index of key0, key) — key1 follows key0.
     pub keys: Vec<(usize, [u32; 2])>,
-    /// The whole immediates, recomputed by the optimizer at each replay.
-    pub params: Option<Box<dyn FnMut() -> Vec<u8> + Send>>,
+    /// The whole immediates, recomputed by the optimizer at each replay
+    /// (given the replay's number).
+    pub params: Option<Box<dyn FnMut(u64) -> Vec<u8> + Send>>,
     /// Not a patch: the binds form independent groups of this many in a
     /// row (a multi-tensor optimizer step), each group's outputs computed
     /// from that group alone — which decides the checks they depend on.
@@ -67,7 +68,7 @@ impl Patches {
 struct Recorded {
     check: Option<(&'static str, usize, usize)>,
     keys: Vec<(usize, usize)>,
-    params: Option<Box<dyn FnMut() -> Vec<u8> + Send>>,
+    params: Option<Box<dyn FnMut(u64) -> Vec<u8> + Send>>,
     groups_of: Option<usize>,
 }
 
@@ -101,6 +102,8 @@ pub(crate) struct Recording {
     keys: Vec<[u32; 2]>,
     /// Buffers allocated while capturing (by address).
     allocated: HashSet<usize>,
+    /// Replays so far.
+    replays: u64,
     /// Buffers the step uses that it did not allocate (parameters,
     /// optimizer state): the tensors owning them live outside it.
     external: Vec<usize>,
@@ -149,7 +152,7 @@ pub(crate) fn owner(ctx: &Context) -> Option<Arc<Owner>> {
 thread_local! {
     static ACTIVE: RefCell<Option<Recording>> = const { RefCell::new(None) };
     /// The rule function an optimizer registered for its next update.
-    static RULE: RefCell<Option<Box<dyn FnMut() -> UpdateRule + Send>>> = const { RefCell::new(None) };
+    static RULE: RefCell<Option<SharedRule>> = const { RefCell::new(None) };
 }
 
 /// Whether this thread is capturing on any device.
@@ -185,6 +188,7 @@ pub(crate) fn begin(ctx: &Arc<Context>) -> bool {
         index: HashMap::new(),
         keys: Vec::new(),
         allocated: HashSet::new(),
+        replays: 0,
         external: Vec::new(),
         invalid: None,
         guards: Vec::new(),
@@ -284,15 +288,47 @@ pub(crate) fn note_key(key: [u32; 2]) {
     });
 }
 
-/// Registers the rule function of the optimizer update about to be
-/// recorded on this thread.
-pub(crate) fn set_rule(f: Box<dyn FnMut() -> UpdateRule + Send>) {
-    RULE.with(|r| *r.borrow_mut() = Some(f));
+/// An optimizer's rule for the updates of one step, shared by every
+/// dispatch recording them: the optimizer's function (which advances its
+/// step counts) runs once per replay, whichever dispatch asks first.
+pub(crate) struct ReplayRule {
+    f: Box<dyn FnMut() -> UpdateRule + Send>,
+    replay: u64,
+    rule: UpdateRule,
 }
 
-/// Takes the rule function registered for this update.
-pub(crate) fn take_rule() -> Option<Box<dyn FnMut() -> UpdateRule + Send>> {
-    RULE.with(|r| r.borrow_mut().take())
+pub(crate) type SharedRule = Arc<std::sync::Mutex<ReplayRule>>;
+
+impl ReplayRule {
+    /// `f` gives each replay's rule; `rule` is the captured step's.
+    pub fn shared(f: Box<dyn FnMut() -> UpdateRule + Send>, rule: UpdateRule) -> SharedRule {
+        Arc::new(std::sync::Mutex::new(ReplayRule { f, replay: 0, rule }))
+    }
+
+    /// The rule of replay number `replay` (1 for the first).
+    pub fn at(shared: &SharedRule, replay: u64) -> UpdateRule {
+        let mut r = super::lock(shared);
+        if r.replay != replay {
+            r.rule = (r.f)();
+            r.replay = replay;
+        }
+        r.rule
+    }
+}
+
+/// Registers the rule of the optimizer updates about to be recorded on
+/// this thread (until [`clear_rule`]).
+pub(crate) fn set_rule(rule: SharedRule) {
+    RULE.with(|r| *r.borrow_mut() = Some(rule));
+}
+
+pub(crate) fn clear_rule() {
+    RULE.with(|r| r.borrow_mut().take());
+}
+
+/// The rule registered for the updates being recorded.
+pub(crate) fn current_rule() -> Option<SharedRule> {
+    RULE.with(|r| r.borrow().clone())
 }
 
 impl Recording {
@@ -343,6 +379,7 @@ impl Recording {
         }
         // Pending expressions reading what the step writes run first.
         ctx.lazy.run_all();
+        self.replays += 1;
         let keys: Vec<[u32; 2]> = (0..self.keys.len()).map(|_| crate::rng::next_dropout_key()).collect();
         let profiling = ctx.queue.profiling();
         // An intermediate's first write in the step overwrites it whole:
@@ -359,7 +396,7 @@ impl Recording {
                     let mut check = None;
                     if let Some(p) = patches {
                         if let Some(f) = &mut p.params {
-                            *immediates = f();
+                            *immediates = f(self.replays);
                         }
                         patch_keys(immediates, &p.keys, &keys);
                         if let Some((op, slot, id)) = p.check {

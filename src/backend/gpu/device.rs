@@ -110,7 +110,9 @@ impl GpuOptions {
             backends: std::env::var("WGPU_BACKEND").ok(),
             fusion: std::env::var("WGRAD_FUSION").map_or(true, |v| v != "0"),
             subgroups: std::env::var("WGRAD_SUBGROUPS").map_or(true, |v| v != "0"),
-            multi_tensor: std::env::var("WGRAD_MULTI_TENSOR").ok().map(|v| v.trim() != "0"),
+            multi_tensor: std::env::var("WGRAD_MULTI_TENSOR")
+                .ok()
+                .map(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no")),
             ..GpuOptions::default()
         }
     }

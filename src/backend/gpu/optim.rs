@@ -9,6 +9,7 @@
 //! MNIST model on a desktop Vulkan driver). Both kernels apply the rules of
 //! `shaders/optim_rules.wgsl`, so they compute the same bits.
 
+use super::capture::{ReplayRule, SharedRule};
 use super::pipelines::{Kernel, OPTIM_RULES, Shader, params};
 use super::{Bind, Context, GpuBuffer};
 use crate::backend::{Update, UpdateRule};
@@ -62,28 +63,17 @@ pub(crate) fn update_many(ctx: &Arc<Context>, rule: UpdateRule, updates: &mut [U
     };
     let k =
         if ctx.tuning.multi_tensor { per_dispatch(ctx.limits.max_storage_buffers_per_shader_stage, state) } else { 1 };
-    // In a captured step the optimizer's rule function advances its step
-    // counts: the first dispatch calls it at each replay, the others
-    // reuse its answer.
-    let mut first = replay_rule(ctx);
-    let shared: Arc<std::sync::Mutex<UpdateRule>> = Arc::new(std::sync::Mutex::new(rule));
-    let captured = first.is_some();
-    let mut rule_of = move || -> Option<RuleOf> {
-        if !captured {
-            return None;
-        }
-        let shared = shared.clone();
-        Some(match first.take() {
-            Some(mut f) => Box::new(move || {
-                let r = f();
-                *super::lock(&shared) = r;
-                r
-            }),
-            None => Box::new(move || *super::lock(&shared)),
-        })
+    // In a captured step every dispatch asks the optimizer's shared rule.
+    let shared = replay_rule(ctx);
+    let rule_of = || shared.clone();
+    // Large parameters, and updates with a poisoned buffer (which poisons
+    // what its dispatch updates), take a dispatch of their own; empty ones
+    // none.
+    let poisoned = |u: &Update| {
+        u.grad.gpu().get().is_err() || u.param.gpu().get().is_err() || u.state.iter().any(|s| s.gpu().get().is_err())
     };
     let (large, small): (Vec<&mut Update>, Vec<&mut Update>) =
-        updates.iter_mut().partition(|u| u.n >= LARGE || u.state.len() != state);
+        updates.iter_mut().filter(|u| u.n > 0).partition(|u| u.n >= LARGE || u.state.len() != state || poisoned(u));
     for u in large {
         one(ctx, rule, u, rule_of());
     }
@@ -99,14 +89,14 @@ pub(crate) fn update_many(ctx: &Arc<Context>, rule: UpdateRule, updates: &mut [U
     }
 }
 
-fn one(ctx: &Arc<Context>, rule: UpdateRule, u: &mut Update<'_>, rule_of: Option<RuleOf>) {
+fn one(ctx: &Arc<Context>, rule: UpdateRule, u: &mut Update<'_>, rule_of: Option<SharedRule>) {
     let mut targets: Vec<&mut GpuBuffer> = vec![u.param.gpu_mut()];
     targets.extend(u.state.iter_mut().map(|s| s.gpu_mut()));
     update(ctx, rule, &mut targets, u.grad.gpu(), u.n, rule_of);
 }
 
 /// One dispatch updating every parameter of `group` (2..=MAX_PER_DISPATCH).
-fn multi(ctx: &Arc<Context>, rule: UpdateRule, group: &mut [&mut Update<'_>], rule_of: Option<RuleOf>) {
+fn multi(ctx: &Arc<Context>, rule: UpdateRule, group: &mut [&mut Update<'_>], rule_of: Option<SharedRule>) {
     let (entry, values) = params(rule, 0);
     let state = group[0].state.len();
     let wg = ctx.tuning.elementwise_wg;
@@ -137,8 +127,10 @@ fn multi(ctx: &Arc<Context>, rule: UpdateRule, group: &mut [&mut Update<'_>], ru
     // Each parameter's binds (gradient, values, state) are a group: a bad
     // label behind one parameter's gradient poisons that parameter only.
     let mut patches = super::capture::Patches { groups_of: Some(2 + state), ..Default::default() };
-    if let Some(mut rule_of) = rule_of {
-        patches.params = Some(Box::new(move || bytemuck::bytes_of(&with_ends(params(rule_of(), 0).1)).to_vec()));
+    if let Some(shared) = rule_of {
+        patches.params = Some(Box::new(move |replay| {
+            bytemuck::bytes_of(&with_ends(params(ReplayRule::at(&shared, replay), 0).1)).to_vec()
+        }));
     }
     let values = with_ends(values);
     let count = group.len();
@@ -248,12 +240,9 @@ params! {
     }
 }
 
-/// A function giving a captured update's rule at each replay.
-type RuleOf = Box<dyn FnMut() -> UpdateRule + Send>;
-
-/// The optimizer's rule function, if this thread captures on `ctx`.
-pub(super) fn replay_rule(ctx: &Context) -> Option<RuleOf> {
-    super::capture::take_rule().filter(|_| super::capture::capturing(ctx))
+/// The optimizer's shared rule, if this thread captures on `ctx`.
+pub(super) fn replay_rule(ctx: &Context) -> Option<SharedRule> {
+    super::capture::current_rule().filter(|_| super::capture::capturing(ctx))
 }
 
 /// One update of `targets[0]` (the parameter; then its state buffers) from
@@ -265,13 +254,14 @@ pub(crate) fn update(
     targets: &mut [&mut GpuBuffer],
     grad: &GpuBuffer,
     n: usize,
-    rule_of: Option<RuleOf>,
+    rule_of: Option<SharedRule>,
 ) {
     let n4 = n.div_ceil(4) as u32;
     let (entry, values) = params(rule, n4);
     let mut patches = super::capture::Patches::default();
-    if let Some(mut rule_of) = rule_of {
-        patches.params = Some(Box::new(move || bytemuck::bytes_of(&params(rule_of(), n4).1).to_vec()));
+    if let Some(shared) = rule_of {
+        patches.params =
+            Some(Box::new(move |replay| bytemuck::bytes_of(&params(ReplayRule::at(&shared, replay), n4).1).to_vec()));
     }
     let wg = ctx.tuning.elementwise_wg;
     let slots = targets.len();
