@@ -29,20 +29,13 @@ params! {
     /// A multi-tensor update: parameter `k` (of `n[k]` vec4s) takes the
     /// workgroups from `e[k-1]` (0 for the first) to `e[k]`, so that every
     /// workgroup works on one parameter (no divergence, one branch taken
-    /// per workgroup); the rule's numbers as [`OptimParams`].
+    /// per workgroup); then the rule's numbers, laid out as the
+    /// per-parameter kernel's `struct Params` (`shaders/optim.wgsl`).
     MultiParams {
         e: [u32; MAX_PER_DISPATCH],
         n: [u32; MAX_PER_DISPATCH],
-        lr: f32,
-        weight_decay: f32,
-        momentum: f32,
-        nesterov: u32,
-        beta1: f32,
-        beta2: f32,
-        eps: f32,
-        decoupled: u32,
-        bias1: f32,
-        bias2: f32,
+        /// Its `n4` unused: the per-parameter kernel's fields, in its order.
+        rule: OptimParams,
     }
 }
 
@@ -110,20 +103,7 @@ fn multi(ctx: &Arc<Context>, rule: UpdateRule, group: &mut [&mut Update<'_>], ru
     for e in ends.iter_mut().skip(group.len()) {
         *e = total;
     }
-    let with_ends = move |v: OptimParams| MultiParams {
-        e: ends,
-        n: sizes,
-        lr: v.lr,
-        weight_decay: v.weight_decay,
-        momentum: v.momentum,
-        nesterov: v.nesterov,
-        beta1: v.beta1,
-        beta2: v.beta2,
-        eps: v.eps,
-        decoupled: v.decoupled,
-        bias1: v.bias1,
-        bias2: v.bias2,
-    };
+    let with_ends = move |rule: OptimParams| MultiParams { e: ends, n: sizes, rule };
     // Each parameter's binds (gradient, values, state) are a group: a bad
     // label behind one parameter's gradient poisons that parameter only.
     let mut patches = super::capture::Patches { groups_of: Some(2 + state), ..Default::default() };
@@ -137,9 +117,7 @@ fn multi(ctx: &Arc<Context>, rule: UpdateRule, group: &mut [&mut Update<'_>], ru
     // Targets: each parameter then its state; inputs: the gradients.
     let grads: Vec<&GpuBuffer> = group.iter().map(|u| u.grad.gpu()).collect();
     let mut targets: Vec<&mut GpuBuffer> = Vec::with_capacity(count * (1 + state));
-    let mut grads_owned = Vec::with_capacity(count);
-    for (u, g) in group.iter_mut().zip(&grads) {
-        grads_owned.push(*g);
+    for u in group.iter_mut() {
         targets.push(u.param.gpu_mut());
         targets.extend(u.state.iter_mut().map(|s| s.gpu_mut()));
     }
@@ -147,7 +125,7 @@ fn multi(ctx: &Arc<Context>, rule: UpdateRule, group: &mut [&mut Update<'_>], ru
     // Distinct from every fused kernel's structure, whose first word is 0 or 1.
     let structure = vec![u32::MAX, rule_id(entry), count as u32, state as u32];
     let per = 1 + state;
-    ctx.modify(&mut targets, &grads_owned, |bufs| {
+    ctx.modify(&mut targets, &grads, |bufs| {
         let kernel = Kernel::Generated { family: "optim_multi", structure, source: &source, wg };
         // Parameter k: its gradient at 4k, values at 4k + 1, state from 4k + 2.
         let mut binds = Vec::with_capacity(count * (2 + state));
@@ -169,6 +147,10 @@ fn rule_id(entry: &str) -> u32 {
     }
 }
 
+/// The fields of `shaders/optim.wgsl`'s `struct Params` and its closing
+/// brace, which a multi-tensor kernel's `Params` ends with.
+static OPTIM_PARAMS_FIELDS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// The WGSL of a multi-tensor kernel updating `count` parameters with
 /// `state` buffers each: SGD (0), SGD with momentum (1) or Adam (2).
 fn source(count: usize, state: usize) -> String {
@@ -178,13 +160,15 @@ fn source(count: usize, state: usize) -> String {
         let _ = writeln!(src, "    e{k}: u32,");
     }
     for k in 0..MAX_PER_DISPATCH {
-        let _ = writeln!(src, "    n{k}: u32,");
+        let _ = writeln!(src, "    len{k}: u32,");
     }
-    src.push_str(
-        "    lr: f32,\n    weight_decay: f32,\n    momentum: f32,\n    nesterov: u32,\n    beta1: f32,\n    \
-         beta2: f32,\n    eps: f32,\n    decoupled: u32,\n    bias1: f32,\n    bias2: f32,\n}\n\
-         var<immediate> params: Params;\n",
-    );
+    // Then the per-parameter kernel's fields (`MultiParams::rule`).
+    src.push_str(OPTIM_PARAMS_FIELDS.get_or_init(|| {
+        let per_parameter = Shader::Optim.source();
+        let body = per_parameter.split("struct Params {").nth(1).expect("optim.wgsl declares its Params");
+        body[..body.find('}').expect("a closed struct") + 1].to_string()
+    }));
+    src.push_str("\nvar<immediate> params: Params;\n");
     src.push_str(OPTIM_RULES);
     for k in 0..count {
         let _ = writeln!(src, "@group(0) @binding({}) var<storage, read> g{k}: array<vec4<f32>>;", 4 * k);
@@ -205,7 +189,7 @@ fn source(count: usize, state: usize) -> String {
     for k in 0..count {
         let start = if k == 0 { "0u".to_string() } else { format!("params.e{}", k - 1) };
         let _ = writeln!(src, "    if group < params.e{k} {{\n        let j = (group - {start}) * WG + lid;");
-        let _ = writeln!(src, "        if j >= params.n{k} {{\n            return;\n        }}");
+        let _ = writeln!(src, "        if j >= params.len{k} {{\n            return;\n        }}");
         let call = match state {
             0 => format!("rule_sgd(p{k}[j], g{k}[j])"),
             1 => format!("rule_sgd_momentum(p{k}[j], g{k}[j], s0_{k}[j])"),
