@@ -415,14 +415,7 @@ impl Recording {
                     }
                     let per = patches.as_ref().and_then(|p| p.groups_of).unwrap_or(binds.len()).max(1);
                     for group in binds.chunks(per) {
-                        let writes: Vec<&Taint> =
-                            group.iter().filter(|b| output(b)).map(|&(b, _)| &self.buffers[b].taint).collect();
-                        let reads: Vec<&Taint> = group
-                            .iter()
-                            .filter(|&&(b, _)| !group.iter().any(|w| output(w) && w.0 == b))
-                            .map(|&(b, _)| &self.buffers[b].taint)
-                            .collect();
-                        Taint::spread(&writes, &reads);
+                        Taint::spread(group.iter().map(|b| (&self.buffers[b.0].taint, output(b))));
                     }
                     let info = started.map(|started| EventInfo {
                         op,

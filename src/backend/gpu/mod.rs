@@ -154,15 +154,9 @@ impl Context {
         }
         // Every output depends on the checks of every input (of its group,
         // for a multi-tensor kernel).
+        let output = |b: &Bind| b.write && !Arc::ptr_eq(b.buffer, &self.checks.buffer);
         for group in binds.chunks(patches.groups_of.unwrap_or(binds.len()).max(1)) {
-            let output = |b: &&Bind| b.write && !Arc::ptr_eq(b.buffer, &self.checks.buffer);
-            let writes: Vec<&taint::Taint> = group.iter().filter(output).map(|b| &b.buffer.taint).collect();
-            let reads: Vec<&taint::Taint> = group
-                .iter()
-                .filter(|b| !group.iter().filter(output).any(|w| Arc::ptr_eq(w.buffer, b.buffer)))
-                .map(|b| &b.buffer.taint)
-                .collect();
-            taint::Taint::spread(&writes, &reads);
+            taint::Taint::spread(group.iter().map(|b| (&b.buffer.taint, output(b))));
         }
         if groups.contains(&0) {
             return Ok(());

@@ -124,25 +124,25 @@ impl Taint {
         *mine = Arc::new(merged);
     }
 
-    /// What a kernel writing `writes` (in place or not) from `reads` leaves
-    /// behind: every written buffer depends on the checks of all of them.
-    /// With several outputs (a multi-tensor optimizer step), the union is
-    /// merged once and shared, where merging every read into every output
-    /// cost outputs × inputs merges of lists up to [`SLOTS`] long.
-    pub fn spread(writes: &[&Taint], reads: &[&Taint]) {
-        if let [w] = writes {
-            for r in reads {
-                w.extend_from(r);
+    /// What a kernel leaves behind on one group of its bindings, each
+    /// `(taint, output)`: every output depends on the checks of the whole
+    /// group. With several outputs (a multi-tensor optimizer step), the
+    /// union is merged once and shared, where merging every input into
+    /// every output cost outputs × inputs merges of lists up to [`SLOTS`]
+    /// long. Allocates nothing (it runs at every dispatch).
+    pub fn spread<'a>(group: impl Iterator<Item = (&'a Taint, bool)> + Clone) {
+        let outputs = || group.clone().filter(|&(_, out)| out).map(|(t, _)| t);
+        let inputs = || group.clone().filter(|&(_, out)| !out).map(|(t, _)| t);
+        let mut first_two = outputs();
+        match (first_two.next(), first_two.next()) {
+            (None, _) => {}
+            (Some(w), None) => inputs().for_each(|r| w.extend_from(r)),
+            _ => {
+                let union = Taint::default();
+                outputs().chain(inputs()).for_each(|t| union.extend_from(t));
+                let shared = union.lock().clone();
+                outputs().for_each(|w| *w.lock() = shared.clone());
             }
-            return;
-        }
-        let union = Taint::default();
-        for t in writes.iter().chain(reads) {
-            union.extend_from(t);
-        }
-        let shared = union.lock().clone();
-        for w in writes {
-            *w.lock() = shared.clone();
         }
     }
 
