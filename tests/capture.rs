@@ -13,16 +13,6 @@ use wgrad::nn::{self, Module};
 use wgrad::optim::{Adam, Optimizer};
 use wgrad::{CaptureStats, CapturedStep, Device, Error, GpuDevice, GpuOptions, Tensor, manual_seed};
 
-/// The seed's MNIST model, with dropout.
-fn mnist_model(dev: &Device) -> nn::Sequential {
-    nn::Sequential::new()
-        .add(nn::Flatten)
-        .add(nn::Linear::new(784, 128, dev))
-        .add(nn::ReLU)
-        .add(nn::Dropout::new(0.2))
-        .add(nn::Linear::new(128, 10, dev))
-}
-
 /// Batch `i` (rows of 28×28 pixels and labels), the same on every run.
 fn batch(i: usize, rows: usize, dev: &Device) -> (Tensor, Tensor) {
     let mut g = wgrad::Generator::new(1000 + i as u64);
@@ -44,13 +34,9 @@ type Run = (Vec<f32>, Vec<Vec<f32>>, Vec<Vec<f32>>, Vec<(String, f64)>, CaptureS
 /// optimizer's state and the capture's stats.
 fn train_captured(dev: &Device) -> Run {
     manual_seed(7);
-    let model = mnist_model(dev);
+    let model = common::seed_mlp(dev);
     let opt = RefCell::new(Adam::new(model.parameters(), 1e-3));
-    let mut f = |xy: &[Tensor]| {
-        let loss = model.forward(&xy[0]).cross_entropy(&xy[1]);
-        opt.borrow_mut().step(&loss.backward());
-        vec![loss]
-    };
+    let mut f = |xy: &[Tensor]| mnist_step(&model, &opt, &xy[0], &xy[1]);
     let mut step = CapturedStep::new(&mut f);
     let mut losses = Vec::new();
     for i in 0..50 {
@@ -63,7 +49,7 @@ fn train_captured(dev: &Device) -> Run {
     }
     let stats = step.stats();
     drop(step);
-    let params = model.parameters().iter().map(|p| p.to_vec().unwrap()).collect();
+    let params = common::values(&model.parameters());
     let state = opt.borrow().state_dict();
     let buffers = state.tensors.iter().map(|(_, t)| t.to_vec().unwrap()).collect();
     (losses, params, buffers, state.scalars, stats)
@@ -89,7 +75,7 @@ test_device!(captured_and_eager_steps_agree_bit_for_bit);
 /// As `train`, every step eager.
 fn train_eager(dev: &Device) -> Run {
     manual_seed(7);
-    let model = mnist_model(dev);
+    let model = common::seed_mlp(dev);
     let mut opt = Adam::new(model.parameters(), 1e-3);
     let mut losses = Vec::new();
     for i in 0..50 {
@@ -101,7 +87,7 @@ fn train_eager(dev: &Device) -> Run {
         opt.step(&loss.backward());
         losses.push(loss.item().unwrap());
     }
-    let params = model.parameters().iter().map(|p| p.to_vec().unwrap()).collect();
+    let params = common::values(&model.parameters());
     let state = opt.state_dict();
     let buffers = state.tensors.iter().map(|(_, t)| t.to_vec().unwrap()).collect();
     (losses, params, buffers, state.scalars, CaptureStats::default())
@@ -112,13 +98,9 @@ fn a_replaced_optimizer_state_is_captured_again() {
     let Some(dev) = common::gpu() else { return };
     let run = |reload: bool| {
         manual_seed(3);
-        let model = mnist_model(&dev);
+        let model = common::seed_mlp(&dev);
         let opt = RefCell::new(Adam::new(model.parameters(), 1e-3));
-        let mut f = |xy: &[Tensor]| {
-            let loss = model.forward(&xy[0]).cross_entropy(&xy[1]);
-            opt.borrow_mut().step(&loss.backward());
-            vec![loss]
-        };
+        let mut f = |xy: &[Tensor]| mnist_step(&model, &opt, &xy[0], &xy[1]);
         let mut step = CapturedStep::new(&mut f);
         let mut kept = None;
         for i in 0..8 {
@@ -134,7 +116,7 @@ fn a_replaced_optimizer_state_is_captured_again() {
         }
         let stats = step.stats();
         drop((step, kept));
-        (model.parameters().iter().map(|p| p.to_vec().unwrap()).collect::<Vec<_>>(), stats)
+        (common::values(&model.parameters()), stats)
     };
     let (plain, stats) = run(false);
     assert_eq!(stats, CaptureStats { eager: 1, captures: 1, replays: 6 });
@@ -150,13 +132,9 @@ fn a_new_optimizer_and_invalidate_warm_up_before_capturing_again() {
     let Some(dev) = common::gpu() else { return };
     let run = |captured: bool| {
         manual_seed(4);
-        let model = mnist_model(&dev);
+        let model = common::seed_mlp(&dev);
         let opt = RefCell::new(Adam::new(model.parameters(), 1e-3));
-        let mut f = |xy: &[Tensor]| {
-            let loss = model.forward(&xy[0]).cross_entropy(&xy[1]);
-            opt.borrow_mut().step(&loss.backward());
-            vec![loss]
-        };
+        let mut f = |xy: &[Tensor]| mnist_step(&model, &opt, &xy[0], &xy[1]);
         let mut step = CapturedStep::new(&mut f);
         let mut losses = Vec::new();
         for i in 0..8 {
@@ -167,12 +145,12 @@ fn a_new_optimizer_and_invalidate_warm_up_before_capturing_again() {
                 step.invalidate();
             }
             let (x, y) = batch(i, 32, &dev);
-            let out = if captured { step.run(&[x, y]).unwrap() } else { f_eager(&model, &opt, &x, &y) };
+            let out = if captured { step.run(&[x, y]).unwrap() } else { mnist_step(&model, &opt, &x, &y) };
             losses.push(out[0].item().unwrap());
         }
         let stats = step.stats();
         drop(step);
-        (losses, model.parameters().iter().map(|p| p.to_vec().unwrap()).collect::<Vec<_>>(), stats)
+        (losses, common::values(&model.parameters()), stats)
     };
     let (eager_losses, eager_params, _) = run(false);
     let (losses, params, stats) = run(true);
@@ -181,7 +159,9 @@ fn a_new_optimizer_and_invalidate_warm_up_before_capturing_again() {
     assert_eq!(stats, CaptureStats { eager: 2, captures: 2, replays: 4 });
 }
 
-fn f_eager(model: &nn::Sequential, opt: &RefCell<Adam>, x: &Tensor, y: &Tensor) -> Vec<Tensor> {
+/// One training step of `model` on a batch of labelled rows: the loss, as
+/// a step's outputs.
+fn mnist_step(model: &impl Module, opt: &RefCell<Adam>, x: &Tensor, y: &Tensor) -> Vec<Tensor> {
     let loss = model.forward(x).cross_entropy(y);
     opt.borrow_mut().step(&loss.backward());
     vec![loss]
@@ -236,11 +216,7 @@ fn bad_labels_in_a_replayed_step_are_reported() {
     manual_seed(5);
     let model = nn::Linear::new(6, 3, &dev);
     let opt = RefCell::new(Adam::new(model.parameters(), 1e-2));
-    let mut f = |xy: &[Tensor]| {
-        let loss = model.forward(&xy[0]).cross_entropy(&xy[1]);
-        opt.borrow_mut().step(&loss.backward());
-        vec![loss]
-    };
+    let mut f = |xy: &[Tensor]| mnist_step(&model, &opt, &xy[0], &xy[1]);
     let mut step = CapturedStep::new(&mut f);
     let x = Tensor::randn([4, 6], &dev);
     let good = Tensor::from_vec(vec![0.0, 1.0, 2.0, 1.0], [4], &dev).unwrap();
@@ -260,13 +236,9 @@ fn a_replay_dispatches_the_eager_steps_kernels_on_the_noop_adapter() {
     let gpu = GpuDevice::with_options(GpuOptions { backends: Some("noop".into()), ..GpuOptions::default() }).unwrap();
     let dev = Device::Gpu(gpu.clone());
     manual_seed(0);
-    let model = mnist_model(&dev);
+    let model = common::seed_mlp(&dev);
     let opt = RefCell::new(Adam::new(model.parameters(), 1e-3));
-    let mut f = |xy: &[Tensor]| {
-        let loss = model.forward(&xy[0]).cross_entropy(&xy[1]);
-        opt.borrow_mut().step(&loss.backward());
-        vec![loss]
-    };
+    let mut f = |xy: &[Tensor]| mnist_step(&model, &opt, &xy[0], &xy[1]);
     let mut step = CapturedStep::new(&mut f);
     let (x, y) = batch(0, 32, &dev);
     let count = |step: &mut CapturedStep<_>| {

@@ -11,19 +11,10 @@ use wgrad::optim::{Adam, Optimizer};
 use wgrad::train::{FitConfig, evaluate, fit, predict};
 use wgrad::{Device, io, manual_seed};
 
-fn seed_model(dev: &Device) -> nn::Sequential {
-    nn::Sequential::new()
-        .add(nn::Flatten)
-        .add(nn::Linear::new(784, 128, dev))
-        .add(nn::ReLU)
-        .add(nn::Dropout::new(0.2))
-        .add(nn::Linear::new(128, 10, dev))
-}
-
 fn learns_the_bundled_digits(dev: &Device) {
     let data = mnist::load("data/mnist").unwrap();
     manual_seed(0);
-    let model = seed_model(dev);
+    let model = common::seed_mlp(dev);
     let mut opt = Adam::new(model.parameters(), 1e-3);
     // One epoch: 251 steps of batch 32.
     let config = FitConfig { epochs: 1, verbose: false, ..FitConfig::default() };
@@ -37,7 +28,7 @@ fn learns_the_bundled_digits(dev: &Device) {
     let path = dir.path().join("mnist.safetensors");
     io::save(&model, &path, io::Dtype::F32).unwrap();
     manual_seed(99);
-    let reloaded = seed_model(dev);
+    let reloaded = common::seed_mlp(dev);
     io::load(&reloaded, &path).unwrap();
     assert_eq!(predict(&model, &data.test, 256).unwrap(), predict(&reloaded, &data.test, 256).unwrap());
 }
@@ -49,7 +40,7 @@ fn cpu_and_gpu_follow_the_same_trajectory() {
     let data = mnist::load("data/mnist").unwrap();
     let run = |dev: &Device| {
         manual_seed(7);
-        let model = seed_model(dev);
+        let model = common::seed_mlp(dev);
         let mut opt = Adam::new(model.parameters(), 1e-3);
         let mut losses = Vec::new();
         let mut shuffle = wgrad::Generator::new(3);
@@ -136,7 +127,7 @@ fn a_convnet_follows_the_same_trajectory_on_both_devices() {
 #[test]
 fn fit_and_evaluate_refuse_what_they_cannot_use() {
     let data = mnist::load("data/mnist").unwrap();
-    let model = seed_model(&Device::Cpu);
+    let model = common::seed_mlp(&Device::Cpu);
     let mut opt = Adam::new(model.parameters(), 1e-3);
     let invalid = |r: wgrad::Result<_>, what: &str| match r {
         Err(wgrad::Error::InvalidArgument { msg, .. }) => assert!(msg.contains(what), "{msg}"),

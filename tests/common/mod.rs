@@ -1,7 +1,24 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use wgrad::nn;
 use wgrad::{Device, Generator, Tensor};
+
+/// The seed lesson's MNIST model: Flatten → Linear 784→128 → ReLU →
+/// Dropout 0.2 → Linear 128→10.
+pub fn seed_mlp(dev: &Device) -> nn::Sequential {
+    nn::Sequential::new()
+        .add(nn::Flatten)
+        .add(nn::Linear::new(784, 128, dev))
+        .add(nn::ReLU)
+        .add(nn::Dropout::new(0.2))
+        .add(nn::Linear::new(128, 10, dev))
+}
+
+/// The values of `tensors`, read back.
+pub fn values(tensors: &[Tensor]) -> Vec<Vec<f32>> {
+    tensors.iter().map(|t| t.to_vec().unwrap()).collect()
+}
 
 /// Uniform random values in `[lo, hi)` from a fixed seed.
 pub fn uniform(shape: &[usize], lo: f32, hi: f32, seed: u64) -> Vec<f32> {
