@@ -160,12 +160,17 @@ pub(crate) fn active() -> bool {
     ACTIVE.with(|a| a.borrow().is_some())
 }
 
-/// Runs `f` on this thread's recording if it captures on `ctx`.
-fn with<R>(ctx: &Context, f: impl FnOnce(&mut Recording) -> R) -> Option<R> {
+/// Runs `f` on this thread's recording, if it captures (on `ctx`, if given).
+fn with_recording<R>(ctx: Option<&Context>, f: impl FnOnce(&mut Recording) -> R) -> Option<R> {
     ACTIVE.with(|a| {
         let mut a = a.borrow_mut();
-        a.as_mut().filter(|r| r.ctx == ctx as *const Context as usize).map(f)
+        a.as_mut().filter(|r| ctx.is_none_or(|c| r.ctx == c as *const Context as usize)).map(f)
     })
+}
+
+/// Runs `f` on this thread's recording if it captures on `ctx`.
+fn with<R>(ctx: &Context, f: impl FnOnce(&mut Recording) -> R) -> Option<R> {
+    with_recording(Some(ctx), f)
 }
 
 /// Whether this thread is capturing on `ctx`.
@@ -262,30 +267,20 @@ pub(crate) fn invalidate(ctx: &Context, why: &str) {
 /// the step does something a replay would not (host-side random numbers,
 /// work on another device).
 pub(crate) fn invalidate_any(why: &str) {
-    ACTIVE.with(|a| {
-        if let Some(r) = a.borrow_mut().as_mut() {
-            r.invalid.get_or_insert_with(|| why.to_string());
-        }
+    with_recording(None, |r| {
+        r.invalid.get_or_insert_with(|| why.to_string());
     });
 }
 
 /// Adds a condition every replay of this thread's capture needs; once it
 /// fails, the recording is stale.
 pub(crate) fn note_guard(guard: Box<dyn Fn() -> bool + Send>) {
-    ACTIVE.with(|a| {
-        if let Some(r) = a.borrow_mut().as_mut() {
-            r.guards.push(guard);
-        }
-    });
+    with_recording(None, |r| r.guards.push(guard));
 }
 
 /// Notes a dropout key drawn from the default generator.
 pub(crate) fn note_key(key: [u32; 2]) {
-    ACTIVE.with(|a| {
-        if let Some(r) = a.borrow_mut().as_mut() {
-            r.keys.push(key);
-        }
-    });
+    with_recording(None, |r| r.keys.push(key));
 }
 
 /// An optimizer's rule for the updates of one step, shared by every
