@@ -9,9 +9,12 @@ struct Params {
     check_slot: u32,
     check_id: u32,
     // The backward's gradient of row r: grad_rows[r * grad_stride] * grad_scale
-    // (stride 0 and scale 1/rows: the gradient of the mean loss, unexpanded).
+    // (stride 0 and scale 1/rows: the gradient of the mean loss, unexpanded),
+    // or with grad_const = 1 grad_scale alone (a constant gradient the host
+    // folded into the scale; grad_rows is then not read).
     grad_stride: u32,
     grad_scale: f32,
+    grad_const: u32,
 }
 var<immediate> params: Params;
 
@@ -55,7 +58,7 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 }
 
 // out[row][j] = (softmax(x[row])[j] - [j == label]) · g, with
-// g = grad_rows[row · grad_stride] · grad_scale.
+// g = grad_rows[row · grad_stride] · grad_scale (or grad_scale alone).
 @compute @workgroup_size(WG)
 fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                           @builtin(local_invocation_index) lid: u32) {
@@ -64,7 +67,10 @@ fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
         return;
     }
     let s = row_stats(row, lid);
-    let g = op_mul(grad_rows[row * params.grad_stride], params.grad_scale);
+    var g = params.grad_scale;
+    if params.grad_const == 0u {
+        g = op_mul(grad_rows[row * params.grad_stride], params.grad_scale);
+    }
     let label = checked_label(row, lid);
     let base = row * params.len;
     for (var l = lid; l < params.len; l += WG) {

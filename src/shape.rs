@@ -263,9 +263,12 @@ impl Strided {
         at
     }
 
-    /// Whether the view reads storage in plain row-major order.
+    /// Whether the view reads storage in plain row-major order (the stride
+    /// of a dimension of size 1 never matters: a broadcast gives it 0).
     pub fn is_contiguous(&self) -> bool {
-        self.offset == 0 && self.strides == Shape::from(self.dims.clone()).strides()
+        let row_major = Shape::from(self.dims.clone()).strides();
+        self.offset == 0
+            && self.dims.iter().zip(self.strides.iter().zip(&row_major)).all(|(&d, (s, r))| d == 1 || s == r)
     }
 }
 

@@ -58,8 +58,12 @@ fn an_mnist_step_dispatches_no_more_kernels_than_the_readme_says() {
     };
     step();
     let before = gpu.kernels_dispatched();
+    gpu.start_profiling();
     step();
     let dispatched = gpu.kernels_dispatched() - before;
-    eprintln!("an MNIST training step: {dispatched} dispatches");
+    let profile = gpu.stop_profiling().unwrap();
+    let kernels: Vec<String> = profile.events.iter().map(|e| format!("{} ({})", e.op, e.kernel)).collect();
+    assert_eq!(kernels.len() as u64, dispatched);
+    eprintln!("an MNIST training step: {dispatched} dispatches: {}", kernels.join(", "));
     assert!(dispatched <= 15, "an MNIST training step took {dispatched} dispatches; the README says 15");
 }

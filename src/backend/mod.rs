@@ -381,6 +381,25 @@ pub(crate) trait Backend {
     /// Reduces `[outer, len, inner]` to `[outer, inner]`.
     fn reduce(&self, op: ReduceOp, x: &Storage, v: AxisView) -> Storage;
     fn matmul(&self, a: &Storage, b: &Storage, spec: MatmulSpec) -> Storage;
+    /// A linear layer's weight and bias gradients from its output's
+    /// gradient `g` (`[rows, outs]`) and its input `x` (`[rows, ins]`):
+    /// `[gᵀ·x, Σ_rows g]`, shapes `[outs, ins]` and `[outs]`. By default the
+    /// product and the column sum the unfused graph computes (bit for bit);
+    /// a GPU computes both in one product kernel, the sum as the product
+    /// with a column of ones appended to `x`.
+    fn linear_grads(&self, g: &Storage, x: &Storage, rows: usize, outs: usize, ins: usize) -> [Storage; 2] {
+        let spec = MatmulSpec {
+            batch: 1,
+            m: outs,
+            n: ins,
+            k: rows,
+            trans_a: true,
+            trans_b: false,
+            a_batch_stride: 0,
+            b_batch_stride: 0,
+        };
+        [self.matmul(g, x, spec), self.reduce(ReduceOp::Sum, g, AxisView { outer: 1, len: rows, inner: outs })]
+    }
     /// Softmax (or log-softmax) along `len` of `[outer, len, inner]`.
     fn softmax(&self, x: &Storage, v: AxisView, log: bool) -> Storage;
     /// Inclusive running sums along `len` of `[outer, len, inner]`, from the

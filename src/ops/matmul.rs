@@ -29,8 +29,24 @@ impl Tensor {
 
     /// `self · weightᵀ + bias` for a `[out, in]` weight, as PyTorch's
     /// `F.linear`. The transpose is a kernel flag, not a copy.
+    ///
+    /// One node of the graph: its backward computes the weight's and the
+    /// bias's gradients together ([`Backend::linear_grads`]: one product
+    /// kernel on a GPU, instead of a product and a column sum), the input's
+    /// as `g · weight`.
+    ///
+    /// [`Backend::linear_grads`]: crate::backend::Backend::linear_grads
     pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
         assert!(weight.rank() == 2, "linear: weight must be [out, in], got shape {}", weight.shape());
+        let (outs, ins) = (weight.dims()[0], weight.dims()[1]);
+        let fits = self.rank() >= 1 && self.dims()[self.rank() - 1] == ins;
+        let rows = if fits { self.elem_count() / ins.max(1) } else { 0 };
+        let bias_fits = bias.is_none_or(|b| b.dims() == [outs] && b.device() == self.device());
+        if fits && rows > 0 && ins > 0 && outs > 0 && bias_fits && weight.device() == self.device() {
+            return self.linear_node(weight, bias, rows, outs, ins);
+        }
+        // Empty, mismatched or misplaced operands: the unfused ops (which
+        // handle the empty cases and name what does not fit).
         let y = if self.rank() == 1 {
             self.unsqueeze(0).matmul_t(weight, false, true).squeeze(0)
         } else {
@@ -40,6 +56,47 @@ impl Tensor {
             Some(b) => y + b,
             None => y,
         }
+    }
+
+    /// [`linear`](Self::linear) over `rows` rows of `ins` features, all
+    /// non-empty, as one node.
+    fn linear_node(&self, weight: &Tensor, bias: Option<&Tensor>, rows: usize, outs: usize, ins: usize) -> Tensor {
+        let mut out_dims = self.dims()[..self.rank() - 1].to_vec();
+        out_dims.push(outs);
+        let y = crate::no_grad(|| {
+            let y = self.reshape([rows, ins]).matmul_t(weight, false, true);
+            match bias {
+                Some(b) => y + b,
+                None => y,
+            }
+        })
+        .reshape(out_dims);
+        let mut inputs = vec![self, weight];
+        inputs.extend(bias);
+        let x_shape = self.shape().clone();
+        y.record("linear", &inputs, move |c| {
+            let g = c.grad.reshape([rows, outs]);
+            let dx = c.needs[0].then(|| g.matmul_t(c.input(1), false, false).reshape(x_shape.clone()));
+            let needs_bias = c.needs.get(2).copied().unwrap_or(false);
+            let (dw, db) = match (c.needs[1], needs_bias) {
+                (true, true) => {
+                    let x = c.input(0).reshape([rows, ins]);
+                    let device = g.device();
+                    let [dw, db] =
+                        Tensor::with_storages(&[&g, &x], |s| device.backend().linear_grads(s[0], s[1], rows, outs, ins));
+                    let dw = Tensor::from_storage(dw, [outs, ins].into(), device.clone());
+                    (Some(dw), Some(Tensor::from_storage(db, [outs].into(), device)))
+                }
+                (true, false) => (Some(g.matmul_t(&c.input(0).reshape([rows, ins]), true, false)), None),
+                (false, true) => (None, Some(g.sum_dim(0, false))),
+                (false, false) => (None, None),
+            };
+            let mut grads = vec![dx, dw];
+            if c.needs.len() > 2 {
+                grads.push(db);
+            }
+            grads
+        })
     }
 
     /// `op(self) · op(rhs)`, where `op` swaps the last two axes when its flag

@@ -91,19 +91,24 @@ fn binary_wgsl(op: BinaryOp, a: &str, b: &str) -> String {
 /// The WGSL function `f(e, x0, x1, ...) -> f32` computing element `e` of
 /// `e`; `word(k)` names parameter word `k`. Its scalar operands are the
 /// words from `first_scalar` on, in the order [`words`] writes them.
-fn function(e: &Expr, first_scalar: usize, word: &dyn Fn(usize) -> String) -> String {
+pub(super) fn function(e: &Expr, first_scalar: usize, word: &dyn Fn(usize) -> String) -> String {
     let name = |i: usize| match e.nodes[i] {
         Node::Leaf(l) => format!("x{l}"),
+        Node::Product => "p".to_string(),
         _ => format!("t{i}"),
     };
-    // `e`: the element's index, which dropout's mask is a function of.
-    let args: Vec<String> =
-        std::iter::once("e: u32".to_string()).chain((0..e.leaves.len()).map(|l| format!("x{l}: f32"))).collect();
+    // `e`: the element's index, which dropout's mask is a function of; `p`:
+    // a matmul epilogue's product element.
+    let product = e.nodes.contains(&Node::Product).then(|| "p: f32".to_string());
+    let args: Vec<String> = std::iter::once("e: u32".to_string())
+        .chain((0..e.leaves.len()).map(|l| format!("x{l}: f32")))
+        .chain(product)
+        .collect();
     let mut src = format!("fn f({}) -> f32 {{\n", args.join(", "));
     let mut k = first_scalar;
     for (i, node) in e.nodes.iter().enumerate() {
         let expr = match *node {
-            Node::Leaf(_) => continue,
+            Node::Leaf(_) | Node::Product => continue,
             Node::Unary(op, a) => {
                 let names: Vec<String> =
                     (0..scalars(op).len()).map(|s| format!("bitcast<f32>({})", word(k + s))).collect();
@@ -112,6 +117,10 @@ fn function(e: &Expr, first_scalar: usize, word: &dyn Fn(usize) -> String) -> St
             }
             Node::Binary(op, a, b) => binary_wgsl(op, &name(a), &name(b)),
             Node::Select(c, a, b) => format!("op_where({}, {}, {})", name(c), name(a), name(b)),
+            Node::Const(_) => {
+                k += 1;
+                format!("bitcast<f32>({})", word(k - 1))
+            }
             Node::Dropout(x, _) => {
                 // Raw words: two keys and a threshold are not floats.
                 k += 4;
@@ -149,6 +158,7 @@ pub(super) fn words(e: &Expr, dims: &[usize], strides: &[Vec<usize>]) -> Vec<u32
         match *node {
             Node::Unary(op, _) => words.extend(scalars(op).iter().map(|v| v.to_bits())),
             Node::Dropout(_, w) => words.extend(w),
+            Node::Const(v) => words.push(v),
             _ => {}
         }
     }
@@ -167,6 +177,7 @@ pub(super) fn dropout_keys(e: &Expr, words: &[u32]) -> Vec<(usize, [u32; 2])> {
                 keys.push((at, [w[0], w[1]]));
                 at += 4;
             }
+            Node::Const(_) => at += 1,
             _ => {}
         }
     }
@@ -200,6 +211,8 @@ pub(super) fn structure(e: &Expr, dims: &[usize], strides: &[Vec<usize>], words_
             Node::Binary(op, a, b) => key.extend([2, binary_code(op), a as u32, b as u32]),
             Node::Select(c, a, b) => key.extend([3, c as u32, a as u32, b as u32]),
             Node::Dropout(x, _) => key.extend([4, x as u32]),
+            Node::Product => key.push(5),
+            Node::Const(_) => key.push(6),
         }
     }
     key
@@ -263,24 +276,7 @@ pub(super) fn kernel(e: &Expr, words_in_buffer: bool) -> String {
     // Strided leaves exist exactly when the expression has dims.
     let vec4 = e.dims.is_none();
     let word = |k: usize| if words_in_buffer { format!("words[{k}]") } else { format!("params.w[{k}]") };
-    // Word positions: count, dims, per strided leaf offset and strides, scalars.
-    let mut k = 1 + dims.len();
-    let mut index_of = vec![String::from("i"); leaves];
-    let mut views = strides.iter();
-    for (l, leaf) in e.leaves.iter().enumerate() {
-        if leaf.view.is_none() {
-            continue;
-        }
-        let strides = views.next().expect("one stride list per strided leaf");
-        let mut terms = vec![word(k)];
-        for (d, &s) in strides.iter().enumerate() {
-            if s != 0 {
-                terms.push(format!("c{d} * {}", word(k + 1 + d)));
-            }
-        }
-        k += 1 + strides.len();
-        index_of[l] = terms.join(" + ");
-    }
+    let (index_of, k) = leaf_indices(e, &dims, &strides, &word);
     let function = function(e, k, &word);
 
     let mut src = String::with_capacity(2048);
@@ -309,8 +305,8 @@ pub(super) fn kernel(e: &Expr, words_in_buffer: bool) -> String {
             let _ = writeln!(src, "    let v{l} = in{l}[i];");
         }
         let lane = |c: &str, at: u32| {
-            let args: Vec<String> = (0..leaves).map(|l| format!("v{l}.{c}")).collect();
-            format!("f(4u * i + {at}u, {})", args.join(", "))
+            let args: String = (0..leaves).map(|l| format!(", v{l}.{c}")).collect();
+            format!("f(4u * i + {at}u{args})")
         };
         let _ = writeln!(
             src,
@@ -321,20 +317,57 @@ pub(super) fn kernel(e: &Expr, words_in_buffer: bool) -> String {
             lane("w", 3)
         );
     } else {
-        // Coordinates, innermost first; the outermost needs no modulo.
-        src.push_str("    var rest = i;\n");
-        for d in (0..dims.len()).rev() {
-            if d == 0 {
-                src.push_str("    let c0 = rest;\n");
-            } else {
-                let _ = writeln!(src, "    let c{d} = rest % {};", word(1 + d));
-                let _ = writeln!(src, "    rest = rest / {};", word(1 + d));
-            }
-        }
-        let args: Vec<String> = index_of.iter().enumerate().map(|(l, at)| format!("in{l}[{at}]")).collect();
-        let _ = writeln!(src, "    out[i] = f(i, {});", args.join(", "));
+        src.push_str(&coordinates(dims.len(), &word));
+        let args: String = index_of.iter().enumerate().map(|(l, at)| format!(", in{l}[{at}]")).collect();
+        let _ = writeln!(src, "    out[i] = f(i{args});");
     }
     src.push_str("}\n");
+    src
+}
+
+/// Per leaf of `e`, the WGSL index of element `i`'s value in it (`i`
+/// itself, or through its view from the coordinates [`coordinates`]
+/// declares), and the position of the first scalar word. Word positions:
+/// count, dims, per strided leaf offset and strides, scalars.
+pub(super) fn leaf_indices(
+    e: &Expr,
+    dims: &[usize],
+    strides: &[Vec<usize>],
+    word: &dyn Fn(usize) -> String,
+) -> (Vec<String>, usize) {
+    let mut k = 1 + dims.len();
+    let mut index_of = vec![String::from("i"); e.leaves.len()];
+    let mut views = strides.iter();
+    for (l, leaf) in e.leaves.iter().enumerate() {
+        if leaf.view.is_none() {
+            continue;
+        }
+        let strides = views.next().expect("one stride list per strided leaf");
+        let mut terms = vec![word(k)];
+        for (d, &s) in strides.iter().enumerate() {
+            if s != 0 {
+                terms.push(format!("c{d} * {}", word(k + 1 + d)));
+            }
+        }
+        k += 1 + strides.len();
+        index_of[l] = terms.join(" + ");
+    }
+    (index_of, k)
+}
+
+/// WGSL statements declaring `c0..` (outermost first), the coordinates of
+/// index `i` over `rank` dims whose sizes are words 1..=rank.
+pub(super) fn coordinates(rank: usize, word: &dyn Fn(usize) -> String) -> String {
+    // Innermost first; the outermost needs no modulo.
+    let mut src = String::from("    var rest = i;\n");
+    for d in (0..rank).rev() {
+        if d == 0 {
+            src.push_str("    let c0 = rest;\n");
+        } else {
+            let _ = writeln!(src, "    let c{d} = rest % {};", word(1 + d));
+            let _ = writeln!(src, "    rest = rest / {};", word(1 + d));
+        }
+    }
     src
 }
 
@@ -356,7 +389,7 @@ mod tests {
     #[test]
     fn equal_nodes_merge_and_scalars_become_parameters() {
         // x0 * 2 + x0 * 3, with x0 * 2 written twice: one multiply for it.
-        let mut e = Expr { n: 4, dims: None, leaves: vec![], nodes: vec![Node::Leaf(0)], root: 0 };
+        let mut e = Expr { n: 4, dims: None, leaves: vec![], nodes: vec![Node::Leaf(0)], root: 0, product: None };
         let m = e.intern(Node::Unary(UnaryOp::MulScalar(2.0), 0));
         let again = e.intern(Node::Unary(UnaryOp::MulScalar(2.0), 0));
         assert_eq!(m, again);

@@ -28,13 +28,15 @@
 //! [`MAX_OPS`] cheap elementwise ops, the trade every fusing compiler makes
 //! against a dispatch.
 
+use super::autotune::Choice;
+use super::epilogue::{self, Product};
 use super::fusion;
 use super::lock;
 use super::pool::Pooled;
 use super::taint::Poison;
 use super::{Bind, Context, Kernel};
 use crate::backend::Fault;
-use crate::backend::{BinaryOp, UnaryOp};
+use crate::backend::{BinaryOp, MatmulSpec, UnaryOp};
 use crate::shape::{Strided, coalesce};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -204,6 +206,12 @@ pub(super) enum Node {
     /// `mix32(mix32(e ^ key0) ^ key1) ≥ threshold`, else 0 — the CPU's mask
     /// bit for bit (`src/rng.rs`). Words: key0, key1, threshold, scale bits.
     Dropout(usize, [u32; 4]),
+    /// The element of the expression's [`Product`], computed by the kernel
+    /// it is the epilogue of.
+    Product,
+    /// A constant (its bits; one word): `full`, pending like any
+    /// expression, so a consumer can inline it or take its value.
+    Const(u32),
 }
 
 /// A buffer an expression reads: element `i` of the result reads element
@@ -237,11 +245,21 @@ pub(crate) struct Expr {
     /// In dependency order; arguments index earlier nodes.
     pub(super) nodes: Vec<Node>,
     pub(super) root: usize,
+    /// The matrix product [`Node::Product`] stands for, if it has one (and
+    /// then its element count is the product's).
+    pub(super) product: Option<Arc<Product>>,
 }
 
 impl Expr {
     fn leaf(n: usize, buffer: Arc<Pooled>) -> Expr {
-        Expr { n, dims: None, leaves: vec![Leaf { buffer, view: None }], nodes: vec![Node::Leaf(0)], root: 0 }
+        Expr {
+            n,
+            dims: None,
+            leaves: vec![Leaf { buffer, view: None }],
+            nodes: vec![Node::Leaf(0)],
+            root: 0,
+            product: None,
+        }
     }
 
     /// `buffer` read through `view`, a layout over `view.dims`.
@@ -252,11 +270,42 @@ impl Expr {
             leaves: vec![Leaf { buffer, view: Some(View { offset: view.offset, strides: view.strides.clone() }) }],
             nodes: vec![Node::Leaf(0)],
             root: 0,
+            product: None,
         }
     }
 
+    /// The product `p`, pending.
+    fn product(p: Product) -> Expr {
+        Expr { n: p.len(), dims: None, leaves: Vec::new(), nodes: vec![Node::Product], root: 0, product: Some(Arc::new(p)) }
+    }
+
+    /// Its product, if one was computed since: read as a leaf from then on.
+    pub(super) fn settled(mut self) -> Expr {
+        let Some(result) = self.product.as_ref().and_then(|p| p.result.get()).cloned() else { return self };
+        self.product = None;
+        let leaf = Leaf { buffer: result, view: None };
+        let index = match self.leaves.iter().position(|m| m.same(&leaf)) {
+            Some(i) => i,
+            None => {
+                self.leaves.push(leaf);
+                self.leaves.len() - 1
+            }
+        };
+        for node in &mut self.nodes {
+            if *node == Node::Product {
+                *node = Node::Leaf(index);
+            }
+        }
+        self
+    }
+
+    /// Whether it has a product and it was computed since.
+    fn can_settle(&self) -> bool {
+        self.product.as_ref().is_some_and(|p| p.result.get().is_some())
+    }
+
     pub(super) fn ops(&self) -> usize {
-        self.nodes.iter().filter(|n| !matches!(n, Node::Leaf(_))).count()
+        self.nodes.iter().filter(|n| !matches!(n, Node::Leaf(_) | Node::Product)).count()
     }
 
     pub(super) fn scalars(&self) -> usize {
@@ -265,6 +314,7 @@ impl Expr {
             .map(|n| match n {
                 Node::Unary(op, _) => fusion::scalars(*op).len(),
                 Node::Dropout(..) => 4,
+                Node::Const(_) => 1,
                 _ => 0,
             })
             .sum()
@@ -288,12 +338,19 @@ impl Expr {
     }
 
     fn fits(&self) -> bool {
-        self.ops() <= MAX_OPS && self.leaves.len() <= MAX_LEAVES && self.words() <= WORDS
+        // A product's epilogue shares the immediates and the bindings with
+        // the product, and cannot read its words from a buffer.
+        let (leaves, words) =
+            if self.product.is_some() { (epilogue::LEAVES, epilogue::WORDS) } else { (MAX_LEAVES, WORDS) };
+        self.ops() <= MAX_OPS && self.leaves.len() <= leaves && self.words() <= words
     }
 
     /// Whether the expression reads `buffer`.
     fn reads(&self, buffer: &Arc<Pooled>) -> bool {
-        self.leaves.iter().any(|l| Arc::ptr_eq(&l.buffer, buffer))
+        let by_product = |p: &Product| {
+            Arc::ptr_eq(&p.a, buffer) || Arc::ptr_eq(&p.b, buffer) || p.result.get().is_some_and(|r| Arc::ptr_eq(r, buffer))
+        };
+        self.leaves.iter().any(|l| Arc::ptr_eq(&l.buffer, buffer)) || self.product.as_deref().is_some_and(by_product)
     }
 
     /// The index of `node`, appended unless an equal node exists.
@@ -310,6 +367,9 @@ impl Expr {
     fn absorb(&mut self, other: &Expr) -> usize {
         if self.dims.is_none() {
             self.dims = other.dims.clone();
+        }
+        if self.product.is_none() {
+            self.product = other.product.clone();
         }
         let mut map = Vec::with_capacity(other.nodes.len());
         for node in &other.nodes {
@@ -329,6 +389,8 @@ impl Expr {
                 Node::Binary(op, a, b) => Node::Binary(op, map[a], map[b]),
                 Node::Select(c, a, b) => Node::Select(map[c], map[a], map[b]),
                 Node::Dropout(x, w) => Node::Dropout(map[x], w),
+                Node::Product => Node::Product,
+                Node::Const(v) => Node::Const(v),
             };
             map.push(self.intern(node));
         }
@@ -347,12 +409,17 @@ impl Expr {
     }
 
     /// Whether `other` indexes its strided leaves through the same dims
-    /// (or one of the two has none).
+    /// (or one of the two has none), and the two have at most one product.
     fn compatible(&self, other: &Expr) -> bool {
-        match (&self.dims, &other.dims) {
+        let dims = match (&self.dims, &other.dims) {
             (Some(a), Some(b)) => a == b,
             _ => true,
-        }
+        };
+        let products = match (&self.product, &other.product) {
+            (Some(p), Some(q)) => Arc::ptr_eq(p, q),
+            _ => true,
+        };
+        dims && products
     }
 
     /// `op(self, other)`, or `None` when the two index their strided leaves
@@ -381,7 +448,12 @@ impl Expr {
 /// The expression `x` contributes over its first `n` elements: its pending
 /// expression, or the buffer itself as a leaf.
 fn operand(x: &GpuBuffer, n: usize) -> Result<Expr, Poison> {
-    if let Some(mut e) = x.expr() {
+    if let Some(e) = x.expr() {
+        let mut e = e.settled();
+        // An epilogue covers the whole product.
+        if e.product.is_some() && n != e.n {
+            return computed(x, n);
+        }
         // The caller's count rules: its view never covers more than the buffer.
         e.n = n;
         return Ok(e);
@@ -437,6 +509,41 @@ pub(crate) fn view(ctx: &Arc<Context>, x: &GpuBuffer, view: &Strided) -> Option<
     };
     let e = Expr::strided(buffer, view);
     e.fits().then(|| GpuBuffer::pending(ctx, e))
+}
+
+/// `n` elements of `value`: pending when small (an elementwise consumer
+/// inlines the constant, and a kernel with a scalar parameter can take its
+/// value, [`constant_value`], without a buffer: a loss's backward seed
+/// costs no dispatch); filled at once when large, or with fusion off, so
+/// that an allocation the device refuses fails when the tensor is made,
+/// as on the CPU.
+pub(crate) fn constant(ctx: &Arc<Context>, n: usize, value: f32) -> GpuBuffer {
+    const PENDING_UP_TO: usize = 1 << 16;
+    if !ctx.lazy.fusion || n > PENDING_UP_TO {
+        return super::elementwise::fill(ctx, n, value);
+    }
+    let e = Expr { n, dims: None, leaves: Vec::new(), nodes: vec![Node::Const(value.to_bits())], root: 0, product: None };
+    GpuBuffer::pending(ctx, e)
+}
+
+/// The value of `x` if it is a pending constant ([`constant`]).
+pub(crate) fn constant_value(x: &GpuBuffer) -> Option<f32> {
+    match lock(&x.0.pending).as_ref()?.1.nodes[..] {
+        [Node::Const(bits)] => Some(f32::from_bits(bits)),
+        _ => None,
+    }
+}
+
+/// The product `s` of `a` and `b` with kernel `choice`, pending: elementwise
+/// work on it becomes its epilogue ([`epilogue`]).
+pub(crate) fn product(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, spec: MatmulSpec, choice: Choice) -> GpuBuffer {
+    match super::computed([a, b].into_iter()) {
+        Ok(ab) => GpuBuffer::pending(
+            ctx,
+            Expr::product(Product { a: ab[0].clone(), b: ab[1].clone(), spec, choice, result: OnceLock::new() }),
+        ),
+        Err(poison) => GpuBuffer::poisoned(poison),
+    }
 }
 
 /// Inverted dropout of the first `n` elements of `x` with probability `p`
@@ -556,7 +663,42 @@ fn finish(ctx: &Arc<Context>, e: Expr) -> GpuBuffer {
 
 /// Dispatches the kernel computing `e` into a new buffer.
 fn run(ctx: &Arc<Context>, e: &Expr) -> Result<Arc<Pooled>, Poison> {
-    record_expr(ctx, e).map_err(|error| Poison::new(e.leaves.iter().map(|l| &l.buffer.taint), Fault::new(error)))
+    let settled;
+    let e = if e.can_settle() {
+        settled = e.clone().settled();
+        &settled
+    } else {
+        e
+    };
+    let result = match &e.product {
+        Some(p) => super::profile::with_op("matmul", || record_product(ctx, e, p)),
+        // A product computed since, read whole: the buffer is the value.
+        None if e.nodes == [Node::Leaf(0)] && e.leaves[0].view.is_none() => Ok(e.leaves[0].buffer.clone()),
+        None => record_expr(ctx, e),
+    };
+    result.map_err(|error| {
+        let product = e.product.iter().flat_map(|p| [&p.a.taint, &p.b.taint]);
+        Poison::new(e.leaves.iter().map(|l| &l.buffer.taint).chain(product), Fault::new(error))
+    })
+}
+
+/// Computes `e`, whose product `p` is not computed yet: the plain product
+/// kernel for the product alone, else the product with `e` as its epilogue
+/// — also writing the raw product if another expression still holds it.
+fn record_product(ctx: &Arc<Context>, e: &Expr, p: &Arc<Product>) -> crate::Result<Arc<Pooled>> {
+    let out = ctx.alloc("matmul", e.n)?;
+    if e.nodes == [Node::Product] {
+        super::matmul::record_product(ctx, p.choice, &p.a, &p.b, &out, &p.spec)?;
+        let _ = p.result.set(out.clone());
+        return Ok(out);
+    }
+    let shared = Arc::strong_count(p) > 1;
+    let raw = if shared { Some(ctx.alloc("matmul", e.n)?) } else { None };
+    epilogue::record(ctx, e, p, &out, raw.as_ref())?;
+    if let Some(raw) = raw {
+        let _ = p.result.set(raw);
+    }
+    Ok(out)
 }
 
 fn record_expr(ctx: &Arc<Context>, e: &Expr) -> crate::Result<Arc<Pooled>> {
@@ -571,7 +713,7 @@ fn record_expr(ctx: &Arc<Context>, e: &Expr) -> crate::Result<Arc<Pooled>> {
         e.leaves.iter().enumerate().map(|(l, leaf)| Bind::read(l as u32, &leaf.buffer)).collect();
     binds.push(Bind::write(e.leaves.len() as u32, &out));
     let groups = ctx.groups_1d(words[0] as usize, wg);
-    let kernel = Kernel::Generated { family: "fused", structure, source: &source, wg };
+    let kernel = Kernel::Generated { family: "fused", structure, source: &source, wg, constants: &[] };
     // A captured step redraws its dropout keys at every replay.
     let patches = || super::capture::Patches { keys: fusion::dropout_keys(e, &words), ..Default::default() };
     let capturing = super::capture::active();

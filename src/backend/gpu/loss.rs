@@ -7,8 +7,10 @@ use std::sync::Arc;
 
 params! {
     /// `rows` rows of `len` logits; the backward's gradient of row r is
-    /// `grad_rows[r · grad_stride] · grad_scale`.
-    LossParams { rows: u32, len: u32, check_slot: u32, check_id: u32, grad_stride: u32, grad_scale: f32 }
+    /// `grad_rows[r · grad_stride] · grad_scale`, or with `grad_const`,
+    /// `grad_scale` alone (a constant gradient folded in: the seed of a
+    /// loss's backward, which then costs no fill of its own).
+    LossParams { rows: u32, len: u32, check_slot: u32, check_id: u32, grad_stride: u32, grad_scale: f32, grad_const: u32 }
 }
 
 /// Per-row losses, or with `grad_rows` the gradient of the logits: per
@@ -27,15 +29,24 @@ pub(crate) fn cross_entropy(
         Some(_) => ("cross_entropy_backward", rows * classes),
         None => ("cross_entropy", rows),
     };
+    // The gradient of the mean loss, when it is a pending constant (the
+    // seed `backward` starts from), is folded into the scale: as the CPU
+    // computes it, grad · scale, rounded once.
+    let constant = match grad_rows {
+        Some((g, Some(scale))) => super::lazy::constant_value(g).map(|g| g * scale),
+        _ => None,
+    };
     let mut inputs = vec![logits, labels];
-    inputs.extend(grad_rows.map(|(g, _)| g));
+    inputs.extend(grad_rows.filter(|_| constant.is_none()).map(|(g, _)| g));
     let (grad_stride, grad_scale) = match grad_rows {
-        Some((_, Some(scale))) => (0, scale),
+        Some((_, Some(scale))) => (0, constant.unwrap_or(scale)),
         _ => (1, 1.0),
     };
     ctx.compute("cross_entropy", n, &inputs, |ins, out| {
         let mut binds = vec![Bind::read(0, ins[0]), Bind::read(1, ins[1]), Bind::write(3, out), ctx.errors(4)];
-        binds.extend(ins.get(2).map(|g| Bind::read(2, g)));
+        // With a constant gradient the kernel reads no gradient buffer, but
+        // binds one: the logits again.
+        binds.extend(ins.get(2).or(constant.map(|_| &ins[0])).filter(|_| grad_rows.is_some()).map(|g| Bind::read(2, g)));
         let kernel = Kernel::Static { shader: Shader::Loss, entry, constants: &[("WG", wg as f64)] };
         let check = ctx.check("cross_entropy")?;
         let params = LossParams {
@@ -45,6 +56,7 @@ pub(crate) fn cross_entropy(
             check_id: check.id,
             grad_stride,
             grad_scale,
+            grad_const: constant.is_some() as u32,
         };
         let patches = super::capture::Patches::check(
             "cross_entropy",

@@ -63,7 +63,66 @@ pub(crate) fn matmul(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, s: Matmul
     // The kernel for this shape class (tuned at its first use; see
     // autotune.rs), or the adapter's default.
     let choice = autotune::choose(ctx, &s).unwrap_or_else(|| Choice::default_for(ctx));
-    ctx.compute("matmul", s.batch * s.m * s.n, &[a, b], |ins, out| record_product(ctx, choice, ins[0], ins[1], out, &s))
+    let n = s.batch * s.m * s.n;
+    // Pending, so that elementwise work on the product becomes its
+    // epilogue (epilogue.rs); with fusion off, or a batch needing several
+    // dispatches, computed now.
+    let one_dispatch = s.batch <= ctx.limits.max_compute_workgroups_per_dimension as usize;
+    if ctx.lazy.fusion && n > 0 && s.k > 0 && one_dispatch {
+        return super::lazy::product(ctx, a, b, s, choice);
+    }
+    ctx.compute("matmul", n, &[a, b], |ins, out| record_product(ctx, choice, ins[0], ins[1], out, &s))
+}
+
+/// A linear layer's weight and bias gradients, `[gᵀ·x, Σ_rows g]`, in one
+/// dispatch: the product of `gᵀ` and `x` with a column of ones appended to
+/// `x`, whose last column (the bias gradient) the kernel stores apart. It
+/// sums each column in the order the column-sum reduction does, so on this
+/// device the bias gradient is the one the unfused graph computes.
+pub(crate) fn linear_grads(
+    ctx: &Arc<Context>,
+    g: &GpuBuffer,
+    x: &GpuBuffer,
+    rows: usize,
+    outs: usize,
+    ins: usize,
+) -> [GpuBuffer; 2] {
+    let s = MatmulSpec {
+        batch: 1,
+        m: outs,
+        n: ins,
+        k: rows,
+        trans_a: true,
+        trans_b: false,
+        a_batch_stride: 0,
+        b_batch_stride: 0,
+    };
+    let choice = autotune::choose(ctx, &s).unwrap_or_else(|| Choice::default_for(ctx));
+    ctx.compute_many("matmul", [outs * ins, outs], &[g, x], |ins, [dw, db]| {
+        super::epilogue::record_linear_grads(ctx, choice, ins[0], ins[1], &s, dw, db)
+    })
+}
+
+/// The product kernel `choice` runs for `s`: whether it is the subgroup
+/// kernel, its override constants (tiling, transposes, alignment), and
+/// the grid's x and y.
+pub(super) fn product_kernel(choice: Choice, s: &MatmulSpec) -> (bool, Vec<(&'static str, f64)>, [u32; 2]) {
+    let flag = |f: bool| f as u32 as f64;
+    let (subgroups, mut constants, grid) = choice.grid(s.m, s.n);
+    constants.extend([("TRANS_A", flag(s.trans_a)), ("TRANS_B", flag(s.trans_b))]);
+    if subgroups {
+        // vec4 loads along each operand's contiguous axis need that axis
+        // and the batch stride to be multiples of 4.
+        let aligned = |contiguous: usize, stride: usize| contiguous % 4 == 0 && stride % 4 == 0;
+        let aligned_a = aligned(if s.trans_a { s.m } else { s.k }, s.a_batch_stride);
+        let aligned_b = aligned(if s.trans_b { s.k } else { s.n }, s.b_batch_stride);
+        constants.extend([
+            ("ALIGNED_A", flag(aligned_a)),
+            ("ALIGNED_B", flag(aligned_b)),
+            ("K_TAIL", flag(s.k % 4 != 0)),
+        ]);
+    }
+    (subgroups, constants, grid)
 }
 
 /// Records the product `s` of `a` and `b` into `out` with kernel `choice`.
@@ -75,20 +134,8 @@ pub(super) fn record_product(
     out: &Arc<Pooled>,
     s: &MatmulSpec,
 ) -> crate::Result<()> {
-    let flag = |f: bool| f as u32 as f64;
-    let (subgroups, mut constants, grid) = choice.grid(s.m, s.n);
-    constants.extend([("TRANS_A", flag(s.trans_a)), ("TRANS_B", flag(s.trans_b))]);
+    let (subgroups, constants, grid) = product_kernel(choice, s);
     let (shader, binds) = if subgroups {
-        // vec4 loads along each operand's contiguous axis need that axis
-        // and the batch stride to be multiples of 4.
-        let aligned = |contiguous: usize, stride: usize| contiguous % 4 == 0 && stride % 4 == 0;
-        let aligned_a = aligned(if s.trans_a { s.m } else { s.k }, s.a_batch_stride);
-        let aligned_b = aligned(if s.trans_b { s.k } else { s.n }, s.b_batch_stride);
-        constants.extend([
-            ("ALIGNED_A", flag(aligned_a)),
-            ("ALIGNED_B", flag(aligned_b)),
-            ("K_TAIL", flag(s.k % 4 != 0)),
-        ]);
         (
             Shader::Matmul,
             vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, out), Bind::read(3, a), Bind::read(4, b)],

@@ -31,6 +31,7 @@ mod conv;
 mod copy;
 mod device;
 mod elementwise;
+mod epilogue;
 mod fusion;
 mod gather;
 mod lazy;
@@ -582,7 +583,7 @@ impl Backend for GpuDevice {
     }
 
     fn full(&self, n: usize, value: f32) -> Storage {
-        Storage::Gpu(elementwise::fill(&self.ctx, n, value))
+        Storage::Gpu(lazy::constant(&self.ctx, n, value))
     }
 
     fn unary(&self, op: UnaryOp, x: &Storage, n: usize) -> Storage {
@@ -603,6 +604,10 @@ impl Backend for GpuDevice {
 
     fn matmul(&self, a: &Storage, b: &Storage, spec: MatmulSpec) -> Storage {
         Storage::Gpu(matmul::matmul(&self.ctx, a.gpu(), b.gpu(), spec))
+    }
+
+    fn linear_grads(&self, g: &Storage, x: &Storage, rows: usize, outs: usize, ins: usize) -> [Storage; 2] {
+        matmul::linear_grads(&self.ctx, g.gpu(), x.gpu(), rows, outs, ins).map(Storage::Gpu)
     }
 
     fn softmax(&self, x: &Storage, v: AxisView, log: bool) -> Storage {

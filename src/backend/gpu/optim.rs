@@ -126,7 +126,7 @@ fn multi(ctx: &Arc<Context>, rule: UpdateRule, group: &mut [&mut Update<'_>], ru
     let structure = vec![u32::MAX, rule_id(entry), count as u32, state as u32];
     let per = 1 + state;
     ctx.modify(&mut targets, &grads, |bufs| {
-        let kernel = Kernel::Generated { family: "optim_multi", structure, source: &source, wg };
+        let kernel = Kernel::Generated { family: "optim_multi", structure, source: &source, wg, constants: &[] };
         // Parameter k: its gradient at 4k, values at 4k + 1, state from 4k + 2.
         let mut binds = Vec::with_capacity(count * (2 + state));
         for k in 0..count {

@@ -104,8 +104,6 @@ impl Shader {
         const CHECK: &str = include_str!("../../../shaders/check.wgsl");
         const INDEX_VIEW: &str = include_str!("../../../shaders/index_view.wgsl");
         const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
-        const GEMM_BODY: &str = include_str!("../../../shaders/gemm_body.wgsl");
-        const GEMM_TILED_BODY: &str = include_str!("../../../shaders/gemm_tiled_body.wgsl");
         match self {
             Shader::Copy => &[include_str!("../../../shaders/copy.wgsl")],
             Shader::Fill => &[include_str!("../../../shaders/fill.wgsl")],
@@ -118,8 +116,10 @@ impl Shader {
             Shader::LayerNorm => &[include_str!("../../../shaders/layer_norm.wgsl")],
             Shader::Rnn => &[ELEMENTWISE, include_str!("../../../shaders/rnn.wgsl")],
             Shader::Optim => &[OPTIM_RULES, include_str!("../../../shaders/optim.wgsl")],
-            Shader::Matmul => &[include_str!("../../../shaders/matmul.wgsl"), GEMM_BODY],
-            Shader::MatmulTiled => &[include_str!("../../../shaders/matmul_tiled.wgsl"), GEMM_TILED_BODY],
+            Shader::Matmul => &[include_str!("../../../shaders/matmul.wgsl"), MATMUL_LOAD, GEMM_BODY],
+            Shader::MatmulTiled => {
+                &[include_str!("../../../shaders/matmul_tiled.wgsl"), MATMUL_TILED_LOAD, GEMM_TILED_BODY]
+            }
             Shader::Conv => &[include_str!("../../../shaders/conv.wgsl"), GEMM_BODY],
             Shader::ConvTiled => &[include_str!("../../../shaders/conv.wgsl"), GEMM_TILED_BODY],
             Shader::Pool => &[include_str!("../../../shaders/pool.wgsl")],
@@ -133,6 +133,14 @@ impl Shader {
         with_prelude(self.parts())
     }
 }
+
+/// The register-tiled product kernel's body and its loaders for stored
+/// matrices, and the workgroup-tiled kernel's: shared with the matmul
+/// kernels whose epilogue is generated (epilogue.rs).
+pub(crate) const GEMM_BODY: &str = include_str!("../../../shaders/gemm_body.wgsl");
+pub(crate) const MATMUL_LOAD: &str = include_str!("../../../shaders/matmul_load.wgsl");
+pub(crate) const GEMM_TILED_BODY: &str = include_str!("../../../shaders/gemm_tiled_body.wgsl");
+pub(crate) const MATMUL_TILED_LOAD: &str = include_str!("../../../shaders/matmul_tiled_load.wgsl");
 
 /// The optimizer rules, shared with the generated multi-tensor kernels.
 pub(crate) const OPTIM_RULES: &str = include_str!("../../../shaders/optim_rules.wgsl");
@@ -154,7 +162,15 @@ pub(crate) fn with_prelude(parts: &[&str]) -> String {
 /// and a function generating its source, called only to compile it.
 pub(crate) enum Kernel<'a> {
     Static { shader: Shader, entry: &'static str, constants: &'a [(&'static str, f64)] },
-    Generated { family: &'static str, structure: Vec<u32>, source: &'a dyn Fn() -> String, wg: u32 },
+    Generated {
+        family: &'static str,
+        structure: Vec<u32>,
+        source: &'a dyn Fn() -> String,
+        wg: u32,
+        /// Override constants besides `WG` (a matmul epilogue's tiling and
+        /// layout flags).
+        constants: &'a [(&'static str, f64)],
+    },
 }
 
 impl Kernel<'_> {
@@ -206,7 +222,13 @@ pub(crate) use params;
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum PipelineKey {
     Static { shader: Shader, entry: &'static str, constants: Vec<(&'static str, u64)>, signature: Vec<(u32, bool)> },
-    Generated { structure: Vec<u32>, wg: u32, signature: Vec<(u32, bool)> },
+    Generated {
+        family: &'static str,
+        structure: Vec<u32>,
+        wg: u32,
+        constants: Vec<(&'static str, u64)>,
+        signature: Vec<(u32, bool)>,
+    },
 }
 
 pub(crate) struct Pipeline {
@@ -277,9 +299,13 @@ impl Pipelines {
                 constants: constants.iter().map(|&(k, v)| (k, v.to_bits())).collect(),
                 signature,
             },
-            Kernel::Generated { structure, wg, .. } => {
-                PipelineKey::Generated { structure: structure.clone(), wg: *wg, signature }
-            }
+            Kernel::Generated { family, structure, wg, constants, .. } => PipelineKey::Generated {
+                family,
+                structure: structure.clone(),
+                wg: *wg,
+                constants: constants.iter().map(|&(k, v)| (k, v.to_bits())).collect(),
+                signature,
+            },
         };
         if let Some(p) = self.built().pipelines.get(&key) {
             #[cfg(debug_assertions)]
@@ -303,22 +329,23 @@ impl Pipelines {
                 };
                 (self.build(&module, entry, constants, signature), record)
             }
-            (Kernel::Generated { source, wg, .. }, PipelineKey::Generated { signature, .. }) => {
+            (Kernel::Generated { source, wg, constants, .. }, PipelineKey::Generated { signature, .. }) => {
                 let source = source();
                 let full: Arc<str> = super::fusion::full_source(&source).into();
                 let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some("generated"),
                     source: wgpu::ShaderSource::Wgsl(full.as_ref().into()),
                 });
+                let all: Vec<(&str, f64)> = std::iter::once(("WG", *wg as f64)).chain(constants.iter().copied()).collect();
                 let record = CompiledKernel {
                     file: "generated".into(),
                     entry: "main".into(),
-                    constants: vec![("WG".into(), *wg as f64)],
+                    constants: all.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
                     source: full,
                     bindings: signature.clone(),
                 };
                 #[allow(unused_mut)]
-                let mut pipeline = self.build(&module, "main", &[("WG", *wg as f64)], signature);
+                let mut pipeline = self.build(&module, "main", &all, signature);
                 #[cfg(debug_assertions)]
                 {
                     pipeline.generated = Some(source);
