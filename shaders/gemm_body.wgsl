@@ -10,8 +10,9 @@
 //   b_fragment(batch, k, cols: BColumns) -> array<vec4<f32>, 4>   [q] = B(k + q, col..col+4)
 //   store4(batch, row, col, v)                         C(row, col..col+4) = v (where inside C)
 //   k_span(batch) -> vec2<u32>                         the K range to sum, from a multiple of 4
-// matmul.wgsl defines them for stored matrices, conv.wgsl for the implicit
-// matrices of a convolution. Fragments may hold garbage for rows and
+// matmul_load.wgsl defines the loaders for stored matrices (matmul.wgsl the
+// store, src/backend/gpu/epilogue.rs stores that apply elementwise work),
+// conv.wgsl all of them for the implicit matrices of a convolution. Fragments may hold garbage for rows and
 // columns past C (they are never stored), and must hold 0 past K.
 //
 // A subgroup computes a 16-row tile of C; each invocation owns 8

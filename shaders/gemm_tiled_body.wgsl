@@ -6,8 +6,10 @@
 //   load_b(batch, k, col) -> f32     B(k, col), 0 outside B
 //   store1(batch, row, col, v)       C(row, col) = v where inside C
 //   k_span(batch) -> vec2<u32>       the K range to sum, from a multiple of BK
-// matmul_tiled.wgsl defines them for stored matrices, conv.wgsl for the
-// implicit matrices of a convolution.
+// matmul_tiled_load.wgsl defines the loaders for stored matrices
+// (matmul_tiled.wgsl the store, src/backend/gpu/epilogue.rs stores that
+// apply elementwise work), conv.wgsl all of them for the implicit matrices
+// of a convolution.
 //
 // A workgroup computes a BM × BN tile of C, BM = 4·WM and BN = 4·WN: each of
 // its WM × WN invocations owns a 4 × 4 block of C in registers (four vec4
