@@ -53,6 +53,9 @@ fn epilogues_match_the_cpu_at_every_tile_edge_in_one_dispatch() {
         (2, 33, 65, 130),
         (3, 31, 12, 8),
         (1, 64, 10, 128),
+        // Both operands aligned (vec4 loads), with and without a K tail.
+        (2, 20, 16, 64),
+        (1, 40, 32, 33),
     ];
     for (gpu, dev) in devices() {
         for (i, &(batch, m, n, k)) in shapes.iter().enumerate() {

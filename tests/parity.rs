@@ -217,11 +217,12 @@ fn matmul_shapes() {
         (&[2, 1, 9, 7], &[1, 3, 7, 11]),
         (&[257], &[257, 3]),
         (&[17, 65], &[65]),
-        // Aligned operands with a K tail: [17,64]·[64,8]'s weight gradient is
-        // a transposed, aligned A (M = 64) over K = 17; [5,17]·[17,64] reads
-        // an aligned B over K = 17.
-        (&[17, 64], &[64, 8]),
-        (&[5, 17], &[17, 64]),
+        // Aligned operands with a K tail (products of at least 32768
+        // multiply-adds: smaller ones take the variant for any layout):
+        // [17,64]·[64,48]'s weight gradient is a transposed, aligned A
+        // (M = 64) over K = 17; [37,17]·[17,64] reads an aligned B over K = 17.
+        (&[17, 64], &[64, 48]),
+        (&[37, 17], &[17, 64]),
     ];
     for (i, &(sa, sb)) in cases.iter().enumerate() {
         let a = rand(sa, -1.0, 1.0, 5000 + i as u64);

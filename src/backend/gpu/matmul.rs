@@ -15,6 +15,9 @@ use std::sync::Arc;
 /// Output rows per workgroup and columns per invocation of matmul.wgsl.
 pub(super) const SUBGROUP_TILE_ROWS: u32 = 16;
 pub(super) const SUBGROUP_TILE_COLS: u32 = 8;
+/// Products of fewer multiply-adds than this use the subgroup kernel's
+/// variant for any layout (no vec4 loads, a K tail).
+const SPECIALISE_FROM: usize = 1 << 15;
 /// Each invocation of matmul_tiled.wgsl computes a 4 × 4 block.
 pub(super) const TILED_THREAD_TILE: u32 = 4;
 
@@ -112,14 +115,18 @@ pub(super) fn product_kernel(choice: Choice, s: &MatmulSpec) -> (bool, Vec<(&'st
     constants.extend([("TRANS_A", flag(s.trans_a)), ("TRANS_B", flag(s.trans_b))]);
     if subgroups {
         // vec4 loads along each operand's contiguous axis need that axis
-        // and the batch stride to be multiples of 4.
-        let aligned = |contiguous: usize, stride: usize| contiguous % 4 == 0 && stride % 4 == 0;
+        // and the batch stride to be multiples of 4. A small product takes
+        // the variant that serves every shape: specialising it would buy
+        // nothing measurable and compile one more pipeline per layout (an
+        // epilogue's pipeline is a whole product kernel).
+        let small = s.batch.saturating_mul(s.m).saturating_mul(s.n).saturating_mul(s.k) < SPECIALISE_FROM;
+        let aligned = |contiguous: usize, stride: usize| !small && contiguous % 4 == 0 && stride % 4 == 0;
         let aligned_a = aligned(if s.trans_a { s.m } else { s.k }, s.a_batch_stride);
         let aligned_b = aligned(if s.trans_b { s.k } else { s.n }, s.b_batch_stride);
         constants.extend([
             ("ALIGNED_A", flag(aligned_a)),
             ("ALIGNED_B", flag(aligned_b)),
-            ("K_TAIL", flag(s.k % 4 != 0)),
+            ("K_TAIL", flag(small || s.k % 4 != 0)),
         ]);
     }
     (subgroups, constants, grid)
