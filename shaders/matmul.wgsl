@@ -18,8 +18,9 @@
 // matrix (the extra rows and columns compute garbage that is never stored)
 // and zero what lies past K, so one unrolled body serves every tile and any
 // M, N, K. Where the layout allows (ALIGNED_A/ALIGNED_B: the contiguous axis
-// and the batch stride are multiples of 4) fragments are read as vec4s
-// through a second binding of A and B. WG (the prelude's workgroup size, a
+// and the batch stride are multiples of 4) and the product is not small
+// (under 32768 multiply-adds every product takes the variant for any layout)
+// fragments are read as vec4s through a second binding of A and B. WG (the prelude's workgroup size, a
 // multiple of the subgroup size),
 // the transpose, alignment and K_TAIL flags are override constants
 // (src/backend/gpu/matmul.rs): branches on them cost nothing at run time,

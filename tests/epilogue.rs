@@ -57,8 +57,13 @@ fn epilogues_match_the_cpu_at_every_tile_edge_in_one_dispatch() {
         (2, 20, 16, 64),
         (1, 40, 32, 33),
     ];
-    for (gpu, dev) in devices() {
+    for (d, (gpu, dev)) in devices().into_iter().enumerate() {
         for (i, &(batch, m, n, k)) in shapes.iter().enumerate() {
+            // The tiled kernel (d = 1) at three of them: each shape class
+            // compiles pipelines of its own, slowly on a software driver.
+            if d == 1 && ![0, 3, 4].contains(&i) {
+                continue;
+            }
             let seed = 100 + 10 * i as u64;
             let a = rand(&[batch, m, k], -1.0, 1.0, seed);
             let b = rand(&[k, n], -1.0, 1.0, seed + 1);
@@ -218,5 +223,59 @@ fn a_linear_layers_weight_and_bias_gradients_are_one_kernel() {
                 assert_eq!(got[2], db, "dbias vs Σ g {x_dims:?}");
             }
         }
+    }
+}
+
+#[test]
+fn a_convolutions_bias_and_activation_are_its_epilogue() {
+    use wgrad::Conv2dOptions;
+    // (n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups):
+    // odd sizes, stride 2, dilation 2, groups and depthwise, non-square.
+    let cases: &[(usize, usize, usize, usize, usize, (usize, usize), usize, usize, usize, usize)] = &[
+        (2, 3, 9, 7, 5, (3, 3), 1, 1, 1, 1),
+        (1, 4, 11, 10, 6, (3, 2), 2, 0, 1, 2),
+        (3, 4, 8, 8, 4, (3, 3), 1, 2, 2, 4),
+        (1, 1, 1, 1, 1, (1, 1), 1, 0, 1, 1),
+    ];
+    for (d, (gpu, dev)) in devices().into_iter().enumerate() {
+        for (i, &(n, ci, h, w, co, k, stride, pad, dil, groups)) in cases.iter().enumerate() {
+            if d == 1 && i > 1 {
+                continue;
+            }
+            let seed = 300 + 10 * i as u64;
+            let x = rand(&[n, ci, h, w], -1.0, 1.0, seed);
+            let wt = rand(&[co, ci / groups, k.0, k.1], -1.0, 1.0, seed + 1);
+            let b = rand(&[co], -0.5, 0.5, seed + 2);
+            let opts = Conv2dOptions::default().stride(stride).padding(pad).dilation(dil).groups(groups);
+            let want = x.conv2d(&wt, Some(&b), opts).relu().to_vec().unwrap();
+            let to = |t: &Tensor| t.to_device(&dev).unwrap();
+            let (xg, wg, bg) = (to(&x), to(&wt), to(&b));
+            let (got, count) = dispatches(&gpu, || xg.conv2d(&wg, Some(&bg), opts).relu().to_vec().unwrap());
+            let what = format!("conv case {i} on {}", gpu.info());
+            assert_close(&got, &want, 1e-5, 1e-4, &what);
+            assert_eq!(count, 1, "{what}: the convolution, its bias and ReLU are one kernel");
+        }
+    }
+}
+
+#[test]
+fn a_shared_product_carries_only_its_own_checks() {
+    // `z = h + bad` runs h's product with `+ bad` as its epilogue and, as
+    // `relu(h)` still holds the product, writes it out raw: reading `h`
+    // must not report the bad index that only `bad` (and so `z`) depends on.
+    for (_, dev) in devices() {
+        let x = rand(&[6, 5], -1.0, 1.0, 11);
+        let w = rand(&[5, 4], -1.0, 1.0, 12);
+        let table = rand(&[3, 4], -1.0, 1.0, 13);
+        let to = |t: &Tensor| t.to_device(&dev).unwrap();
+        let ids = Tensor::from_vec(vec![0.0, 1.0, 2.0, 7.0, 0.0, 1.0], [6], &dev).unwrap();
+        let bad = to(&table).index_select(0, &ids);
+        let h = to(&x).matmul(&to(&w));
+        let hr = h.relu();
+        let z = &h + &bad;
+        assert!(matches!(z.to_vec(), Err(wgrad::Error::IndexOutOfRange { .. })), "{:?}", z.to_vec());
+        let want = x.matmul(&w);
+        assert_close(&h.to_vec().unwrap(), &want.to_vec().unwrap(), 1e-5, 1e-4, "h");
+        assert_close(&hr.to_vec().unwrap(), &want.relu().to_vec().unwrap(), 1e-5, 1e-4, "relu(h)");
     }
 }

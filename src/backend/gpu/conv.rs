@@ -11,6 +11,7 @@
 use super::matmul::{gemm_grid, record_batched};
 use super::pipelines::{Kernel, Shader, params};
 use super::reduce::reduce;
+use super::epilogue::ProductOp;
 use super::{Bind, Context, GpuBuffer};
 use crate::backend::{AxisView, ConvSpec, PoolKind, PoolSpec, ReduceOp};
 use std::sync::Arc;
@@ -46,7 +47,7 @@ params! {
 
 /// Which product of a convolution a dispatch computes (`MODE` in conv.wgsl).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
+pub(super) enum Mode {
     Forward = 0,
     InputGrad = 1,
     WeightGrad = 2,
@@ -56,17 +57,15 @@ enum Mode {
 /// the subgroup kernel, BK ≤ 64 for the tiled one).
 const K_CHUNK_ALIGN: usize = 64;
 
-/// Records the product `mode` of `s` into `out`, reading `a` and `b`
-/// (see conv.wgsl), with `splits` split-K slices in the weight gradient.
-fn record(
-    ctx: &Arc<Context>,
+/// How the product `mode` of `s` is launched: whether with the subgroup
+/// kernel, its override constants, the grid's x and y, the batch entries
+/// (grid z), and the parameters of the dispatch whose first entry is 0.
+pub(super) fn launch(
+    ctx: &Context,
     s: &ConvSpec,
     mode: Mode,
-    a: &Arc<super::pool::Pooled>,
-    b: &Arc<super::pool::Pooled>,
-    out: &Arc<super::pool::Pooled>,
     k_chunk: usize,
-) -> crate::Result<()> {
+) -> (bool, Vec<(&'static str, f64)>, [u32; 2], usize, ConvParams) {
     let (m, n_cols, k, batches) = match mode {
         Mode::Forward => (s.mg(), s.oh * s.ow, s.patch(), s.n * s.groups),
         Mode::InputGrad => (s.cg(), s.h * s.w, s.mg() * s.kh * s.kw, s.n * s.groups),
@@ -89,11 +88,8 @@ fn record(
         ("DW", f(s.dw)),
         ("FAST_DIV", fast_div as u32 as f64),
     ]);
-    let shader = if subgroups { Shader::Conv } else { Shader::ConvTiled };
-    let kernel = Kernel::Static { shader, entry: "main", constants: &constants };
-    let binds = [Bind::read(0, a), Bind::read(1, b), Bind::write(2, out)];
     let u = |v: usize| v as u32;
-    record_batched(ctx, &kernel, &binds, grid, batches, |first| ConvParams {
+    let params = ConvParams {
         n: u(s.n),
         c_in: u(s.c_in),
         h: u(s.h),
@@ -107,15 +103,41 @@ fn record(
         m: u(m),
         n_cols: u(n_cols),
         k: u(k),
-        first_batch: u(first),
+        first_batch: 0,
         k_chunk: u(k_chunk),
         inv_ow: 1.0 / s.ow as f32,
         inv_pixels: 1.0 / (s.oh * s.ow) as f32,
         inv_w: 1.0 / s.w as f32,
-    })
+    };
+    (subgroups, constants, grid, batches, params)
+}
+
+/// Records the product `mode` of `s` into `out`, reading `a` and `b`
+/// (see conv.wgsl), with `splits` split-K slices in the weight gradient.
+pub(super) fn record(
+    ctx: &Context,
+    s: &ConvSpec,
+    mode: Mode,
+    a: &Arc<super::pool::Pooled>,
+    b: &Arc<super::pool::Pooled>,
+    out: &Arc<super::pool::Pooled>,
+    k_chunk: usize,
+) -> crate::Result<()> {
+    let (subgroups, constants, grid, batches, params) = launch(ctx, s, mode, k_chunk);
+    let shader = if subgroups { Shader::Conv } else { Shader::ConvTiled };
+    let kernel = Kernel::Static { shader, entry: "main", constants: &constants };
+    let binds = [Bind::read(0, a), Bind::read(1, b), Bind::write(2, out)];
+    record_batched(ctx, &kernel, &binds, grid, batches, |first| ConvParams { first_batch: first as u32, ..params })
 }
 
 pub(crate) fn conv2d(ctx: &Arc<Context>, x: &GpuBuffer, weight: &GpuBuffer, s: ConvSpec) -> GpuBuffer {
+    // Pending, so that a bias add and an activation after it become its
+    // epilogue (epilogue.rs); with fusion off, or more images than one
+    // dispatch's grid holds, computed now.
+    let one_dispatch = s.n * s.groups <= ctx.limits.max_compute_workgroups_per_dimension as usize;
+    if ctx.lazy.fusion && s.output_len() > 0 && s.patch() > 0 && one_dispatch {
+        return super::lazy::product(ctx, weight, x, ProductOp::Conv { spec: s });
+    }
     ctx.compute("conv2d", s.output_len(), &[weight, x], |ins, out| {
         record(ctx, &s, Mode::Forward, ins[0], ins[1], out, 0)
     })

@@ -28,15 +28,14 @@
 //! [`MAX_OPS`] cheap elementwise ops, the trade every fusing compiler makes
 //! against a dispatch.
 
-use super::autotune::Choice;
-use super::epilogue::{self, Product};
+use super::epilogue::{self, Product, ProductOp};
 use super::fusion;
 use super::lock;
 use super::pool::Pooled;
 use super::taint::Poison;
 use super::{Bind, Context, Kernel};
 use crate::backend::Fault;
-use crate::backend::{BinaryOp, MatmulSpec, UnaryOp};
+use crate::backend::{BinaryOp, UnaryOp};
 use crate::shape::{Strided, coalesce};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -340,9 +339,24 @@ impl Expr {
     fn fits(&self) -> bool {
         // A product's epilogue shares the immediates and the bindings with
         // the product, and cannot read its words from a buffer.
-        let (leaves, words) =
-            if self.product.is_some() { (epilogue::LEAVES, epilogue::WORDS) } else { (MAX_LEAVES, WORDS) };
+        let (leaves, words) = match &self.product {
+            Some(p) => (epilogue::LEAVES, p.words()),
+            None => (MAX_LEAVES, WORDS),
+        };
         self.ops() <= MAX_OPS && self.leaves.len() <= leaves && self.words() <= words
+    }
+
+    /// The device-side checks of what it reads: its leaves' and its
+    /// product's operands'.
+    fn taints(&self) -> impl Iterator<Item = &super::taint::Taint> {
+        let product = self.product.iter().flat_map(|p| [&p.a.taint, &p.b.taint]);
+        self.leaves.iter().map(|l| &l.buffer.taint).chain(product)
+    }
+
+    /// Drops its hold on its product (before computing the buffer it came
+    /// from: a product nothing else holds is not written out raw).
+    fn release(&mut self) {
+        self.product = None;
     }
 
     /// Whether the expression reads `buffer`.
@@ -486,7 +500,11 @@ pub(crate) fn unary(ctx: &Arc<Context>, op: UnaryOp, x: &GpuBuffer, n: usize) ->
 fn one_operand(ctx: &Arc<Context>, x: &GpuBuffer, n: usize, node: impl Fn(Expr) -> Expr) -> GpuBuffer {
     let build = || -> Result<Expr, Poison> {
         let e = node(operand(x, n)?);
-        if e.fits() { Ok(e) } else { Ok(node(computed(x, n)?)) }
+        if e.fits() {
+            return Ok(e);
+        }
+        drop(e);
+        Ok(node(computed(x, n)?))
     };
     match build() {
         Ok(e) => finish(ctx, e),
@@ -534,13 +552,13 @@ pub(crate) fn constant_value(x: &GpuBuffer) -> Option<f32> {
     }
 }
 
-/// The product `s` of `a` and `b` with kernel `choice`, pending: elementwise
-/// work on it becomes its epilogue ([`epilogue`]).
-pub(crate) fn product(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, spec: MatmulSpec, choice: Choice) -> GpuBuffer {
+/// The product `op` of `a` and `b`, pending: elementwise work on it
+/// becomes its epilogue ([`epilogue`]).
+pub(crate) fn product(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, op: ProductOp) -> GpuBuffer {
     match super::computed([a, b].into_iter()) {
         Ok(ab) => GpuBuffer::pending(
             ctx,
-            Expr::product(Product { a: ab[0].clone(), b: ab[1].clone(), spec, choice, result: OnceLock::new() }),
+            Expr::product(Product { a: ab[0].clone(), b: ab[1].clone(), op, result: OnceLock::new() }),
         ),
         Err(poison) => GpuBuffer::poisoned(poison),
     }
@@ -565,7 +583,7 @@ pub(crate) fn binary(
 ) -> GpuBuffer {
     let n: usize = a.1.dims.iter().product();
     // A poisoned side, with the checks of the other (the earliest decides).
-    let poisoned = |p: Poison, other: &Expr| Poison::combine(&[p], other.leaves.iter().map(|l| &l.buffer.taint));
+    let poisoned = |p: Poison, other: &Expr| Poison::combine(&[p], other.taints());
     let build = || -> Result<Expr, Poison> {
         let (mut ea, mut eb) = match (side(a, n), side(b, n)) {
             (Ok(ea), Ok(eb)) => (ea, eb),
@@ -583,11 +601,15 @@ pub(crate) fn binary(
             // Compute the pending side with more ops (their dims disagree,
             // or together they are too big).
             let (wa, wb) = (weight(a.0, &ea), weight(b.0, &eb));
+            drop(combined);
             if wa >= wb && wa > 0 {
+                ea.release();
                 ea = computed(a.0, n).map_err(|p| poisoned(p, &eb))?;
             } else if wb > 0 {
+                eb.release();
                 eb = computed(b.0, n).map_err(|p| poisoned(p, &ea))?;
             } else {
+                let combined = ea.binary(op, &eb);
                 // Two leaves over one shape always combine; when their
                 // views need more words than the immediates hold, the
                 // kernel reads them from a buffer.
@@ -618,7 +640,7 @@ pub(crate) fn select(
             let poisons: Vec<Poison> = made.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
             return Err(Poison::combine(
                 &poisons,
-                taints.iter().flat_map(|e| e.leaves.iter().map(|l| &l.buffer.taint)),
+                taints.iter().flat_map(|e| e.taints()),
             ));
         }
         let mut e: Vec<Expr> = made.into_iter().flatten().collect();
@@ -635,11 +657,13 @@ pub(crate) fn select(
             if ops == 0 {
                 return Ok(combined.expect("leaves share the output's dims"));
             }
+            drop(combined);
+            e[most].release();
             // Failing, it carries the other operands' checks too, as in
             // `binary`: the earliest fault among them is reported.
             e[most] = computed(sides[most].0, n).map_err(|p| {
                 let others = e.iter().enumerate().filter(|&(i, _)| i != most);
-                Poison::combine(&[p], others.flat_map(|(_, x)| x.leaves.iter().map(|l| &l.buffer.taint)))
+                Poison::combine(&[p], others.flat_map(|(_, x)| x.taints()))
             })?;
         }
     };
@@ -652,8 +676,10 @@ pub(crate) fn select(
 /// How much computing `x`'s pending expression `e` first would take off a
 /// combined kernel: 0 when it is computed (a leaf), else its ops plus one
 /// (a pending view has no ops but still must be computed to be re-viewed).
+/// An `e` that holds a product is never 0, even if another thread computed
+/// `x` since `e` was read: computing `x` again gives its buffer as a leaf.
 fn weight(x: &GpuBuffer, e: &Expr) -> usize {
-    if x.expr().is_some() { e.ops() + 1 } else { 0 }
+    if x.expr().is_some() || e.product.is_some() { e.ops() + 1 } else { 0 }
 }
 
 /// A pending buffer for `e`, or with fusion off, `e` computed now.
@@ -671,7 +697,7 @@ fn run(ctx: &Arc<Context>, e: &Expr) -> Result<Arc<Pooled>, Poison> {
         e
     };
     let result = match &e.product {
-        Some(p) => super::profile::with_op("matmul", || record_product(ctx, e, p)),
+        Some(p) => super::profile::with_op(p.op_name(), || record_product(ctx, e, p)),
         // A product computed since, read whole: the buffer is the value.
         None if e.nodes == [Node::Leaf(0)] && e.leaves[0].view.is_none() => Ok(e.leaves[0].buffer.clone()),
         None => record_expr(ctx, e),
@@ -686,14 +712,14 @@ fn run(ctx: &Arc<Context>, e: &Expr) -> Result<Arc<Pooled>, Poison> {
 /// kernel for the product alone, else the product with `e` as its epilogue
 /// — also writing the raw product if another expression still holds it.
 fn record_product(ctx: &Arc<Context>, e: &Expr, p: &Arc<Product>) -> crate::Result<Arc<Pooled>> {
-    let out = ctx.alloc("matmul", e.n)?;
+    let out = ctx.alloc(p.op_name(), e.n)?;
     if e.nodes == [Node::Product] {
-        super::matmul::record_product(ctx, p.choice, &p.a, &p.b, &out, &p.spec)?;
+        p.record_plain(ctx, &out)?;
         let _ = p.result.set(out.clone());
         return Ok(out);
     }
     let shared = Arc::strong_count(p) > 1;
-    let raw = if shared { Some(ctx.alloc("matmul", e.n)?) } else { None };
+    let raw = if shared { Some(ctx.alloc(p.op_name(), e.n)?) } else { None };
     epilogue::record(ctx, e, p, &out, raw.as_ref())?;
     if let Some(raw) = raw {
         let _ = p.result.set(raw);

@@ -72,7 +72,7 @@ pub(crate) fn matmul(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, s: Matmul
     // dispatches, computed now.
     let one_dispatch = s.batch <= ctx.limits.max_compute_workgroups_per_dimension as usize;
     if ctx.lazy.fusion && n > 0 && s.k > 0 && one_dispatch {
-        return super::lazy::product(ctx, a, b, s, choice);
+        return super::lazy::product(ctx, a, b, super::epilogue::ProductOp::Matmul { spec: s, choice });
     }
     ctx.compute("matmul", n, &[a, b], |ins, out| record_product(ctx, choice, ins[0], ins[1], out, &s))
 }
@@ -80,8 +80,10 @@ pub(crate) fn matmul(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, s: Matmul
 /// A linear layer's weight and bias gradients, `[gᵀ·x, Σ_rows g]`, in one
 /// dispatch: the product of `gᵀ` and `x` with a column of ones appended to
 /// `x`, whose last column (the bias gradient) the kernel stores apart. It
-/// sums each column in the order the column-sum reduction does, so on this
-/// device the bias gradient is the one the unfused graph computes.
+/// sums each column in order, as the column-sum reduction does, so for more
+/// than one output the bias gradient is the unfused graph's bit for bit (a
+/// single output's column sum is a row reduction, a tree: the last bits
+/// may differ).
 pub(crate) fn linear_grads(
     ctx: &Arc<Context>,
     g: &GpuBuffer,

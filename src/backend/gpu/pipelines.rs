@@ -120,8 +120,8 @@ impl Shader {
             Shader::MatmulTiled => {
                 &[include_str!("../../../shaders/matmul_tiled.wgsl"), MATMUL_TILED_LOAD, GEMM_TILED_BODY]
             }
-            Shader::Conv => &[include_str!("../../../shaders/conv.wgsl"), GEMM_BODY],
-            Shader::ConvTiled => &[include_str!("../../../shaders/conv.wgsl"), GEMM_TILED_BODY],
+            Shader::Conv => &[include_str!("../../../shaders/conv.wgsl"), CONV_LOAD, GEMM_BODY],
+            Shader::ConvTiled => &[include_str!("../../../shaders/conv.wgsl"), CONV_LOAD, GEMM_TILED_BODY],
             Shader::Pool => &[include_str!("../../../shaders/pool.wgsl")],
             Shader::Scan => &[include_str!("../../../shaders/scan.wgsl")],
             Shader::Sort => &[include_str!("../../../shaders/sort.wgsl")],
@@ -141,6 +141,7 @@ pub(crate) const GEMM_BODY: &str = include_str!("../../../shaders/gemm_body.wgsl
 pub(crate) const MATMUL_LOAD: &str = include_str!("../../../shaders/matmul_load.wgsl");
 pub(crate) const GEMM_TILED_BODY: &str = include_str!("../../../shaders/gemm_tiled_body.wgsl");
 pub(crate) const MATMUL_TILED_LOAD: &str = include_str!("../../../shaders/matmul_tiled_load.wgsl");
+pub(crate) const CONV_LOAD: &str = include_str!("../../../shaders/conv_load.wgsl");
 
 /// The optimizer rules, shared with the generated multi-tensor kernels.
 pub(crate) const OPTIM_RULES: &str = include_str!("../../../shaders/optim_rules.wgsl");
@@ -490,7 +491,7 @@ pub(crate) mod tests {
 
     /// (name, offset) of every member of the WGSL `struct Params` in
     /// `source`, and the struct's size.
-    fn wgsl_params(source: &str) -> (Vec<(String, usize)>, usize) {
+    pub(crate) fn wgsl_params(source: &str) -> (Vec<(String, usize)>, usize) {
         let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| panic!("{}", e.emit_to_string(source)));
         let mut layouter = naga::proc::Layouter::default();
         layouter.update(module.to_ctx()).unwrap();
