@@ -170,8 +170,10 @@ fn nan_and_infinity_propagate_through_an_epilogue() {
         };
         let (want, got) = (f(&Device::Cpu), f(&dev));
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(g.is_nan() == w.is_nan() && (w.is_nan() || g == w || (g - w).abs() <= 1e-5 * (1.0 + w.abs())),
-                "element {i}: gpu {g} vs cpu {w}");
+            assert!(
+                g.is_nan() == w.is_nan() && (w.is_nan() || g == w || (g - w).abs() <= 1e-5 * (1.0 + w.abs())),
+                "element {i}: gpu {g} vs cpu {w}"
+            );
         }
         assert!(want.iter().any(|v| v.is_nan()) && want.iter().any(|v| v.is_infinite()));
     }
@@ -181,8 +183,13 @@ fn nan_and_infinity_propagate_through_an_epilogue() {
 fn a_linear_layers_weight_and_bias_gradients_are_one_kernel() {
     // Rows, outputs and inputs at tile edges, a 3-D input (rows folded),
     // and a bias-free layer.
-    let shapes: &[(&[usize], usize, bool)] =
-        &[(&[1, 1], 1, true), (&[33, 17], 9, true), (&[4, 5, 16], 31, true), (&[70, 130], 10, true), (&[12, 7], 5, false)];
+    let shapes: &[(&[usize], usize, bool)] = &[
+        (&[1, 1], 1, true),
+        (&[33, 17], 9, true),
+        (&[4, 5, 16], 31, true),
+        (&[70, 130], 10, true),
+        (&[12, 7], 5, false),
+    ];
     for (gpu, dev) in devices() {
         for (i, &(x_dims, outs, with_bias)) in shapes.iter().enumerate() {
             let ins = *x_dims.last().unwrap();
@@ -231,7 +238,8 @@ fn a_convolutions_bias_and_activation_are_its_epilogue() {
     use wgrad::Conv2dOptions;
     // (n, c_in, h, w, c_out, kernel, stride, padding, dilation, groups):
     // odd sizes, stride 2, dilation 2, groups and depthwise, non-square.
-    let cases: &[(usize, usize, usize, usize, usize, (usize, usize), usize, usize, usize, usize)] = &[
+    type Case = (usize, usize, usize, usize, usize, (usize, usize), usize, usize, usize, usize);
+    let cases: &[Case] = &[
         (2, 3, 9, 7, 5, (3, 3), 1, 1, 1, 1),
         (1, 4, 11, 10, 6, (3, 2), 2, 0, 1, 2),
         (3, 4, 8, 8, 4, (3, 3), 1, 2, 2, 4),

@@ -82,8 +82,9 @@ impl Tensor {
                 (true, true) => {
                     let x = c.input(0).reshape([rows, ins]);
                     let device = g.device();
-                    let [dw, db] =
-                        Tensor::with_storages(&[&g, &x], |s| device.backend().linear_grads(s[0], s[1], rows, outs, ins));
+                    let [dw, db] = Tensor::with_storages(&[&g, &x], |s| {
+                        device.backend().linear_grads(s[0], s[1], rows, outs, ins)
+                    });
                     let dw = Tensor::from_storage(dw, [outs, ins].into(), device.clone());
                     (Some(dw), Some(Tensor::from_storage(db, [outs].into(), device)))
                 }

@@ -8,10 +8,10 @@
 //! over several workgroups' partial results (split-K) that one reduction
 //! adds up.
 
+use super::epilogue::ProductOp;
 use super::matmul::{gemm_grid, record_batched};
 use super::pipelines::{Kernel, Shader, params};
 use super::reduce::reduce;
-use super::epilogue::ProductOp;
 use super::{Bind, Context, GpuBuffer};
 use crate::backend::{AxisView, ConvSpec, PoolKind, PoolSpec, ReduceOp};
 use std::sync::Arc;
@@ -57,15 +57,21 @@ pub(super) enum Mode {
 /// the subgroup kernel, BK ≤ 64 for the tiled one).
 const K_CHUNK_ALIGN: usize = 64;
 
-/// How the product `mode` of `s` is launched: whether with the subgroup
-/// kernel, its override constants, the grid's x and y, the batch entries
-/// (grid z), and the parameters of the dispatch whose first entry is 0.
-pub(super) fn launch(
-    ctx: &Context,
-    s: &ConvSpec,
-    mode: Mode,
-    k_chunk: usize,
-) -> (bool, Vec<(&'static str, f64)>, [u32; 2], usize, ConvParams) {
+/// How one product of a convolution is launched.
+pub(super) struct ConvLaunch {
+    /// Whether with the subgroup kernel (else the workgroup-tiled one).
+    pub subgroups: bool,
+    pub constants: Vec<(&'static str, f64)>,
+    /// The grid's x and y.
+    pub grid: [u32; 2],
+    /// Batch entries (grid z).
+    pub batches: usize,
+    /// The parameters of the dispatch whose first entry is 0.
+    pub params: ConvParams,
+}
+
+/// How the product `mode` of `s` is launched.
+pub(super) fn launch(ctx: &Context, s: &ConvSpec, mode: Mode, k_chunk: usize) -> ConvLaunch {
     let (m, n_cols, k, batches) = match mode {
         Mode::Forward => (s.mg(), s.oh * s.ow, s.patch(), s.n * s.groups),
         Mode::InputGrad => (s.cg(), s.h * s.w, s.mg() * s.kh * s.kw, s.n * s.groups),
@@ -109,7 +115,7 @@ pub(super) fn launch(
         inv_pixels: 1.0 / (s.oh * s.ow) as f32,
         inv_w: 1.0 / s.w as f32,
     };
-    (subgroups, constants, grid, batches, params)
+    ConvLaunch { subgroups, constants, grid, batches, params }
 }
 
 /// Records the product `mode` of `s` into `out`, reading `a` and `b`
@@ -123,11 +129,12 @@ pub(super) fn record(
     out: &Arc<super::pool::Pooled>,
     k_chunk: usize,
 ) -> crate::Result<()> {
-    let (subgroups, constants, grid, batches, params) = launch(ctx, s, mode, k_chunk);
-    let shader = if subgroups { Shader::Conv } else { Shader::ConvTiled };
-    let kernel = Kernel::Static { shader, entry: "main", constants: &constants };
+    let l = launch(ctx, s, mode, k_chunk);
+    let shader = if l.subgroups { Shader::Conv } else { Shader::ConvTiled };
+    let kernel = Kernel::Static { shader, entry: "main", constants: &l.constants };
     let binds = [Bind::read(0, a), Bind::read(1, b), Bind::write(2, out)];
-    record_batched(ctx, &kernel, &binds, grid, batches, |first| ConvParams { first_batch: first as u32, ..params })
+    let params = l.params;
+    record_batched(ctx, &kernel, &binds, l.grid, l.batches, |first| ConvParams { first_batch: first as u32, ..params })
 }
 
 pub(crate) fn conv2d(ctx: &Arc<Context>, x: &GpuBuffer, weight: &GpuBuffer, s: ConvSpec) -> GpuBuffer {

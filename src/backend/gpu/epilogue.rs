@@ -179,14 +179,14 @@ fn launch(ctx: &Arc<Context>, p: &Product, ones: bool) -> Launch {
             }
         }
         ProductOp::Conv { spec } => {
-            let (subgroups, constants, grid, batches, params) = conv::launch(ctx, spec, conv::Mode::Forward, 0);
-            let (wg, constants) = split_wg(constants);
+            let c = conv::launch(ctx, spec, conv::Mode::Forward, 0);
+            let (wg, constants) = split_wg(c.constants);
             Launch {
-                subgroups,
+                subgroups: c.subgroups,
                 wg,
                 constants,
-                groups: [grid[0], grid[1], batches as u32],
-                base: bytemuck::cast_slice(&[params]).to_vec(),
+                groups: [c.grid[0], c.grid[1], c.batches as u32],
+                base: bytemuck::cast_slice(&[c.params]).to_vec(),
                 params_of: include_str!("../../../shaders/conv.wgsl"),
                 loaders: CONV_LOAD,
                 index: "(batch * params.m + row) * params.n_cols + COL",
@@ -275,11 +275,13 @@ fn params_with_words(file: &str, words: usize) -> String {
     let end = file[start..].find(DECLARED).expect("and the immediates") + start;
     let body = file[start..end].trim_end();
     let body = body.strip_suffix('}').expect("the struct ends the block").trim_end();
-    format!("{body}
+    format!(
+        "{body}
     words: array<u32, {words}>,
 }}
 {DECLARED}
-")
+"
+    )
 }
 
 /// The generated part of an epilogue kernel: the parameters and bindings,

@@ -275,7 +275,14 @@ impl Expr {
 
     /// The product `p`, pending.
     fn product(p: Product) -> Expr {
-        Expr { n: p.len(), dims: None, leaves: Vec::new(), nodes: vec![Node::Product], root: 0, product: Some(Arc::new(p)) }
+        Expr {
+            n: p.len(),
+            dims: None,
+            leaves: Vec::new(),
+            nodes: vec![Node::Product],
+            root: 0,
+            product: Some(Arc::new(p)),
+        }
     }
 
     /// Its product, if one was computed since: read as a leaf from then on.
@@ -362,7 +369,9 @@ impl Expr {
     /// Whether the expression reads `buffer`.
     fn reads(&self, buffer: &Arc<Pooled>) -> bool {
         let by_product = |p: &Product| {
-            Arc::ptr_eq(&p.a, buffer) || Arc::ptr_eq(&p.b, buffer) || p.result.get().is_some_and(|r| Arc::ptr_eq(r, buffer))
+            Arc::ptr_eq(&p.a, buffer)
+                || Arc::ptr_eq(&p.b, buffer)
+                || p.result.get().is_some_and(|r| Arc::ptr_eq(r, buffer))
         };
         self.leaves.iter().any(|l| Arc::ptr_eq(&l.buffer, buffer)) || self.product.as_deref().is_some_and(by_product)
     }
@@ -540,7 +549,8 @@ pub(crate) fn constant(ctx: &Arc<Context>, n: usize, value: f32) -> GpuBuffer {
     if !ctx.lazy.fusion || n > PENDING_UP_TO {
         return super::elementwise::fill(ctx, n, value);
     }
-    let e = Expr { n, dims: None, leaves: Vec::new(), nodes: vec![Node::Const(value.to_bits())], root: 0, product: None };
+    let e =
+        Expr { n, dims: None, leaves: Vec::new(), nodes: vec![Node::Const(value.to_bits())], root: 0, product: None };
     GpuBuffer::pending(ctx, e)
 }
 
@@ -638,10 +648,7 @@ pub(crate) fn select(
         if made.iter().any(Result::is_err) {
             let taints: Vec<&Expr> = made.iter().filter_map(|r| r.as_ref().ok()).collect();
             let poisons: Vec<Poison> = made.iter().filter_map(|r| r.as_ref().err().cloned()).collect();
-            return Err(Poison::combine(
-                &poisons,
-                taints.iter().flat_map(|e| e.taints()),
-            ));
+            return Err(Poison::combine(&poisons, taints.iter().flat_map(|e| e.taints())));
         }
         let mut e: Vec<Expr> = made.into_iter().flatten().collect();
         loop {

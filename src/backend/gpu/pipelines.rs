@@ -162,7 +162,11 @@ pub(crate) fn with_prelude(parts: &[&str]) -> String {
 /// its structure (`fusion::structure`), which its pipeline is cached by,
 /// and a function generating its source, called only to compile it.
 pub(crate) enum Kernel<'a> {
-    Static { shader: Shader, entry: &'static str, constants: &'a [(&'static str, f64)] },
+    Static {
+        shader: Shader,
+        entry: &'static str,
+        constants: &'a [(&'static str, f64)],
+    },
     Generated {
         family: &'static str,
         structure: Vec<u32>,
@@ -222,7 +226,12 @@ pub(crate) use params;
 /// written), sorted.
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum PipelineKey {
-    Static { shader: Shader, entry: &'static str, constants: Vec<(&'static str, u64)>, signature: Vec<(u32, bool)> },
+    Static {
+        shader: Shader,
+        entry: &'static str,
+        constants: Vec<(&'static str, u64)>,
+        signature: Vec<(u32, bool)>,
+    },
     Generated {
         family: &'static str,
         structure: Vec<u32>,
@@ -337,7 +346,8 @@ impl Pipelines {
                     label: Some("generated"),
                     source: wgpu::ShaderSource::Wgsl(full.as_ref().into()),
                 });
-                let all: Vec<(&str, f64)> = std::iter::once(("WG", *wg as f64)).chain(constants.iter().copied()).collect();
+                let all: Vec<(&str, f64)> =
+                    std::iter::once(("WG", *wg as f64)).chain(constants.iter().copied()).collect();
                 let record = CompiledKernel {
                     file: "generated".into(),
                     entry: "main".into(),
