@@ -302,15 +302,16 @@ fn fit_with_capture_trains_as_without(dev: &Device) {
 test_device!(fit_with_capture_trains_as_without);
 
 /// As `captured_and_eager_steps_agree_bit_for_bit`, with the optimizer's
-/// parameters updated by multi-tensor dispatches (the default on hardware
-/// GPUs; software rasterisers use one dispatch per parameter), whose
-/// replays share one rule per step.
+/// parameters updated by multi-tensor dispatches and matmul epilogues (the
+/// defaults on hardware GPUs; software rasterisers use one dispatch per
+/// parameter and plain products): replays share one optimizer rule per
+/// step, and redraw the dropout keys inside the epilogues' parameters.
 #[test]
 fn captured_multi_tensor_steps_agree_bit_for_bit() {
     if common::gpu().is_none() {
         return;
     }
-    let options = GpuOptions { multi_tensor: Some(true), ..GpuOptions::from_env() };
+    let options = GpuOptions { multi_tensor: Some(true), epilogues: Some(true), ..GpuOptions::from_env() };
     let dev = Device::Gpu(GpuDevice::with_options(options).unwrap());
     captured_and_eager_steps_agree_bit_for_bit(&dev);
 }

@@ -11,8 +11,9 @@ mod common;
 use common::{assert_close, rand};
 use wgrad::{Device, GpuDevice, GpuOptions, Tensor};
 
-/// Private GPU devices (dispatch counts are per device): the adapter's
-/// product kernel, and the workgroup-tiled one.
+/// Private GPU devices (dispatch counts are per device) with epilogues on
+/// (software rasterisers leave them off by default): the adapter's product
+/// kernel, and the workgroup-tiled one.
 fn devices() -> Vec<(GpuDevice, Device)> {
     if common::gpu().is_none() {
         return Vec::new();
@@ -20,8 +21,9 @@ fn devices() -> Vec<(GpuDevice, Device)> {
     [true, false]
         .into_iter()
         .map(|subgroups| {
-            let gpu = GpuDevice::with_options(GpuOptions { subgroups, ..GpuOptions::from_env() })
-                .expect("the adapter opened once");
+            let gpu =
+                GpuDevice::with_options(GpuOptions { subgroups, epilogues: Some(true), ..GpuOptions::from_env() })
+                    .expect("the adapter opened once");
             (gpu.clone(), Device::Gpu(gpu))
         })
         .collect()

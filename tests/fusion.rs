@@ -11,11 +11,12 @@ use wgrad::optim::{Optimizer, Sgd};
 use wgrad::{Device, Error, GpuDevice, GpuOptions, Tensor};
 
 /// A private GPU device (dispatch counts are per device, and the shared one
-/// is busy with other tests), with fusion on or off.
+/// is busy with other tests), with fusion on or off, and matmul epilogues
+/// on (as on a hardware GPU).
 fn device(fusion: bool) -> Option<(GpuDevice, Device)> {
     common::gpu()?;
-    let gpu =
-        GpuDevice::with_options(GpuOptions { fusion, ..GpuOptions::from_env() }).expect("the adapter opened once");
+    let gpu = GpuDevice::with_options(GpuOptions { fusion, epilogues: Some(true), ..GpuOptions::from_env() })
+        .expect("the adapter opened once");
     Some((gpu.clone(), Device::Gpu(gpu)))
 }
 

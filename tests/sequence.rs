@@ -322,7 +322,9 @@ test_device!(triangles_and_sampling);
 #[test]
 fn dispatches_of_a_gpt_block() {
     common::gpu();
-    let Ok(gpu) = wgrad::GpuDevice::with_options(wgrad::GpuOptions::from_env()) else { return };
+    // With matmul epilogues, as a hardware GPU runs it.
+    let options = wgrad::GpuOptions { epilogues: Some(true), ..wgrad::GpuOptions::from_env() };
+    let Ok(gpu) = wgrad::GpuDevice::with_options(options) else { return };
     // A device of its own: other tests' kernels do not reach its count.
     let dev = wgrad::Device::Gpu(gpu.clone());
     manual_seed(1);

@@ -139,10 +139,10 @@ pub(super) fn record(
 
 pub(crate) fn conv2d(ctx: &Arc<Context>, x: &GpuBuffer, weight: &GpuBuffer, s: ConvSpec) -> GpuBuffer {
     // Pending, so that a bias add and an activation after it become its
-    // epilogue (epilogue.rs); with fusion off, or more images than one
-    // dispatch's grid holds, computed now.
+    // epilogue (epilogue.rs); with fusion or epilogues off, or more images
+    // than one dispatch's grid holds, computed now.
     let one_dispatch = s.n * s.groups <= ctx.limits.max_compute_workgroups_per_dimension as usize;
-    if ctx.lazy.fusion && s.output_len() > 0 && s.patch() > 0 && one_dispatch {
+    if ctx.lazy.fusion && ctx.tuning.epilogues && s.output_len() > 0 && s.patch() > 0 && one_dispatch {
         return super::lazy::product(ctx, weight, x, ProductOp::Conv { spec: s });
     }
     ctx.compute("conv2d", s.output_len(), &[weight, x], |ins, out| {

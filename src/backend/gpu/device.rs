@@ -28,10 +28,14 @@ pub(crate) struct Tuning {
     /// Update several parameters per optimizer dispatch (see
     /// [`GpuOptions::multi_tensor`]).
     pub multi_tensor: bool,
+    /// Matmuls and convolutions are pending and apply elementwise work as
+    /// their epilogue (see [`GpuOptions::epilogues`]).
+    pub epilogues: bool,
 }
 
 impl Tuning {
-    fn for_adapter(info: &wgpu::AdapterInfo, subgroups: bool, multi_tensor: Option<bool>) -> Self {
+    fn for_adapter(info: &wgpu::AdapterInfo, subgroups: bool, options: &GpuOptions) -> Self {
+        let (multi_tensor, epilogues) = (options.multi_tensor, options.epilogues);
         // The noop adapter reports itself as a CPU, but stands for a GPU.
         if info.device_type == wgpu::DeviceType::Cpu && info.backend != wgpu::Backend::Noop {
             // Software rasterisers (lavapipe, WARP) run a workgroup on one CPU
@@ -46,6 +50,7 @@ impl Tuning {
                 matmul_bk: 32,
                 conv_target_groups: 16,
                 multi_tensor: multi_tensor.unwrap_or(false),
+                epilogues: epilogues.unwrap_or(false),
             }
         } else {
             Tuning {
@@ -57,6 +62,7 @@ impl Tuning {
                 matmul_bk: 16,
                 conv_target_groups: 512,
                 multi_tensor: multi_tensor.unwrap_or(true),
+                epilogues: epilogues.unwrap_or(true),
             }
         }
     }
@@ -90,11 +96,30 @@ pub struct GpuOptions {
     /// one multi-tensor dispatch against 0.82–1.05 ms as four.
     /// `WGRAD_MULTI_TENSOR=0|1` sets it.
     pub multi_tensor: Option<bool>,
+    /// Matmul and convolution epilogues: a product is pending, and the
+    /// elementwise work on it (a bias, an activation, dropout, the
+    /// backward's masks) runs in the product kernel as it stores each
+    /// element; a linear layer's weight and bias gradients are one kernel.
+    /// `None`: on hardware GPUs (and the noop adapter), where they save
+    /// dispatches and a round trip of each product through memory; not on
+    /// software rasterisers, where the MNIST epoch measured no faster with
+    /// them and each epilogue pipeline took ~1.3 s to compile (the first
+    /// epoch 21 s against 3.9 s on a cold shader cache).
+    /// `WGRAD_EPILOGUES=0|1` sets it.
+    pub epilogues: Option<bool>,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { subgroups: true, adapter: None, backends: None, fusion: true, software: true, multi_tensor: None }
+        GpuOptions {
+            subgroups: true,
+            adapter: None,
+            backends: None,
+            fusion: true,
+            software: true,
+            multi_tensor: None,
+            epilogues: None,
+        }
     }
 }
 
@@ -102,20 +127,24 @@ impl GpuOptions {
     /// The defaults, with `adapter` from `WGPU_ADAPTER_NAME` and `backends`
     /// from `WGPU_BACKEND` (e.g. `gl` for OpenGL) where those are set, fusion
     /// off where `WGRAD_FUSION=0`, subgroups off where `WGRAD_SUBGROUPS=0`
-    /// (the kernels an adapter without them runs), and `multi_tensor` from
-    /// `WGRAD_MULTI_TENSOR`.
+    /// (the kernels an adapter without them runs), and `multi_tensor` and
+    /// `epilogues` from `WGRAD_MULTI_TENSOR` and `WGRAD_EPILOGUES`.
     pub fn from_env() -> Self {
         GpuOptions {
             adapter: std::env::var("WGPU_ADAPTER_NAME").ok(),
             backends: std::env::var("WGPU_BACKEND").ok(),
             fusion: std::env::var("WGRAD_FUSION").map_or(true, |v| v != "0"),
             subgroups: std::env::var("WGRAD_SUBGROUPS").map_or(true, |v| v != "0"),
-            multi_tensor: std::env::var("WGRAD_MULTI_TENSOR")
-                .ok()
-                .map(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no")),
+            multi_tensor: flag("WGRAD_MULTI_TENSOR"),
+            epilogues: flag("WGRAD_EPILOGUES"),
             ..GpuOptions::default()
         }
     }
+}
+
+/// An on/off environment variable, if set.
+fn flag(name: &str) -> Option<bool> {
+    std::env::var(name).ok().map(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no"))
 }
 
 /// What a device is, for logs and benchmark tables.
@@ -313,7 +342,7 @@ pub(crate) async fn open(options: &GpuOptions) -> Result<Opened> {
         .await
         .map_err(|e| Error::NoAdapter(format!("{}: {e}", info.name)))?;
     let health = Health::watch(&device);
-    let tuning = Tuning::for_adapter(&info, subgroups, options.multi_tensor);
+    let tuning = Tuning::for_adapter(&info, subgroups, options);
     Ok(Opened { tuning, device, queue, info, limits, health })
 }
 

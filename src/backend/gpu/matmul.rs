@@ -9,7 +9,7 @@ use super::device::Tuning;
 use super::pipelines::{Kernel, Shader, params};
 use super::pool::Pooled;
 use super::{Bind, Context, GpuBuffer};
-use crate::backend::MatmulSpec;
+use crate::backend::{AxisView, MatmulSpec};
 use std::sync::Arc;
 
 /// Output rows per workgroup and columns per invocation of matmul.wgsl.
@@ -68,10 +68,10 @@ pub(crate) fn matmul(ctx: &Arc<Context>, a: &GpuBuffer, b: &GpuBuffer, s: Matmul
     let choice = autotune::choose(ctx, &s).unwrap_or_else(|| Choice::default_for(ctx));
     let n = s.batch * s.m * s.n;
     // Pending, so that elementwise work on the product becomes its
-    // epilogue (epilogue.rs); with fusion off, or a batch needing several
-    // dispatches, computed now.
+    // epilogue (epilogue.rs); with fusion or epilogues off, or a batch
+    // needing several dispatches, computed now.
     let one_dispatch = s.batch <= ctx.limits.max_compute_workgroups_per_dimension as usize;
-    if ctx.lazy.fusion && n > 0 && s.k > 0 && one_dispatch {
+    if ctx.lazy.fusion && ctx.tuning.epilogues && n > 0 && s.k > 0 && one_dispatch {
         return super::lazy::product(ctx, a, b, super::epilogue::ProductOp::Matmul { spec: s, choice });
     }
     ctx.compute("matmul", n, &[a, b], |ins, out| record_product(ctx, choice, ins[0], ins[1], out, &s))
@@ -102,6 +102,12 @@ pub(crate) fn linear_grads(
         a_batch_stride: 0,
         b_batch_stride: 0,
     };
+    if !ctx.tuning.epilogues {
+        // The unfused graph's product and column sum.
+        let db =
+            super::reduce::reduce(ctx, crate::backend::ReduceOp::Sum, g, AxisView { outer: 1, len: rows, inner: outs });
+        return [matmul(ctx, g, x, s), db];
+    }
     let choice = autotune::choose(ctx, &s).unwrap_or_else(|| Choice::default_for(ctx));
     ctx.compute_many("matmul", [outs * ins, outs], &[g, x], |ins, [dw, db]| {
         super::epilogue::record_linear_grads(ctx, choice, ins[0], ins[1], &s, dw, db)
