@@ -1,10 +1,11 @@
-//! The matmul autotuner (src/backend/gpu/autotune.rs): every candidate
-//! kernel computes the right product, a new shape class is tuned once and
-//! then served from the cache, and the decision reaches the disk cache.
+//! The matmul and convolution autotuner (src/backend/gpu/autotune.rs):
+//! every candidate kernel computes the right product, a new shape class is
+//! tuned once and then served from the cache, and the decision reaches the
+//! disk cache.
 
 mod common;
 
-use wgrad::{Device, Tensor};
+use wgrad::{Conv2dOptions, Device, Tensor};
 
 /// `op(a) · op(b)` on the CPU and on `gpu`, compared.
 fn check(gpu: &Device, dims: (usize, usize, usize, usize), ta: bool, tb: bool, what: &str) {
@@ -21,6 +22,15 @@ fn check(gpu: &Device, dims: (usize, usize, usize, usize), ta: bool, tb: bool, w
     let want = prod(&a, &b).to_vec().unwrap();
     let got = prod(&a.to_device(gpu).unwrap(), &b.to_device(gpu).unwrap()).to_vec().unwrap();
     common::assert_close(&got, &want, 1e-4 * k as f32, 1e-4, &format!("{what}: {dims:?} ta {ta} tb {tb}"));
+}
+
+/// A convolution (forward, no gradient) on the CPU and on `gpu`, compared.
+fn check_conv(gpu: &Device, (n, c_in, hw, c_out): (usize, usize, usize, usize), opts: Conv2dOptions, what: &str) {
+    let x = common::rand(&[n, c_in, hw, hw], -1.0, 1.0, (c_in * 7 + hw) as u64);
+    let w = common::rand(&[c_out, c_in / opts.groups, 3, 3], -1.0, 1.0, (c_out * 5 + 1) as u64);
+    let want = x.conv2d(&w, None, opts).to_vec().unwrap();
+    let got = x.to_device(gpu).unwrap().conv2d(&w.to_device(gpu).unwrap(), None, opts).to_vec().unwrap();
+    common::assert_close(&got, &want, 1e-4 * (9 * c_in) as f32, 1e-4, &format!("{what}: conv {n}x{c_in}x{hw}→{c_out}"));
 }
 
 /// One test: it sets the environment before any device opens.
@@ -56,6 +66,9 @@ fn candidates_are_correct_and_tuning_is_cached() {
         ] {
             check(&gpu, dims, ta, tb, kernel);
         }
+        // Convolutions run the same kernel choices (their forward product;
+        // its gradients are the same bodies with other loaders).
+        check_conv(&gpu, (2, 6, 11, 10), Conv2dOptions::default().padding(1).stride(2).groups(2), kernel);
     }
     g.force_matmul_kernel(None);
     if tuning_off {
@@ -77,6 +90,19 @@ fn candidates_are_correct_and_tuning_is_cached() {
     // And on disk, for the next run.
     let text = std::fs::read_to_string(&cache).expect("the disk cache was written");
     assert!(text.lines().any(|l| l.contains("\t512x512x256\t") && l.ends_with(kernel.as_str())), "{text}");
+    // A convolution class above the threshold is tuned at its first
+    // forward product, then served from the cache.
+    let opts = Conv2dOptions::default().padding(1);
+    let before = g.kernels_dispatched();
+    check_conv(&gpu, (8, 16, 32, 32), opts, "conv tuned");
+    assert!(g.kernels_dispatched() - before > kernels.len() as u64, "the first convolution was not tuned");
+    let decided = g.matmul_autotuned();
+    let (_, conv_kernel) =
+        decided.iter().find(|(class, _)| class.starts_with("conv Forward")).expect("a conv decision");
+    assert!(kernels.contains(conv_kernel), "{conv_kernel} is not a candidate");
+    let before = g.kernels_dispatched();
+    check_conv(&gpu, (7, 16, 30, 32), opts, "conv cached");
+    assert_eq!(g.kernels_dispatched() - before, 1, "a cached convolution class dispatched more than its product");
     // A kernel the adapter does not offer is refused by name.
     let msg = common::panic_message_of(|| g.force_matmul_kernel(Some("tiled 3 3 3")));
     assert!(msg.contains("tiled 3 3 3") && msg.contains("is not one of"), "{msg}");

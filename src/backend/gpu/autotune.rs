@@ -1,4 +1,5 @@
-//! Matmul autotuning: at the first product of a shape class on an adapter,
+//! Matmul and convolution autotuning: at the first product of a shape
+//! class on an adapter,
 //! a few candidate kernel configurations (the subgroup kernel at several
 //! workgroup sizes, the workgroup-tiled kernel at several tile shapes, all
 //! through override constants: one kernel design, its sizes tuned) are each
@@ -7,7 +8,10 @@
 //! heuristics measured instead of guessed.
 //!
 //! - **Shape class**: M, N and K each rounded up to a power of two, whether
-//!   it is batched, and the transpose flags. Products below
+//!   it is batched, and the transpose flags; for a convolution, which of
+//!   its three products, its channels, kernel, strides, dilation and groups,
+//!   and its image size and batch rounded up to powers of two (timed on at
+//!   most 8 images). Products below
 //!   [`MIN_WORK`] multiply-adds keep the adapter's default (timing them
 //!   would cost more than it could save); candidates are timed on the
 //!   product cut to [`TUNE_EDGE`] per axis, best of two submissions of
@@ -33,7 +37,7 @@
 use super::device::Tuning;
 use super::matmul::{SUBGROUP_TILE_COLS, SUBGROUP_TILE_ROWS, TILED_THREAD_TILE};
 use super::{Context, lock};
-use crate::backend::MatmulSpec;
+use crate::backend::{ConvSpec, MatmulSpec};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -220,14 +224,26 @@ fn enabled(ctx: &Context) -> bool {
 /// The kernel for product `s`: a device's forced choice, the tuned one for
 /// its class (tuning it now if it is new), or `None` for the default.
 pub(super) fn choose(ctx: &Context, s: &MatmulSpec) -> Option<Choice> {
+    let work = s.batch.saturating_mul(s.m).saturating_mul(s.n).saturating_mul(s.k);
+    choose_class(ctx, class(s), work, &|| tune(ctx, s))
+}
+
+/// As [`choose`], for product `mode` (conv.wgsl's MODE) of convolution `s`.
+pub(super) fn choose_conv(ctx: &Context, s: &ConvSpec, mode: super::conv::Mode) -> Option<Choice> {
+    let work = s.output_len().saturating_mul(s.patch());
+    choose_class(ctx, conv_class(s, mode), work, &|| tune_conv(ctx, s, mode))
+}
+
+/// The choice for a class: forced, decided before, tuned now by `tune`,
+/// or `None` (the default) below [`MIN_WORK`] or when tuning is off.
+fn choose_class(ctx: &Context, class: String, work: usize, tune: &dyn Fn() -> crate::Result<Choice>) -> Option<Choice> {
     if let Some(forced) = *lock(&ctx.matmul_forced) {
         return Some(forced);
     }
-    let work = s.batch.saturating_mul(s.m).saturating_mul(s.n).saturating_mul(s.k);
     if work < MIN_WORK {
         return None;
     }
-    let key = (adapter(ctx), class(s));
+    let key = (adapter(ctx), class);
     // A decision made before (also while profiling, so a profile shows the
     // kernels a normal run uses), if this adapter offers it: a disk cache
     // edited by hand or written by another version may name others.
@@ -244,7 +260,7 @@ pub(super) fn choose(ctx: &Context, s: &MatmulSpec) -> Option<Choice> {
     // fails (out of memory for the scratch operands, a lost device) keeps
     // the default for the rest of the process rather than retrying at
     // every product.
-    let Ok(choice) = tune(ctx, s) else {
+    let Ok(choice) = tune() else {
         lock(cache()).insert(key, Choice::default_for(ctx));
         return None;
     };
@@ -262,10 +278,83 @@ pub(super) fn choose(ctx: &Context, s: &MatmulSpec) -> Option<Choice> {
     Some(choice)
 }
 
-/// Times every candidate on zero operands of `s`'s shape (after a warm-up
-/// run that compiles its pipeline): the best of two submissions of
-/// [`REPS`] products each, so submission latency does not decide on a fast
-/// GPU. Returns the fastest.
+/// A convolution product's shape class.
+fn conv_class(s: &ConvSpec, mode: super::conv::Mode) -> String {
+    let p = |v: usize| v.max(1).next_power_of_two();
+    format!(
+        "conv {mode:?} n{} {}x{}x{}→{} k{}x{} s{}x{} p{}x{} d{}x{} g{}",
+        p(s.n),
+        s.c_in,
+        p(s.h),
+        p(s.w),
+        s.c_out,
+        s.kh,
+        s.kw,
+        s.sh,
+        s.sw,
+        s.ph,
+        s.pw,
+        s.dh,
+        s.dw,
+        s.groups
+    )
+}
+
+/// Times every candidate with `record` (which records one product with
+/// the given kernel on scratch operands), after a warm-up run that
+/// compiles its pipeline: the best of two submissions of [`REPS`] products
+/// each, so submission latency does not decide on a fast GPU. Returns the
+/// fastest.
+fn fastest(ctx: &Context, record: &dyn Fn(Choice) -> crate::Result<()>) -> crate::Result<Choice> {
+    let mut best: Option<(Duration, Choice)> = None;
+    for c in candidates(ctx) {
+        record(c)?;
+        ctx.queue.wait(ctx.queue.submit(), &ctx.health)?;
+        let mut took = Duration::MAX;
+        for _ in 0..2 {
+            let started = Instant::now();
+            for _ in 0..REPS {
+                record(c)?;
+            }
+            ctx.queue.wait(ctx.queue.submit(), &ctx.health)?;
+            took = took.min(started.elapsed());
+        }
+        if best.is_none_or(|(t, _)| took < t) {
+            best = Some((took, c));
+        }
+    }
+    Ok(best.map_or_else(|| Choice::default_for(ctx), |(_, c)| c))
+}
+
+/// Tunes product `mode` of `s` on zero operands of at most 8 images.
+fn tune_conv(ctx: &Context, s: &ConvSpec, mode: super::conv::Mode) -> crate::Result<Choice> {
+    use super::conv::Mode;
+    ctx.lazy.run_all();
+    ctx.queue.wait(ctx.queue.submit(), &ctx.health)?;
+    let s = &ConvSpec { n: s.n.min(8), ..*s };
+    let (a_len, b_len) = match mode {
+        Mode::Forward => (s.weight_len(), s.input_len()),
+        Mode::InputGrad => (s.weight_len(), s.output_len()),
+        Mode::WeightGrad => (s.output_len(), s.input_len()),
+    };
+    let a = ctx.upload_words("conv autotune", &vec![0u32; a_len], Default::default())?;
+    let b = ctx.upload_words("conv autotune", &vec![0u32; b_len], Default::default())?;
+    let record = |c: Choice| -> crate::Result<()> {
+        let (out_len, k_chunk) = match mode {
+            Mode::Forward => (s.output_len(), 0),
+            Mode::InputGrad => (s.input_len(), 0),
+            Mode::WeightGrad => {
+                let (splits, k_chunk) = super::conv::weight_grad_split(ctx, s, c);
+                (splits * s.weight_len(), k_chunk)
+            }
+        };
+        let out = ctx.alloc("conv autotune", out_len)?;
+        super::conv::record(ctx, s, mode, c, &a, &b, &out, k_chunk)
+    };
+    fastest(ctx, &record)
+}
+
+/// Tunes product `s` on zero operands of its shape, cut to [`TUNE_EDGE`].
 fn tune(ctx: &Context, s: &MatmulSpec) -> crate::Result<Choice> {
     // Start from an idle queue, so no earlier work is timed.
     ctx.lazy.run_all();
@@ -285,24 +374,7 @@ fn tune(ctx: &Context, s: &MatmulSpec) -> crate::Result<Choice> {
     let a = ctx.upload_words("matmul autotune", &vec![0u32; a_len], Default::default())?;
     let b = ctx.upload_words("matmul autotune", &vec![0u32; b_len], Default::default())?;
     let out = ctx.alloc("matmul autotune", s.batch * s.m * s.n)?;
-    let mut best: Option<(Duration, Choice)> = None;
-    for c in candidates(ctx) {
-        super::matmul::record_product(ctx, c, &a, &b, &out, s)?;
-        ctx.queue.wait(ctx.queue.submit(), &ctx.health)?;
-        let mut took = Duration::MAX;
-        for _ in 0..2 {
-            let started = Instant::now();
-            for _ in 0..REPS {
-                super::matmul::record_product(ctx, c, &a, &b, &out, s)?;
-            }
-            ctx.queue.wait(ctx.queue.submit(), &ctx.health)?;
-            took = took.min(started.elapsed());
-        }
-        if best.is_none_or(|(t, _)| took < t) {
-            best = Some((took, c));
-        }
-    }
-    Ok(best.map_or_else(|| Choice::default_for(ctx), |(_, c)| c))
+    fastest(ctx, &|c| super::matmul::record_product(ctx, c, &a, &b, &out, s))
 }
 
 /// The decisions made so far for `ctx`'s adapter (class, kernel), sorted.

@@ -8,8 +8,9 @@
 //! over several workgroups' partial results (split-K) that one reduction
 //! adds up.
 
+use super::autotune::{self, Choice};
 use super::epilogue::ProductOp;
-use super::matmul::{gemm_grid, record_batched};
+use super::matmul::record_batched;
 use super::pipelines::{Kernel, Shader, params};
 use super::reduce::reduce;
 use super::{Bind, Context, GpuBuffer};
@@ -70,8 +71,8 @@ pub(super) struct ConvLaunch {
     pub params: ConvParams,
 }
 
-/// How the product `mode` of `s` is launched.
-pub(super) fn launch(ctx: &Context, s: &ConvSpec, mode: Mode, k_chunk: usize) -> ConvLaunch {
+/// How the product `mode` of `s` is launched with kernel `choice`.
+pub(super) fn launch(s: &ConvSpec, mode: Mode, choice: Choice, k_chunk: usize) -> ConvLaunch {
     let (m, n_cols, k, batches) = match mode {
         Mode::Forward => (s.mg(), s.oh * s.ow, s.patch(), s.n * s.groups),
         Mode::InputGrad => (s.cg(), s.h * s.w, s.mg() * s.kh * s.kw, s.n * s.groups),
@@ -83,7 +84,7 @@ pub(super) fn launch(ctx: &Context, s: &ConvSpec, mode: Mode, k_chunk: usize) ->
     // The float-reciprocal division is exact below 2^22 (see conv.wgsl).
     let fast_div = s.n * s.oh * s.ow < 1 << 22 && s.h * s.w < 1 << 22;
     let f = |v: usize| v as f64;
-    let (subgroups, mut constants, grid) = gemm_grid(&ctx.tuning, m, n_cols);
+    let (subgroups, mut constants, grid) = choice.grid(m, n_cols);
     constants.extend([
         ("MODE", mode as u32 as f64),
         ("KH", f(s.kh)),
@@ -118,18 +119,21 @@ pub(super) fn launch(ctx: &Context, s: &ConvSpec, mode: Mode, k_chunk: usize) ->
     ConvLaunch { subgroups, constants, grid, batches, params }
 }
 
-/// Records the product `mode` of `s` into `out`, reading `a` and `b`
-/// (see conv.wgsl), with `splits` split-K slices in the weight gradient.
+/// Records the product `mode` of `s` into `out` with kernel `choice`,
+/// reading `a` and `b` (see conv.wgsl), with split-K slices of `k_chunk`
+/// in the weight gradient.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn record(
     ctx: &Context,
     s: &ConvSpec,
     mode: Mode,
+    choice: Choice,
     a: &Arc<super::pool::Pooled>,
     b: &Arc<super::pool::Pooled>,
     out: &Arc<super::pool::Pooled>,
     k_chunk: usize,
 ) -> crate::Result<()> {
-    let l = launch(ctx, s, mode, k_chunk);
+    let l = launch(s, mode, choice, k_chunk);
     let shader = if l.subgroups { Shader::Conv } else { Shader::ConvTiled };
     let kernel = Kernel::Static { shader, entry: "main", constants: &l.constants };
     let binds = [Bind::read(0, a), Bind::read(1, b), Bind::write(2, out)];
@@ -143,37 +147,52 @@ pub(crate) fn conv2d(ctx: &Arc<Context>, x: &GpuBuffer, weight: &GpuBuffer, s: C
     // than one dispatch's grid holds, computed now.
     let one_dispatch = s.n * s.groups <= ctx.limits.max_compute_workgroups_per_dimension as usize;
     if ctx.lazy.fusion && ctx.tuning.epilogues && s.output_len() > 0 && s.patch() > 0 && one_dispatch {
-        return super::lazy::product(ctx, weight, x, ProductOp::Conv { spec: s });
+        let choice = kernel(ctx, &s, Mode::Forward);
+        return super::lazy::product(ctx, weight, x, ProductOp::Conv { spec: s, choice });
     }
+    let choice = kernel(ctx, &s, Mode::Forward);
     ctx.compute("conv2d", s.output_len(), &[weight, x], |ins, out| {
-        record(ctx, &s, Mode::Forward, ins[0], ins[1], out, 0)
+        record(ctx, &s, Mode::Forward, choice, ins[0], ins[1], out, 0)
     })
 }
 
 pub(crate) fn conv2d_input_grad(ctx: &Arc<Context>, gy: &GpuBuffer, weight: &GpuBuffer, s: ConvSpec) -> GpuBuffer {
+    let choice = kernel(ctx, &s, Mode::InputGrad);
     ctx.compute("conv2d_input_grad", s.input_len(), &[weight, gy], |ins, out| {
-        record(ctx, &s, Mode::InputGrad, ins[0], ins[1], out, 0)
+        record(ctx, &s, Mode::InputGrad, choice, ins[0], ins[1], out, 0)
     })
 }
 
 pub(crate) fn conv2d_weight_grad(ctx: &Arc<Context>, gy: &GpuBuffer, x: &GpuBuffer, s: ConvSpec) -> GpuBuffer {
-    // Enough workgroups to fill the device: split K (every pixel of the
-    // batch) until the tiles times the splits reach the target, keeping
-    // each split at least a few hundred long.
-    let k = s.n * s.oh * s.ow;
-    let [tiles_x, tiles_y] = gemm_grid(&ctx.tuning, s.mg(), s.patch()).2;
-    let tiles = tiles_x as usize * tiles_y as usize * s.groups;
-    let by_target = ctx.tuning.conv_target_groups.div_ceil(tiles.max(1));
-    let splits = by_target.min(k.div_ceil(4 * K_CHUNK_ALIGN)).max(1);
-    let k_chunk = k.div_ceil(splits).next_multiple_of(K_CHUNK_ALIGN);
-    let splits = k.div_ceil(k_chunk).max(1);
+    let choice = kernel(ctx, &s, Mode::WeightGrad);
+    let (splits, k_chunk) = weight_grad_split(ctx, &s, choice);
     let partial = ctx.compute("conv2d_weight_grad", splits * s.weight_len(), &[gy, x], |ins, out| {
-        record(ctx, &s, Mode::WeightGrad, ins[0], ins[1], out, k_chunk)
+        record(ctx, &s, Mode::WeightGrad, choice, ins[0], ins[1], out, k_chunk)
     });
     if splits == 1 {
         return partial;
     }
     reduce(ctx, ReduceOp::Sum, &partial, AxisView { outer: 1, len: splits, inner: s.weight_len() })
+}
+
+/// The kernel for product `mode` of `s`: tuned per shape class where the
+/// autotuner is on (see autotune.rs), else the adapter's default.
+fn kernel(ctx: &Context, s: &ConvSpec, mode: Mode) -> Choice {
+    autotune::choose_conv(ctx, s, mode).unwrap_or_else(|| Choice::default_for(ctx))
+}
+
+/// The weight gradient's split-K with kernel `choice`: enough workgroups
+/// to fill the device, splitting K (every pixel of the batch) until the
+/// tiles times the splits reach the target, each split at least a few
+/// hundred long. The number of splits and each one's length.
+pub(super) fn weight_grad_split(ctx: &Context, s: &ConvSpec, choice: Choice) -> (usize, usize) {
+    let k = s.n * s.oh * s.ow;
+    let [tiles_x, tiles_y] = choice.grid(s.mg(), s.patch()).2;
+    let tiles = tiles_x as usize * tiles_y as usize * s.groups;
+    let by_target = ctx.tuning.conv_target_groups.div_ceil(tiles.max(1));
+    let splits = by_target.min(k.div_ceil(4 * K_CHUNK_ALIGN)).max(1);
+    let k_chunk = k.div_ceil(splits).next_multiple_of(K_CHUNK_ALIGN);
+    (k.div_ceil(k_chunk).max(1), k_chunk)
 }
 
 fn pool_params(s: &PoolSpec) -> (PoolParams, f64) {

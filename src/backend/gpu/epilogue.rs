@@ -47,8 +47,8 @@ pub(crate) enum ProductOp {
     /// A (batched) matrix product with the kernel tuned for it.
     Matmul { spec: MatmulSpec, choice: Choice },
     /// A convolution's forward product (`conv.wgsl`, MODE 0; A is the
-    /// weight, B the input).
-    Conv { spec: ConvSpec },
+    /// weight, B the input) with the kernel tuned for it.
+    Conv { spec: ConvSpec, choice: Choice },
 }
 
 /// A product not computed yet: its operands (computed), what it is, and —
@@ -65,7 +65,7 @@ impl Product {
     pub fn len(&self) -> usize {
         match &self.op {
             ProductOp::Matmul { spec, .. } => spec.batch * spec.m * spec.n,
-            ProductOp::Conv { spec } => spec.output_len(),
+            ProductOp::Conv { spec, .. } => spec.output_len(),
         }
     }
 
@@ -96,7 +96,9 @@ impl Product {
             ProductOp::Matmul { spec, choice } => {
                 super::matmul::record_product(ctx, *choice, &self.a, &self.b, out, spec)
             }
-            ProductOp::Conv { spec } => conv::record(ctx, spec, conv::Mode::Forward, &self.a, &self.b, out, 0),
+            ProductOp::Conv { spec, choice } => {
+                conv::record(ctx, spec, conv::Mode::Forward, *choice, &self.a, &self.b, out, 0)
+            }
         }
     }
 }
@@ -151,7 +153,7 @@ struct Launch {
     cols: &'static str,
 }
 
-fn launch(ctx: &Arc<Context>, p: &Product, ones: bool) -> Launch {
+fn launch(p: &Product, ones: bool) -> Launch {
     match &p.op {
         ProductOp::Matmul { spec: s, choice } => {
             let (subgroups, constants, _) = product_kernel(*choice, s);
@@ -178,8 +180,8 @@ fn launch(ctx: &Arc<Context>, p: &Product, ones: bool) -> Launch {
                 cols: "params.n",
             }
         }
-        ProductOp::Conv { spec } => {
-            let c = conv::launch(ctx, spec, conv::Mode::Forward, 0);
+        ProductOp::Conv { spec, choice } => {
+            let c = conv::launch(spec, conv::Mode::Forward, *choice, 0);
             let (wg, constants) = split_wg(c.constants);
             Launch {
                 subgroups: c.subgroups,
@@ -217,7 +219,7 @@ fn record_with(
     let words = fusion::words(e, &dims, &strides);
     debug_assert!(words.len() <= p.words() && e.leaves.len() <= LEAVES, "checked by Expr::fits");
     let ones = colsum.is_some();
-    let l = launch(ctx, p, ones);
+    let l = launch(p, ones);
     let family = match p.op {
         ProductOp::Matmul { .. } => "matmul_epilogue",
         ProductOp::Conv { .. } => "conv_epilogue",

@@ -5,7 +5,6 @@
 //! the 65535 workgroups one dispatch dimension allows take several dispatches.
 
 use super::autotune::{self, Choice};
-use super::device::Tuning;
 use super::pipelines::{Kernel, Shader, params};
 use super::pool::Pooled;
 use super::{Bind, Context, GpuBuffer};
@@ -32,13 +31,6 @@ params! {
         /// Batch index of workgroup z = 0.
         first_batch: u32,
     }
-}
-
-/// The tiling of a product kernel on this adapter over an `m × n_cols`
-/// output (shared by matmul and the convolutions): whether it is the
-/// subgroup kernel, its tile-size constants, and the grid's x and y.
-pub(super) fn gemm_grid(t: &Tuning, m: usize, n_cols: usize) -> (bool, Vec<(&'static str, f64)>, [u32; 2]) {
-    Choice::of_tuning(t).grid(m, n_cols)
 }
 
 /// Records `kernel` over `batches` batch entries (grid z), in as many

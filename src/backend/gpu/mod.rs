@@ -523,12 +523,14 @@ impl GpuDevice {
     }
 
     /// The autotuner's decisions so far on this adapter, in this process
-    /// or read from its disk cache: (shape class, kernel).
+    /// or read from its disk cache: (shape class, kernel). Convolution
+    /// classes start with `conv`.
     pub fn matmul_autotuned(&self) -> Vec<(String, String)> {
         autotune::decisions(&self.ctx)
     }
 
-    /// Makes this device run every matmul with `kernel` (one of
+    /// Makes this device run every matmul and convolution product with
+    /// `kernel` (one of
     /// [`matmul_kernels`](Self::matmul_kernels)), or return to the tuned
     /// choice with `None`: for testing and benchmarking the candidates.
     /// Panics on a kernel this adapter does not offer.
