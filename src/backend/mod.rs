@@ -196,6 +196,37 @@ pub(crate) struct MatmulSpec {
     pub b_batch_stride: usize,
 }
 
+impl MatmulSpec {
+    /// `gᵀ·x` for `g` `[rows, outs]` and `x` `[rows, ins]`: a linear layer's
+    /// weight gradient.
+    pub fn linear_weight_grad(rows: usize, outs: usize, ins: usize) -> Self {
+        MatmulSpec {
+            batch: 1,
+            m: outs,
+            n: ins,
+            k: rows,
+            trans_a: true,
+            trans_b: false,
+            a_batch_stride: 0,
+            b_batch_stride: 0,
+        }
+    }
+}
+
+/// [`Backend::linear_grads`] as the unfused graph computes it: the weight
+/// gradient's product and the bias gradient's column sum.
+pub(crate) fn linear_grads_unfused<B: Backend + ?Sized>(
+    b: &B,
+    g: &Storage,
+    x: &Storage,
+    rows: usize,
+    outs: usize,
+    ins: usize,
+) -> [Storage; 2] {
+    let spec = MatmulSpec::linear_weight_grad(rows, outs, ins);
+    [b.matmul(g, x, spec), b.reduce(ReduceOp::Sum, g, AxisView { outer: 1, len: rows, inner: outs })]
+}
+
 /// A 2-D convolution (PyTorch's `conv2d`, a cross-correlation) of an NCHW
 /// input `[n, c_in, h, w]` with a weight `[c_out, c_in / groups, kh, kw]`,
 /// giving `[n, c_out, oh, ow]`. Output pixel `(y, x)` reads input rows
@@ -388,17 +419,7 @@ pub(crate) trait Backend {
     /// a GPU computes both in one product kernel, the sum as the product
     /// with a column of ones appended to `x`.
     fn linear_grads(&self, g: &Storage, x: &Storage, rows: usize, outs: usize, ins: usize) -> [Storage; 2] {
-        let spec = MatmulSpec {
-            batch: 1,
-            m: outs,
-            n: ins,
-            k: rows,
-            trans_a: true,
-            trans_b: false,
-            a_batch_stride: 0,
-            b_batch_stride: 0,
-        };
-        [self.matmul(g, x, spec), self.reduce(ReduceOp::Sum, g, AxisView { outer: 1, len: rows, inner: outs })]
+        linear_grads_unfused(self, g, x, rows, outs, ins)
     }
     /// Softmax (or log-softmax) along `len` of `[outer, len, inner]`.
     fn softmax(&self, x: &Storage, v: AxisView, log: bool) -> Storage;

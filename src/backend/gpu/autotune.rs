@@ -339,18 +339,19 @@ fn tune_conv(ctx: &Context, s: &ConvSpec, mode: super::conv::Mode) -> crate::Res
     };
     let a = ctx.upload_words("conv autotune", &vec![0u32; a_len], Default::default())?;
     let b = ctx.upload_words("conv autotune", &vec![0u32; b_len], Default::default())?;
-    let record = |c: Choice| -> crate::Result<()> {
-        let (out_len, k_chunk) = match mode {
-            Mode::Forward => (s.output_len(), 0),
-            Mode::InputGrad => (s.input_len(), 0),
-            Mode::WeightGrad => {
-                let (splits, k_chunk) = super::conv::weight_grad_split(ctx, s, c);
-                (splits * s.weight_len(), k_chunk)
-            }
-        };
-        let out = ctx.alloc("conv autotune", out_len)?;
-        super::conv::record(ctx, s, mode, c, &a, &b, &out, k_chunk)
+    // Each kernel's output length and split-K chunk; one output buffer, as
+    // large as the largest, allocated before anything is timed.
+    let layout = |c: Choice| match mode {
+        Mode::Forward => (s.output_len(), 0),
+        Mode::InputGrad => (s.input_len(), 0),
+        Mode::WeightGrad => {
+            let (splits, k_chunk) = super::conv::weight_grad_split(ctx, s, c);
+            (splits * s.weight_len(), k_chunk)
+        }
     };
+    let out_len = candidates(ctx).into_iter().map(|c| layout(c).0).max().unwrap_or(0);
+    let out = ctx.alloc("conv autotune", out_len)?;
+    let record = |c: Choice| super::conv::record(ctx, s, mode, c, &a, &b, &out, layout(c).1);
     fastest(ctx, &record)
 }
 

@@ -142,6 +142,8 @@ pub(super) fn record_linear_grads(
 /// epilogue kernel reuses.
 struct Launch {
     subgroups: bool,
+    /// Whether its loaders also read A and B as vec4s (bindings 3 and 4).
+    vec4_views: bool,
     wg: u32,
     constants: Vec<(&'static str, f64)>,
     groups: [u32; 3],
@@ -174,6 +176,7 @@ fn launch(p: &Product, ones: bool) -> Launch {
             };
             Launch {
                 subgroups,
+                vec4_views: subgroups,
                 wg,
                 constants,
                 groups: [grid[0], grid[1], s.batch as u32],
@@ -189,6 +192,7 @@ fn launch(p: &Product, ones: bool) -> Launch {
             let (wg, constants) = split_wg(c.constants);
             Launch {
                 subgroups: c.subgroups,
+                vec4_views: false,
                 wg,
                 constants,
                 groups: [c.grid[0], c.grid[1], c.batches as u32],
@@ -234,7 +238,7 @@ fn record_with(
     let kernel = Kernel::Generated { family, structure, source: &source, wg: l.wg, constants: &l.constants };
 
     let mut binds = vec![Bind::read(0, &p.a), Bind::read(1, &p.b), Bind::write(2, out)];
-    if l.subgroups && matches!(p.op, ProductOp::Matmul { .. }) {
+    if l.vec4_views {
         binds.extend([Bind::read(3, &p.a), Bind::read(4, &p.b)]);
     }
     if let Some(raw) = raw {
@@ -305,7 +309,7 @@ fn source(e: &Expr, l: &Launch, raw: bool, ones: bool) -> String {
          @group(0) @binding(1) var<storage, read> b: array<f32>;\n\
          @group(0) @binding(2) var<storage, read_write> dst: array<f32>;\n",
     );
-    if l.subgroups && l.loaders == MATMUL_LOAD {
+    if l.vec4_views {
         src.push_str(
             "@group(0) @binding(3) var<storage, read> a4: array<vec4<f32>>;\n\
              @group(0) @binding(4) var<storage, read> b4: array<vec4<f32>>;\n",

@@ -289,20 +289,22 @@ impl Expr {
     pub(super) fn settled(mut self) -> Expr {
         let Some(result) = self.product.as_ref().and_then(|p| p.result.get()).cloned() else { return self };
         self.product = None;
-        let leaf = Leaf { buffer: result, view: None };
-        let index = match self.leaves.iter().position(|m| m.same(&leaf)) {
-            Some(i) => i,
-            None => {
-                self.leaves.push(leaf);
-                self.leaves.len() - 1
-            }
-        };
+        let index = self.add_leaf(&Leaf { buffer: result, view: None });
         for node in &mut self.nodes {
             if *node == Node::Product {
                 *node = Node::Leaf(index);
             }
         }
         self
+    }
+
+    /// The index of `leaf`, added unless an equal leaf is there.
+    fn add_leaf(&mut self, leaf: &Leaf) -> usize {
+        if let Some(i) = self.leaves.iter().position(|m| m.same(leaf)) {
+            return i;
+        }
+        self.leaves.push(leaf.clone());
+        self.leaves.len() - 1
     }
 
     /// Whether it has a product and it was computed since.
@@ -397,17 +399,7 @@ impl Expr {
         let mut map = Vec::with_capacity(other.nodes.len());
         for node in &other.nodes {
             let node = match *node {
-                Node::Leaf(l) => {
-                    let leaf = &other.leaves[l];
-                    let index = match self.leaves.iter().position(|m| m.same(leaf)) {
-                        Some(i) => i,
-                        None => {
-                            self.leaves.push(leaf.clone());
-                            self.leaves.len() - 1
-                        }
-                    };
-                    Node::Leaf(index)
-                }
+                Node::Leaf(l) => Node::Leaf(self.add_leaf(&other.leaves[l])),
                 Node::Unary(op, a) => Node::Unary(op, map[a]),
                 Node::Binary(op, a, b) => Node::Binary(op, map[a], map[b]),
                 Node::Select(c, a, b) => Node::Select(map[c], map[a], map[b]),
@@ -709,10 +701,7 @@ fn run(ctx: &Arc<Context>, e: &Expr) -> Result<Arc<Pooled>, Poison> {
         None if e.nodes == [Node::Leaf(0)] && e.leaves[0].view.is_none() => Ok(e.leaves[0].buffer.clone()),
         None => record_expr(ctx, e),
     };
-    result.map_err(|error| {
-        let product = e.product.iter().flat_map(|p| [&p.a.taint, &p.b.taint]);
-        Poison::new(e.leaves.iter().map(|l| &l.buffer.taint).chain(product), Fault::new(error))
-    })
+    result.map_err(|error| Poison::new(e.taints(), Fault::new(error)))
 }
 
 /// Computes `e`, whose product `p` is not computed yet: the plain product

@@ -46,8 +46,9 @@ pub(crate) fn cross_entropy(
         let mut binds = vec![Bind::read(0, ins[0]), Bind::read(1, ins[1]), Bind::write(3, out), ctx.errors(4)];
         // With a constant gradient the kernel reads no gradient buffer, but
         // binds one: the logits again.
-        binds
-            .extend(ins.get(2).or(constant.map(|_| &ins[0])).filter(|_| grad_rows.is_some()).map(|g| Bind::read(2, g)));
+        if grad_rows.is_some() {
+            binds.push(Bind::read(2, ins.get(2).copied().unwrap_or(ins[0])));
+        }
         let kernel = Kernel::Static { shader: Shader::Loss, entry, constants: &[("WG", wg as f64)] };
         let check = ctx.check("cross_entropy")?;
         let params = LossParams {

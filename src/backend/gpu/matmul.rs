@@ -8,7 +8,7 @@ use super::autotune::{self, Choice};
 use super::pipelines::{Kernel, Shader, params};
 use super::pool::Pooled;
 use super::{Bind, Context, GpuBuffer};
-use crate::backend::{AxisView, MatmulSpec};
+use crate::backend::MatmulSpec;
 use std::sync::Arc;
 
 /// Output rows per workgroup and columns per invocation of matmul.wgsl.
@@ -84,22 +84,7 @@ pub(crate) fn linear_grads(
     outs: usize,
     ins: usize,
 ) -> [GpuBuffer; 2] {
-    let s = MatmulSpec {
-        batch: 1,
-        m: outs,
-        n: ins,
-        k: rows,
-        trans_a: true,
-        trans_b: false,
-        a_batch_stride: 0,
-        b_batch_stride: 0,
-    };
-    if !ctx.tuning.epilogues {
-        // The unfused graph's product and column sum.
-        let db =
-            super::reduce::reduce(ctx, crate::backend::ReduceOp::Sum, g, AxisView { outer: 1, len: rows, inner: outs });
-        return [matmul(ctx, g, x, s), db];
-    }
+    let s = MatmulSpec::linear_weight_grad(rows, outs, ins);
     let choice = autotune::choose(ctx, &s).unwrap_or_else(|| Choice::default_for(ctx));
     ctx.compute_many("matmul", [outs * ins, outs], &[g, x], |ins, [dw, db]| {
         super::epilogue::record_linear_grads(ctx, choice, ins[0], ins[1], &s, dw, db)

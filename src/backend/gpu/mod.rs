@@ -609,6 +609,9 @@ impl Backend for GpuDevice {
     }
 
     fn linear_grads(&self, g: &Storage, x: &Storage, rows: usize, outs: usize, ins: usize) -> [Storage; 2] {
+        if !self.ctx.tuning.epilogues {
+            return super::linear_grads_unfused(self, g, x, rows, outs, ins);
+        }
         matmul::linear_grads(&self.ctx, g.gpu(), x.gpu(), rows, outs, ins).map(Storage::Gpu)
     }
 
