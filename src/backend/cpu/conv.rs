@@ -106,6 +106,14 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// p1 - p0]`) back onto one image's group `x` (`[cg, h, w]`): im2col's
 /// adjoint.
 fn col2im(col: &[f32], s: &ConvSpec, p0: usize, p1: usize, x: &mut [f32]) {
+    simd(
+        #[inline(always)]
+        || col2im_body(col, s, p0, p1, x),
+    )
+}
+
+#[inline(always)]
+fn col2im_body(col: &[f32], s: &ConvSpec, p0: usize, p1: usize, x: &mut [f32]) {
     let width = p1 - p0;
     let mut row = 0;
     for c in 0..s.cg() {
@@ -119,11 +127,22 @@ fn col2im(col: &[f32], s: &ConvSpec, p0: usize, p1: usize, x: &mut [f32]) {
                     let (oy, ox) = (p / s.ow, p % s.ow);
                     let run = (s.ow - ox).min(p1 - p);
                     let iy = (oy * s.sh + i * s.dh).wrapping_sub(s.ph);
-                    if iy < s.h {
+                    let (lo, hi) = (x_lo.max(ox), x_hi.min(ox + run));
+                    if iy < s.h && lo < hi {
                         let dst = &mut plane[iy * s.w..(iy + 1) * s.w];
-                        let line = &src[p - p0..p - p0 + run];
-                        for o in x_lo.max(ox)..x_hi.min(ox + run) {
-                            dst[o * s.sw + j * s.dw - s.pw] += line[o - ox];
+                        let line = &src[p - p0 + (lo - ox)..][..hi - lo];
+                        let first = lo * s.sw + j * s.dw - s.pw;
+                        if s.sw == 1 {
+                            // Contiguous: a loop the compiler vectorises
+                            // (the indexed loop it replaces was a quarter
+                            // of a convolution's input gradient).
+                            for (d, v) in dst[first..first + line.len()].iter_mut().zip(line) {
+                                *d += v;
+                            }
+                        } else {
+                            for (k, v) in line.iter().enumerate() {
+                                dst[first + k * s.sw] += v;
+                            }
                         }
                     }
                     p += run;
