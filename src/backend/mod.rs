@@ -403,6 +403,14 @@ pub(crate) trait Backend {
     fn error(&self, x: &Storage) -> Option<crate::Error>;
     fn full(&self, n: usize, value: f32) -> Storage;
     fn unary(&self, op: UnaryOp, x: &Storage, n: usize) -> Storage;
+    /// ReLU's backward over `n` contiguous elements: `grad · (x > 0 ? 1 : 0)`
+    /// (a NaN `x` masks to 0). By default the mask and a product, which the
+    /// GPU fuses into one kernel; the CPU makes one pass.
+    fn relu_backward(&self, grad: &Storage, x: &Storage, n: usize) -> Storage {
+        let mask = self.unary(UnaryOp::CmpScalar(Cmp::Gt, 0.0), x, n);
+        let flat = Strided { dims: vec![n], strides: vec![1], offset: 0 };
+        self.binary(BinaryOp::Mul, (grad, &flat), (&mask, &flat))
+    }
     /// `a` and `b` are read through layouts of the output's shape (broadcast
     /// dimensions have stride 0).
     fn binary(&self, op: BinaryOp, a: (&Storage, &Strided), b: (&Storage, &Strided)) -> Storage;
@@ -431,6 +439,16 @@ pub(crate) trait Backend {
     fn argsort(&self, x: &Storage, v: AxisView, descending: bool) -> Storage;
     /// A 2-D convolution, `[n, c_in, h, w]` → `[n, c_out, oh, ow]`.
     fn conv2d(&self, x: &Storage, weight: &Storage, spec: ConvSpec) -> Storage;
+    /// `conv2d` plus `bias[c]` on every output of channel `c`. By default
+    /// the convolution and a broadcast add, which the GPU fuses into the
+    /// product's store; the CPU adds the bias to each block of the output
+    /// while it is still in cache, saving a pass over the whole output.
+    fn conv2d_bias(&self, x: &Storage, weight: &Storage, bias: &Storage, spec: ConvSpec) -> Storage {
+        let y = self.conv2d(x, weight, spec);
+        let dims = vec![spec.n, spec.c_out, spec.oh, spec.ow];
+        let per_channel = Strided { dims: dims.clone(), strides: vec![0, 1, 0, 0], offset: 0 };
+        self.binary(BinaryOp::Add, (&y, &Strided::contiguous(&crate::shape::Shape::from(dims))), (bias, &per_channel))
+    }
     /// The gradient of `conv2d` with respect to its input, from the
     /// output's gradient `gy` (a transposed convolution).
     fn conv2d_input_grad(&self, gy: &Storage, weight: &Storage, spec: ConvSpec) -> Storage;

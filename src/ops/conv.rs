@@ -176,13 +176,21 @@ impl Tensor {
         let spec = ConvSpec { n, c_in, h, w, c_out, kh, kw, sh, sw, ph, pw, dh, dw, groups, oh, ow };
         let out_shape = crate::shape::Shape::from([n, c_out, oh, ow]).checked("conv2d");
         let device = self.device();
-        let y = if spec.output_len() == 0 || spec.patch() == 0 {
+        let degenerate = spec.output_len() == 0 || spec.patch() == 0;
+        // The bias is part of the convolution's own kernel (and node) unless
+        // there is nothing to convolve.
+        let fused_bias = bias.filter(|_| !degenerate);
+        let inputs: Vec<&Tensor> = [&x, weight].into_iter().chain(fused_bias).collect();
+        let y = if degenerate {
             crate::no_grad(|| Tensor::zeros(out_shape, &device))
         } else {
-            let storage = Tensor::with_storages(&[&x, weight], |s| device.backend().conv2d(s[0], s[1], spec));
+            let storage = Tensor::with_storages(&inputs, |s| match s.get(2) {
+                Some(b) => device.backend().conv2d_bias(s[0], s[1], b, spec),
+                None => device.backend().conv2d(s[0], s[1], spec),
+            });
             Tensor::from_storage(storage, out_shape, device.clone())
         };
-        let y = y.record("conv2d", &[&x, weight], move |c| {
+        let y = y.record("conv2d", &inputs, move |c| {
             let g = c.grad;
             let empty = spec.output_len() == 0;
             let dx = c.needs[0].then(|| {
@@ -203,11 +211,17 @@ impl Tensor {
                 let s = Tensor::with_storages(&[g, x], |s| device.backend().conv2d_weight_grad(s[0], s[1], spec));
                 Tensor::from_storage(s, c.shape(1).clone(), device)
             });
-            vec![dx, dw]
+            let mut grads = vec![dx, dw];
+            if c.needs.len() == 3 {
+                // As the broadcast add's backward summed it.
+                let per_channel = crate::shape::Shape::from([1, c_out, 1, 1]);
+                grads.push(c.needs[2].then(|| g.sum_to(&per_channel).reshape([c_out])));
+            }
+            grads
         });
         let y = match bias {
-            Some(b) => y + b.reshape([1, c_out, 1, 1]),
-            None => y,
+            Some(b) if degenerate => y + b.reshape([1, c_out, 1, 1]),
+            _ => y,
         };
         if unbatched { y.squeeze(0) } else { y }
     }

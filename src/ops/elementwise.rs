@@ -277,7 +277,15 @@ impl Tensor {
 
     /// `max(x, 0)`.
     pub fn relu(&self) -> Tensor {
-        self.unary_op("relu", UnaryOp::Relu, |c| c.input(0).gt_scalar(0.0))
+        // The backward is one kernel, `grad · (x > 0)`, rather than a mask
+        // and a product (two passes over the activations on the CPU).
+        self.map_raw(UnaryOp::Relu).record("relu", &[self], |c| {
+            let (g, x) = (c.grad, c.input(0));
+            let device = g.device();
+            let n = g.elem_count();
+            let s = Tensor::with_storages(&[g, &x], |s| device.backend().relu_backward(s[0], s[1], n));
+            vec![Some(Tensor::from_storage(s, g.shape().clone(), device))]
+        })
     }
 
     /// `1 / (1 + e⁻ˣ)`, computed without overflow.

@@ -167,7 +167,9 @@ fn pieces(v: &mut [f32], len: usize) -> Vec<Mutex<&mut [f32]>> {
     v.chunks_mut(len.max(1)).map(Mutex::new).collect()
 }
 
-pub(super) fn conv2d(x: &[f32], weight: &[f32], s: ConvSpec) -> Result<Vec<f32>> {
+/// The convolution, plus `bias[c]` on every output of channel `c` when given
+/// (added to each block while it is in cache: `y + b` bit for bit).
+pub(super) fn conv2d(x: &[f32], weight: &[f32], bias: Option<&[f32]>, s: ConvSpec) -> Result<Vec<f32>> {
     // Every output is written (the GEMMs do not accumulate).
     let mut out = output_overwritten(s.output_len())?;
     let (pixels, k, mg, cg) = (s.oh * s.ow, s.patch(), s.mg(), s.cg());
@@ -200,6 +202,17 @@ pub(super) fn conv2d(x: &[f32], weight: &[f32], s: ConvSpec) -> Result<Vec<f32>>
                 // p0..p1 (p1 ≤ pixels): inside `out`, which holds
                 // n·c_out·pixels, and written by this task alone.
                 unsafe { gemm_raw(dst.at(at), pixels, w, patches, false) };
+                let Some(bias) = bias else { continue };
+                for r in 0..mg {
+                    // SAFETY: row g·mg + r of the block just written, which
+                    // this task alone touches.
+                    let row = unsafe { std::slice::from_raw_parts_mut(dst.at(at + r * pixels), p1 - p0) };
+                    let b = bias[g * mg + r];
+                    simd(
+                        #[inline(always)]
+                        || row.iter_mut().for_each(|v| *v += b),
+                    );
+                }
             }
         });
     };
@@ -358,6 +371,35 @@ fn pick_2x2(v: [f32; 4]) -> (u32, f32) {
     (best_i, best)
 }
 
+/// Outputs a [`max_2x2`] loop handles at once.
+const LANES: usize = 8;
+
+/// The picks of `LANES` consecutive 2×2 windows whose rows are `r0` and
+/// `r1` (`2·LANES` floats each): [`pick_2x2`] lane by lane. The windows are
+/// first split into four arrays (top-left, top-right, bottom-left,
+/// bottom-right), so the comparisons run on whole vectors rather than one
+/// window at a time (the scalar loop was most of a convnet's pooling).
+#[inline(always)]
+fn pick_2x2_lanes(r0: &[f32], r1: &[f32]) -> ([u32; LANES], [f32; LANES]) {
+    let (r0, r1) = (&r0[..2 * LANES], &r1[..2 * LANES]);
+    let mut v = [[0.0f32; LANES]; 4];
+    for l in 0..LANES {
+        v[0][l] = r0[2 * l];
+        v[1][l] = r0[2 * l + 1];
+        v[2][l] = r1[2 * l];
+        v[3][l] = r1[2 * l + 1];
+    }
+    let (mut best_i, mut best) = ([0u32; LANES], v[0]);
+    for (i, x) in v.iter().enumerate().skip(1) {
+        for l in 0..LANES {
+            let take = x[l] > best[l] || x[l].is_nan();
+            best[l] = if take { x[l] } else { best[l] };
+            best_i[l] = if take { i as u32 } else { best_i[l] };
+        }
+    }
+    (best_i, best)
+}
+
 /// Output row `oy` of a [`max_2x2`] pool over `plane` (`w` wide): the
 /// window's two input rows, cut to the `2·ow` columns the windows cover.
 #[inline(always)]
@@ -385,7 +427,12 @@ pub(super) fn pool2d(x: &[f32], s: PoolSpec) -> Result<Vec<f32>> {
                         for oy in 0..s.oh {
                             let (r0, r1) = rows_2x2(plane, s.w, oy, s.ow);
                             let o = &mut o[oy * s.ow..][..s.ow];
-                            for ox in 0..s.ow {
+                            let mut ox = 0;
+                            while ox + LANES <= s.ow {
+                                o[ox..ox + LANES].copy_from_slice(&pick_2x2_lanes(&r0[2 * ox..], &r1[2 * ox..]).1);
+                                ox += LANES;
+                            }
+                            for ox in ox..s.ow {
                                 o[ox] = pick_2x2([r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]]).1;
                             }
                         }
@@ -416,7 +463,10 @@ pub(super) fn pool2d(x: &[f32], s: PoolSpec) -> Result<Vec<f32>> {
 }
 
 pub(super) fn pool2d_backward(x: &[f32], gy: &[f32], s: PoolSpec) -> Result<Vec<f32>> {
-    let mut gx = output(s.input_len())?;
+    // 2×2 windows that tile the input write every element of its gradient;
+    // otherwise it starts at zero.
+    let tiled = max_2x2(&s) && s.h == 2 * s.oh && s.w == 2 * s.ow;
+    let mut gx = if tiled { output_overwritten(s.input_len())? } else { output(s.input_len())? };
     let (plane_in, plane_out) = (s.h * s.w, s.oh * s.ow);
     if gx.is_empty() || plane_out == 0 {
         return Ok(gx);
@@ -434,7 +484,8 @@ pub(super) fn pool2d_backward(x: &[f32], gy: &[f32], s: PoolSpec) -> Result<Vec<
             if max_2x2(&s) {
                 // Windows do not overlap: each covered input gets its
                 // window's gradient or 0, written once (an odd last row
-                // or column stays at the zero it was allocated with).
+                // or column stays at the zero it was allocated with, as
+                // `tiled` is false then).
                 simd(
                     #[inline(always)]
                     || {
@@ -443,7 +494,21 @@ pub(super) fn pool2d_backward(x: &[f32], gy: &[f32], s: PoolSpec) -> Result<Vec<
                             let g = &g[oy * s.ow..][..s.ow];
                             let (top, bottom) = d[2 * oy * s.w..].split_at_mut(s.w);
                             let (top, bottom) = (&mut top[..2 * s.ow], &mut bottom[..2 * s.ow]);
-                            for ox in 0..s.ow {
+                            let mut ox = 0;
+                            while ox + LANES <= s.ow {
+                                let (picks, _) = pick_2x2_lanes(&r0[2 * ox..], &r1[2 * ox..]);
+                                let (top, bottom) =
+                                    (&mut top[2 * ox..][..2 * LANES], &mut bottom[2 * ox..][..2 * LANES]);
+                                for l in 0..LANES {
+                                    let (i, go) = (picks[l], g[ox + l]);
+                                    top[2 * l] = if i == 0 { go } else { 0.0 };
+                                    top[2 * l + 1] = if i == 1 { go } else { 0.0 };
+                                    bottom[2 * l] = if i == 2 { go } else { 0.0 };
+                                    bottom[2 * l + 1] = if i == 3 { go } else { 0.0 };
+                                }
+                                ox += LANES;
+                            }
+                            for ox in ox..s.ow {
                                 let i = pick_2x2([r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]]).0;
                                 let go = g[ox];
                                 top[2 * ox] = if i == 0 { go } else { 0.0 };
@@ -556,10 +621,17 @@ mod tests {
         for s in cases {
             let x: Vec<f32> = (0..s.input_len()).map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0).collect();
             let w: Vec<f32> = (0..s.weight_len()).map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0).collect();
-            let got = conv2d(&x, &w, s).unwrap();
+            let got = conv2d(&x, &w, None, s).unwrap();
             let want = naive(&x, &w, &s);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{s:?} [{i}]: {g} vs {w}");
+            }
+            // A bias is the product plus the bias, bit for bit.
+            let bias: Vec<f32> = (0..s.c_out).map(|c| c as f32 * 0.37 - 1.0).collect();
+            let with_bias = conv2d(&x, &w, Some(&bias), s).unwrap();
+            for (i, (b, g)) in with_bias.iter().zip(&got).enumerate() {
+                let c = i / (s.oh * s.ow) % s.c_out;
+                assert_eq!(b.to_bits(), (g + bias[c]).to_bits(), "{s:?} [{i}] with bias");
             }
         }
     }
@@ -615,7 +687,50 @@ mod tests {
         close(&conv2d_input_grad(&gy, &w, s).unwrap(), &want_x, "input gradient");
         close(&conv2d_weight_grad(&gy, &x, s).unwrap(), &want_w, "weight gradient");
         let want_y = naive(&x, &w, &s);
-        close(&conv2d(&x, &w, s).unwrap(), &want_y, "forward");
+        close(&conv2d(&x, &w, None, s).unwrap(), &want_y, "forward");
+    }
+
+    #[test]
+    fn vectorised_2x2_max_pool_picks_as_the_window_scan() {
+        // Values from a small set with NaN, so windows tie and hold NaNs;
+        // widths around the vector width and odd sizes (an uncovered row
+        // and column).
+        for (h, w) in [(4, 16), (5, 17), (6, 34), (3, 31), (2, 2)] {
+            let planes = 3;
+            let s = PoolSpec {
+                kind: PoolKind::Max,
+                planes,
+                h,
+                w,
+                kh: 2,
+                kw: 2,
+                sh: 2,
+                sw: 2,
+                ph: 0,
+                pw: 0,
+                oh: h / 2,
+                ow: w / 2,
+            };
+            // Mostly 0 and 1, a NaN in ~1 of 10 (a scrambled index picks).
+            let vals = [0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, f32::NAN];
+            let x: Vec<f32> = (0..planes * h * w).map(|i| vals[(i * 2_654_435_761usize >> 7) % vals.len()]).collect();
+            let gy: Vec<f32> = (0..planes * s.oh * s.ow).map(|i| i as f32 + 1.0).collect();
+            let y = pool2d(&x, s).unwrap();
+            let gx = pool2d_backward(&x, &gy, s).unwrap();
+            let mut want_gx = vec![0.0f32; x.len()];
+            for p in 0..planes {
+                let plane = &x[p * h * w..][..h * w];
+                for oy in 0..s.oh {
+                    for ox in 0..s.ow {
+                        let o = (p * s.oh + oy) * s.ow + ox;
+                        let i = max_at(plane, w, (2 * oy, 2 * oy + 2), (2 * ox, 2 * ox + 2)).unwrap();
+                        assert_eq!(y[o].to_bits(), plane[i].to_bits(), "{h}×{w} output {o}");
+                        want_gx[p * h * w + i] = gy[o];
+                    }
+                }
+            }
+            assert_eq!(gx, want_gx, "{h}×{w} gradient");
+        }
     }
 
     #[test]

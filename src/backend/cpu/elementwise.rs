@@ -81,6 +81,23 @@ pub(super) fn unary(op: UnaryOp, x: &[f32]) -> Result<Vec<f32>> {
     }
 }
 
+/// `grad · (x > 0 ? 1 : 0)` in one pass: what the mask and the product
+/// computed, bit for bit.
+pub(super) fn relu_backward(grad: &[f32], x: &[f32]) -> Result<Vec<f32>> {
+    let mut out = output_overwritten(x.len())?;
+    fill_chunks(
+        &mut out,
+        #[inline(always)]
+        |start, chunk| {
+            let (g, x) = (&grad[start..][..chunk.len()], &x[start..][..chunk.len()]);
+            for ((o, &g), &x) in chunk.iter_mut().zip(g).zip(x) {
+                *o = g * if x > 0.0 { 1.0 } else { 0.0 };
+            }
+        },
+    );
+    Ok(out)
+}
+
 pub(super) fn binary(op: BinaryOp, a: (&[f32], &Strided), b: (&[f32], &Strided)) -> Result<Vec<f32>> {
     match op {
         BinaryOp::Add => binary_loop(a, b, |x, y| x + y),

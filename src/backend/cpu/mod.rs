@@ -165,6 +165,10 @@ impl Backend for Cpu {
         run(&[x], || elementwise::unary(op, &x.cpu()[..n]))
     }
 
+    fn relu_backward(&self, grad: &Storage, x: &Storage, n: usize) -> Storage {
+        run(&[grad, x], || elementwise::relu_backward(&grad.cpu()[..n], &x.cpu()[..n]))
+    }
+
     fn binary(&self, op: BinaryOp, a: (&Storage, &Strided), b: (&Storage, &Strided)) -> Storage {
         run(&[a.0, b.0], || elementwise::binary(op, (a.0.cpu(), a.1), (b.0.cpu(), b.1)))
     }
@@ -261,7 +265,11 @@ impl Backend for Cpu {
     }
 
     fn conv2d(&self, x: &Storage, weight: &Storage, spec: ConvSpec) -> Storage {
-        run(&[x, weight], || conv::conv2d(x.cpu(), weight.cpu(), spec))
+        run(&[x, weight], || conv::conv2d(x.cpu(), weight.cpu(), None, spec))
+    }
+
+    fn conv2d_bias(&self, x: &Storage, weight: &Storage, bias: &Storage, spec: ConvSpec) -> Storage {
+        run(&[x, weight, bias], || conv::conv2d(x.cpu(), weight.cpu(), Some(bias.cpu()), spec))
     }
 
     fn conv2d_input_grad(&self, gy: &Storage, weight: &Storage, spec: ConvSpec) -> Storage {
