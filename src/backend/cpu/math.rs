@@ -10,12 +10,16 @@
 pub(crate) fn exp(x: f32) -> f32 {
     const LO: f32 = -87.336_55; // ln of the smallest normal f32
     const HI: f32 = 88.722_83; // ln of f32::MAX
+    // Adding 1.5·2²³ leaves a float's nearest integer in the low mantissa
+    // bits (exact for |v| < 2²²).
+    const MAGIC: f32 = 12_582_912.0;
     let c = x.clamp(LO, HI);
-    // floor(c·log2 e + 0.5), by truncation: f32::floor is a libm call on
-    // baseline x86-64 and would stop the loop vectorising.
+    // floor(c·log2 e + 0.5), without f32::floor (a libm call on baseline
+    // x86-64) or an `as` conversion to an integer (Rust's saturates, and
+    // its per-lane compares and selects left loops of exp scalar).
     let t = c * std::f32::consts::LOG2_E + 0.5;
-    let n = (t as i32) as f32;
-    let n = if n > t { n - 1.0 } else { n };
+    let rounded = (t + MAGIC) - MAGIC;
+    let n = if rounded > t { rounded - 1.0 } else { rounded };
     // c - n·ln 2, with ln 2 split in two for precision.
     let r = c - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1)
@@ -23,10 +27,12 @@ pub(crate) fn exp(x: f32) -> f32 {
         + 0.5;
     let y = p * r * r + r + 1.0;
     // 2ⁿ in two halves, so n = 128 does not overflow the exponent field.
-    let n = n as i32;
+    // n's bits come from the same trick (wrapping: a NaN's are garbage, and
+    // its y is NaN whatever they scale it by).
+    let n = ((n + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
     let half = n >> 1;
-    let pow2 = |e: i32| f32::from_bits(((e + 127) as u32) << 23);
-    let v = y * pow2(half) * pow2(n - half);
+    let pow2 = |e: i32| f32::from_bits((e.wrapping_add(127) as u32) << 23);
+    let v = y * pow2(half) * pow2(n.wrapping_sub(half));
     let v = if x > HI { f32::INFINITY } else { v };
     if x < LO { 0.0 } else { v }
 }
