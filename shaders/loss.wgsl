@@ -1,6 +1,8 @@
 // Cross-entropy from logits with integer labels, forward and backward, one
-// workgroup per row (row statistics from online_softmax.wgsl). A label that
-// is not an integer in 0..classes is reported (check.wgsl) and its row is NaN.
+// workgroup per row (row statistics from online_softmax.wgsl), or for rows
+// of a few classes (the `_lines` entry points) one invocation per row. A
+// label that is not an integer in 0..classes is reported (check.wgsl) and
+// its row is NaN.
 
 struct Params {
     rows: u32,
@@ -74,6 +76,44 @@ fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
     let label = checked_label(row, lid);
     let base = row * params.len;
     for (var l = lid; l < params.len; l += WG) {
+        let p = op_exp(x[base + l] - s.max) / s.sum;
+        out[base + l] = select(op_mul(p - select(0.0, 1.0, l == label), g), nan(), label == NONE || undefined(s));
+    }
+}
+
+// cross_entropy, one invocation per row.
+@compute @workgroup_size(WG)
+fn cross_entropy_lines(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                       @builtin(local_invocation_index) lid: u32) {
+    let row = linear_id(wid, nwg, lid);
+    if row >= params.rows {
+        return;
+    }
+    let s = line_stats(row * params.len, params.len, 1u);
+    let label = checked_label(row, 0u);
+    if label == NONE || undefined(s) {
+        out[row] = nan();
+    } else {
+        out[row] = op_sub(s.max + log(s.sum), x[row * params.len + label]);
+    }
+}
+
+// cross_entropy_backward, one invocation per row.
+@compute @workgroup_size(WG)
+fn cross_entropy_backward_lines(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                                @builtin(local_invocation_index) lid: u32) {
+    let row = linear_id(wid, nwg, lid);
+    if row >= params.rows {
+        return;
+    }
+    let base = row * params.len;
+    let s = line_stats(base, params.len, 1u);
+    var g = params.grad_scale;
+    if params.grad_const == 0u {
+        g = op_mul(grad_rows[row * params.grad_stride], params.grad_scale);
+    }
+    let label = checked_label(row, 0u);
+    for (var l = 0u; l < params.len; l++) {
         let p = op_exp(x[base + l] - s.max) / s.sum;
         out[base + l] = select(op_mul(p - select(0.0, 1.0, l == label), g), nan(), label == NONE || undefined(s));
     }

@@ -84,3 +84,13 @@ fn row_stats(row: u32, lid: u32) -> Stats {
     workgroupBarrier();
     return total;
 }
+
+// The statistics of the `len` values of x from `base`, `stride` apart, by
+// one invocation (for short lines and columns).
+fn line_stats(base: u32, len: u32, stride: u32) -> Stats {
+    var s = Stats(0.0, 0.0, false);
+    for (var l = 0u; l < len; l++) {
+        s = push(s, x[base + l * stride]);
+    }
+    return s;
+}

@@ -1,7 +1,8 @@
 // Softmax and log-softmax along one axis of a [outer, len, inner] view.
-//   rows:    inner == 1. One workgroup per row (online_softmax.wgsl).
-//   columns: inner > 1. One invocation per (outer, inner) pair; neighbouring
-//            invocations read neighbouring addresses.
+//   rows:    inner == 1, long rows. One workgroup per row (online_softmax.wgsl).
+//   columns: inner > 1, or short rows. One invocation per (outer, inner)
+//            pair; with inner > 1 neighbouring invocations read
+//            neighbouring addresses.
 
 override LOG: bool = false;
 
@@ -47,10 +48,7 @@ fn columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         return;
     }
     let base = (t / params.inner) * params.len * params.inner + t % params.inner;
-    var s = Stats(0.0, 0.0, false);
-    for (var l = 0u; l < params.len; l++) {
-        s = push(s, x[base + l * params.inner]);
-    }
+    let s = line_stats(base, params.len, params.inner);
     for (var l = 0u; l < params.len; l++) {
         let at = base + l * params.inner;
         out[at] = normalise(x[at], s);

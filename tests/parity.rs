@@ -187,7 +187,9 @@ fn layer_norm_family() {
 
 #[test]
 fn softmax_family() {
-    let shapes: &[&[usize]] = &[&[1], &[3], &[257], &[65, 17], &[3, 129], &[17, 63, 3], &[2, 3000]];
+    // Rows of up to 32 take the kernels' one-invocation-per-line path,
+    // longer ones a workgroup per row: 32 and 33 are either side.
+    let shapes: &[&[usize]] = &[&[1], &[3], &[257], &[65, 17], &[5, 32], &[4, 33], &[3, 129], &[17, 63, 3], &[2, 3000]];
     for (i, &shape) in shapes.iter().enumerate() {
         let x = rand(shape, -5.0, 5.0, 4000 + i as u64);
         for axis in 0..shape.len() {
@@ -266,7 +268,8 @@ fn losses() {
         let target = rand(&[n, 3], 0.0, 1.0, s + 1);
         parity("mse_loss", REDUCTION, &[p.clone(), target.clone()], &[], |v, _| v[0].mse_loss(&v[1]));
         parity("bce", REDUCTION, &[p.clone(), target.clone()], &[], |v, _| v[0].binary_cross_entropy(&v[1]));
-        for classes in [1, 10, 129] {
+        // Up to 32 classes, one invocation per row; more, a workgroup.
+        for classes in [1, 10, 32, 33, 129] {
             let x = rand(&[n, classes], -4.0, 4.0, s + 2);
             let y = labels(n, classes, s + 3, &Device::Cpu);
             parity("cross_entropy", REDUCTION, &[x.clone()], &[y.clone()], |v, c| v[0].cross_entropy(&c[0]));

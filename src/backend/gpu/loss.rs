@@ -24,10 +24,18 @@ pub(crate) fn cross_entropy(
     rows: usize,
     classes: usize,
 ) -> GpuBuffer {
-    let wg = ctx.tuning.row_wg;
-    let (entry, n) = match grad_rows {
-        Some(_) => ("cross_entropy_backward", rows * classes),
-        None => ("cross_entropy", rows),
+    // A workgroup per row, or for a few classes one invocation per row (see
+    // `SHORT_LINE`).
+    let lines = classes <= super::reduce::SHORT_LINE;
+    let (wg, groups) = match lines {
+        true => (ctx.tuning.elementwise_wg, ctx.groups_1d(rows, ctx.tuning.elementwise_wg)),
+        false => (ctx.tuning.row_wg, ctx.spread(rows as u64)),
+    };
+    let (entry, n) = match (grad_rows.is_some(), lines) {
+        (true, false) => ("cross_entropy_backward", rows * classes),
+        (true, true) => ("cross_entropy_backward_lines", rows * classes),
+        (false, false) => ("cross_entropy", rows),
+        (false, true) => ("cross_entropy_lines", rows),
     };
     // The gradient of the mean loss, when it is a pending constant (the
     // seed `backward` starts from), is folded into the scale: as the CPU
@@ -65,7 +73,7 @@ pub(crate) fn cross_entropy(
             std::mem::offset_of!(LossParams, check_slot),
             std::mem::offset_of!(LossParams, check_id),
         );
-        ctx.record_patched(&kernel, &binds, &params, ctx.spread(rows as u64), patches)?;
+        ctx.record_patched(&kernel, &binds, &params, groups, patches)?;
         out.taint.add(check);
         Ok(())
     })

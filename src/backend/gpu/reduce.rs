@@ -16,12 +16,20 @@ impl AxisParams {
     }
 }
 
+/// Lines (rows or columns) up to this long are walked by one invocation
+/// each, however they lie: a workgroup per row would leave most of its
+/// invocations idle and still wait at every step of its tree (a 10-class
+/// cross-entropy row cost ~150 µs a dispatch on lavapipe, a 16-key
+/// attention softmax the same pattern on any GPU).
+pub(crate) const SHORT_LINE: usize = 32;
+
 /// How the axis-wise kernels (reduce, softmax, scan) launch over `v`: the
 /// entry point, its workgroup size and grid. Lines that are rows
-/// (`inner == 1`) get a workgroup each (`rows`); otherwise each of the
-/// `outer · inner` columns gets an invocation (`columns`).
+/// (`inner == 1`) longer than [`SHORT_LINE`] get a workgroup each
+/// (`rows`); otherwise each of the `outer · inner` lines gets an
+/// invocation (`columns`).
 pub(crate) fn axis_launch(ctx: &Context, v: AxisView) -> (&'static str, u32, [u32; 3]) {
-    if v.inner == 1 {
+    if v.inner == 1 && v.len > SHORT_LINE {
         ("rows", ctx.tuning.row_wg, ctx.spread(v.outer as u64))
     } else {
         let wg = ctx.tuning.elementwise_wg;
