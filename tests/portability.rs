@@ -101,6 +101,11 @@ fn workload(dev: &Device) {
     let labels = Tensor::from_vec(vec![0.0, 4.0, -100.0, 1.0, 2.0, 3.0], [2, 3], dev).unwrap();
     let ce = logits.cross_entropy_with(&labels, CrossEntropyOptions { ignore_index: Some(-100), ..Default::default() });
     let _ = ce.backward();
+    // Rows longer than the kernels' short-line cut (32 values, one
+    // invocation each) take a workgroup each: their entry points too.
+    let long = Tensor::randn([3, 40], dev).requires_grad();
+    let t = long.cross_entropy(&ids(&[0, 39, 7])) + long.softmax(-1).sqr().sum() + long.log_softmax(-1).sqr().sum();
+    let _ = (t + long.cumsum(-1).sqr().sum()).backward();
 
     // Elementwise chains with broadcasting, unfused-width shapes, and the
     // ops each kernel family implements.
