@@ -454,6 +454,17 @@ pub(crate) trait Backend {
     fn conv2d_input_grad(&self, gy: &Storage, weight: &Storage, spec: ConvSpec) -> Storage;
     /// The gradient of `conv2d` with respect to its weight, summed over the batch.
     fn conv2d_weight_grad(&self, gy: &Storage, x: &Storage, spec: ConvSpec) -> Storage;
+    /// `conv2d_weight_grad` and the bias's gradient (`gy` summed over the
+    /// batch and the pixels, per output channel) together. By default two
+    /// reductions after the weight gradient; the CPU sums each block of
+    /// `gy` while the weight gradient's product has it in cache.
+    fn conv2d_weight_bias_grad(&self, gy: &Storage, x: &Storage, spec: ConvSpec) -> [Storage; 2] {
+        let gw = self.conv2d_weight_grad(gy, x, spec);
+        let images = spec.n * spec.c_out;
+        let per_image = self.reduce(ReduceOp::Sum, gy, AxisView { outer: images, len: spec.oh * spec.ow, inner: 1 });
+        let gb = self.reduce(ReduceOp::Sum, &per_image, AxisView { outer: 1, len: spec.n, inner: spec.c_out });
+        [gw, gb]
+    }
     /// 2-D pooling, `[planes, h, w]` → `[planes, oh, ow]`.
     fn pool2d(&self, x: &Storage, spec: PoolSpec) -> Storage;
     /// The gradient of `pool2d` with respect to its input. A max pool sends

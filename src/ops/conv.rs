@@ -202,20 +202,31 @@ impl Tensor {
                 let s = Tensor::with_storages(&[g, w], |s| device.backend().conv2d_input_grad(s[0], s[1], spec));
                 Tensor::from_storage(s, c.shape(0).clone(), device)
             });
+            let device = g.device();
+            let bias_grad = c.needs.get(2).copied().unwrap_or(false);
+            if c.needs[1] && bias_grad {
+                // Both from one pass over the output's gradient (the bias's
+                // is its sum per channel); a fused bias means a non-empty
+                // output.
+                let x = c.input(0);
+                let [dw, db] =
+                    Tensor::with_storages(&[g, &x], |s| device.backend().conv2d_weight_bias_grad(s[0], s[1], spec));
+                let dw = Tensor::from_storage(dw, c.shape(1).clone(), device.clone());
+                return vec![dx, Some(dw), Some(Tensor::from_storage(db, [c_out].into(), device))];
+            }
             let dw = c.needs[1].then(|| {
                 if empty {
-                    return Tensor::zeros(c.shape(1).clone(), &g.device());
+                    return Tensor::zeros(c.shape(1).clone(), &device);
                 }
                 let x = c.input(0);
-                let device = g.device();
-                let s = Tensor::with_storages(&[g, x], |s| device.backend().conv2d_weight_grad(s[0], s[1], spec));
-                Tensor::from_storage(s, c.shape(1).clone(), device)
+                let s = Tensor::with_storages(&[g, &x], |s| device.backend().conv2d_weight_grad(s[0], s[1], spec));
+                Tensor::from_storage(s, c.shape(1).clone(), device.clone())
             });
             let mut grads = vec![dx, dw];
             if c.needs.len() == 3 {
                 // As the broadcast add's backward summed it.
                 let per_channel = crate::shape::Shape::from([1, c_out, 1, 1]);
-                grads.push(c.needs[2].then(|| g.sum_to(&per_channel).reshape([c_out])));
+                grads.push(bias_grad.then(|| g.sum_to(&per_channel).reshape([c_out])));
             }
             grads
         });

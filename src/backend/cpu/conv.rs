@@ -12,6 +12,7 @@
 //! patch matrix stays small (≤ [`COL_BLOCK`] floats), so it lives in cache
 //! between its gather and its product.
 
+use super::math::row_sum;
 use super::matmul::{Mat, OutPtr, gemm_into, gemm_raw};
 use super::simd::simd;
 use super::{output, output_overwritten, pool};
@@ -257,19 +258,26 @@ pub(super) fn conv2d_input_grad(gy: &[f32], weight: &[f32], s: ConvSpec) -> Resu
     Ok(gx)
 }
 
-pub(super) fn conv2d_weight_grad(gy: &[f32], x: &[f32], s: ConvSpec) -> Result<Vec<f32>> {
-    let mut gw = output(s.weight_len())?;
+/// The weight's gradient and, `with_bias`, the bias's (`gy` summed per
+/// channel, each block summed while it is in cache for the product; else
+/// empty).
+pub(super) fn conv2d_weight_grad(gy: &[f32], x: &[f32], s: ConvSpec, with_bias: bool) -> Result<[Vec<f32>; 2]> {
+    // Each task's sums: the weight's gradient, then the bias's.
+    let wl = s.weight_len();
+    let len = wl + if with_bias { s.c_out } else { 0 };
+    let mut gw = output(len)?;
     let (pixels, k, mg, cg) = (s.oh * s.ow, s.patch(), s.mg(), s.cg());
     if gw.is_empty() || s.n == 0 || pixels == 0 {
-        return Ok(gw);
+        let gb = gw.split_off(wl);
+        return Ok([gw, gb]);
     }
     // Each task sums the gradients of a run of images into its own copy;
     // the copies are added at the end.
     let tasks = pool::threads().min(s.n);
     let per = s.n.div_ceil(tasks);
-    let mut partials = vec![0.0f32; (tasks - 1) * gw.len()];
+    let mut partials = vec![0.0f32; (tasks - 1) * len];
     let mut slots: Vec<Mutex<&mut [f32]>> = vec![Mutex::new(&mut gw[..])];
-    slots.extend(pieces(&mut partials, s.weight_len()));
+    slots.extend(pieces(&mut partials, len));
     let in_image = s.c_in * s.h * s.w;
     let block = pixel_block(&s, 1);
     let task = |t: usize| {
@@ -284,6 +292,15 @@ pub(super) fn conv2d_weight_grad(gy: &[f32], x: &[f32], s: ConvSpec) -> Result<V
                     while p0 < pixels {
                         let p1 = (p0 + block).min(pixels);
                         let dy = Mat { data: &gyg[p0..], rows: mg, cols: p1 - p0, rs: pixels, cs: 1 };
+                        if with_bias {
+                            let sums = &mut acc[wl + g * mg..wl + (g + 1) * mg];
+                            for (r, sum) in sums.iter_mut().enumerate() {
+                                *sum += simd(
+                                    #[inline(always)]
+                                    || row_sum(&gyg[r * pixels + p0..r * pixels + p1]),
+                                );
+                            }
+                        }
                         let patches_t = if pointwise(&s) {
                             Mat { data: &xg[p0..], rows: k, cols: p1 - p0, rs: pixels, cs: 1 }.t()
                         } else {
@@ -301,12 +318,13 @@ pub(super) fn conv2d_weight_grad(gy: &[f32], x: &[f32], s: ConvSpec) -> Result<V
     };
     pool::run(tasks, &task);
     drop(slots);
-    for part in partials.chunks(gw.len()) {
+    for part in partials.chunks(len) {
         for (a, b) in gw.iter_mut().zip(part) {
             *a += b;
         }
     }
-    Ok(gw)
+    let gb = gw.split_off(wl);
+    Ok([gw, gb])
 }
 
 /// The windows of a pooling, per output row and column, computed once per
@@ -685,7 +703,17 @@ mod tests {
             }
         };
         close(&conv2d_input_grad(&gy, &w, s).unwrap(), &want_x, "input gradient");
-        close(&conv2d_weight_grad(&gy, &x, s).unwrap(), &want_w, "weight gradient");
+        let [gw, gb] = conv2d_weight_grad(&gy, &x, s, true).unwrap();
+        close(&gw, &want_w, "weight gradient");
+        let [alone, none] = conv2d_weight_grad(&gy, &x, s, false).unwrap();
+        assert_eq!(alone, gw, "the weight gradient does not depend on the bias's");
+        assert!(none.is_empty());
+        // The bias's gradient: the output gradient summed per channel.
+        let pixels = s.oh * s.ow;
+        let want_b: Vec<f32> = (0..s.c_out)
+            .map(|c| (0..s.n).map(|n| gy[(n * s.c_out + c) * pixels..][..pixels].iter().sum::<f32>()).sum())
+            .collect();
+        close(&gb, &want_b, "bias gradient");
         let want_y = naive(&x, &w, &s);
         close(&conv2d(&x, &w, None, s).unwrap(), &want_y, "forward");
     }

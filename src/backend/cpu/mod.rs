@@ -277,7 +277,11 @@ impl Backend for Cpu {
     }
 
     fn conv2d_weight_grad(&self, gy: &Storage, x: &Storage, spec: ConvSpec) -> Storage {
-        run(&[gy, x], || conv::conv2d_weight_grad(gy.cpu(), x.cpu(), spec))
+        run(&[gy, x], || conv::conv2d_weight_grad(gy.cpu(), x.cpu(), spec, false).map(|[gw, _]| gw))
+    }
+
+    fn conv2d_weight_bias_grad(&self, gy: &Storage, x: &Storage, spec: ConvSpec) -> [Storage; 2] {
+        run_many(&[gy, x], || conv::conv2d_weight_grad(gy.cpu(), x.cpu(), spec, true))
     }
 
     fn pool2d(&self, x: &Storage, spec: PoolSpec) -> Storage {
