@@ -210,7 +210,7 @@ impl Tensor {
                 // output.
                 let x = c.input(0);
                 let [dw, db] =
-                    Tensor::with_storages(&[g, &x], |s| device.backend().conv2d_weight_bias_grad(s[0], s[1], spec));
+                    Tensor::with_storages(&[g, x], |s| device.backend().conv2d_weight_bias_grad(s[0], s[1], spec));
                 let dw = Tensor::from_storage(dw, c.shape(1).clone(), device.clone());
                 return vec![dx, Some(dw), Some(Tensor::from_storage(db, [c_out].into(), device))];
             }
@@ -219,7 +219,7 @@ impl Tensor {
                     return Tensor::zeros(c.shape(1).clone(), &device);
                 }
                 let x = c.input(0);
-                let s = Tensor::with_storages(&[g, &x], |s| device.backend().conv2d_weight_grad(s[0], s[1], spec));
+                let s = Tensor::with_storages(&[g, x], |s| device.backend().conv2d_weight_grad(s[0], s[1], spec));
                 Tensor::from_storage(s, c.shape(1).clone(), device.clone())
             });
             let mut grads = vec![dx, dw];

@@ -741,7 +741,7 @@ mod tests {
             };
             // Mostly 0 and 1, a NaN in ~1 of 10 (a scrambled index picks).
             let vals = [0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, f32::NAN];
-            let x: Vec<f32> = (0..planes * h * w).map(|i| vals[(i * 2_654_435_761usize >> 7) % vals.len()]).collect();
+            let x: Vec<f32> = (0..planes * h * w).map(|i| vals[((i * 2_654_435_761usize) >> 7) % vals.len()]).collect();
             let gy: Vec<f32> = (0..planes * s.oh * s.ow).map(|i| i as f32 + 1.0).collect();
             let y = pool2d(&x, s).unwrap();
             let gx = pool2d_backward(&x, &gy, s).unwrap();
