@@ -283,7 +283,7 @@ impl Tensor {
             let (g, x) = (c.grad, c.input(0));
             let device = g.device();
             let n = g.elem_count();
-            let s = Tensor::with_storages(&[g, &x], |s| device.backend().relu_backward(s[0], s[1], n));
+            let s = Tensor::with_storages(&[g, x], |s| device.backend().relu_backward(s[0], s[1], n));
             vec![Some(Tensor::from_storage(s, g.shape().clone(), device))]
         })
     }
