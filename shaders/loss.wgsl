@@ -1,6 +1,7 @@
 // Cross-entropy from logits with integer labels, forward and backward, one
 // workgroup per row (row statistics from online_softmax.wgsl), or for rows
-// of a few classes (the `_lines` entry points) one invocation per row. A
+// of a few classes (the `_lines` entry points) one invocation per row, and
+// for a small batch of those the mean loss in one workgroup. A
 // label that is not an integer in 0..classes is reported (check.wgsl) and
 // its row is NaN.
 
@@ -116,5 +117,35 @@ fn cross_entropy_backward_lines(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
     for (var l = 0u; l < params.len; l++) {
         let p = op_exp(x[base + l] - s.max) / s.sum;
         out[base + l] = select(op_mul(p - select(0.0, 1.0, l == label), g), nan(), label == NONE || undefined(s));
+    }
+}
+
+var<workgroup> part_loss: array<f32, WG>;
+
+// The mean of cross_entropy over all rows, which the host keeps within one
+// workgroup (and to a few classes each): an invocation per row, then a tree
+// of sums in workgroup memory. Written to out[0].
+@compute @workgroup_size(WG)
+fn cross_entropy_mean_lines(@builtin(local_invocation_index) lid: u32) {
+    var loss = 0.0;
+    if lid < params.rows {
+        let s = line_stats(lid * params.len, params.len, 1u);
+        let label = checked_label(lid, 0u);
+        if label == NONE || undefined(s) {
+            loss = nan();
+        } else {
+            loss = op_sub(s.max + log(s.sum), x[lid * params.len + label]);
+        }
+    }
+    part_loss[lid] = loss;
+    workgroupBarrier();
+    for (var w = WG / 2u; w > 0u; w = w / 2u) {
+        if lid < w {
+            part_loss[lid] = op_add(part_loss[lid], part_loss[lid + w]);
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        out[0] = op_div(part_loss[0], f32(params.rows));
     }
 }

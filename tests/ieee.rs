@@ -211,6 +211,26 @@ fn reductions_softmax_and_losses() {
         let labels = Tensor::from_vec((0..r).map(|i| (i % 7) as f32).collect(), [r], &t[0].device()).unwrap();
         v.cross_entropy(&labels).backward().remove(&v).unwrap()
     });
+    // The mean loss (one kernel on the GPU for a small batch): NaN from the
+    // rows above; +∞ from a row whose label's logit is -∞ among finite rows
+    // (the sum must not turn it into NaN); finite rows with -∞ elsewhere.
+    let labels_of = |n: usize, d: &Device| Tensor::from_vec((0..n).map(|i| (i % 7) as f32).collect(), [n], d).unwrap();
+    check("mean cross_entropy", &x, &shape, |t| t[0].cross_entropy(&labels_of(r, &t[0].device())));
+    let mut finite = Vec::new();
+    for i in 0..5 {
+        let mut row = vec![0.5, -2.0, 3.0, 1.0, -1.0, 0.25, 2.0];
+        row[(i + 3) % 7] = -INF;
+        finite.extend(row);
+    }
+    let finite = vec![finite];
+    check("mean cross_entropy, -∞ off the labels", &finite, &[5, 7], |t| {
+        t[0].cross_entropy(&labels_of(5, &t[0].device()))
+    });
+    let mut infinite = finite.clone();
+    infinite[0][2 * 7 + 2] = -INF;
+    check("mean cross_entropy, -∞ at a label", &infinite, &[5, 7], |t| {
+        t[0].cross_entropy(&labels_of(5, &t[0].device()))
+    });
 }
 
 #[test]

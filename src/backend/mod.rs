@@ -213,6 +213,18 @@ impl MatmulSpec {
     }
 }
 
+/// [`Backend::cross_entropy_mean`] as the per-row losses and their mean.
+pub(crate) fn cross_entropy_mean_unfused<B: Backend + ?Sized>(
+    b: &B,
+    logits: &Storage,
+    labels: &Storage,
+    rows: usize,
+    classes: usize,
+) -> Storage {
+    let per_row = b.cross_entropy(logits, labels, rows, classes);
+    b.reduce(ReduceOp::Mean, &per_row, AxisView { outer: 1, len: rows, inner: 1 })
+}
+
 /// [`Backend::linear_grads`] as the unfused graph computes it: the weight
 /// gradient's product and the bias gradient's column sum.
 pub(crate) fn linear_grads_unfused<B: Backend + ?Sized>(
@@ -485,6 +497,12 @@ pub(crate) trait Backend {
     /// Per-row `logsumexp(logits) - logits[label]` for `[rows, classes]` logits;
     /// a label that is not a class index poisons the result.
     fn cross_entropy(&self, logits: &Storage, labels: &Storage, rows: usize, classes: usize) -> Storage;
+    /// The mean of `cross_entropy` over the rows, a one-element storage. By
+    /// default the per-row losses and their mean (`Tensor::mean`'s
+    /// reduction); the GPU computes a small batch's in one kernel.
+    fn cross_entropy_mean(&self, logits: &Storage, labels: &Storage, rows: usize, classes: usize) -> Storage {
+        cross_entropy_mean_unfused(self, logits, labels, rows, classes)
+    }
     /// `(softmax(logits) - onehot(label)) · grad_rows[row]`, or with
     /// `grad_scale`, `· grad_rows[0] · grad_scale` for every row (the
     /// gradient of the mean loss without expanding it to a row each).

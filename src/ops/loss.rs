@@ -222,8 +222,12 @@ impl Tensor {
         // One node: its backward hands the mean's scalar gradient and 1/rows
         // to the per-row kernel, instead of scaling it and expanding it to
         // a row each (two dispatches on a GPU) first.
-        let loss = crate::no_grad(|| self.cross_entropy_per_sample(labels).mean());
+        self.check_cross_entropy(labels);
         let (rows, classes) = (self.dims()[0], self.dims()[1]);
+        let device = self.device();
+        let storage =
+            Tensor::with_storages(&[self, labels], |s| device.backend().cross_entropy_mean(s[0], s[1], rows, classes));
+        let loss = Tensor::from_storage(storage, crate::Shape::from(Vec::<usize>::new()), device);
         let labels = labels.detach();
         loss.record("cross_entropy", &[self], move |c| {
             let x = c.input(0);
@@ -237,13 +241,7 @@ impl Tensor {
 
     /// The per-sample cross-entropies (`reduction='none'`), shape `[batch]`.
     pub fn cross_entropy_per_sample(&self, labels: &Tensor) -> Tensor {
-        assert!(
-            self.rank() == 2 && labels.rank() == 1 && labels.dims()[0] == self.dims()[0],
-            "cross_entropy: expected [batch, classes] logits and [batch] labels, got {} and {}",
-            self.shape(),
-            labels.shape()
-        );
-        same_device("cross_entropy", self, labels);
+        self.check_cross_entropy(labels);
         let (rows, classes) = (self.dims()[0], self.dims()[1]);
         let device = self.device();
         let storage =
@@ -258,5 +256,17 @@ impl Tensor {
             });
             vec![Some(Tensor::from_storage(storage, x.shape().clone(), device))]
         })
+    }
+
+    /// Panics unless `self` is `[batch, classes]` logits and `labels` the
+    /// `[batch]` labels on the same device.
+    fn check_cross_entropy(&self, labels: &Tensor) {
+        assert!(
+            self.rank() == 2 && labels.rank() == 1 && labels.dims()[0] == self.dims()[0],
+            "cross_entropy: expected [batch, classes] logits and [batch] labels, got {} and {}",
+            self.shape(),
+            labels.shape()
+        );
+        same_device("cross_entropy", self, labels);
     }
 }

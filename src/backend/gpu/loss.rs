@@ -24,14 +24,41 @@ pub(crate) fn cross_entropy(
     rows: usize,
     classes: usize,
 ) -> GpuBuffer {
+    launch(ctx, logits, labels, grad_rows, rows, classes, false)
+}
+
+/// The mean loss over the rows in one dispatch, when the rows fit one
+/// workgroup and are short (a classifier's small batch: the per-row losses
+/// and their mean would be two); `None` otherwise.
+pub(crate) fn cross_entropy_mean(
+    ctx: &Arc<Context>,
+    logits: &GpuBuffer,
+    labels: &GpuBuffer,
+    rows: usize,
+    classes: usize,
+) -> Option<GpuBuffer> {
+    let fits = (1..=ctx.tuning.elementwise_wg as usize).contains(&rows) && classes <= super::reduce::SHORT_LINE;
+    fits.then(|| launch(ctx, logits, labels, None, rows, classes, true))
+}
+
+fn launch(
+    ctx: &Arc<Context>,
+    logits: &GpuBuffer,
+    labels: &GpuBuffer,
+    grad_rows: Option<(&GpuBuffer, Option<f32>)>,
+    rows: usize,
+    classes: usize,
+    mean: bool,
+) -> GpuBuffer {
     // A workgroup per row, or for a few classes one invocation per row (see
-    // `SHORT_LINE`).
+    // `SHORT_LINE`); the mean, one workgroup for all rows.
     let lines = classes <= super::reduce::SHORT_LINE;
     let (wg, groups) = match lines {
         true => (ctx.tuning.elementwise_wg, ctx.groups_1d(rows, ctx.tuning.elementwise_wg)),
         false => (ctx.tuning.row_wg, ctx.spread(rows as u64)),
     };
     let (entry, n) = match (grad_rows.is_some(), lines) {
+        _ if mean => ("cross_entropy_mean_lines", 1),
         (true, false) => ("cross_entropy_backward", rows * classes),
         (true, true) => ("cross_entropy_backward_lines", rows * classes),
         (false, false) => ("cross_entropy", rows),

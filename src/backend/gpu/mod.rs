@@ -702,6 +702,13 @@ impl Backend for GpuDevice {
         Storage::Gpu(loss::cross_entropy(&self.ctx, logits.gpu(), labels.gpu(), None, rows, classes))
     }
 
+    fn cross_entropy_mean(&self, logits: &Storage, labels: &Storage, rows: usize, classes: usize) -> Storage {
+        match loss::cross_entropy_mean(&self.ctx, logits.gpu(), labels.gpu(), rows, classes) {
+            Some(mean) => Storage::Gpu(mean),
+            None => crate::backend::cross_entropy_mean_unfused(self, logits, labels, rows, classes),
+        }
+    }
+
     fn cross_entropy_backward(
         &self,
         logits: &Storage,
