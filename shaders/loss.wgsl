@@ -41,6 +41,31 @@ fn checked_label(row: u32, lid: u32) -> u32 {
     return label;
 }
 
+// logsumexp(x[row]) - x[row][label] from the row's statistics; NaN for an
+// invalid label or a row without a softmax.
+fn row_loss(row: u32, s: Stats, label: u32) -> f32 {
+    if label == NONE || undefined(s) {
+        return nan();
+    }
+    return op_sub(s.max + log(s.sum), x[row * params.len + label]);
+}
+
+// The gradient of the loss for element l of a row: (softmax - [l ==
+// label]) · g, NaN for an invalid label or a row without a softmax.
+fn grad_element(at: u32, l: u32, s: Stats, label: u32, g: f32) -> f32 {
+    let p = op_exp(x[at] - s.max) / s.sum;
+    return select(op_mul(p - select(0.0, 1.0, l == label), g), nan(), label == NONE || undefined(s));
+}
+
+// The gradient of row's loss: grad_rows[row · grad_stride] · grad_scale, or
+// grad_scale alone.
+fn row_grad(row: u32) -> f32 {
+    if params.grad_const == 0u {
+        return op_mul(grad_rows[row * params.grad_stride], params.grad_scale);
+    }
+    return params.grad_scale;
+}
+
 // out[row] = logsumexp(x[row]) - x[row][label]; NaN for an invalid label.
 @compute @workgroup_size(WG)
 fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -52,11 +77,7 @@ fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let s = row_stats(row, lid);
     let label = checked_label(row, lid);
     if lid == 0u {
-        if label == NONE || undefined(s) {
-            out[row] = nan();
-        } else {
-            out[row] = op_sub(s.max + log(s.sum), x[row * params.len + label]);
-        }
+        out[row] = row_loss(row, s, label);
     }
 }
 
@@ -70,15 +91,11 @@ fn cross_entropy_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wo
         return;
     }
     let s = row_stats(row, lid);
-    var g = params.grad_scale;
-    if params.grad_const == 0u {
-        g = op_mul(grad_rows[row * params.grad_stride], params.grad_scale);
-    }
+    let g = row_grad(row);
     let label = checked_label(row, lid);
     let base = row * params.len;
     for (var l = lid; l < params.len; l += WG) {
-        let p = op_exp(x[base + l] - s.max) / s.sum;
-        out[base + l] = select(op_mul(p - select(0.0, 1.0, l == label), g), nan(), label == NONE || undefined(s));
+        out[base + l] = grad_element(base + l, l, s, label, g);
     }
 }
 
@@ -91,12 +108,7 @@ fn cross_entropy_lines(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workg
         return;
     }
     let s = line_stats(row * params.len, params.len, 1u);
-    let label = checked_label(row, 0u);
-    if label == NONE || undefined(s) {
-        out[row] = nan();
-    } else {
-        out[row] = op_sub(s.max + log(s.sum), x[row * params.len + label]);
-    }
+    out[row] = row_loss(row, s, checked_label(row, 0u));
 }
 
 // cross_entropy_backward, one invocation per row.
@@ -109,14 +121,10 @@ fn cross_entropy_backward_lines(@builtin(workgroup_id) wid: vec3<u32>, @builtin(
     }
     let base = row * params.len;
     let s = line_stats(base, params.len, 1u);
-    var g = params.grad_scale;
-    if params.grad_const == 0u {
-        g = op_mul(grad_rows[row * params.grad_stride], params.grad_scale);
-    }
+    let g = row_grad(row);
     let label = checked_label(row, 0u);
     for (var l = 0u; l < params.len; l++) {
-        let p = op_exp(x[base + l] - s.max) / s.sum;
-        out[base + l] = select(op_mul(p - select(0.0, 1.0, l == label), g), nan(), label == NONE || undefined(s));
+        out[base + l] = grad_element(base + l, l, s, label, g);
     }
 }
 
@@ -129,13 +137,7 @@ var<workgroup> part_loss: array<f32, WG>;
 fn cross_entropy_mean_lines(@builtin(local_invocation_index) lid: u32) {
     var loss = 0.0;
     if lid < params.rows {
-        let s = line_stats(lid * params.len, params.len, 1u);
-        let label = checked_label(lid, 0u);
-        if label == NONE || undefined(s) {
-            loss = nan();
-        } else {
-            loss = op_sub(s.max + log(s.sum), x[lid * params.len + label]);
-        }
+        loss = row_loss(lid, line_stats(lid * params.len, params.len, 1u), checked_label(lid, 0u));
     }
     part_loss[lid] = loss;
     workgroupBarrier();

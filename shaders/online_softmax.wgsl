@@ -3,9 +3,10 @@
 //
 // Each row's maximum and sum of exponentials come from one pass (the
 // "online softmax": the running sum is rescaled when the maximum grows), so
-// logits of ±1e4 never overflow. One workgroup per row: each invocation
-// folds a strided slice of the row, then a tree in workgroup memory
-// combines the partials.
+// logits of ±1e4 never overflow. Long rows take a workgroup each
+// (row_stats): each invocation folds a strided slice of the row, then a
+// tree in workgroup memory combines the partials; rows of up to 32 values
+// (SHORT_LINE in src/backend/gpu/reduce.rs) one invocation (line_stats).
 //
 // A row holding NaN or +∞, or only -∞, has no softmax: the CPU's
 // `exp(v - max)` turns all of it into NaN, and so do these kernels, by a

@@ -1,11 +1,11 @@
 // Reductions along one axis of a [outer, len, inner] view into [outer, inner].
 // OP: 0 sum, 1 max, 2 argmax, 3 min, 4 argmin (indices of the first
 // extreme, written as f32). WG is a power of two.
-//   rows:    inner == 1. One workgroup per row; each invocation folds a
-//            strided slice of the row, then a tree in workgroup memory
-//            combines them, so rows of any length work.
-//   columns: inner > 1. One invocation per output; neighbouring
-//            invocations read neighbouring addresses.
+//   rows:    inner == 1, rows longer than 32. One workgroup per row; each
+//            invocation folds a strided slice of the row, then a tree in
+//            workgroup memory combines them, so rows of any length work.
+//   columns: inner > 1, or short rows. One invocation per output; with
+//            inner > 1 neighbouring invocations read neighbouring addresses.
 
 override OP: u32 = 0u;
 struct Params {

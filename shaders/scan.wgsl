@@ -1,12 +1,12 @@
 // Inclusive prefix sums (cumsum) along one axis of a [outer, len, inner]
 // view, forwards or, with REVERSE, from the end (cumsum's backward).
-//   rows:    inner == 1. One workgroup per row: each invocation sums a
-//            contiguous chunk, a scan in workgroup memory turns the chunk
-//            sums into offsets, and each invocation writes its chunk's
-//            running sums from its offset. WG is a power of two.
-//   columns: inner > 1. One invocation per (outer, inner) column, scanning
-//            it in order; neighbouring invocations read neighbouring
-//            addresses.
+//   rows:    inner == 1, rows longer than 32. One workgroup per row: each
+//            invocation sums a contiguous chunk, a scan in workgroup memory
+//            turns the chunk sums into offsets, and each invocation writes
+//            its chunk's running sums from its offset. WG is a power of two.
+//   columns: inner > 1, or short rows. One invocation per (outer, inner)
+//            line, scanning it in order; with inner > 1 neighbouring
+//            invocations read neighbouring addresses.
 
 override REVERSE: bool = false;
 

@@ -3,9 +3,10 @@
 // reduction and two elementwise kernels (src/backend/gpu/softmax.rs):
 //   softmax:     dx = y · (g - Σ g·y)       (y the softmax)
 //   log_softmax: dx = g - exp(y) · Σ g      (y the log-softmax)
-//   rows:    inner == 1. One workgroup per row, a tree sum in workgroup
-//            memory.
-//   columns: inner > 1. One invocation per (outer, inner) pair.
+//   rows:    inner == 1, rows longer than 32. One workgroup per row, a tree
+//            sum in workgroup memory.
+//   columns: inner > 1, or short rows. One invocation per (outer, inner)
+//            line.
 // NaN and ∞ reach dx through the sums and products, as on the CPU.
 
 override LOG: bool = false;

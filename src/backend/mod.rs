@@ -416,8 +416,9 @@ pub(crate) trait Backend {
     fn full(&self, n: usize, value: f32) -> Storage;
     fn unary(&self, op: UnaryOp, x: &Storage, n: usize) -> Storage;
     /// ReLU's backward over `n` contiguous elements: `grad · (x > 0 ? 1 : 0)`
-    /// (a NaN `x` masks to 0). By default the mask and a product, which the
-    /// GPU fuses into one kernel; the CPU makes one pass.
+    /// (a NaN `x` gives `grad · 0`: 0, or NaN for an infinite or NaN
+    /// `grad`). By default the mask and a product, which the GPU fuses into
+    /// one kernel; the CPU makes one pass.
     fn relu_backward(&self, grad: &Storage, x: &Storage, n: usize) -> Storage {
         let mask = self.unary(UnaryOp::CmpScalar(Cmp::Gt, 0.0), x, n);
         let flat = Strided { dims: vec![n], strides: vec![1], offset: 0 };
@@ -453,8 +454,9 @@ pub(crate) trait Backend {
     fn conv2d(&self, x: &Storage, weight: &Storage, spec: ConvSpec) -> Storage;
     /// `conv2d` plus `bias[c]` on every output of channel `c`. By default
     /// the convolution and a broadcast add, which the GPU fuses into the
-    /// product's store; the CPU adds the bias to each block of the output
-    /// while it is still in cache, saving a pass over the whole output.
+    /// product's store where epilogues are on (else into one elementwise
+    /// kernel); the CPU adds the bias to each block of the output while it
+    /// is still in cache, saving a pass over the whole output.
     fn conv2d_bias(&self, x: &Storage, weight: &Storage, bias: &Storage, spec: ConvSpec) -> Storage {
         let y = self.conv2d(x, weight, spec);
         let dims = vec![spec.n, spec.c_out, spec.oh, spec.ow];

@@ -224,9 +224,12 @@ impl Tensor {
             });
             let mut grads = vec![dx, dw];
             if c.needs.len() == 3 {
-                // As the broadcast add's backward summed it.
-                let per_channel = crate::shape::Shape::from([1, c_out, 1, 1]);
-                grads.push(bias_grad.then(|| g.sum_to(&per_channel).reshape([c_out])));
+                // The two reductions of `conv2d_weight_bias_grad`'s default
+                // (a frozen weight leaves the GPU's bias gradient the same
+                // bits): over each image's pixels, then over the batch.
+                let (images, pixels) = (spec.n * c_out, spec.oh * spec.ow);
+                let per_image = |g: &Tensor| g.reshape([images, pixels]).sum_dim(1, false);
+                grads.push(bias_grad.then(|| per_image(g).reshape([spec.n, c_out]).sum_dim(0, false)));
             }
             grads
         });

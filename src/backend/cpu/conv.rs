@@ -375,47 +375,65 @@ fn max_2x2(s: &PoolSpec) -> bool {
     s.kind == PoolKind::Max && (s.kh, s.kw, s.sh, s.sw, s.ph, s.pw) == (2, 2, 2, 2, 0, 0)
 }
 
-/// The pick of a 2×2 window `[a, b, c, d]` (row-major): its offset (0..4)
-/// and value, by the same rule as [`max_at`], branch-free so loops of it
-/// vectorise.
-#[inline(always)]
-fn pick_2x2(v: [f32; 4]) -> (u32, f32) {
-    let (mut best_i, mut best) = (0u32, v[0]);
-    for (i, &x) in v.iter().enumerate().skip(1) {
-        let take = x > best || x.is_nan();
-        best = if take { x } else { best };
-        best_i = if take { i as u32 } else { best_i };
-    }
-    (best_i, best)
-}
-
 /// Outputs a [`max_2x2`] loop handles at once.
 const LANES: usize = 8;
 
-/// The picks of `LANES` consecutive 2×2 windows whose rows are `r0` and
-/// `r1` (`2·LANES` floats each): [`pick_2x2`] lane by lane. The windows are
-/// first split into four arrays (top-left, top-right, bottom-left,
-/// bottom-right), so the comparisons run on whole vectors rather than one
-/// window at a time (the scalar loop was most of a convnet's pooling).
+/// The picks of `L` consecutive 2×2 windows whose rows are `r0` and `r1`
+/// (`2·L` floats each): per window its offset (0..4, row-major) and value,
+/// by the rule of [`max_at`] (the last NaN, else the first maximum). The
+/// windows are first split into four arrays (top-left, top-right,
+/// bottom-left, bottom-right), so with `L` = [`LANES`] the comparisons run
+/// on whole vectors, branch-free (a window at a time, the loop was scalar
+/// code and most of a convnet's pooling); `L` = 1 serves a row's tail.
 #[inline(always)]
-fn pick_2x2_lanes(r0: &[f32], r1: &[f32]) -> ([u32; LANES], [f32; LANES]) {
-    let (r0, r1) = (&r0[..2 * LANES], &r1[..2 * LANES]);
-    let mut v = [[0.0f32; LANES]; 4];
-    for l in 0..LANES {
+fn pick_2x2<const L: usize>(r0: &[f32], r1: &[f32]) -> ([u32; L], [f32; L]) {
+    let (r0, r1) = (&r0[..2 * L], &r1[..2 * L]);
+    let mut v = [[0.0f32; L]; 4];
+    for l in 0..L {
         v[0][l] = r0[2 * l];
         v[1][l] = r0[2 * l + 1];
         v[2][l] = r1[2 * l];
         v[3][l] = r1[2 * l + 1];
     }
-    let (mut best_i, mut best) = ([0u32; LANES], v[0]);
+    let (mut best_i, mut best) = ([0u32; L], v[0]);
     for (i, x) in v.iter().enumerate().skip(1) {
-        for l in 0..LANES {
+        for l in 0..L {
             let take = x[l] > best[l] || x[l].is_nan();
             best[l] = if take { x[l] } else { best[l] };
             best_i[l] = if take { i as u32 } else { best_i[l] };
         }
     }
     (best_i, best)
+}
+
+/// One output row of a [`max_2x2`] pool into `o`, from its windows' input
+/// rows `r0` and `r1`: [`LANES`] windows at a time, then one at a time.
+#[inline(always)]
+fn max_2x2_row(r0: &[f32], r1: &[f32], o: &mut [f32]) {
+    let mut ox = 0;
+    while ox + LANES <= o.len() {
+        o[ox..ox + LANES].copy_from_slice(&pick_2x2::<LANES>(&r0[2 * ox..], &r1[2 * ox..]).1);
+        ox += LANES;
+    }
+    for ox in ox..o.len() {
+        o[ox] = pick_2x2::<1>(&r0[2 * ox..], &r1[2 * ox..]).1[0];
+    }
+}
+
+/// The gradient of `L` windows from `g` (their outputs' gradients): each
+/// window's pick gets its gradient, its other three inputs 0, written into
+/// the windows' two input rows `top` and `bottom` (`2·L` floats each).
+#[inline(always)]
+fn max_2x2_grads<const L: usize>(r0: &[f32], r1: &[f32], g: &[f32], top: &mut [f32], bottom: &mut [f32]) {
+    let (picks, _) = pick_2x2::<L>(r0, r1);
+    let (top, bottom) = (&mut top[..2 * L], &mut bottom[..2 * L]);
+    for l in 0..L {
+        let (i, go) = (picks[l], g[l]);
+        top[2 * l] = if i == 0 { go } else { 0.0 };
+        top[2 * l + 1] = if i == 1 { go } else { 0.0 };
+        bottom[2 * l] = if i == 2 { go } else { 0.0 };
+        bottom[2 * l + 1] = if i == 3 { go } else { 0.0 };
+    }
 }
 
 /// Output row `oy` of a [`max_2x2`] pool over `plane` (`w` wide): the
@@ -444,15 +462,7 @@ pub(super) fn pool2d(x: &[f32], s: PoolSpec) -> Result<Vec<f32>> {
                     || {
                         for oy in 0..s.oh {
                             let (r0, r1) = rows_2x2(plane, s.w, oy, s.ow);
-                            let o = &mut o[oy * s.ow..][..s.ow];
-                            let mut ox = 0;
-                            while ox + LANES <= s.ow {
-                                o[ox..ox + LANES].copy_from_slice(&pick_2x2_lanes(&r0[2 * ox..], &r1[2 * ox..]).1);
-                                ox += LANES;
-                            }
-                            for ox in ox..s.ow {
-                                o[ox] = pick_2x2([r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]]).1;
-                            }
+                            max_2x2_row(r0, r1, &mut o[oy * s.ow..][..s.ow]);
                         }
                     },
                 );
@@ -514,25 +524,13 @@ pub(super) fn pool2d_backward(x: &[f32], gy: &[f32], s: PoolSpec) -> Result<Vec<
                             let (top, bottom) = (&mut top[..2 * s.ow], &mut bottom[..2 * s.ow]);
                             let mut ox = 0;
                             while ox + LANES <= s.ow {
-                                let (picks, _) = pick_2x2_lanes(&r0[2 * ox..], &r1[2 * ox..]);
-                                let (top, bottom) =
-                                    (&mut top[2 * ox..][..2 * LANES], &mut bottom[2 * ox..][..2 * LANES]);
-                                for l in 0..LANES {
-                                    let (i, go) = (picks[l], g[ox + l]);
-                                    top[2 * l] = if i == 0 { go } else { 0.0 };
-                                    top[2 * l + 1] = if i == 1 { go } else { 0.0 };
-                                    bottom[2 * l] = if i == 2 { go } else { 0.0 };
-                                    bottom[2 * l + 1] = if i == 3 { go } else { 0.0 };
-                                }
+                                let (r0, r1, g) = (&r0[2 * ox..], &r1[2 * ox..], &g[ox..]);
+                                max_2x2_grads::<LANES>(r0, r1, g, &mut top[2 * ox..], &mut bottom[2 * ox..]);
                                 ox += LANES;
                             }
                             for ox in ox..s.ow {
-                                let i = pick_2x2([r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]]).0;
-                                let go = g[ox];
-                                top[2 * ox] = if i == 0 { go } else { 0.0 };
-                                top[2 * ox + 1] = if i == 1 { go } else { 0.0 };
-                                bottom[2 * ox] = if i == 2 { go } else { 0.0 };
-                                bottom[2 * ox + 1] = if i == 3 { go } else { 0.0 };
+                                let (r0, r1, g) = (&r0[2 * ox..], &r1[2 * ox..], &g[ox..]);
+                                max_2x2_grads::<1>(r0, r1, g, &mut top[2 * ox..], &mut bottom[2 * ox..]);
                             }
                         }
                     },
@@ -689,33 +687,40 @@ mod tests {
     #[test]
     fn blocked_gradients_match_the_definition() {
         // 64 channels × 3×3 taps: blocks of 455 pixels, so the 30×29
-        // outputs take two blocks (a ragged second one) in every kernel.
+        // outputs take two blocks (a ragged second one) in every kernel;
+        // with 2 groups, blocks of 910 pixels for 930 outputs.
         let base = spec(2, 64, (30, 31), 3, (3, 3), (1, 1));
-        let s = ConvSpec { dw: 1, pw: 1, ow: 31, ..base };
-        assert!(pixel_block(&s, 1) < s.oh * s.ow, "the case must need several blocks");
-        let x: Vec<f32> = (0..s.input_len()).map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0).collect();
-        let w: Vec<f32> = (0..s.weight_len()).map(|i| ((i * 5 % 11) as f32 - 5.0) / 16.0).collect();
-        let gy: Vec<f32> = (0..s.output_len()).map(|i| ((i * 3 % 7) as f32 - 3.0) / 4.0).collect();
-        let (want_x, want_w) = naive_grads(&x, &w, &gy, &s);
-        let close = |got: &[f32], want: &[f32], what: &str| {
-            for (i, (g, w)) in got.iter().zip(want).enumerate() {
-                assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "{what} [{i}]: {g} vs {w}");
-            }
-        };
-        close(&conv2d_input_grad(&gy, &w, s).unwrap(), &want_x, "input gradient");
-        let [gw, gb] = conv2d_weight_grad(&gy, &x, s, true).unwrap();
-        close(&gw, &want_w, "weight gradient");
-        let [alone, none] = conv2d_weight_grad(&gy, &x, s, false).unwrap();
-        assert_eq!(alone, gw, "the weight gradient does not depend on the bias's");
-        assert!(none.is_empty());
-        // The bias's gradient: the output gradient summed per channel.
-        let pixels = s.oh * s.ow;
-        let want_b: Vec<f32> = (0..s.c_out)
-            .map(|c| (0..s.n).map(|n| gy[(n * s.c_out + c) * pixels..][..pixels].iter().sum::<f32>()).sum())
-            .collect();
-        close(&gb, &want_b, "bias gradient");
-        let want_y = naive(&x, &w, &s);
-        close(&conv2d(&x, &w, None, s).unwrap(), &want_y, "forward");
+        let one = ConvSpec { dw: 1, pw: 1, ow: 31, ..base };
+        let two = ConvSpec { c_out: 4, groups: 2, ..one };
+        for s in [one, two] {
+            assert!(pixel_block(&s, 1) < s.oh * s.ow, "{s:?} must need several blocks");
+            let x: Vec<f32> = (0..s.input_len()).map(|i| ((i * 7 % 13) as f32 - 6.0) / 8.0).collect();
+            let w: Vec<f32> = (0..s.weight_len()).map(|i| ((i * 5 % 11) as f32 - 5.0) / 16.0).collect();
+            let gy: Vec<f32> = (0..s.output_len()).map(|i| ((i * 3 % 7) as f32 - 3.0) / 4.0).collect();
+            let (want_x, want_w) = naive_grads(&x, &w, &gy, &s);
+            let close = |got: &[f32], want: &[f32], what: &str| {
+                assert_eq!(got.len(), want.len(), "{what}");
+                for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                    assert!((g - w).abs() <= 1e-3 * (1.0 + w.abs()), "{s:?} {what} [{i}]: {g} vs {w}");
+                }
+            };
+            close(&conv2d_input_grad(&gy, &w, s).unwrap(), &want_x, "input gradient");
+            let [gw, gb] = conv2d_weight_grad(&gy, &x, s, true).unwrap();
+            close(&gw, &want_w, "weight gradient");
+            let [alone, none] = conv2d_weight_grad(&gy, &x, s, false).unwrap();
+            assert_eq!(alone, gw, "the weight gradient does not depend on the bias's");
+            assert!(none.is_empty());
+            // The bias's gradient: the output gradient summed per channel.
+            let pixels = s.oh * s.ow;
+            let want_b: Vec<f32> = (0..s.c_out)
+                .map(|c| (0..s.n).map(|n| gy[(n * s.c_out + c) * pixels..][..pixels].iter().sum::<f32>()).sum())
+                .collect();
+            close(&gb, &want_b, "bias gradient");
+            let bias: Vec<f32> = (0..s.c_out).map(|c| c as f32 - 1.5).collect();
+            let want_y: Vec<f32> =
+                naive(&x, &w, &s).iter().enumerate().map(|(i, v)| v + bias[i / pixels % s.c_out]).collect();
+            close(&conv2d(&x, &w, Some(&bias), s).unwrap(), &want_y, "forward with a bias");
+        }
     }
 
     #[test]
@@ -741,7 +746,9 @@ mod tests {
             };
             // Mostly 0 and 1, a NaN in ~1 of 10 (a scrambled index picks).
             let vals = [0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, f32::NAN];
-            let x: Vec<f32> = (0..planes * h * w).map(|i| vals[((i * 2_654_435_761usize) >> 7) % vals.len()]).collect();
+            let x: Vec<f32> = (0..planes * h * w)
+                .map(|i| vals[(((i as u64).wrapping_mul(2_654_435_761) >> 7) % 10) as usize])
+                .collect();
             let gy: Vec<f32> = (0..planes * s.oh * s.ow).map(|i| i as f32 + 1.0).collect();
             let y = pool2d(&x, s).unwrap();
             let gx = pool2d_backward(&x, &gy, s).unwrap();
@@ -759,6 +766,29 @@ mod tests {
             }
             assert_eq!(gx, want_gx, "{h}×{w} gradient");
         }
+        // Windows that tile the input: the gradient's buffer is not zeroed
+        // first, so every element must be written. Offer the kernel a
+        // cached buffer full of NaN (large enough to be cached) to write into.
+        let s = PoolSpec {
+            kind: PoolKind::Max,
+            planes: 64,
+            h: 32,
+            w: 32,
+            kh: 2,
+            kw: 2,
+            sh: 2,
+            sw: 2,
+            ph: 0,
+            pw: 0,
+            oh: 16,
+            ow: 16,
+        };
+        super::super::cache::give(vec![f32::NAN; s.input_len()]);
+        let x: Vec<f32> = (0..s.input_len()).map(|i| ((i * 37) % 101) as f32).collect();
+        let gy = vec![1.0f32; s.output_len()];
+        let gx = pool2d_backward(&x, &gy, s).unwrap();
+        assert!(gx.iter().all(|v| *v == 0.0 || *v == 1.0), "an element of the gradient was left unwritten");
+        assert_eq!(gx.iter().filter(|v| **v == 1.0).count(), s.output_len());
     }
 
     #[test]
