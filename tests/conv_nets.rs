@@ -245,3 +245,35 @@ fn unbatched_images_and_empty_batches_work(dev: &Device) {
     assert_eq!(empty.max_pool2d(2, 2, 0).dims(), &[0, 3, 2, 2]);
 }
 test_device!(unbatched_images_and_empty_batches_work);
+
+/// A convolution's bias is part of its own node: its gradient is the output
+/// gradient summed per channel whichever of the other inputs need one (the
+/// weight's and the bias's come from one pass, or the bias's alone), and
+/// the weight's gradient is the same bits with a bias or without.
+fn a_convolutions_bias_gradient_is_its_output_gradient_summed_per_channel(dev: &Device) {
+    let opts = Conv2dOptions::default().stride(2).padding(1);
+    let (n, c_out) = (3, 4);
+    let x = Tensor::from_vec(common::uniform(&[n, 2, 9, 8], -1.0, 1.0, 21), [n, 2, 9, 8], dev).unwrap();
+    let w = Tensor::from_vec(common::uniform(&[c_out, 2, 3, 3], -1.0, 1.0, 22), [c_out, 2, 3, 3], dev).unwrap();
+    let b = Tensor::from_vec(vec![0.5, -1.0, 2.0, 0.0], [c_out], dev).unwrap();
+    let out = [n, c_out, 5, 4];
+    let seed = Tensor::from_vec(common::uniform(&out, -1.0, 1.0, 23), out, dev).unwrap();
+    let g = seed.to_vec().unwrap();
+    let want: Vec<f32> =
+        (0..c_out).map(|c| (0..n).map(|i| g[(i * c_out + c) * 20..][..20].iter().sum::<f32>()).sum()).collect();
+    let no_bias = {
+        let w = w.clone().requires_grad();
+        x.conv2d(&w, None, opts).backward_with(seed.clone()).get(&w).unwrap().to_vec().unwrap()
+    };
+    for (x_grad, w_grad) in [(false, true), (true, false), (false, false)] {
+        let maybe = |t: &Tensor, on: bool| if on { t.detach().requires_grad() } else { t.detach() };
+        let (x, w, b) = (maybe(&x, x_grad), maybe(&w, w_grad), b.clone().requires_grad());
+        let grads = x.conv2d(&w, Some(&b), opts).backward_with(seed.clone());
+        let what = format!("input {x_grad}, weight {w_grad}");
+        assert_close(&grads.get(&b).unwrap().to_vec().unwrap(), &want, 1e-5, 1e-5, &what);
+        if w_grad {
+            assert_eq!(grads.get(&w).unwrap().to_vec().unwrap(), no_bias, "{what}: the weight's gradient");
+        }
+    }
+}
+test_device!(a_convolutions_bias_gradient_is_its_output_gradient_summed_per_channel);
