@@ -104,6 +104,12 @@ fn zero_sized_tensors_go_through_every_copy(dev: &Device) {
     assert_eq!((g.get(&a).unwrap().dims(), g.get(&b).unwrap().dims()), (&[2, 1, 0][..], &[0][..]));
     assert_eq!(Tensor::zeros([4, 0], dev).sum_dim(1, false).to_vec().unwrap(), [0.0; 4]);
     assert_eq!(Tensor::zeros([0, 4], dev).softmax(1).elem_count(), 0);
+    // The mean loss of an empty batch is NaN (0 / 0, as PyTorch); its
+    // gradient is empty.
+    let logits = Tensor::zeros([0, 10], dev).requires_grad();
+    let loss = logits.cross_entropy(&Tensor::zeros([0], dev));
+    assert!(loss.to_vec().unwrap()[0].is_nan());
+    assert_eq!(loss.backward().get(&logits).unwrap().dims(), &[0, 10]);
 }
 test_device!(zero_sized_tensors_go_through_every_copy);
 
