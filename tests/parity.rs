@@ -142,7 +142,10 @@ fn binary_ops_with_broadcasting() {
 
 #[test]
 fn reductions() {
-    let shapes: &[&[usize]] = &[&[1], &[257], &[3, 129], &[65, 17], &[17, 63, 3], &[1, 5000], &[3000, 2]];
+    // Rows of up to 32 take one invocation each, longer ones a workgroup
+    // (and a scan's chunks): [5, 32] and [4, 33] are either side.
+    let shapes: &[&[usize]] =
+        &[&[1], &[257], &[3, 129], &[65, 17], &[5, 32], &[4, 33], &[17, 63, 3], &[1, 5000], &[3000, 2]];
     for (i, &shape) in shapes.iter().enumerate() {
         let x = rand(shape, -1.0, 1.0, 3000 + i as u64);
         let t = REDUCTION;
@@ -157,6 +160,8 @@ fn reductions() {
                 parity(&format!("max_dim {name}"), t, &[x.clone()], &[], |v, _| v[0].max_dim(axis, keep));
                 parity(&format!("argmax {name}"), t, &[], &[x.clone()], |_, c| c[0].argmax(axis, keep));
             }
+            // Its backward is the scan from the end.
+            parity(&format!("cumsum {shape:?} axis {axis}"), t, &[x.clone()], &[], |v, _| v[0].cumsum(axis));
         }
     }
 }
