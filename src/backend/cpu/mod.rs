@@ -27,6 +27,7 @@ mod matmul;
 mod norm;
 mod optim;
 mod pool;
+mod pooling;
 mod reduce;
 mod rnn;
 mod scan;
@@ -71,6 +72,12 @@ pub(super) fn output_overwritten(n: usize) -> Result<Vec<f32>> {
         return Ok(v);
     }
     fresh(n)
+}
+
+/// Splits `v` into consecutive pieces of `len` behind locks, so the tasks of
+/// a `pool::run` each take their own piece.
+fn pieces(v: &mut [f32], len: usize) -> Vec<std::sync::Mutex<&mut [f32]>> {
+    v.chunks_mut(len.max(1)).map(std::sync::Mutex::new).collect()
 }
 
 /// A new zeroed buffer from the allocator.
@@ -285,11 +292,11 @@ impl Backend for Cpu {
     }
 
     fn pool2d(&self, x: &Storage, spec: PoolSpec) -> Storage {
-        run(&[x], || conv::pool2d(x.cpu(), spec))
+        run(&[x], || pooling::pool2d(x.cpu(), spec))
     }
 
     fn pool2d_backward(&self, x: &Storage, gy: &Storage, spec: PoolSpec) -> Storage {
-        run(&[x, gy], || conv::pool2d_backward(x.cpu(), gy.cpu(), spec))
+        run(&[x, gy], || pooling::pool2d_backward(x.cpu(), gy.cpu(), spec))
     }
 
     fn copy_strided(&self, x: &Storage, src: &Strided) -> Storage {
