@@ -228,8 +228,8 @@ impl Tensor {
                 // (a frozen weight leaves the GPU's bias gradient the same
                 // bits): over each image's pixels, then over the batch.
                 let (images, pixels) = (spec.n * c_out, spec.oh * spec.ow);
-                let per_image = |g: &Tensor| g.reshape([images, pixels]).sum_dim(1, false);
-                grads.push(bias_grad.then(|| per_image(g).reshape([spec.n, c_out]).sum_dim(0, false)));
+                let per_image = || g.reshape([images, pixels]).sum_dim(1, false);
+                grads.push(bias_grad.then(|| per_image().reshape([spec.n, c_out]).sum_dim(0, false)));
             }
             grads
         });

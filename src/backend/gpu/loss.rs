@@ -13,18 +13,18 @@ params! {
     LossParams { rows: u32, len: u32, check_slot: u32, check_id: u32, grad_stride: u32, grad_scale: f32, grad_const: u32 }
 }
 
-/// Per-row losses, or with `grad_rows` the gradient of the logits: per
-/// row, or with a scale, one value (the gradient of the mean loss) times
-/// the scale for every row.
-pub(crate) fn cross_entropy(
-    ctx: &Arc<Context>,
-    logits: &GpuBuffer,
-    labels: &GpuBuffer,
-    grad_rows: Option<(&GpuBuffer, Option<f32>)>,
-    rows: usize,
-    classes: usize,
-) -> GpuBuffer {
-    launch(ctx, logits, labels, grad_rows, rows, classes, false)
+/// What a cross-entropy kernel computes.
+#[derive(Clone, Copy)]
+pub(crate) enum Pass<'a> {
+    /// The loss of each row.
+    Rows,
+    /// The mean loss over the rows, in one workgroup: only for batches
+    /// [`cross_entropy_mean`] accepts.
+    Mean,
+    /// The gradient of the logits from the loss's gradient: per row, or
+    /// with a scale, one value (the gradient of the mean loss) times the
+    /// scale for every row.
+    Backward(&'a GpuBuffer, Option<f32>),
 }
 
 /// The mean loss over the rows in one dispatch, when the rows fit one
@@ -38,18 +38,21 @@ pub(crate) fn cross_entropy_mean(
     classes: usize,
 ) -> Option<GpuBuffer> {
     let fits = (1..=ctx.tuning.elementwise_wg as usize).contains(&rows) && classes <= super::reduce::SHORT_LINE;
-    fits.then(|| launch(ctx, logits, labels, None, rows, classes, true))
+    fits.then(|| cross_entropy(ctx, logits, labels, Pass::Mean, rows, classes))
 }
 
-fn launch(
+pub(crate) fn cross_entropy(
     ctx: &Arc<Context>,
     logits: &GpuBuffer,
     labels: &GpuBuffer,
-    grad_rows: Option<(&GpuBuffer, Option<f32>)>,
+    pass: Pass,
     rows: usize,
     classes: usize,
-    mean: bool,
 ) -> GpuBuffer {
+    let grad_rows = match pass {
+        Pass::Backward(g, scale) => Some((g, scale)),
+        Pass::Rows | Pass::Mean => None,
+    };
     // A workgroup per row, or for a few classes one invocation per row (see
     // `SHORT_LINE`); the mean, one workgroup for all rows.
     let lines = classes <= super::reduce::SHORT_LINE;
@@ -57,12 +60,12 @@ fn launch(
         true => (ctx.tuning.elementwise_wg, ctx.groups_1d(rows, ctx.tuning.elementwise_wg)),
         false => (ctx.tuning.row_wg, ctx.spread(rows as u64)),
     };
-    let (entry, n) = match (grad_rows.is_some(), lines) {
-        _ if mean => ("cross_entropy_mean_lines", 1),
-        (true, false) => ("cross_entropy_backward", rows * classes),
-        (true, true) => ("cross_entropy_backward_lines", rows * classes),
-        (false, false) => ("cross_entropy", rows),
-        (false, true) => ("cross_entropy_lines", rows),
+    let (entry, n) = match (pass, lines) {
+        (Pass::Mean, _) => ("cross_entropy_mean_lines", 1),
+        (Pass::Backward(..), false) => ("cross_entropy_backward", rows * classes),
+        (Pass::Backward(..), true) => ("cross_entropy_backward_lines", rows * classes),
+        (Pass::Rows, false) => ("cross_entropy", rows),
+        (Pass::Rows, true) => ("cross_entropy_lines", rows),
     };
     // The gradient of the mean loss, when it is a pending constant (the
     // seed `backward` starts from), is folded into the scale: as the CPU

@@ -699,7 +699,7 @@ impl Backend for GpuDevice {
     }
 
     fn cross_entropy(&self, logits: &Storage, labels: &Storage, rows: usize, classes: usize) -> Storage {
-        Storage::Gpu(loss::cross_entropy(&self.ctx, logits.gpu(), labels.gpu(), None, rows, classes))
+        Storage::Gpu(loss::cross_entropy(&self.ctx, logits.gpu(), labels.gpu(), loss::Pass::Rows, rows, classes))
     }
 
     fn cross_entropy_mean(&self, logits: &Storage, labels: &Storage, rows: usize, classes: usize) -> Storage {
@@ -718,8 +718,8 @@ impl Backend for GpuDevice {
         classes: usize,
         grad_scale: Option<f32>,
     ) -> Storage {
-        let g = Some((grad_rows.gpu(), grad_scale));
-        Storage::Gpu(loss::cross_entropy(&self.ctx, logits.gpu(), labels.gpu(), g, rows, classes))
+        let pass = loss::Pass::Backward(grad_rows.gpu(), grad_scale);
+        Storage::Gpu(loss::cross_entropy(&self.ctx, logits.gpu(), labels.gpu(), pass, rows, classes))
     }
 
     fn dropout(&self, x: &Storage, n: usize, p: f32, key: [u32; 2]) -> Storage {
