@@ -39,18 +39,27 @@ var<immediate> params: Params;
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> c: array<f32>;
+// C, stored a whole vec4 at a time where ALIGNED_C, else element by element
+// (a component store writes that component alone). Buffers are whole vec4s.
+@group(0) @binding(2) var<storage, read_write> c: array<vec4<f32>>;
 // The same buffers as a and b, read four floats at a time where aligned.
 @group(0) @binding(3) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> b4: array<vec4<f32>>;
 
 fn store4(batch: u32, row: u32, col: u32, v: vec4<f32>) {
-    let base = batch * params.m * params.n;
-    if row < params.m {
-        for (var j = 0u; j < 4u; j++) {
-            if col + j < params.n {
-                c[base + row * params.n + col + j] = v[j];
-            }
+    if row >= params.m {
+        return;
+    }
+    let at = batch * params.m * params.n + row * params.n + col;
+    if ALIGNED_C {
+        if col < params.n {
+            c[at / 4u] = v;
+        }
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if col + j < params.n {
+            c[(at + j) / 4u][(at + j) % 4u] = v[j];
         }
     }
 }

@@ -112,6 +112,7 @@ pub(super) fn product_kernel(choice: Choice, s: &MatmulSpec) -> (bool, Vec<(&'st
             ("ALIGNED_A", flag(aligned_a)),
             ("ALIGNED_B", flag(aligned_b)),
             ("K_TAIL", flag(small || s.k % 4 != 0)),
+            ("ALIGNED_C", flag(!small && s.n % 4 == 0)),
         ]);
     }
     (subgroups, constants, grid)
