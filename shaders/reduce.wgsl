@@ -6,6 +6,8 @@
 //            workgroup memory combines them, so rows of any length work.
 //   columns: inner > 1, or short rows. One invocation per output; with
 //            inner > 1 neighbouring invocations read neighbouring addresses.
+//   argmax_hits: how many short rows have their argmax equal to their
+//            label (a classifier's correct predictions), in one workgroup.
 
 override OP: u32 = 0u;
 struct Params {
@@ -17,6 +19,11 @@ var<immediate> params: Params;
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
+// argmax_hits's labels, one per row, and with ACCUMULATE the running
+// count it adds its own to.
+@group(0) @binding(2) var<storage, read> labels: array<f32>;
+@group(0) @binding(3) var<storage, read> base: array<f32>;
+override ACCUMULATE: bool = false;
 
 var<workgroup> part_value: array<f32, WG>;
 var<workgroup> part_index: array<u32, WG>;
@@ -102,4 +109,41 @@ fn columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         acc = fold(acc, x[(o * params.len + l) * params.inner + i], l);
     }
     out[t] = finish(acc);
+}
+
+// One workgroup, OP = 2: invocation lid takes rows lid, lid + WG, ...,
+// folds each into its argmax as `columns` does, and counts the rows whose
+// label equals it (a NaN label, tested by bits, equals nothing); a tree in
+// workgroup memory adds the counts. out[0] is the count, as an f32 (with
+// ACCUMULATE, base[0] plus it, rounded once as an add kernel would): the
+// argmax, the comparison and the sum, one dispatch instead of three.
+@compute @workgroup_size(WG)
+fn argmax_hits(@builtin(local_invocation_index) lid: u32) {
+    var hits = 0u;
+    for (var row = lid; row < params.outer; row += WG) {
+        var acc = Acc(0.0, NONE);
+        for (var l = 0u; l < params.len; l++) {
+            acc = fold(acc, x[row * params.len + l], l);
+        }
+        let label = labels[row];
+        if !is_nan(label) && f32(acc.index) == label {
+            hits += 1u;
+        }
+    }
+    part_index[lid] = hits;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if lid < s {
+            part_index[lid] += part_index[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        let count = f32(part_index[0]);
+        if ACCUMULATE {
+            out[0] = base[0] + count;
+        } else {
+            out[0] = count;
+        }
+    }
 }

@@ -174,6 +174,95 @@ fn argmax_breaks_ties_like_the_cpu() {
     parity("max_dim ties", EXACTISH, &[x], &[], |v, _| v[0].max_dim(1, false));
 }
 
+/// `argmax_hits` counts what `argmax(-1).eq(labels).sum()` counts, on both
+/// devices, and on a GPU in one dispatch where it fits one workgroup:
+/// scores full of ties and NaNs, labels right, wrong, out of range and NaN,
+/// either side of the short-row cut (32 classes) and of the rows one
+/// workgroup takes (256 invocations of 64 rows).
+#[test]
+fn argmax_hits_counts_what_argmax_eq_sum_counts() {
+    let Some(dev) = gpu() else { return };
+    let Device::Gpu(g) = &dev else { unreachable!("gpu() opens a GPU") };
+    let cases: &[(&[usize], bool)] = &[
+        (&[1, 1], true),
+        (&[3, 2], true),
+        (&[33, 10], true),
+        (&[257, 32], true),
+        (&[4, 5, 27], true),
+        (&[16384, 10], true),
+        (&[16385, 10], false),
+        (&[65, 33], false),
+        (&[0, 10], false),
+    ];
+    for (i, &(dims, one_kernel)) in cases.iter().enumerate() {
+        let classes = dims[dims.len() - 1];
+        let n: usize = dims.iter().product();
+        let rows = n / classes;
+        // Few distinct values: many ties; every 13th a NaN.
+        let scores: Vec<f32> = uniform(&[n], 0.0, 4.0, 90 + i as u64)
+            .into_iter()
+            .enumerate()
+            .map(|(j, v)| if j % 13 == 5 { f32::NAN } else { v.floor() })
+            .collect();
+        let x = Tensor::from_vec(scores, dims.to_vec(), &Device::Cpu).unwrap();
+        let best = x.argmax(-1, false).to_vec().unwrap();
+        // Right, wrong, past the classes, negative, NaN.
+        let labels: Vec<f32> = best
+            .iter()
+            .enumerate()
+            .map(|(r, &b)| match r % 7 {
+                0..=2 => b,
+                3 => (b + 1.0) % classes as f32,
+                4 => classes as f32,
+                5 => -1.0,
+                _ => f32::NAN,
+            })
+            .collect();
+        let y = Tensor::from_vec(labels, dims[..dims.len() - 1].to_vec(), &Device::Cpu).unwrap();
+        let want = x.argmax(-1, false).eq(&y).sum().item().unwrap();
+        assert_eq!(x.argmax_hits(&y).item().unwrap(), want, "cpu, {dims:?}");
+        let (xg, yg) = (x.to_device(&dev).unwrap(), y.to_device(&dev).unwrap());
+        dev.synchronize().unwrap();
+        let before = g.kernels_dispatched();
+        let hits = xg.argmax_hits(&yg);
+        dev.synchronize().unwrap();
+        let dispatched = g.kernels_dispatched() - before;
+        assert_eq!(hits.item().unwrap(), want, "gpu, {dims:?} ({rows} rows)");
+        if one_kernel {
+            assert_eq!(dispatched, 1, "{dims:?}: argmax_hits took {dispatched} dispatches");
+        }
+    }
+}
+
+/// `fit`'s and `evaluate`'s running accuracy, which on a GPU adds each
+/// batch's hits to the running total in the same kernel: the same count as
+/// on the CPU, batch after batch (an identity layer passes the scores
+/// through; they are whole numbers, so full of ties).
+#[test]
+fn the_running_accuracy_counts_the_same_on_both_devices() {
+    use wgrad::data::Dataset;
+    use wgrad::nn::{self, Module};
+    use wgrad::train::{Loss, Metric, evaluate_with};
+    let Some(dev) = gpu() else { return };
+    let (items, classes) = (100, 10);
+    let scores: Vec<f32> = uniform(&[items * classes], 0.0, 4.0, 7).into_iter().map(f32::floor).collect();
+    let x = Tensor::from_vec(scores.clone(), [items, classes], &Device::Cpu).unwrap();
+    let best = x.argmax(-1, false).to_vec().unwrap();
+    let labels: Vec<f32> =
+        best.iter().enumerate().map(|(r, &b)| if r % 3 == 0 { (b + 1.0) % 10.0 } else { b }).collect();
+    let want = best.iter().zip(&labels).filter(|(b, l)| b == l).count() as f32 / items as f32;
+    let data = Dataset::new(scores, labels, &[classes], classes);
+    for d in [Device::Cpu, dev] {
+        let identity = nn::Linear::new(classes, classes, &d);
+        let params = identity.parameters();
+        let eye: Vec<f32> = (0..classes * classes).map(|i| f32::from(i % (classes + 1) == 0)).collect();
+        params[0].assign(&Tensor::from_vec(eye, [classes, classes], &d).unwrap());
+        params[1].assign(&Tensor::zeros([classes], &d));
+        let m = evaluate_with(&identity, &data, 7, &Loss::CrossEntropy, &[Metric::Accuracy]).unwrap();
+        assert_eq!(m.accuracy(), want, "{d:?}");
+    }
+}
+
 #[test]
 fn layer_norm_family() {
     // Rows of 1, of fewer elements than a workgroup, and of more (300,

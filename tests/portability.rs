@@ -101,6 +101,8 @@ fn workload(dev: &Device) {
     let labels = Tensor::from_vec(vec![0.0, 4.0, -100.0, 1.0, 2.0, 3.0], [2, 3], dev).unwrap();
     let ce = logits.cross_entropy_with(&labels, CrossEntropyOptions { ignore_index: Some(-100), ..Default::default() });
     let _ = ce.backward();
+    // A classifier's correct predictions (the running accuracy of `fit`).
+    let _ = logits.detach().argmax_hits(&labels).to_vec().unwrap();
     // Rows longer than the kernels' short-line cut (32 values, one
     // invocation each) take a workgroup each: their entry points too.
     let long = Tensor::randn([3, 40], dev).requires_grad();

@@ -225,6 +225,29 @@ pub(crate) fn cross_entropy_mean_unfused<B: Backend + ?Sized>(
     b.reduce(ReduceOp::Mean, &per_row, AxisView { outer: 1, len: rows, inner: 1 })
 }
 
+/// [`Backend::argmax_hits`] as the argmax, its comparison with the labels,
+/// their sum and the add to `base`.
+pub(crate) fn argmax_hits_unfused<B: Backend + ?Sized>(
+    b: &B,
+    x: &Storage,
+    labels: &Storage,
+    base: Option<&Storage>,
+    rows: usize,
+    len: usize,
+) -> Storage {
+    let index = b.reduce(ReduceOp::ArgMax, x, AxisView { outer: rows, len, inner: 1 });
+    let line = Strided::contiguous(&[rows].into());
+    let hit = b.binary(BinaryOp::Cmp(Cmp::Eq), (&index, &line), (labels, &line));
+    let count = b.reduce(ReduceOp::Sum, &hit, AxisView { outer: 1, len: rows, inner: 1 });
+    match base {
+        Some(base) => {
+            let one = Strided::contiguous(&[1].into());
+            b.binary(BinaryOp::Add, (base, &one), (&count, &one))
+        }
+        None => count,
+    }
+}
+
 /// [`Backend::linear_grads`] as the unfused graph computes it: the weight
 /// gradient's product and the bias gradient's column sum.
 pub(crate) fn linear_grads_unfused<B: Backend + ?Sized>(
@@ -504,6 +527,15 @@ pub(crate) trait Backend {
     /// reduction); the GPU computes a small batch's in one kernel.
     fn cross_entropy_mean(&self, logits: &Storage, labels: &Storage, rows: usize, classes: usize) -> Storage {
         cross_entropy_mean_unfused(self, logits, labels, rows, classes)
+    }
+    /// How many of the `rows` rows of `len` values have their argmax (the
+    /// first maximum, or the first NaN) equal to the row's label, plus the
+    /// one-element `base` if given (a running total), as a one-element
+    /// storage: a classifier's correct predictions. By default the argmax,
+    /// the comparison, the sum and the add; the GPU counts a batch of short
+    /// rows in one kernel.
+    fn argmax_hits(&self, x: &Storage, labels: &Storage, base: Option<&Storage>, rows: usize, len: usize) -> Storage {
+        argmax_hits_unfused(self, x, labels, base, rows, len)
     }
     /// `(softmax(logits) - onehot(label)) · grad_rows[row]`, or with
     /// `grad_scale`, `· grad_rows[0] · grad_scale` for every row (the

@@ -128,6 +128,42 @@ impl Tensor {
         self.reduce_raw(ReduceOp::ArgMax, axis, keepdim)
     }
 
+    /// How many rows along the last axis have their argmax equal to
+    /// `labels` (integer class indices as f32, shaped as `self` without
+    /// its last axis): a classifier's correct predictions, as a scalar
+    /// (not differentiable). It is `self.argmax(-1, false).eq(labels).sum()`,
+    /// the same count, in one kernel on a GPU for batches of up to 16,384
+    /// rows of up to 32 classes (the metric [`crate::train::Metric::Accuracy`]
+    /// computes at every training step).
+    pub fn argmax_hits(&self, labels: &Tensor) -> Tensor {
+        self.argmax_hits_onto(labels, None)
+    }
+
+    /// [`argmax_hits`](Self::argmax_hits) plus the scalar `base` (a running
+    /// total, added in the same kernel on a GPU).
+    pub(crate) fn argmax_hits_onto(&self, labels: &Tensor, base: Option<&Tensor>) -> Tensor {
+        let rank = self.rank();
+        assert!(
+            rank >= 1 && self.dims()[rank - 1] > 0 && labels.dims() == &self.dims()[..rank - 1],
+            "argmax_hits: expected [.., classes] scores with classes > 0 and labels of their leading dims, got {} and {}",
+            self.shape(),
+            labels.shape()
+        );
+        super::same_device("argmax_hits", self, labels);
+        let len = self.dims()[rank - 1];
+        let rows = self.elem_count() / len;
+        let device = self.device();
+        let mut inputs = vec![self, labels];
+        if let Some(base) = base {
+            assert!(base.elem_count() == 1, "argmax_hits: the base is a scalar, got {}", base.shape());
+            super::same_device("argmax_hits", self, base);
+            inputs.push(base);
+        }
+        let storage =
+            Tensor::with_storages(&inputs, |s| device.backend().argmax_hits(s[0], s[1], s.get(2).copied(), rows, len));
+        Tensor::from_storage(storage, Shape::from(Vec::<usize>::new()), device)
+    }
+
     /// Sums a gradient of a broadcast result down to `target`, the shape of
     /// the input that was broadcast.
     pub(crate) fn sum_to(&self, target: &Shape) -> Tensor {

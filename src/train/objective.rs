@@ -135,6 +135,24 @@ impl Metric {
         }
     }
 
+    /// `total` plus the metric summed over the rows of a batch (a scalar
+    /// tensor), and how many rows (or elements) the batch's sum is over.
+    fn add_batch(&self, total: &Tensor, out: &Tensor, target: &Tensor) -> (Tensor, usize) {
+        let rows = target.dims().first().copied().unwrap_or(1);
+        match self {
+            // The argmax, the comparison, the sum and the add: one kernel
+            // on a GPU where the labels are shaped as the outputs' leading
+            // dims (as a classifier's are).
+            Metric::Accuracy if out.rank() >= 1 && target.dims() == &out.dims()[..out.rank() - 1] => {
+                (out.argmax_hits_onto(target, Some(total)), rows)
+            }
+            _ => {
+                let (sum, count) = self.batch_sum(out, target);
+                (total + &sum, count)
+            }
+        }
+    }
+
     /// The metric summed over the rows of a batch (a scalar tensor), and how
     /// many rows (or elements) it is a sum over.
     fn batch_sum(&self, out: &Tensor, target: &Tensor) -> (Tensor, usize) {
@@ -223,8 +241,8 @@ impl<'a> Running<'a> {
                 None => self.loss_sum = &self.loss_sum + &loss.detach().mul_scalar(n as f32),
             }
             for (i, m) in self.metrics.iter().enumerate() {
-                let (sum, count) = m.batch_sum(&out.detach(), target);
-                self.sums[i] = &self.sums[i] + &sum;
+                let (total, count) = m.add_batch(&self.sums[i], &out.detach(), target);
+                self.sums[i] = total;
                 self.counts[i] += count;
             }
             self.seen += n;

@@ -709,6 +709,13 @@ impl Backend for GpuDevice {
         }
     }
 
+    fn argmax_hits(&self, x: &Storage, labels: &Storage, base: Option<&Storage>, rows: usize, len: usize) -> Storage {
+        match reduce::argmax_hits(&self.ctx, x.gpu(), labels.gpu(), base.map(Storage::gpu), rows, len) {
+            Some(hits) => Storage::Gpu(hits),
+            None => crate::backend::argmax_hits_unfused(self, x, labels, base, rows, len),
+        }
+    }
+
     fn cross_entropy_backward(
         &self,
         logits: &Storage,

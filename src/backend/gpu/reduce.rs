@@ -37,6 +37,44 @@ pub(crate) fn axis_launch(ctx: &Context, v: AxisView) -> (&'static str, u32, [u3
     }
 }
 
+/// Rows [`argmax_hits`] counts in one workgroup: each invocation walks up
+/// to 64 of them.
+const HITS_ROWS_PER_INVOCATION: usize = 64;
+
+/// How many of `rows` rows of `len` values have their argmax equal to their
+/// label, plus `base` if given, in one dispatch (a one-element buffer),
+/// when the rows are short and few enough for one workgroup (a
+/// classifier's batch: the argmax, the comparison, the sum and the running
+/// total's add would be four dispatches); `None` otherwise.
+pub(crate) fn argmax_hits(
+    ctx: &Arc<Context>,
+    x: &GpuBuffer,
+    labels: &GpuBuffer,
+    base: Option<&GpuBuffer>,
+    rows: usize,
+    len: usize,
+) -> Option<GpuBuffer> {
+    let wg = ctx.tuning.elementwise_wg;
+    let fits = (1..=SHORT_LINE).contains(&len) && (1..=wg as usize * HITS_ROWS_PER_INVOCATION).contains(&rows);
+    fits.then(|| {
+        let mut inputs = vec![x, labels];
+        inputs.extend(base);
+        ctx.compute("argmax_hits", 1, &inputs, |ins, out| {
+            let constants = [
+                ("OP", ReduceOp::ArgMax as u32 as f64),
+                ("WG", wg as f64),
+                ("ACCUMULATE", base.is_some() as u32 as f64),
+            ];
+            let kernel = Kernel::Static { shader: Shader::Reduce, entry: "argmax_hits", constants: &constants };
+            // Without a base the kernel reads none, but binds one: the labels again.
+            let base = ins.get(2).copied().unwrap_or(ins[1]);
+            let binds = [Bind::read(0, ins[0]), Bind::write(1, out), Bind::read(2, ins[1]), Bind::read(3, base)];
+            let v = AxisView { outer: rows, len, inner: 1 };
+            ctx.record(&kernel, &binds, &AxisParams::of(v), [1, 1, 1])
+        })
+    })
+}
+
 pub(crate) fn reduce(ctx: &Arc<Context>, op: ReduceOp, x: &GpuBuffer, v: AxisView) -> GpuBuffer {
     let n = v.outer * v.inner;
     let (entry, wg, groups) = axis_launch(ctx, v);
