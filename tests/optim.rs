@@ -139,8 +139,8 @@ fn multi_tensor_updates_match_per_parameter_updates_bit_for_bit() {
     if gpu().is_none() {
         return;
     }
-    // A device of its own with multi-tensor updates on (software
-    // rasterisers default to one dispatch per parameter).
+    // A device of its own with multi-tensor updates on (whatever
+    // WGRAD_MULTI_TENSOR says).
     let g =
         wgrad::GpuDevice::with_options(wgrad::GpuOptions { multi_tensor: Some(true), ..wgrad::GpuOptions::from_env() })
             .unwrap();

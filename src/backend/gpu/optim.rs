@@ -20,11 +20,6 @@ use std::sync::Arc;
 /// their ranges travel as immediates).
 pub(crate) const MAX_PER_DISPATCH: usize = 8;
 
-/// Parameters this large are updated by a dispatch of their own: one
-/// dispatch is nothing next to their traffic, and a kernel of their own
-/// keeps every invocation on one parameter.
-const LARGE: usize = 1 << 20;
-
 params! {
     /// A multi-tensor update: parameter `k` (of `n[k]` vec4s) takes the
     /// workgroups from `e[k-1]` (0 for the first) to `e[k]`, so that every
@@ -65,8 +60,13 @@ pub(crate) fn update_many(ctx: &Arc<Context>, rule: UpdateRule, updates: &mut [U
     let poisoned = |u: &Update| {
         u.grad.gpu().get().is_err() || u.param.gpu().get().is_err() || u.state.iter().any(|s| s.gpu().get().is_err())
     };
+    // Parameters of `multi_tensor_large` elements or more are updated by a
+    // dispatch of their own: one dispatch is nothing next to their traffic
+    // (1M elements on a GPU), or each workgroup of a multi-tensor kernel
+    // would run every parameter's branch (16K on a software rasteriser).
+    let large = ctx.tuning.multi_tensor_large;
     let (large, small): (Vec<&mut Update>, Vec<&mut Update>) =
-        updates.iter_mut().filter(|u| u.n > 0).partition(|u| u.n >= LARGE || u.state.len() != state || poisoned(u));
+        updates.iter_mut().filter(|u| u.n > 0).partition(|u| u.n >= large || u.state.len() != state || poisoned(u));
     for u in large {
         one(ctx, rule, u, rule_of());
     }
