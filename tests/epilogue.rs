@@ -117,9 +117,11 @@ fn dropout_in_an_epilogue_keeps_the_cpu_mask() {
 
 #[test]
 fn a_product_several_expressions_use_is_computed_once() {
-    for (gpu, dev) in devices() {
-        let a = rand(&[40, 24], -1.0, 1.0, 3).to_device(&dev).unwrap();
-        let b = rand(&[24, 30], -1.0, 1.0, 4).to_device(&dev).unwrap();
+    // Rows of 30 columns are stored element by element; rows of 32, in a
+    // product large enough to take the aligned variant, as vec4s.
+    for ((gpu, dev), (k, n)) in devices().into_iter().flat_map(|d| [(d.clone(), (24, 30)), (d, (64, 32))]) {
+        let a = rand(&[40, k], -1.0, 1.0, 3).to_device(&dev).unwrap();
+        let b = rand(&[k, n], -1.0, 1.0, 4).to_device(&dev).unwrap();
         let ((z, r, s), count) = dispatches(&gpu, || {
             let z = a.matmul(&b);
             let r = z.relu();
@@ -191,6 +193,9 @@ fn a_linear_layers_weight_and_bias_gradients_are_one_kernel() {
         (&[4, 5, 16], 31, true),
         (&[70, 130], 10, true),
         (&[12, 7], 5, false),
+        // Inputs a multiple of 4, in a product past the small-product cut:
+        // the weight gradient stored as vec4s, the ones column apart.
+        (&[40, 64], 24, true),
     ];
     for (gpu, dev) in devices() {
         for (i, &(x_dims, outs, with_bias)) in shapes.iter().enumerate() {

@@ -157,6 +157,9 @@ struct Launch {
     /// number of columns.
     index: &'static str,
     cols: &'static str,
+    /// Whether its loaders declare ALIGNED_C (rows of a multiple of 4
+    /// columns, set per product), so the store may write whole vec4s.
+    aligned_stores: bool,
 }
 
 fn launch(p: &Product, ones: bool) -> Launch {
@@ -185,6 +188,7 @@ fn launch(p: &Product, ones: bool) -> Launch {
                 loaders: if subgroups { MATMUL_LOAD } else { MATMUL_TILED_LOAD },
                 index: "batch * params.m * params.n + row * params.n + COL",
                 cols: "params.n",
+                aligned_stores: true,
             }
         }
         ProductOp::Conv { spec, choice } => {
@@ -201,6 +205,7 @@ fn launch(p: &Product, ones: bool) -> Launch {
                 loaders: CONV_LOAD,
                 index: "(batch * params.m + row) * params.n_cols + COL",
                 cols: "params.n_cols",
+                aligned_stores: false,
             }
         }
     }
@@ -307,7 +312,7 @@ fn source(e: &Expr, l: &Launch, raw: bool, ones: bool) -> String {
     src.push_str(
         "@group(0) @binding(0) var<storage, read> a: array<f32>;\n\
          @group(0) @binding(1) var<storage, read> b: array<f32>;\n\
-         @group(0) @binding(2) var<storage, read_write> dst: array<f32>;\n",
+         @group(0) @binding(2) var<storage, read_write> dst: array<vec4<f32>>;\n",
     );
     if l.vec4_views {
         src.push_str(
@@ -316,7 +321,7 @@ fn source(e: &Expr, l: &Launch, raw: bool, ones: bool) -> String {
         );
     }
     if raw {
-        src.push_str("@group(0) @binding(5) var<storage, read_write> c: array<f32>;\n");
+        src.push_str("@group(0) @binding(5) var<storage, read_write> c: array<vec4<f32>>;\n");
     }
     for l in 0..e.leaves.len() {
         let _ = writeln!(src, "@group(0) @binding({}) var<storage, read> in{l}: array<f32>;", 6 + l);
@@ -326,16 +331,29 @@ fn source(e: &Expr, l: &Launch, raw: bool, ones: bool) -> String {
     }
     src.push('\n');
     src.push_str(&fusion::function(e, first_scalar, &word));
-    // Element i of the product (its row-major index) is v.
-    src.push_str("\nfn epilogue(i: u32, v: f32) {\n");
-    if raw {
-        src.push_str("    c[i] = v;\n");
-    }
+    // The expression at element i of the product (its row-major index),
+    // whose product value is v. The outputs are read as vec4s (their
+    // buffers are whole vec4s): an element is a component store, which
+    // writes that component alone.
+    src.push_str("\nfn value(i: u32, v: f32) -> f32 {\n");
     if e.dims.is_some() {
         src.push_str(&fusion::coordinates(dims.len(), &word));
     }
     let args: String = index_of.iter().enumerate().map(|(l, at)| format!("in{l}[{at}], ")).collect();
-    let _ = writeln!(src, "    dst[i] = f(i, {args}v);\n}}\n");
+    let _ = writeln!(src, "    return f(i, {args}v);\n}}\n");
+    let raw_store = |whole: &str, part: &str| if raw { format!("    c[{whole}] = {part};\n") } else { String::new() };
+    let _ = writeln!(
+        src,
+        "fn epilogue(i: u32, v: f32) {{\n{}    dst[i / 4u][i % 4u] = value(i, v);\n}}\n",
+        raw_store("i / 4u][i % 4u", "v")
+    );
+    // Elements i..i+4, i a multiple of 4: one vec4 store each.
+    let _ = writeln!(
+        src,
+        "fn epilogue4(i: u32, v: vec4<f32>) {{\n{}    dst[i / 4u] = vec4<f32>(value(i, v.x), value(i + 1u, v.y), \
+         value(i + 2u, v.z), value(i + 3u, v.w));\n}}\n",
+        raw_store("i / 4u", "v")
+    );
     let (index, cols) = (l.index, l.cols);
     // Column n, past B, is the column of ones a linear layer's gradients
     // append (ONES_COL): its sums are stored apart.
@@ -347,11 +365,31 @@ fn source(e: &Expr, l: &Launch, raw: bool, ones: bool) -> String {
         }
     };
     if l.subgroups {
+        // Where the row's width is a multiple of 4 (ALIGNED_C, matmuls
+        // only), the four columns are wholly inside it (one vec4 of the
+        // outputs) or past it (the ones column's sum is their first), and
+        // the element loop below is dead code: a SIMD-on-CPU driver, which
+        // runs both sides of a branch, then runs one store.
+        let whole = if l.aligned_stores {
+            let ones_first = if ones {
+                format!(" else if col == {cols} {{\n            colsum[batch * params.m + row] = v.x;\n        }}")
+            } else {
+                String::new()
+            };
+            format!(
+                "    if ALIGNED_C {{\n        if col < {cols} {{\n            epilogue4({}, v);\n        }}{ones_first}\n        \
+                 return;\n    }}\n",
+                index.replace("COL", "col")
+            )
+        } else {
+            String::new()
+        };
         let index = index.replace("COL", "col + j");
         let _ = write!(
             src,
             "fn store4(batch: u32, row: u32, col: u32, v: vec4<f32>) {{\n\
              \x20   if row >= params.m {{\n        return;\n    }}\n\
+             {whole}\
              \x20   for (var j = 0u; j < 4u; j++) {{\n\
              \x20       if col + j < {cols} {{\n\
              \x20           epilogue({index}, v[j]);\n\
