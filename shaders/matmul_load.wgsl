@@ -7,10 +7,6 @@ override TRANS_A: bool = false;
 override TRANS_B: bool = false;
 override ALIGNED_A: bool = false;
 override ALIGNED_B: bool = false;
-// Whether N is a multiple of 4 (and the product not small): a vec4 of C
-// then lies wholly inside or outside a row, and the store (matmul.wgsl's,
-// or an epilogue's) writes it as one vec4.
-override ALIGNED_C: bool = false;
 // Whether K is not a multiple of 4, so the last step reaches past K.
 override K_TAIL: bool = true;
 // Whether B has a column of ones appended (column n): the product's column

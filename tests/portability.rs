@@ -103,6 +103,9 @@ fn workload(dev: &Device) {
     let _ = ce.backward();
     // A classifier's correct predictions (the running accuracy of `fit`).
     let _ = logits.detach().argmax_hits(&labels).to_vec().unwrap();
+    // A product past the small cut whose rows are whole vec4s: the store
+    // that writes them so.
+    let _ = Tensor::randn([64, 64], dev).matmul(&Tensor::randn([64, 32], dev)).to_vec().unwrap();
     // Rows longer than the kernels' short-line cut (32 values, one
     // invocation each) take a workgroup each: their entry points too.
     let long = Tensor::randn([3, 40], dev).requires_grad();

@@ -32,7 +32,7 @@ use super::autotune::Choice;
 use super::conv::{self, ConvParams};
 use super::fusion::{self, Words};
 use super::lazy::{Expr, Node, WORDS};
-use super::matmul::{MatmulParams, product_kernel};
+use super::matmul::{MatmulParams, product_kernel, stores_vec4};
 use super::pipelines::{CONV_LOAD, GEMM_BODY, GEMM_TILED_BODY, Kernel, MATMUL_LOAD, MATMUL_TILED_LOAD};
 use super::pool::Pooled;
 use super::{Bind, Context};
@@ -157,9 +157,10 @@ struct Launch {
     /// number of columns.
     index: &'static str,
     cols: &'static str,
-    /// Whether its loaders declare ALIGNED_C (rows of a multiple of 4
-    /// columns, set per product), so the store may write whole vec4s.
-    aligned_stores: bool,
+    /// Whether every store writes four whole columns of a row (the
+    /// subgroup matmul, rows of a multiple of 4 columns, a product past
+    /// the small cut: `matmul::stores_vec4`), so the outputs are vec4s.
+    vec4_stores: bool,
 }
 
 fn launch(p: &Product, ones: bool) -> Launch {
@@ -188,7 +189,7 @@ fn launch(p: &Product, ones: bool) -> Launch {
                 loaders: if subgroups { MATMUL_LOAD } else { MATMUL_TILED_LOAD },
                 index: "batch * params.m * params.n + row * params.n + COL",
                 cols: "params.n",
-                aligned_stores: true,
+                vec4_stores: stores_vec4(*choice, s),
             }
         }
         ProductOp::Conv { spec, choice } => {
@@ -205,7 +206,7 @@ fn launch(p: &Product, ones: bool) -> Launch {
                 loaders: CONV_LOAD,
                 index: "(batch * params.m + row) * params.n_cols + COL",
                 cols: "params.n_cols",
-                aligned_stores: false,
+                vec4_stores: false,
             }
         }
     }
@@ -237,7 +238,7 @@ fn record_with(
         ProductOp::Matmul { .. } => "matmul_epilogue",
         ProductOp::Conv { .. } => "conv_epilogue",
     };
-    let mut structure = vec![l.subgroups as u32, raw.is_some() as u32, ones as u32];
+    let mut structure = vec![l.subgroups as u32, raw.is_some() as u32, ones as u32, l.vec4_stores as u32];
     structure.extend(fusion::structure(e, &dims, &strides, false));
     let source = || source(e, &l, raw.is_some(), ones);
     let kernel = Kernel::Generated { family, structure, source: &source, wg: l.wg, constants: &l.constants };
@@ -307,12 +308,17 @@ fn source(e: &Expr, l: &Launch, raw: bool, ones: bool) -> String {
     let (dims, strides) = e.layout();
     let word = |k: usize| format!("params.words[{k}]");
     let (index_of, first_scalar) = fusion::leaf_indices(e, &dims, &strides, &word);
+    // The outputs are declared as vec4s only where every store writes whole
+    // ones (`Launch::vec4_stores`): a write to one component of a vector
+    // may write the whole vector, so two invocations must never share one.
+    let out_type = if l.vec4_stores { "array<vec4<f32>>" } else { "array<f32>" };
     let mut src = String::with_capacity(4096 + GEMM_BODY.len());
     src.push_str(&params_with_words(l.params_of, WORDS - l.base.len()));
-    src.push_str(
+    let _ = write!(
+        src,
         "@group(0) @binding(0) var<storage, read> a: array<f32>;\n\
          @group(0) @binding(1) var<storage, read> b: array<f32>;\n\
-         @group(0) @binding(2) var<storage, read_write> dst: array<vec4<f32>>;\n",
+         @group(0) @binding(2) var<storage, read_write> dst: {out_type};\n"
     );
     if l.vec4_views {
         src.push_str(
@@ -321,7 +327,7 @@ fn source(e: &Expr, l: &Launch, raw: bool, ones: bool) -> String {
         );
     }
     if raw {
-        src.push_str("@group(0) @binding(5) var<storage, read_write> c: array<vec4<f32>>;\n");
+        let _ = writeln!(src, "@group(0) @binding(5) var<storage, read_write> c: {out_type};");
     }
     for l in 0..e.leaves.len() {
         let _ = writeln!(src, "@group(0) @binding({}) var<storage, read> in{l}: array<f32>;", 6 + l);
@@ -332,71 +338,62 @@ fn source(e: &Expr, l: &Launch, raw: bool, ones: bool) -> String {
     src.push('\n');
     src.push_str(&fusion::function(e, first_scalar, &word));
     // The expression at element i of the product (its row-major index),
-    // whose product value is v. The outputs are read as vec4s (their
-    // buffers are whole vec4s): an element is a component store, which
-    // writes that component alone.
+    // whose product value is v.
     src.push_str("\nfn value(i: u32, v: f32) -> f32 {\n");
     if e.dims.is_some() {
         src.push_str(&fusion::coordinates(dims.len(), &word));
     }
     let args: String = index_of.iter().enumerate().map(|(l, at)| format!("in{l}[{at}], ")).collect();
     let _ = writeln!(src, "    return f(i, {args}v);\n}}\n");
-    let raw_store = |whole: &str, part: &str| if raw { format!("    c[{whole}] = {part};\n") } else { String::new() };
-    let _ = writeln!(
-        src,
-        "fn epilogue(i: u32, v: f32) {{\n{}    dst[i / 4u][i % 4u] = value(i, v);\n}}\n",
-        raw_store("i / 4u][i % 4u", "v")
-    );
-    // Elements i..i+4, i a multiple of 4: one vec4 store each.
-    let _ = writeln!(
-        src,
-        "fn epilogue4(i: u32, v: vec4<f32>) {{\n{}    dst[i / 4u] = vec4<f32>(value(i, v.x), value(i + 1u, v.y), \
-         value(i + 2u, v.z), value(i + 3u, v.w));\n}}\n",
-        raw_store("i / 4u", "v")
-    );
+    let raw_store = |at: &str| if raw { format!("    c[{at}] = v;\n") } else { String::new() };
+    if l.vec4_stores {
+        // Elements i..i+4, i a multiple of 4.
+        let _ = writeln!(
+            src,
+            "fn epilogue4(i: u32, v: vec4<f32>) {{\n{}    dst[i / 4u] = vec4<f32>(value(i, v.x), value(i + 1u, v.y), \
+             value(i + 2u, v.z), value(i + 3u, v.w));\n}}\n",
+            raw_store("i / 4u")
+        );
+    } else {
+        let _ = writeln!(src, "fn epilogue(i: u32, v: f32) {{\n{}    dst[i] = value(i, v);\n}}\n", raw_store("i"));
+    }
     let (index, cols) = (l.index, l.cols);
     // Column n, past B, is the column of ones a linear layer's gradients
     // append (ONES_COL): its sums are stored apart.
-    let ones_store = |col: &str, v: &str| {
+    let ones_store = |col: &str, v: &str, pad: &str| {
         if ones {
-            format!(" else if {col} == {cols} {{\n            colsum[batch * params.m + row] = {v};\n        }}")
+            format!(" else if {col} == {cols} {{\n{pad}    colsum[batch * params.m + row] = {v};\n{pad}}}")
         } else {
             String::new()
         }
     };
-    if l.subgroups {
-        // Where the row's width is a multiple of 4 (ALIGNED_C, matmuls
-        // only), the four columns are wholly inside it (one vec4 of the
-        // outputs) or past it (the ones column's sum is their first), and
-        // the element loop below is dead code: a SIMD-on-CPU driver, which
-        // runs both sides of a branch, then runs one store.
-        let whole = if l.aligned_stores {
-            let ones_first = if ones {
-                format!(" else if col == {cols} {{\n            colsum[batch * params.m + row] = v.x;\n        }}")
-            } else {
-                String::new()
-            };
-            format!(
-                "    if ALIGNED_C {{\n        if col < {cols} {{\n            epilogue4({}, v);\n        }}{ones_first}\n        \
-                 return;\n    }}\n",
-                index.replace("COL", "col")
-            )
-        } else {
-            String::new()
-        };
+    if l.vec4_stores {
+        // The four columns are wholly inside the row or wholly past it (the
+        // ones column's sum is then their first).
+        let _ = write!(
+            src,
+            "fn store4(batch: u32, row: u32, col: u32, v: vec4<f32>) {{\n\
+             \x20   if row >= params.m {{\n        return;\n    }}\n\
+             \x20   if col < {cols} {{\n\
+             \x20       epilogue4({}, v);\n\
+             \x20   }}{}\n\
+             }}\n",
+            index.replace("COL", "col"),
+            ones_store("col", "v.x", "    ")
+        );
+    } else if l.subgroups {
         let index = index.replace("COL", "col + j");
         let _ = write!(
             src,
             "fn store4(batch: u32, row: u32, col: u32, v: vec4<f32>) {{\n\
              \x20   if row >= params.m {{\n        return;\n    }}\n\
-             {whole}\
              \x20   for (var j = 0u; j < 4u; j++) {{\n\
              \x20       if col + j < {cols} {{\n\
              \x20           epilogue({index}, v[j]);\n\
              \x20       }}{}\n\
              \x20   }}\n\
              }}\n",
-            ones_store("col + j", "v[j]")
+            ones_store("col + j", "v[j]", "        ")
         );
     } else {
         let _ = write!(
@@ -408,7 +405,7 @@ fn source(e: &Expr, l: &Launch, raw: bool, ones: bool) -> String {
              \x20   }}{}\n\
              }}\n",
             index.replace("COL", "col"),
-            ones_store("col", "v")
+            ones_store("col", "v", "    ")
         );
     }
     src.push_str(l.loaders);

@@ -112,10 +112,17 @@ pub(super) fn product_kernel(choice: Choice, s: &MatmulSpec) -> (bool, Vec<(&'st
             ("ALIGNED_A", flag(aligned_a)),
             ("ALIGNED_B", flag(aligned_b)),
             ("K_TAIL", flag(small || s.k % 4 != 0)),
-            ("ALIGNED_C", flag(!small && s.n % 4 == 0)),
         ]);
     }
     (subgroups, constants, grid)
+}
+
+/// Whether the product kernel `choice` runs for `s` stores whole vec4s of
+/// C: the subgroup kernel (whose invocations own columns in fours), rows
+/// of a multiple of 4 columns, and a product past the small cut.
+pub(super) fn stores_vec4(choice: Choice, s: &MatmulSpec) -> bool {
+    let small = s.batch.saturating_mul(s.m).saturating_mul(s.n).saturating_mul(s.k) < SPECIALISE_FROM;
+    matches!(choice, Choice::Subgroup { .. }) && !small && s.n % 4 == 0
 }
 
 /// Records the product `s` of `a` and `b` into `out` with kernel `choice`.
@@ -130,7 +137,7 @@ pub(super) fn record_product(
     let (subgroups, constants, grid) = product_kernel(choice, s);
     let (shader, binds) = if subgroups {
         (
-            Shader::Matmul,
+            if stores_vec4(choice, s) { Shader::MatmulAligned } else { Shader::Matmul },
             vec![Bind::read(0, a), Bind::read(1, b), Bind::write(2, out), Bind::read(3, a), Bind::read(4, b)],
         )
     } else {

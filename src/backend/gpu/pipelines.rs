@@ -42,6 +42,8 @@ pub(crate) enum Shader {
     Rnn,
     Optim,
     Matmul,
+    /// The subgroup matmul storing whole vec4s (rows of C a multiple of 4).
+    MatmulAligned,
     MatmulTiled,
     Conv,
     ConvTiled,
@@ -65,7 +67,7 @@ impl Shader {
             Shader::LayerNorm => "layer_norm.wgsl",
             Shader::Rnn => "rnn.wgsl",
             Shader::Optim => "optim.wgsl",
-            Shader::Matmul => "matmul.wgsl",
+            Shader::Matmul | Shader::MatmulAligned => "matmul.wgsl",
             Shader::MatmulTiled => "matmul_tiled.wgsl",
             Shader::Conv | Shader::ConvTiled => "conv.wgsl",
             Shader::Pool => "pool.wgsl",
@@ -76,7 +78,7 @@ impl Shader {
 
     /// Every shader, for tests that check them all.
     #[cfg(test)]
-    pub const ALL: [Shader; 18] = [
+    pub const ALL: [Shader; 19] = [
         Shader::Scan,
         Shader::Sort,
         Shader::Copy,
@@ -91,6 +93,7 @@ impl Shader {
         Shader::Rnn,
         Shader::Optim,
         Shader::Matmul,
+        Shader::MatmulAligned,
         Shader::MatmulTiled,
         Shader::Conv,
         Shader::ConvTiled,
@@ -116,7 +119,18 @@ impl Shader {
             Shader::LayerNorm => &[include_str!("../../../shaders/layer_norm.wgsl")],
             Shader::Rnn => &[ELEMENTWISE, include_str!("../../../shaders/rnn.wgsl")],
             Shader::Optim => &[OPTIM_RULES, include_str!("../../../shaders/optim.wgsl")],
-            Shader::Matmul => &[include_str!("../../../shaders/matmul.wgsl"), MATMUL_LOAD, GEMM_BODY],
+            Shader::Matmul => &[
+                include_str!("../../../shaders/matmul.wgsl"),
+                include_str!("../../../shaders/matmul_store.wgsl"),
+                MATMUL_LOAD,
+                GEMM_BODY,
+            ],
+            Shader::MatmulAligned => &[
+                include_str!("../../../shaders/matmul.wgsl"),
+                include_str!("../../../shaders/matmul_store4.wgsl"),
+                MATMUL_LOAD,
+                GEMM_BODY,
+            ],
             Shader::MatmulTiled => {
                 &[include_str!("../../../shaders/matmul_tiled.wgsl"), MATMUL_TILED_LOAD, GEMM_TILED_BODY]
             }
