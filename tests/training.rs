@@ -357,3 +357,46 @@ fn checkpoints_refuse_what_does_not_fit_and_change_nothing() {
     let mut sgd = Sgd::new(model.parameters(), 0.1);
     assert!(load_checkpoint(&path, &model, &mut sgd).is_err());
 }
+
+/// Accuracy and top-k accuracy are fractions of predictions: a language
+/// model's `[batch, positions, classes]` outputs against `[batch,
+/// positions]` targets count one prediction per position (not per row of
+/// the batch), and `[batch, 1]` labels of `[batch, classes]` outputs one per
+/// row (not broadcast against each other), on every device.
+#[test]
+fn accuracy_counts_one_prediction_per_position_and_per_label() {
+    use wgrad::train::evaluate_with;
+    let (items, positions, classes) = (12, 3, 4);
+    let mut g = wgrad::Generator::new(4);
+    let scores: Vec<f32> = (0..items * positions * classes).map(|_| (4.0 * g.uniform()).floor()).collect();
+    let x = Tensor::from_vec(scores.clone(), [items, positions, classes], &Device::Cpu).unwrap();
+    let best = x.argmax(-1, false).to_vec().unwrap();
+    let labels: Vec<f32> =
+        best.iter().enumerate().map(|(i, &b)| if i % 4 == 0 { (b + 1.0) % 4.0 } else { b }).collect();
+    let hits = best.iter().zip(&labels).filter(|(b, l)| b == l).count() as f32;
+    let second: Vec<f32> = x.argsort(-1, true).narrow(-1, 0, 2).to_vec().unwrap();
+    let top2 =
+        labels.iter().enumerate().filter(|&(i, l)| second[2 * i] == *l || second[2 * i + 1] == *l).count() as f32;
+    let sequences = Dataset::regression(scores.clone(), labels.clone(), &[positions, classes], &[positions]);
+    // The first position of each item alone, its label as [1].
+    let firsts: Vec<f32> = scores.chunks(positions * classes).flat_map(|c| c[..classes].to_vec()).collect();
+    let first_labels: Vec<f32> = labels.iter().step_by(positions).copied().collect();
+    let first_hits = best.iter().zip(&labels).step_by(positions).filter(|(b, l)| b == l).count() as f32;
+    let rows = Dataset::regression(firsts, first_labels, &[classes], &[1]);
+    let loss = Loss::CrossEntropyWith { label_smoothing: 0.0, weight: None, ignore_index: None };
+    let metrics = [Metric::Accuracy, Metric::TopK(2)];
+    let devices: Vec<Device> = [Some(Device::Cpu), common::gpu()].into_iter().flatten().collect();
+    for dev in devices {
+        let identity = nn::Linear::new(classes, classes, &dev);
+        let eye: Vec<f32> = (0..classes * classes).map(|i| f32::from(i % (classes + 1) == 0)).collect();
+        identity.parameters()[0].assign(&Tensor::from_vec(eye, [classes, classes], &dev).unwrap());
+        identity.parameters()[1].assign(&Tensor::zeros([classes], &dev));
+        let m = evaluate_with(&identity, &sequences, 5, &loss, &metrics).unwrap();
+        let n = (items * positions) as f32;
+        assert_eq!(m.accuracy(), hits / n, "{dev:?}: sequences");
+        assert_eq!(m.get("top2_accuracy"), Some(top2 / n), "{dev:?}: sequences");
+        let flat: Loss = Loss::Custom(Arc::new(|o: &Tensor, t: &Tensor| o.cross_entropy(&t.reshape([t.elem_count()]))));
+        let m = evaluate_with(&identity, &rows, 5, &flat, &[Metric::Accuracy]).unwrap();
+        assert_eq!(m.accuracy(), first_hits / items as f32, "{dev:?}: [batch, 1] labels");
+    }
+}

@@ -135,17 +135,27 @@ impl Metric {
         }
     }
 
+    /// `target` as one label per row of `out` (shaped as its leading dims,
+    /// so `[N, 1]` labels of `[N, C]` outputs become `[N]`), when it holds
+    /// one per row.
+    fn labels_of(out: &Tensor, target: &Tensor) -> Option<Tensor> {
+        let rank = out.rank();
+        let lead = out.dims().get(..rank.checked_sub(1)?)?;
+        if target.dims() == lead {
+            return Some(target.clone());
+        }
+        (target.elem_count() == lead.iter().product::<usize>()).then(|| target.reshape(lead.to_vec()))
+    }
+
     /// `total` plus the metric summed over the rows of a batch (a scalar
-    /// tensor), and how many rows (or elements) the batch's sum is over.
+    /// tensor), and how many predictions (or elements) the batch's sum is
+    /// over: a row each, or for `[batch, .., classes]` outputs one per
+    /// position.
     fn add_batch(&self, total: &Tensor, out: &Tensor, target: &Tensor) -> (Tensor, usize) {
-        let rows = target.dims().first().copied().unwrap_or(1);
-        match self {
+        match (self, Self::labels_of(out, target)) {
             // The argmax, the comparison, the sum and the add: one kernel
-            // on a GPU where the labels are shaped as the outputs' leading
-            // dims (as a classifier's are).
-            Metric::Accuracy if out.rank() >= 1 && target.dims() == &out.dims()[..out.rank() - 1] => {
-                (out.argmax_hits_onto(target, Some(total)), rows)
-            }
+            // on a GPU.
+            (Metric::Accuracy, Some(labels)) => (out.argmax_hits_onto(&labels, Some(total)), labels.elem_count()),
             _ => {
                 let (sum, count) = self.batch_sum(out, target);
                 (total + &sum, count)
@@ -154,16 +164,18 @@ impl Metric {
     }
 
     /// The metric summed over the rows of a batch (a scalar tensor), and how
-    /// many rows (or elements) it is a sum over.
+    /// many predictions (or elements) it is a sum over.
     fn batch_sum(&self, out: &Tensor, target: &Tensor) -> (Tensor, usize) {
         let rows = target.dims().first().copied().unwrap_or(1);
         match self {
+            // Labels that are not one per row (`add_batch` takes the others).
             Metric::Accuracy => (out.argmax(-1, false).eq(target).sum(), rows),
             Metric::TopK(k) => {
+                let labels = Self::labels_of(out, target).unwrap_or_else(|| target.clone());
                 let classes = out.dims()[out.rank() - 1];
                 // The indices of the k largest, without gathering their values.
                 let top = out.argsort(-1, true).narrow(-1, 0, (*k).min(classes));
-                (top.eq(&target.unsqueeze(-1)).sum(), rows)
+                (top.eq(&labels.unsqueeze(-1)).sum(), labels.elem_count())
             }
             Metric::Mae | Metric::Mse => {
                 let target =
