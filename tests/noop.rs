@@ -72,9 +72,9 @@ fn an_mnist_step_dispatches_no_more_kernels_than_the_readme_says() {
 /// accuracy `fit` keeps on the device: at most 10 dispatches a step, the
 /// issue's target. Counted over a second epoch (the first also creates
 /// Adam's state): the bare step's 8, the accuracy's one kernel (the
-/// argmax, the comparison, the sum and the running total's add: four
-/// dispatches before), the running loss's accumulation every few steps,
-/// and the epoch's one readback.
+/// argmax, the comparison and the sum were three dispatches a step, and
+/// the running total's add a fused one every few steps), the running
+/// loss's accumulation every few steps, and the epoch's one readback.
 #[test]
 fn a_fit_step_with_its_running_metrics_dispatches_at_most_ten_kernels() {
     use wgrad::data::Dataset;

@@ -44,8 +44,9 @@ const HITS_ROWS_PER_INVOCATION: usize = 64;
 /// How many of `rows` rows of `len` values have their argmax equal to their
 /// label, plus `base` if given, in one dispatch (a one-element buffer),
 /// when the rows are short and few enough for one workgroup (a
-/// classifier's batch: the argmax, the comparison, the sum and the running
-/// total's add would be four dispatches); `None` otherwise.
+/// classifier's batch: the argmax, the comparison and the sum would be
+/// three dispatches, and the add to a running total a fused kernel every
+/// few batches); `None` otherwise.
 pub(crate) fn argmax_hits(
     ctx: &Arc<Context>,
     x: &GpuBuffer,
