@@ -151,7 +151,7 @@ fn multi_tensor_updates_match_per_parameter_updates_bit_for_bit() {
     // multi-tensor kernel in every workgroup).
     let sizes: &[&[usize]] = &[&[3], &[17, 5], &[1], &[64], &[1 << 20], &[6, 7], &[128, 128], &[2]];
     let software = g.info().device_type == "Cpu";
-    let alone = if software { 2 } else { 1 };
+    let alone: &[u64] = if software { &[1 << 20, 1 << 14] } else { &[1 << 20] };
     type Make = fn(Vec<Tensor>) -> Box<dyn Optimizer>;
     let rules: [(&str, Make); 5] = [
         ("sgd", |p| Box::new(Sgd::new(p, 0.1).weight_decay(0.01))),
@@ -169,7 +169,7 @@ fn multi_tensor_updates_match_per_parameter_updates_bit_for_bit() {
             } else {
                 params.iter().map(|p| make(vec![p.clone()])).collect()
             };
-            let (mut dispatched, mut own) = (0, 0);
+            let (mut dispatched, mut own) = (0, Vec::new());
             for step in 0..4 {
                 let loss = params
                     .iter()
@@ -184,8 +184,16 @@ fn multi_tensor_updates_match_per_parameter_updates_bit_for_bit() {
                     opt.step(&grads);
                 }
                 dispatched = g.kernels_dispatched() - before;
-                // Updates by the per-parameter kernel (`optim.wgsl`).
-                own = g.stop_profiling().unwrap().events.iter().filter(|e| e.kernel.starts_with("optim::")).count();
+                // The sizes of the parameters the per-parameter kernel
+                // (`optim.wgsl`) updated: its first binding, the gradient.
+                own = g
+                    .stop_profiling()
+                    .unwrap()
+                    .events
+                    .iter()
+                    .filter(|e| e.kernel.starts_with("optim::"))
+                    .map(|e| e.elements[0])
+                    .collect::<Vec<u64>>();
             }
             (params.iter().map(|p| p.to_vec().unwrap()).collect::<Vec<_>>(), dispatched, own)
         };
@@ -194,7 +202,10 @@ fn multi_tensor_updates_match_per_parameter_updates_bit_for_bit() {
         // Eight parameters: the large ones alone, the others in one or more
         // multi-tensor dispatches.
         assert!(fewer < each && each == 8, "{name}: {fewer} dispatches together, {each} apart");
-        assert_eq!(own, alone, "{name}: parameters updated by a dispatch of their own");
+        // (A group of one small parameter, left over, takes that kernel too.)
+        for size in alone {
+            assert!(own.contains(size), "{name}: {size} elements not updated alone ({own:?})");
+        }
     }
 }
 
