@@ -37,9 +37,9 @@ pub(crate) fn axis_launch(ctx: &Context, v: AxisView) -> (&'static str, u32, [u3
     }
 }
 
-/// Rows [`argmax_hits`] counts in one workgroup: each invocation walks up
-/// to 64 of them.
-const HITS_ROWS_PER_INVOCATION: usize = 64;
+/// The most rows [`argmax_hits`] counts in its one workgroup (each
+/// invocation walks up to 64 of them with 256 invocations, 256 with 64).
+const HITS_MAX_ROWS: usize = 1 << 14;
 
 /// How many of `rows` rows of `len` values have their argmax equal to their
 /// label, plus `base` if given, in one dispatch (a one-element buffer),
@@ -56,7 +56,7 @@ pub(crate) fn argmax_hits(
     len: usize,
 ) -> Option<GpuBuffer> {
     let wg = ctx.tuning.elementwise_wg;
-    let fits = (1..=SHORT_LINE).contains(&len) && (1..=wg as usize * HITS_ROWS_PER_INVOCATION).contains(&rows);
+    let fits = (1..=SHORT_LINE).contains(&len) && (1..=HITS_MAX_ROWS).contains(&rows);
     fits.then(|| {
         let mut inputs = vec![x, labels];
         inputs.extend(base);
