@@ -104,7 +104,7 @@ pub(super) fn product_kernel(choice: Choice, s: &MatmulSpec) -> (bool, Vec<(&'st
         // the variant that serves every shape: specialising it would buy
         // nothing measurable and compile one more pipeline per layout (an
         // epilogue's pipeline is a whole product kernel).
-        let small = s.batch.saturating_mul(s.m).saturating_mul(s.n).saturating_mul(s.k) < SPECIALISE_FROM;
+        let small = small(s);
         let aligned = |contiguous: usize, stride: usize| !small && contiguous % 4 == 0 && stride % 4 == 0;
         let aligned_a = aligned(if s.trans_a { s.m } else { s.k }, s.a_batch_stride);
         let aligned_b = aligned(if s.trans_b { s.k } else { s.n }, s.b_batch_stride);
@@ -121,8 +121,13 @@ pub(super) fn product_kernel(choice: Choice, s: &MatmulSpec) -> (bool, Vec<(&'st
 /// C: the subgroup kernel (whose invocations own columns in fours), rows
 /// of a multiple of 4 columns, and a product past the small cut.
 pub(super) fn stores_vec4(choice: Choice, s: &MatmulSpec) -> bool {
-    let small = s.batch.saturating_mul(s.m).saturating_mul(s.n).saturating_mul(s.k) < SPECIALISE_FROM;
-    matches!(choice, Choice::Subgroup { .. }) && !small && s.n % 4 == 0
+    matches!(choice, Choice::Subgroup { .. }) && !small(s) && s.n % 4 == 0
+}
+
+/// Whether `s` is under [`SPECIALISE_FROM`] multiply-adds, so it takes the
+/// kernel variant that serves every layout.
+fn small(s: &MatmulSpec) -> bool {
+    s.batch.saturating_mul(s.m).saturating_mul(s.n).saturating_mul(s.k) < SPECIALISE_FROM
 }
 
 /// Records the product `s` of `a` and `b` into `out` with kernel `choice`.
