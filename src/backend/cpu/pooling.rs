@@ -123,6 +123,19 @@ fn rows_2x2(plane: &[f32], w: usize, oy: usize, ow: usize) -> (&[f32], &[f32]) {
     (&plane[2 * oy * w..][..2 * ow], &plane[(2 * oy + 1) * w..][..2 * ow])
 }
 
+/// `f(p, plane)` for each of `planes` planes of `len` values in `buf`,
+/// split into a few runs of whole planes per thread.
+fn each_plane(buf: &mut [f32], len: usize, planes: usize, f: &(dyn Fn(usize, &mut [f32]) + Sync)) {
+    let per = planes.div_ceil(pool::threads() * 4).max(1);
+    let chunks = pieces(buf, per * len);
+    pool::run(chunks.len(), &|t| {
+        let mut dst = chunks[t].lock().unwrap_or_else(|e| e.into_inner());
+        for (q, plane) in dst.chunks_mut(len).enumerate() {
+            f(t * per + q, plane);
+        }
+    });
+}
+
 pub(super) fn pool2d(x: &[f32], s: PoolSpec) -> Result<Vec<f32>> {
     let mut out = output_overwritten(s.output_len())?;
     let (plane_in, plane_out) = (s.h * s.w, s.oh * s.ow);
@@ -130,40 +143,35 @@ pub(super) fn pool2d(x: &[f32], s: PoolSpec) -> Result<Vec<f32>> {
         return Ok(out);
     }
     let win = Windows::new(&s);
-    let per = (s.planes.div_ceil(pool::threads() * 4)).max(1);
-    let chunks = pieces(&mut out, per * plane_out);
-    pool::run(chunks.len(), &|t| {
-        let mut dst = chunks[t].lock().unwrap_or_else(|e| e.into_inner());
-        for (q, o) in dst.chunks_mut(plane_out).enumerate() {
-            let plane = &x[(t * per + q) * plane_in..][..plane_in];
-            if max_2x2(&s) {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for oy in 0..s.oh {
-                            let (r0, r1) = rows_2x2(plane, s.w, oy, s.ow);
-                            max_2x2_row(r0, r1, &mut o[oy * s.ow..][..s.ow]);
+    each_plane(&mut out, plane_out, s.planes, &|p, o| {
+        let plane = &x[p * plane_in..][..plane_in];
+        if max_2x2(&s) {
+            simd(
+                #[inline(always)]
+                || {
+                    for oy in 0..s.oh {
+                        let (r0, r1) = rows_2x2(plane, s.w, oy, s.ow);
+                        max_2x2_row(r0, r1, &mut o[oy * s.ow..][..s.ow]);
+                    }
+                },
+            );
+            return;
+        }
+        for (oy, &ys) in win.rows.iter().enumerate() {
+            for (ox, &xs) in win.cols.iter().enumerate() {
+                o[oy * s.ow + ox] = if s.kind == PoolKind::Max {
+                    max_at(plane, s.w, ys, xs).map_or(f32::NEG_INFINITY, |i| plane[i])
+                } else {
+                    // One running sum in row-major order, as the GPU
+                    // kernel adds them (so huge values cancel alike).
+                    let mut sum = 0.0;
+                    for y in ys.0..ys.1 {
+                        for v in &plane[y * s.w + xs.0..y * s.w + xs.1] {
+                            sum += v;
                         }
-                    },
-                );
-                continue;
-            }
-            for (oy, &ys) in win.rows.iter().enumerate() {
-                for (ox, &xs) in win.cols.iter().enumerate() {
-                    o[oy * s.ow + ox] = if s.kind == PoolKind::Max {
-                        max_at(plane, s.w, ys, xs).map_or(f32::NEG_INFINITY, |i| plane[i])
-                    } else {
-                        // One running sum in row-major order, as the GPU
-                        // kernel adds them (so huge values cancel alike).
-                        let mut sum = 0.0;
-                        for y in ys.0..ys.1 {
-                            for v in &plane[y * s.w + xs.0..y * s.w + xs.1] {
-                                sum += v;
-                            }
-                        }
-                        sum / win.divisors[oy * s.ow + ox]
-                    };
-                }
+                    }
+                    sum / win.divisors[oy * s.ow + ox]
+                };
             }
         }
     });
@@ -180,56 +188,50 @@ pub(super) fn pool2d_backward(x: &[f32], gy: &[f32], s: PoolSpec) -> Result<Vec<
         return Ok(gx);
     }
     let win = Windows::new(&s);
-    let per = (s.planes.div_ceil(pool::threads() * 4)).max(1);
-    let chunks = pieces(&mut gx, per * plane_in);
-    pool::run(chunks.len(), &|t| {
-        let mut dst = chunks[t].lock().unwrap_or_else(|e| e.into_inner());
-        for (q, d) in dst.chunks_mut(plane_in).enumerate() {
-            let p = t * per + q;
-            // Only a max pool reads x (averages may be handed anything).
-            let plane = if s.kind == PoolKind::Max { &x[p * plane_in..][..plane_in] } else { &[] };
-            let g = &gy[p * plane_out..][..plane_out];
-            if max_2x2(&s) {
-                // Windows do not overlap: each covered input gets its
-                // window's gradient or 0, written once (an odd last row
-                // or column stays at the zero it was allocated with, as
-                // `tiled` is false then).
-                simd(
-                    #[inline(always)]
-                    || {
-                        for oy in 0..s.oh {
-                            let (r0, r1) = rows_2x2(plane, s.w, oy, s.ow);
-                            let g = &g[oy * s.ow..][..s.ow];
-                            let (top, bottom) = d[2 * oy * s.w..].split_at_mut(s.w);
-                            let (top, bottom) = (&mut top[..2 * s.ow], &mut bottom[..2 * s.ow]);
-                            let mut ox = 0;
-                            while ox + LANES <= s.ow {
-                                let (r0, r1, g) = (&r0[2 * ox..], &r1[2 * ox..], &g[ox..]);
-                                max_2x2_grads::<LANES>(r0, r1, g, &mut top[2 * ox..], &mut bottom[2 * ox..]);
-                                ox += LANES;
-                            }
-                            for ox in ox..s.ow {
-                                let (r0, r1, g) = (&r0[2 * ox..], &r1[2 * ox..], &g[ox..]);
-                                max_2x2_grads::<1>(r0, r1, g, &mut top[2 * ox..], &mut bottom[2 * ox..]);
-                            }
+    each_plane(&mut gx, plane_in, s.planes, &|p, d| {
+        // Only a max pool reads x (averages may be handed anything).
+        let plane = if s.kind == PoolKind::Max { &x[p * plane_in..][..plane_in] } else { &[] };
+        let g = &gy[p * plane_out..][..plane_out];
+        if max_2x2(&s) {
+            // Windows do not overlap: each covered input gets its
+            // window's gradient or 0, written once (an odd last row
+            // or column stays at the zero it was allocated with, as
+            // `tiled` is false then).
+            simd(
+                #[inline(always)]
+                || {
+                    for oy in 0..s.oh {
+                        let (r0, r1) = rows_2x2(plane, s.w, oy, s.ow);
+                        let g = &g[oy * s.ow..][..s.ow];
+                        let (top, bottom) = d[2 * oy * s.w..].split_at_mut(s.w);
+                        let (top, bottom) = (&mut top[..2 * s.ow], &mut bottom[..2 * s.ow]);
+                        let mut ox = 0;
+                        while ox + LANES <= s.ow {
+                            let (r0, r1, g) = (&r0[2 * ox..], &r1[2 * ox..], &g[ox..]);
+                            max_2x2_grads::<LANES>(r0, r1, g, &mut top[2 * ox..], &mut bottom[2 * ox..]);
+                            ox += LANES;
                         }
-                    },
-                );
-                continue;
-            }
-            for (oy, &ys) in win.rows.iter().enumerate() {
-                for (ox, &xs) in win.cols.iter().enumerate() {
-                    let go = g[oy * s.ow + ox];
-                    if s.kind == PoolKind::Max {
-                        if let Some(i) = max_at(plane, s.w, ys, xs) {
-                            d[i] += go;
+                        for ox in ox..s.ow {
+                            let (r0, r1, g) = (&r0[2 * ox..], &r1[2 * ox..], &g[ox..]);
+                            max_2x2_grads::<1>(r0, r1, g, &mut top[2 * ox..], &mut bottom[2 * ox..]);
                         }
-                    } else {
-                        let share = go / win.divisors[oy * s.ow + ox];
-                        for y in ys.0..ys.1 {
-                            for v in &mut d[y * s.w + xs.0..y * s.w + xs.1] {
-                                *v += share;
-                            }
+                    }
+                },
+            );
+            return;
+        }
+        for (oy, &ys) in win.rows.iter().enumerate() {
+            for (ox, &xs) in win.cols.iter().enumerate() {
+                let go = g[oy * s.ow + ox];
+                if s.kind == PoolKind::Max {
+                    if let Some(i) = max_at(plane, s.w, ys, xs) {
+                        d[i] += go;
+                    }
+                } else {
+                    let share = go / win.divisors[oy * s.ow + ox];
+                    for y in ys.0..ys.1 {
+                        for v in &mut d[y * s.w + xs.0..y * s.w + xs.1] {
+                            *v += share;
                         }
                     }
                 }
