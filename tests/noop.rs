@@ -2,6 +2,8 @@
 //! training step runs with no device work, to measure the host's cost per
 //! dispatch; it is opened only when asked for by name.
 
+mod common;
+
 use wgrad::nn::{self, Module};
 use wgrad::optim::{Adam, Optimizer};
 use wgrad::{Device, GpuDevice, GpuOptions, Tensor};
@@ -42,12 +44,7 @@ fn an_mnist_step_dispatches_no_more_kernels_than_the_readme_says() {
     let gpu = noop();
     let dev = Device::Gpu(gpu.clone());
     wgrad::manual_seed(0);
-    let model = nn::Sequential::new()
-        .add(nn::Flatten)
-        .add(nn::Linear::new(784, 128, &dev))
-        .add(nn::ReLU)
-        .add(nn::Dropout::new(0.2))
-        .add(nn::Linear::new(128, 10, &dev));
+    let model = common::seed_mlp(&dev);
     let mut opt = Adam::new(model.parameters(), 1e-3);
     let x = Tensor::randn([32, 28, 28], &dev);
     let y = Tensor::from_vec((0..32).map(|i| (i % 10) as f32).collect(), [32], &dev).unwrap();
@@ -82,12 +79,7 @@ fn a_fit_step_with_its_running_metrics_dispatches_at_most_ten_kernels() {
     let gpu = noop();
     let dev = Device::Gpu(gpu.clone());
     wgrad::manual_seed(0);
-    let model = nn::Sequential::new()
-        .add(nn::Flatten)
-        .add(nn::Linear::new(784, 128, &dev))
-        .add(nn::ReLU)
-        .add(nn::Dropout::new(0.2))
-        .add(nn::Linear::new(128, 10, &dev));
+    let model = common::seed_mlp(&dev);
     let mut opt = Adam::new(model.parameters(), 1e-3);
     let steps = 20;
     let items = 32 * steps;
