@@ -400,3 +400,152 @@ fn accuracy_counts_one_prediction_per_position_and_per_label() {
         assert_eq!(m.accuracy(), first_hits / items as f32, "{dev:?}: [batch, 1] labels");
     }
 }
+
+/// A linear layer that passes its `classes` inputs through unchanged (a
+/// model with parameters, so that it lives on `dev`).
+fn identity(classes: usize, dev: &Device) -> nn::Linear {
+    let layer = nn::Linear::new(classes, classes, dev);
+    let eye: Vec<f32> = (0..classes * classes).map(|i| f32::from(i % (classes + 1) == 0)).collect();
+    layer.parameters()[0].assign(&Tensor::from_vec(eye, [classes, classes], dev).unwrap());
+    layer.parameters()[1].assign(&Tensor::zeros([classes], dev));
+    layer
+}
+
+/// With class weights and an ignore index, the reported loss is the whole
+/// set's weighted mean over the kept targets, `Σ w[tᵢ]·lᵢ / Σ w[tᵢ]`
+/// (PyTorch's over one batch of everything): the same at every batch
+/// size, and a batch of padding alone neither makes it NaN nor counts.
+/// Accuracy and top-k leave the ignored targets out, also when the ignored
+/// label is a class the model predicts.
+#[test]
+fn weighted_and_ignored_targets_report_the_whole_sets_mean_at_any_batch_size() {
+    use wgrad::train::evaluate_with;
+    let (items, classes) = (11, 3);
+    let mut g = wgrad::Generator::new(8);
+    let logits: Vec<f32> = (0..items * classes).map(|_| 2.0 * g.normal()).collect();
+    let weights = vec![0.5f32, 2.0, 1.5];
+    let best: Vec<usize> =
+        logits.chunks(classes).map(|r| (0..classes).fold(0, |b, c| if r[c] > r[b] { c } else { b })).collect();
+    for ignore in [-100i64, 2] {
+        // Items 0 and 1 (a whole batch at batch size 2) are padding.
+        let labels: Vec<f32> =
+            (0..items).map(|i| if i < 2 || i == 7 { ignore as f32 } else { ((i * 7) % classes) as f32 }).collect();
+        let (mut num, mut den, mut hits, mut top2, mut kept) = (0.0f64, 0.0f64, 0.0, 0.0, 0.0);
+        for (i, row) in logits.chunks(classes).enumerate() {
+            let t = labels[i];
+            if t == ignore as f32 {
+                continue;
+            }
+            let t = t as usize;
+            let lse = row.iter().map(|&z| (z as f64).exp()).sum::<f64>().ln();
+            let w = weights[t] as f64;
+            num += w * (lse - row[t] as f64);
+            den += w;
+            kept += 1.0;
+            hits += f32::from(best[i] == t);
+            let second = (0..classes)
+                .filter(|&c| c != best[i])
+                .fold(usize::MAX, |b, c| if b == usize::MAX || row[c] > row[b] { c } else { b });
+            top2 += f32::from(best[i] == t || second == t);
+        }
+        let expected = (num / den) as f32;
+        let data = Dataset::regression(logits.clone(), labels, &[classes], &[]);
+        let loss =
+            Loss::CrossEntropyWith { label_smoothing: 0.0, weight: Some(weights.clone()), ignore_index: Some(ignore) };
+        let unweighted = Loss::CrossEntropyWith { label_smoothing: 0.0, weight: None, ignore_index: Some(ignore) };
+        let devices: Vec<Device> = [Some(Device::Cpu), common::gpu()].into_iter().flatten().collect();
+        for dev in &devices {
+            let model = identity(classes, dev);
+            for batch in [1, 2, 4, items] {
+                let m = evaluate_with(&model, &data, batch, &loss, &[Metric::Accuracy, Metric::TopK(2)]).unwrap();
+                let what = format!("{dev:?}, ignore {ignore}, batch {batch}");
+                assert!((m.loss - expected).abs() < 1e-5 * expected.abs().max(1.0), "{what}: {} vs {expected}", m.loss);
+                assert!((m.accuracy() - hits / kept).abs() < 1e-6, "{what}: accuracy {}", m.accuracy());
+                assert!((m.get("top2_accuracy").unwrap() - top2 / kept).abs() < 1e-6, "{what}: top 2");
+                // Without weights too: the mean over the kept targets.
+                let plain = evaluate_with(&model, &data, batch, &unweighted, &[]).unwrap().loss;
+                assert!(plain.is_finite(), "{what}: unweighted loss {plain}");
+            }
+        }
+    }
+}
+
+/// Accuracy reads the targets as Keras's "accuracy" does: a single output
+/// per row is a binary prediction (logits above 0 with BCE-with-logits,
+/// probabilities above 0.5 otherwise), targets of the outputs' shape are
+/// one-hot (arg-max against arg-max) or, with BCE, one binary target per
+/// output.
+#[test]
+fn accuracy_reads_binary_one_hot_and_multi_label_targets() {
+    use wgrad::train::evaluate_with;
+    let devices: Vec<Device> = [Some(Device::Cpu), common::gpu()].into_iter().flatten().collect();
+    for dev in &devices {
+        // Binary: one logit per row against 0/1 labels.
+        let scores = vec![2.0f32, -1.0, 0.3, -0.2, 0.7, -3.0];
+        let labels = vec![1.0f32, 0.0, 0.0, 0.0, 1.0, 1.0];
+        // Right: rows 0, 1, 3, 4 (logit > 0 ⇔ label 1).
+        let data = Dataset::regression(scores.clone(), labels.clone(), &[1], &[]);
+        let m = evaluate_with(&identity(1, dev), &data, 4, &Loss::BceWithLogits, &[Metric::Accuracy]).unwrap();
+        assert_eq!(m.accuracy(), 4.0 / 6.0, "{dev:?}: binary logits");
+        // Probabilities (another loss): the cut is 0.5, so 0.3 and 0.7 differ.
+        let m = evaluate_with(&identity(1, dev), &data, 4, &Loss::Mse, &[Metric::Accuracy]).unwrap();
+        // scores > 0.5: rows 0, 4 → right: 0, 1, 2, 3, 4 (row 2: 0.3 → 0 = label 0).
+        assert_eq!(m.accuracy(), 5.0 / 6.0, "{dev:?}: binary probabilities");
+        // One-hot targets of [N, 3] outputs: arg-max against arg-max.
+        let outs = vec![0.1f32, 0.8, 0.1, 0.6, 0.3, 0.1, 0.2, 0.2, 0.6, 0.3, 0.4, 0.3];
+        let onehot = vec![0.0f32, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0];
+        let data = Dataset::regression(outs.clone(), onehot, &[3], &[3]);
+        let metrics = [Metric::Accuracy, Metric::TopK(2)];
+        let m = evaluate_with(&identity(3, dev), &data, 3, &Loss::Mse, &metrics).unwrap();
+        // Rows 0 and 2 right; row 1's label (1) and row 3's (0) are second.
+        assert_eq!(m.accuracy(), 0.5, "{dev:?}: one-hot");
+        assert_eq!(m.get("top2_accuracy"), Some(1.0), "{dev:?}: one-hot top 2");
+        // Multi-label targets with BCE: every output is a prediction.
+        let logits: Vec<f32> = outs.iter().map(|p| p - 0.5).collect();
+        let multi = vec![0.0f32, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0];
+        let data = Dataset::regression(logits, multi, &[3], &[3]);
+        let m = evaluate_with(&identity(3, dev), &data, 3, &Loss::BceWithLogits, &[Metric::Accuracy]).unwrap();
+        // Wrong: row 1's second output (0.3 → 0, target 1), row 2's last
+        // (0.6 → 1, target 0) and row 3's last (0.3 → 0, target 1).
+        assert_eq!(m.accuracy(), 9.0 / 12.0, "{dev:?}: multi-label");
+    }
+}
+
+/// A validation split asked for is never silently empty (Keras's rule): a
+/// small fraction of a small set holds out one item; predicting an empty
+/// set is an empty answer, not a panic.
+#[test]
+fn a_small_validation_split_holds_out_an_item_and_empty_predictions_are_empty() {
+    let data = blobs();
+    let (rest, held) = data.split_last(0.004);
+    assert_eq!((rest.len(), held.len()), (89, 1));
+    let (rest, held) = data.split_shuffled(0.004, &mut wgrad::Generator::new(2));
+    assert_eq!((rest.len(), held.len()), (89, 1));
+    assert_eq!(data.split_last(0.0).1.len(), 0);
+    let model = classifier(&Device::Cpu);
+    let mut opt = Adam::new(model.parameters(), 0.01);
+    let stats = fit(&model, &mut opt, &data, &FitConfig { epochs: 1, validation_split: 0.004, ..quiet() }).unwrap();
+    assert!(stats[0].validation.is_some(), "the validation split was dropped");
+    let empty = Dataset::new(Vec::new(), Vec::new(), &[4], 3);
+    assert_eq!(predict(&model, &empty, 8).unwrap(), Vec::<usize>::new());
+}
+
+/// `ModelCheckpoint::best_only` with `initial_value_threshold` (a resumed
+/// run's best so far) saves only epochs that beat it.
+#[test]
+fn a_best_only_checkpoint_beats_its_initial_threshold_before_saving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("best.safetensors");
+    let model = classifier(&Device::Cpu);
+    let mut opt = Adam::new(model.parameters(), 0.01);
+    let mut checkpoint = ModelCheckpoint::best_only(&path, "val_loss");
+    checkpoint.initial_value_threshold = Some(-1.0);
+    let config = FitConfig { epochs: 2, validation_split: 0.3, callbacks: vec![Box::new(checkpoint)], ..quiet() };
+    fit(&model, &mut opt, &blobs(), &config).unwrap();
+    assert!(!path.exists(), "saved an epoch that did not beat the threshold");
+    let mut checkpoint = ModelCheckpoint::best_only(&path, "val_loss");
+    checkpoint.initial_value_threshold = Some(f32::INFINITY);
+    let config = FitConfig { epochs: 1, validation_split: 0.3, callbacks: vec![Box::new(checkpoint)], ..quiet() };
+    fit(&model, &mut opt, &blobs(), &config).unwrap();
+    assert!(path.exists());
+}

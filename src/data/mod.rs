@@ -139,19 +139,31 @@ impl Dataset {
 
     /// Splits off the last `fraction` of the items (taken before any
     /// shuffling), as Keras's `validation_split`: returns (rest, held out).
+    /// The held-out part is `fraction` of the items rounded to the nearest
+    /// whole number, and at least one item when `fraction > 0`: as in
+    /// Keras, a split asked for is never silently empty (the rest may be,
+    /// which `fit` reports as an error).
     pub fn split_last(&self, fraction: f32) -> (Dataset, Dataset) {
         assert!((0.0..1.0).contains(&fraction), "split_last: fraction {fraction} is not in [0, 1)");
-        let held = (self.len() as f64 * fraction as f64).round() as usize;
+        let held = self.held_out_len(fraction);
         let keep = self.len() - held;
         let order: Vec<usize> = (0..self.len()).collect();
         (self.subset(&order[..keep]), self.subset(&order[keep..]))
     }
 
+    /// How many items a split of `fraction` holds out: the nearest whole
+    /// number, and at least one when `fraction > 0` and there are items.
+    fn held_out_len(&self, fraction: f32) -> usize {
+        let held = (self.len() as f64 * fraction as f64).round() as usize;
+        if fraction > 0.0 { held.max(1).min(self.len()) } else { held }
+    }
+
     /// Splits off a random `fraction` of the items (shuffled by `generator`
-    /// first): returns (rest, held out), each in its original order.
+    /// first): returns (rest, held out), each in its original order. It
+    /// holds out as many as [`split_last`](Self::split_last).
     pub fn split_shuffled(&self, fraction: f32, generator: &mut Generator) -> (Dataset, Dataset) {
         assert!((0.0..1.0).contains(&fraction), "split_shuffled: fraction {fraction} is not in [0, 1)");
-        let held = (self.len() as f64 * fraction as f64).round() as usize;
+        let held = self.held_out_len(fraction);
         let mut order: Vec<usize> = (0..self.len()).collect();
         generator.shuffle(&mut order);
         let (mut keep, mut out) = (order[..self.len() - held].to_vec(), order[self.len() - held..].to_vec());

@@ -55,7 +55,8 @@ fn higher_is_better(monitor: &str) -> bool {
 }
 
 /// Whether `value` improves on `best` (`None`: nothing seen yet) by more
-/// than `min_delta`: it is larger, or with `higher_is_better` false,
+/// than `min_delta` (its size: a negative one counts as positive, as
+/// Keras takes it): it is larger, or with `higher_is_better` false,
 /// smaller. A NaN never improves, and nothing improves on a NaN, so a NaN
 /// epoch neither counts as progress nor becomes the mark to beat. Shared by
 /// [`EarlyStopping`], [`ModelCheckpoint`] and
@@ -64,6 +65,7 @@ pub(crate) fn improved(best: Option<f32>, value: f32, higher_is_better: bool, mi
     if value.is_nan() {
         return false;
     }
+    let min_delta = min_delta.abs();
     match best {
         None => true,
         Some(best) if higher_is_better => value > best + min_delta,
@@ -178,15 +180,27 @@ pub struct ModelCheckpoint {
     pub path: PathBuf,
     /// The quantity that decides the best epoch (`val_loss` by default).
     pub monitor: String,
-    /// Save only when `monitor` improves.
+    /// Save only when `monitor` improves on the best value of this `fit`
+    /// call (or on `initial_value_threshold`).
     pub save_best_only: bool,
+    /// With `save_best_only`, the value the first epoch must beat (Keras's
+    /// `initial_value_threshold`): set it to the best value of the run a
+    /// resumed `fit` continues, or its first epoch always replaces the best
+    /// checkpoint, however it compares with the saved one.
+    pub initial_value_threshold: Option<f32>,
     best: Mutex<Option<f32>>,
 }
 
 impl ModelCheckpoint {
     /// Saving after every epoch.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        ModelCheckpoint { path: path.into(), monitor: "val_loss".into(), save_best_only: false, best: Mutex::new(None) }
+        ModelCheckpoint {
+            path: path.into(),
+            monitor: "val_loss".into(),
+            save_best_only: false,
+            initial_value_threshold: None,
+            best: Mutex::new(None),
+        }
     }
 
     /// Saving only the best epoch by `monitor`.
@@ -197,7 +211,7 @@ impl ModelCheckpoint {
 
 impl Callback for ModelCheckpoint {
     fn on_train_begin(&self) {
-        *self.best.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.best.lock().unwrap_or_else(|e| e.into_inner()) = self.initial_value_threshold;
     }
 
     fn on_epoch_end(&self, end: &EpochEnd) -> Result<Control> {

@@ -460,7 +460,7 @@ pub fn fit(
         let bar = progress_bar(verbose, steps_per_epoch, epoch, config.epochs);
         let started = Instant::now();
         let mut last_line = started;
-        let mut running = Running::new(&metrics, &device);
+        let mut running = Running::new(&metrics, loss_fn.targets(), &device);
         let mut lr = base_rate;
         // The optimizer, shared by the schedule and the captured step.
         let opt = RefCell::new(&mut *keep.optimizer);
@@ -650,7 +650,7 @@ fn evaluate_objective(
     }
     let _mode = crate::nn::EvalMode::enter(model);
     no_grad(|| {
-        let mut running = Running::new(metrics, &device);
+        let mut running = Running::new(metrics, loss.targets(), &device);
         for (x, y) in data.batches(batch_size, None, &device) {
             let out = model.forward(&x);
             running.add(&out, &y, &loss.compute(&out, &y), loss.kept(&y));
@@ -663,11 +663,17 @@ fn evaluate_objective(
 /// evaluation mode (each of the model's mode flags is restored afterwards).
 pub fn predict(model: &dyn Module, data: &Dataset, batch_size: usize) -> Result<Vec<usize>> {
     let outputs = predict_outputs(model, data, batch_size)?;
+    if data.is_empty() {
+        // No outputs to take an arg-max of (their shape is not known).
+        return Ok(Vec::new());
+    }
     Ok(no_grad(|| outputs.argmax(-1, false)).to_vec()?.into_iter().map(|v| v as usize).collect())
 }
 
 /// The model's outputs for every item of `data`, stacked along the first
-/// axis, in evaluation mode (for regression, or probabilities).
+/// axis, in evaluation mode (for regression, or probabilities). For an
+/// empty `data` the model is not run, and the result is an empty tensor
+/// shaped `[0, target dims..]`.
 pub fn predict_outputs(model: &dyn Module, data: &Dataset, batch_size: usize) -> Result<Tensor> {
     let device = device_of(model);
     if batch_size == 0 {

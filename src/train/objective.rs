@@ -14,9 +14,12 @@ pub enum Loss {
     /// Cross-entropy with label smoothing, per-class weights and an
     /// ignored label (see [`CrossEntropyOptions`]); logits may be
     /// `[batch, .., classes]` against `[batch, ..]` targets (a language
-    /// model's). With an `ignore_index`, the loss `fit` and `evaluate`
-    /// report is the mean over the targets kept, as PyTorch computes it
-    /// over a whole set, not a mean of per-batch means.
+    /// model's). With an `ignore_index` or class weights, the loss `fit`
+    /// and `evaluate` report is the mean over the targets kept, each
+    /// weighted by its class's weight, as PyTorch computes it over a whole
+    /// set (`Σ wᵢ·lᵢ / Σ wᵢ`), not a mean of per-batch means: it does not
+    /// depend on the batch size, and a batch of padding alone counts for
+    /// nothing. The accuracy metrics leave ignored targets out too.
     CrossEntropyWith {
         /// The smoothing ε.
         label_smoothing: f32,
@@ -98,29 +101,86 @@ impl<'a> Objective<'a> {
     }
 
     /// What the batch's loss is a mean over, on the device, when that is not
-    /// its rows: the targets kept by an ignore index (without class weights;
-    /// with them the loss is already a weighted mean and counts by rows).
+    /// its rows: the targets an ignore index keeps, each counted with its
+    /// class's weight where there are class weights (the denominator of
+    /// PyTorch's weighted mean, `Σ w[targetᵢ]` over the kept targets).
     pub fn kept(&self, target: &Tensor) -> Option<Tensor> {
-        match self.loss {
-            Loss::CrossEntropyWith { ignore_index: Some(i), weight: None, .. } => {
-                Some(no_grad(|| target.ne_scalar(*i as f32).sum()))
-            }
-            _ => None,
+        let Loss::CrossEntropyWith { ignore_index, .. } = self.loss else {
+            return None;
+        };
+        let keep = |t: &Tensor| ignore_index.map(|i| t.ne_scalar(i as f32));
+        match (&self.weight, ignore_index) {
+            (None, None) => None,
+            (None, Some(_)) => Some(no_grad(|| keep(target).expect("an ignore index").sum())),
+            (Some(w), _) => Some(no_grad(|| {
+                let t = target.reshape([target.elem_count()]);
+                match keep(&t) {
+                    // An ignored target reads class 0's weight, then counts 0.
+                    Some(k) => (&w.index_select(0, &(&t * &k)) * &k).sum(),
+                    None => w.index_select(0, &t).sum(),
+                }
+            })),
         }
     }
+
+    /// How the accuracy metrics read this loss's targets.
+    pub fn targets(&self) -> TargetKind {
+        match self.loss {
+            Loss::CrossEntropyWith { ignore_index, .. } => TargetKind { ignore: *ignore_index, logits: false },
+            Loss::BceWithLogits => TargetKind { ignore: None, logits: true },
+            _ => TargetKind::default(),
+        }
+    }
+}
+
+/// How the accuracy metrics read a batch's targets: the label that counts
+/// for nothing (a loss's `ignore_index`), and whether single outputs are
+/// logits (a binary prediction is `output > 0`) or probabilities
+/// (`output > 0.5`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct TargetKind {
+    ignore: Option<i64>,
+    logits: bool,
 }
 
 /// A number reported per epoch besides the loss (Keras's `metrics`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Metric {
-    /// The fraction of rows whose arg-max is the label.
+    /// The fraction of predictions that are right, read from the targets'
+    /// shape as Keras's `"accuracy"` is:
+    /// - `[.., classes]` outputs against one label per row (or per
+    ///   position of a sequence): the arg-max is the label. Targets equal
+    ///   to the loss's `ignore_index` are left out.
+    /// - Targets of the outputs' shape (one-hot or probabilities): the
+    ///   output's arg-max is the target's (`categorical_accuracy`).
+    /// - One output per row, or the loss [`Loss::BceWithLogits`]: each
+    ///   output, above 0 for logits (that loss) or above 0.5 otherwise,
+    ///   against its target above 0.5 (`binary_accuracy`).
     Accuracy,
-    /// The fraction of rows whose label is among the `k` largest outputs.
+    /// The fraction of labels among the `k` largest outputs of their row
+    /// (one label per row, or targets of the outputs' shape whose arg-max
+    /// is the label; an `ignore_index`'s targets left out).
     TopK(usize),
     /// Mean absolute error.
     Mae,
     /// Mean squared error.
     Mse,
+}
+
+/// How a batch's targets name the right predictions (see [`Metric::Accuracy`]).
+enum Truth {
+    /// One class label per row of `[.., classes]` outputs, shaped as their
+    /// leading dims; ignored targets replaced by -1, which no arg-max is.
+    Labels(Tensor),
+    /// One target per output, thresholded.
+    Binary,
+}
+
+/// What a batch's metric sum is over: predictions counted on the host, or
+/// on the device (the labels an ignore index keeps).
+enum Count {
+    Host(usize),
+    Device(Tensor),
 }
 
 impl Metric {
@@ -147,42 +207,71 @@ impl Metric {
         (target.elem_count() == lead.iter().product::<usize>()).then(|| target.reshape(lead.to_vec()))
     }
 
-    /// `total` plus the metric summed over the rows of a batch (a scalar
-    /// tensor), and how many predictions (or elements) the batch's sum is
-    /// over: a row each, or for `[batch, .., classes]` outputs one per
-    /// position.
-    fn add_batch(&self, total: &Tensor, out: &Tensor, target: &Tensor) -> (Tensor, usize) {
-        match (self, Self::labels_of(out, target)) {
-            // The argmax, the comparison, the sum and the add: one kernel
-            // on a GPU.
-            (Metric::Accuracy, Some(labels)) => (out.argmax_hits_onto(&labels, Some(total)), labels.elem_count()),
-            _ => {
-                let (sum, count) = self.batch_sum(out, target);
-                (total + &sum, count)
-            }
+    /// How `target` names the right predictions of `out`, and how many
+    /// there are.
+    fn truth(out: &Tensor, target: &Tensor, kind: TargetKind) -> (Truth, Count) {
+        let classes = out.dims().last().copied().unwrap_or(1);
+        let one_each = target.elem_count() == out.elem_count();
+        if one_each && (kind.logits || classes == 1 || out.rank() == 1) {
+            return (Truth::Binary, Count::Host(out.elem_count()));
         }
+        if let Some(labels) = Self::labels_of(out, target) {
+            return match kind.ignore {
+                Some(i) => {
+                    let kept = labels.ne_scalar(i as f32);
+                    let count = kept.sum();
+                    // -1 where ignored: `labels·kept - (1 - kept)`.
+                    let labels = &(&labels * &kept) + &kept.sub_scalar(1.0);
+                    (Truth::Labels(labels), Count::Device(count))
+                }
+                None => {
+                    let n = labels.elem_count();
+                    (Truth::Labels(labels), Count::Host(n))
+                }
+            };
+        }
+        assert!(
+            one_each,
+            "accuracy: targets of shape {} are neither one label per row of outputs of shape {} nor one target \
+             per output",
+            target.shape(),
+            out.shape()
+        );
+        // One-hot or probability targets: their arg-max is the label.
+        let labels = target.reshape(out.shape().clone()).argmax(-1, false);
+        let n = labels.elem_count();
+        (Truth::Labels(labels), Count::Host(n))
     }
 
-    /// The metric summed over the rows of a batch (a scalar tensor), and how
-    /// many predictions (or elements) it is a sum over.
-    fn batch_sum(&self, out: &Tensor, target: &Tensor) -> (Tensor, usize) {
-        let rows = target.dims().first().copied().unwrap_or(1);
+    /// `total` plus the metric summed over a batch (a scalar tensor), and
+    /// what the sum is over.
+    fn add_batch(&self, total: &Tensor, out: &Tensor, target: &Tensor, kind: TargetKind) -> (Tensor, Count) {
         match self {
-            // Labels that are not one per row (`add_batch` takes the others).
-            Metric::Accuracy => (out.argmax(-1, false).eq(target).sum(), rows),
+            Metric::Accuracy => match Self::truth(out, target, kind) {
+                // The argmax, the comparison, the sum and the add: one
+                // kernel on a GPU.
+                (Truth::Labels(labels), count) => (out.argmax_hits_onto(&labels, Some(total)), count),
+                (Truth::Binary, count) => {
+                    let predicted = out.gt_scalar(if kind.logits { 0.0 } else { 0.5 });
+                    let actual = target.reshape(out.shape().clone()).gt_scalar(0.5);
+                    (total + &predicted.eq(&actual).sum(), count)
+                }
+            },
             Metric::TopK(k) => {
-                let labels = Self::labels_of(out, target).unwrap_or_else(|| target.clone());
+                let (Truth::Labels(labels), count) = Self::truth(out, target, kind) else {
+                    panic!("top-{k} accuracy: outputs of shape {} have one class per row", out.shape());
+                };
                 let classes = out.dims()[out.rank() - 1];
                 // The indices of the k largest, without gathering their values.
                 let top = out.argsort(-1, true).narrow(-1, 0, (*k).min(classes));
-                (top.eq(&labels.unsqueeze(-1)).sum(), labels.elem_count())
+                (total + &top.eq(&labels.unsqueeze(-1)).sum(), count)
             }
             Metric::Mae | Metric::Mse => {
                 let target =
                     if target.shape() != out.shape() { target.reshape(out.shape().clone()) } else { target.clone() };
                 let d = out - &target;
                 let e = if *self == Metric::Mae { d.abs() } else { d.sqr() };
-                (e.sum(), out.elem_count())
+                (total + &e.sum(), Count::Host(out.elem_count()))
             }
         }
     }
@@ -212,24 +301,30 @@ impl Metrics {
 /// Device-side running sums of the loss and each metric.
 pub(super) struct Running<'a> {
     metrics: &'a [Metric],
+    kind: TargetKind,
     loss_sum: Tensor,
     /// What the loss is a mean over, summed on the device (the targets an
-    /// ignore index keeps), or `None`: the rows seen.
+    /// ignore index keeps, or their class weights), or `None`: the rows seen.
     loss_count: Option<Tensor>,
     sums: Vec<Tensor>,
+    /// What each metric's sum is over: counted on the host, plus on the
+    /// device where an ignore index decides it.
     counts: Vec<usize>,
+    device_counts: Vec<Option<Tensor>>,
     seen: usize,
 }
 
 impl<'a> Running<'a> {
-    pub fn new(metrics: &'a [Metric], device: &Device) -> Self {
+    pub fn new(metrics: &'a [Metric], kind: TargetKind, device: &Device) -> Self {
         let zero = || Tensor::scalar(0.0, device);
         Running {
             metrics,
+            kind,
             loss_sum: zero(),
             loss_count: None,
             sums: metrics.iter().map(|_| zero()).collect(),
             counts: vec![0; metrics.len()],
+            device_counts: vec![None; metrics.len()],
             seen: 0,
         }
     }
@@ -253,9 +348,17 @@ impl<'a> Running<'a> {
                 None => self.loss_sum = &self.loss_sum + &loss.detach().mul_scalar(n as f32),
             }
             for (i, m) in self.metrics.iter().enumerate() {
-                let (total, count) = m.add_batch(&self.sums[i], &out.detach(), target);
+                let (total, count) = m.add_batch(&self.sums[i], &out.detach(), target, self.kind);
                 self.sums[i] = total;
-                self.counts[i] += count;
+                match count {
+                    Count::Host(c) => self.counts[i] += c,
+                    Count::Device(c) => {
+                        self.device_counts[i] = Some(match &self.device_counts[i] {
+                            Some(total) => total + &c,
+                            None => c,
+                        })
+                    }
+                }
             }
             self.seen += n;
         });
@@ -265,46 +368,43 @@ impl<'a> Running<'a> {
         self.seen
     }
 
-    /// Reads the sums back (waiting for the device), all in one transfer.
+    /// Reads the sums back (waiting for the device), all in one transfer,
+    /// and in a data-parallel job adds up every rank's in one all-reduce.
     pub fn read(&self, reduce: super::Reduce) -> Result<Metrics> {
+        let m = self.metrics.len();
+        let zero = Tensor::scalar(0.0, &self.loss_sum.device());
+        // [loss sum, metric sums…, loss count, device counts…], then the
+        // host's numbers: [counts…, seen, has loss count, has device count…]
+        // (a rank without batches has no device counts of its own).
+        let device_counts = self.device_counts.iter().map(|c| c.as_ref().unwrap_or(&zero));
         let mut all = no_grad(|| {
             let parts: Vec<Tensor> = [&self.loss_sum]
                 .into_iter()
                 .chain(&self.sums)
-                .chain(&self.loss_count)
+                .chain([self.loss_count.as_ref().unwrap_or(&zero)])
+                .chain(device_counts)
                 .map(|t| t.reshape([1]))
                 .collect();
             Tensor::cat(&parts.iter().collect::<Vec<_>>(), 0)
         })
         .to_vec()?;
-        let mut counts: Vec<f32> = self.counts.iter().map(|&c| c as f32).collect();
-        let mut seen = self.seen as f32;
+        all.extend(self.counts.iter().map(|&c| c as f32));
+        all.push(self.seen as f32);
+        all.push(f32::from(self.loss_count.is_some()));
+        all.extend(self.device_counts.iter().map(|c| f32::from(c.is_some())));
         if let Some(reduce) = reduce {
-            // One all-reduce of everything: [sums…, counts…, seen, has count].
-            let had_count = self.loss_count.is_some();
-            if !had_count {
-                all.push(0.0);
-            }
-            let sums = all.len();
-            all.extend(&counts);
-            all.push(seen);
-            all.push(f32::from(had_count));
             reduce(&mut all);
-            let has_count = all.pop().expect("pushed above") > 0.0;
-            seen = all.pop().expect("pushed above");
-            counts = all.split_off(sums);
-            if !has_count {
-                all.pop();
-            }
         }
-        // The loss's own count follows the metrics' sums when there is one.
-        let loss_count = if all.len() > 1 + self.metrics.len() { all[all.len() - 1] } else { seen.max(1.0) };
-        let values = self
-            .metrics
-            .iter()
-            .zip(&all[1..])
-            .zip(&counts)
-            .map(|((m, &sum), &count)| (m.name(), sum / count.max(1.0)))
+        let (sums, device_counts) = (&all[1..1 + m], &all[2 + m..2 + 2 * m]);
+        let (counts, seen) = (&all[2 + 2 * m..2 + 3 * m], all[2 + 3 * m]);
+        let has_loss_count = all[3 + 3 * m] > 0.0;
+        let has_device_count = &all[4 + 3 * m..];
+        let loss_count = if has_loss_count { all[1 + m] } else { seen.max(1.0) };
+        let values = (0..m)
+            .map(|i| {
+                let count = counts[i] + if has_device_count[i] > 0.0 { device_counts[i] } else { 0.0 };
+                (self.metrics[i].name(), sums[i] / count.max(1.0))
+            })
             .collect();
         Ok(Metrics { loss: all[0] / loss_count, values })
     }
@@ -340,7 +440,7 @@ mod tests {
         let loss = Loss::CrossEntropyWith { label_smoothing: 0.0, weight: None, ignore_index: Some(-1) };
         let objective = Objective::new(&loss, &dev);
         let out = Tensor::new([[1.0, 0.0], [0.0, 1.0]], &dev).unwrap();
-        let mut running = Running::new(&[], &dev);
+        let mut running = Running::new(&[], objective.targets(), &dev);
         for y in [[1.0, -1.0], [-1.0, -1.0]] {
             let y = Tensor::new(y, &dev).unwrap();
             let l = objective.compute(&out, &y);
@@ -355,7 +455,7 @@ mod tests {
     fn running_sums_read_back_in_one_go() {
         let (out, y) = logits_and_labels();
         let metrics = [Metric::Accuracy, Metric::TopK(2), Metric::TopK(5)];
-        let mut running = Running::new(&metrics, &Device::Cpu);
+        let mut running = Running::new(&metrics, TargetKind::default(), &Device::Cpu);
         let loss = out.cross_entropy(&y);
         running.add(&out, &y, &loss, None);
         running.add(&out, &y, &loss, None);
