@@ -180,3 +180,59 @@ fn loads_a_pytorch_convnet_with_batch_norm(dev: &Device) {
     common::assert_close(&y, &io_file["output"].values, 1e-5, 1e-5, "PyTorch convnet output");
 }
 test_device!(loads_a_pytorch_convnet_with_batch_norm);
+
+/// BatchNorm's step counter is an integer: written as int64 whatever the
+/// float dtype (as PyTorch holds it), so a count past f16's range (65,504)
+/// or bf16's precision (1001 would be 1000) survives the round trip.
+#[test]
+fn batch_norm_counters_are_saved_as_int64_in_every_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let make = || nn::Sequential::new().add(nn::Linear::new(2, 3, &dev)).add(nn::BatchNorm1d::new(3, &dev));
+    let counter =
+        |m: &nn::Sequential| m.named_buffers().into_iter().find(|(n, _)| n == "1.num_batches_tracked").unwrap().1;
+    let saved = make();
+    counter(&saved).assign(&Tensor::scalar(70_001.0, &dev));
+    for dtype in [io::Dtype::F32, io::Dtype::F16, io::Dtype::BF16] {
+        let path = dir.path().join(format!("{dtype:?}.safetensors"));
+        io::save(&saved, &path, dtype).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+        assert!(header.contains(r#""1.num_batches_tracked":{"dtype":"I64""#), "{dtype:?}: {header}");
+        let loaded = make();
+        io::load(&loaded, &path).unwrap();
+        assert_eq!(counter(&loaded).item().unwrap(), 70_001.0, "{dtype:?}");
+    }
+}
+
+/// A module that names two of its tensors alike cannot be loaded into: an
+/// error naming the name, not a panic (`save` refuses it likewise).
+#[test]
+fn a_state_with_duplicate_names_is_an_error_on_load() {
+    struct Twice(Tensor, Tensor);
+    impl Module for Twice {
+        fn forward(&self, x: &Tensor) -> Tensor {
+            x.clone()
+        }
+        fn visit(&self, v: &mut nn::Visitor) {
+            v.param("w", &self.0);
+            v.param("w", &self.1);
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    let dev = Device::Cpu;
+    // The file holds the name once and a stray tensor: as many tensors as
+    // the module's state.
+    io::save_tensors(
+        &[("w".into(), Tensor::ones([2], &dev)), ("x".into(), Tensor::ones([2], &dev))],
+        &path,
+        io::Dtype::F32,
+    )
+    .unwrap();
+    let m = Twice(Tensor::zeros([2], &dev), Tensor::zeros([2], &dev));
+    let err = io::load(&m, &path).unwrap_err().to_string();
+    assert!(err.contains("two tensors \"w\""), "{err}");
+    assert!(io::save(&m, &path, io::Dtype::F32).is_err());
+}

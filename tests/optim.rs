@@ -233,3 +233,30 @@ fn parameters_on_two_devices_or_sharing_storage_step() {
         assert_close(&x.to_vec().unwrap(), &[0.8; 3], 1e-6, 0.0, "a storage shared by two parameters");
     }
 }
+
+/// An optimizer's state fits only an optimizer over as many parameters:
+/// Adam's state over a whole model does not load into an Adam over its
+/// head (whose parameter 0 would take the first layer's moments), and
+/// nothing changes; the same state loads into an Adam over the same
+/// parameters and continues bit for bit.
+#[test]
+fn optimizer_state_for_other_parameters_is_refused() {
+    // Four parameters of one shape, so only the count can tell them apart.
+    let params: Vec<Tensor> = (0..4).map(|i| var(&[0.5 + i as f32; 4])).collect();
+    let mut opt = Adam::new(params.clone(), 0.01);
+    for p in &params {
+        let g: Vec<f32> = (0..p.elem_count()).map(|i| 0.1 * i as f32).collect();
+        step_with(&mut opt, p, &g);
+    }
+    let state = opt.state_dict();
+    let head = vec![var(&[0.5; 4]), var(&[0.1; 4])];
+    let mut head_opt = Adam::new(head.clone(), 0.5);
+    let err = head_opt.load_state_dict(&state).unwrap_err().to_string();
+    assert!(err.contains("2.exp_avg"), "{err}");
+    assert_eq!(head_opt.learning_rate(), 0.5, "changed by a refused state");
+    assert!(head_opt.state_dict().tensors.is_empty());
+    // The same parameters' state loads.
+    let mut again = Adam::new(params.clone(), 0.5);
+    again.load_state_dict(&state).unwrap();
+    assert_eq!(again.learning_rate(), 0.01);
+}

@@ -48,7 +48,10 @@ pub enum Dtype {
 }
 
 /// Saves `model`'s state (parameters and buffers, see
-/// [`Module::state_dict`]) to `path` (atomically).
+/// [`Module::state_dict`]) to `path` (atomically), its floats as `dtype`.
+/// BatchNorm's step counters (`num_batches_tracked`) are integers and are
+/// written as int64 whatever `dtype` is, as PyTorch holds them (in f16 a
+/// count past 65,504 would be infinite, in bf16 one of 1001 would be 1000).
 pub fn save(model: &dyn Module, path: impl AsRef<Path>, dtype: Dtype) -> Result<()> {
     save_tensors(&model.state_dict(), path, dtype)
 }
@@ -73,8 +76,15 @@ fn check_state<'a>(
     prefix: &str,
     path: &Path,
 ) -> Result<impl FnOnce() -> Result<()> + 'a> {
+    let mut names = std::collections::HashSet::new();
     for (name, p) in state {
         let full = format!("{prefix}{name}");
+        if !names.insert(full.clone()) {
+            return Err(Error::Mismatch(format!(
+                "{}: the model names two tensors {full:?}; a state with duplicate names cannot be loaded",
+                path.display()
+            )));
+        }
         match loaded.get(&full) {
             None => return Err(Error::Mismatch(format!("{}: no tensor named {full:?}", path.display()))),
             Some(t) if t.shape.as_slice() != p.dims() => {
@@ -127,6 +137,13 @@ const CHECKPOINT_FORMAT: &str = "wgrad-checkpoint-1";
 /// schedule that learns from the losses,
 /// [`ReduceOnPlateau`](crate::optim::ReduceOnPlateau), is not saved: a run
 /// resumed with one starts it afresh.
+///
+/// In a data-parallel job the file holds rank 0's generator, and
+/// `load_checkpoint` gives it to every rank. Ranks seeded `seed + rank` (as
+/// `docs/distributed.md` advises, so their dropout masks differ) restore
+/// their own stream by adding their rank to the loaded seed:
+/// `let mut s = default_generator_state(); s.seed += rank as u64;
+/// set_default_generator_state(s);` (every rank has drawn as many numbers).
 pub fn save_checkpoint(
     path: impl AsRef<Path>,
     model: &dyn Module,
@@ -175,6 +192,11 @@ pub fn load_checkpoint(
     };
     let (epoch, seed, word_pos, dropout_calls) =
         (number("epoch")?, number("rng.seed")?, number("rng.word_pos")?, number("rng.dropout_calls")?);
+    let small = |key: &str, v: u128| -> Result<u64> {
+        u64::try_from(v).map_err(|_| Error::format(path, format!("checkpoint metadata {key:?} is out of range: {v}")))
+    };
+    let (epoch, seed, dropout_calls) =
+        (small("epoch", epoch)?, small("rng.seed", seed)?, small("rng.dropout_calls", dropout_calls)?);
     let all: HashMap<String, HostTensor> = parse(&bytes, path)?.into_iter().collect();
     let (model_part, opt_part): (HashMap<_, _>, HashMap<_, _>) =
         all.into_iter().partition(|(n, _)| n.starts_with("model."));
@@ -195,11 +217,7 @@ pub fn load_checkpoint(
     }
     optimizer.load_state_dict(&opt)?;
     assign()?;
-    crate::rng::set_default_generator_state(crate::rng::GeneratorState {
-        seed: seed as u64,
-        word_pos,
-        dropout_calls: dropout_calls as u64,
-    });
+    crate::rng::set_default_generator_state(crate::rng::GeneratorState { seed, word_pos, dropout_calls });
     Ok(Checkpoint { epoch: epoch as usize })
 }
 
@@ -214,33 +232,37 @@ fn write_tensors(
     dtype: Dtype,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
-    let mut encoded: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    let mut encoded: BTreeMap<String, (StDtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
     for (name, t) in tensors {
         let values = t.to_vec()?;
-        let bytes: Vec<u8> = match dtype {
-            Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            Dtype::F16 => values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect(),
-            Dtype::BF16 => values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect(),
+        let (st_dtype, bytes): (StDtype, Vec<u8>) = match dtype {
+            _ if is_counter(name) => (StDtype::I64, values.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect()),
+            Dtype::F32 => (StDtype::F32, values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            Dtype::F16 => (StDtype::F16, values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect()),
+            Dtype::BF16 => {
+                (StDtype::BF16, values.iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect())
+            }
         };
-        if encoded.insert(name.clone(), (t.dims().to_vec(), bytes)).is_some() {
+        if encoded.insert(name.clone(), (st_dtype, t.dims().to_vec(), bytes)).is_some() {
             return Err(Error::Mismatch(format!("{}: two tensors named {name:?}", path.display())));
         }
     }
-    let st_dtype = match dtype {
-        Dtype::F32 => StDtype::F32,
-        Dtype::F16 => StDtype::F16,
-        Dtype::BF16 => StDtype::BF16,
-    };
     let views = encoded
         .iter()
-        .map(|(name, (shape, bytes))| {
-            TensorView::new(st_dtype, shape.clone(), bytes)
+        .map(|(name, (st_dtype, shape, bytes))| {
+            TensorView::new(*st_dtype, shape.clone(), bytes)
                 .map(|v| (name.as_str(), v))
                 .map_err(|e| Error::format(path, format!("tensor {name:?}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::tensor::serialize(views, metadata).map_err(|e| Error::format(path, e.to_string()))?;
     write_atomically(path, |f| f.write_all(&bytes))
+}
+
+/// Whether the tensor `name` is a step counter PyTorch keeps as int64
+/// (BatchNorm's `num_batches_tracked`), which `save` writes as one.
+fn is_counter(name: &str) -> bool {
+    name.rsplit('.').next() == Some("num_batches_tracked")
 }
 
 /// Creates a temporary file beside `path`, fills it with `write`, syncs it
@@ -298,6 +320,13 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<Vec<(String, HostTensor)>> {
             }
             StDtype::I16 => data.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as f32).collect(),
             StDtype::I8 => data.iter().map(|&b| b as i8 as f32).collect(),
+            StDtype::U64 => {
+                data.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect()
+            }
+            StDtype::U32 => {
+                data.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")) as f32).collect()
+            }
+            StDtype::U16 => data.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as f32).collect(),
             StDtype::U8 | StDtype::BOOL => data.iter().map(|&b| b as f32).collect(),
             other => {
                 return Err(Error::format(

@@ -101,7 +101,8 @@ pub trait Optimizer {
     fn state_dict(&self) -> OptimizerState;
     /// Restores a [`state_dict`](Self::state_dict) of an optimizer of the
     /// same kind over parameters of the same shapes; nothing is changed if
-    /// it does not fit.
+    /// it does not fit (a buffer of another shape, or an entry for a
+    /// parameter index past this optimizer's).
     fn load_state_dict(&mut self, state: &OptimizerState) -> Result<()>;
 }
 
@@ -133,6 +134,30 @@ fn missing(name: &str) -> Error {
 /// has state, read from `state`; checked against the parameters' shapes
 /// before anything is changed.
 fn load_buffers(params: &[Tensor], state: &OptimizerState, names: &[&str]) -> Result<HashMap<u64, Vec<Tensor>>> {
+    // Every entry must belong to one of these parameters, as PyTorch
+    // insists that a state's parameter groups have the optimizer's sizes:
+    // state saved over more parameters (or other ones) must not be handed
+    // out by position to the first few.
+    let own = |name: &str, buffer: &dyn Fn(&str) -> bool| {
+        name.split_once('.').is_some_and(|(i, n)| i.parse::<usize>().is_ok_and(|i| i < params.len()) && buffer(n))
+    };
+    for (name, _) in &state.tensors {
+        if !own(name, &|n| names.contains(&n)) {
+            return Err(Error::Mismatch(format!(
+                "optimizer state: {name:?} is not one of this optimizer's buffers ({names:?} of its {} parameters)",
+                params.len()
+            )));
+        }
+    }
+    for (name, _) in &state.scalars {
+        // Per-parameter numbers (`3.step`) name a parameter too.
+        if name.split_once('.').is_some_and(|(i, _)| i.parse::<usize>().is_ok()) && !own(name, &|_| true) {
+            return Err(Error::Mismatch(format!(
+                "optimizer state: {name:?} names a parameter this optimizer (of {} parameters) does not have",
+                params.len()
+            )));
+        }
+    }
     let mut out = HashMap::new();
     for (i, p) in params.iter().enumerate() {
         let found: Vec<Option<&Tensor>> = names.iter().map(|n| state.tensor(&format!("{i}.{n}"))).collect();
