@@ -236,3 +236,24 @@ fn a_state_with_duplicate_names_is_an_error_on_load() {
     assert!(err.contains("two tensors \"w\""), "{err}");
     assert!(io::save(&m, &path, io::Dtype::F32).is_err());
 }
+
+/// Saving through a symbolic link writes its target and keeps the link,
+/// as `torch.save` does.
+#[cfg(unix)]
+#[test]
+fn saving_through_a_symlink_replaces_its_target_and_keeps_the_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("epoch1.safetensors");
+    let link = dir.path().join("latest.safetensors");
+    wgrad::manual_seed(1);
+    let first = tiny(&Device::Cpu);
+    io::save(&first, &target, io::Dtype::F32).unwrap();
+    std::os::unix::fs::symlink("epoch1.safetensors", &link).unwrap();
+    wgrad::manual_seed(2);
+    let mut second = tiny(&Device::Cpu);
+    io::save(&second, &link, io::Dtype::F32).unwrap();
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+    let mut loaded = tiny(&Device::Cpu);
+    io::load(&loaded, &target).unwrap();
+    assert_eq!(outputs(&mut loaded), outputs(&mut second));
+}

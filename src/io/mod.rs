@@ -267,11 +267,18 @@ fn is_counter(name: &str) -> bool {
 
 /// Creates a temporary file beside `path`, fills it with `write`, syncs it
 /// and renames it to `path`. On any failure the temporary file is removed
-/// and `path` is left as it was.
+/// and `path` is left as it was. A `path` that is a symbolic link is written
+/// through, as `torch.save` writes: its target is replaced and the link
+/// kept (`latest.safetensors -> run/epoch10.safetensors`).
 pub(crate) fn write_atomically(
     path: &Path,
     write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
 ) -> Result<()> {
+    let target = std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.file_type().is_symlink())
+        .and_then(|_| std::fs::canonicalize(path).ok());
+    let path = target.as_deref().unwrap_or(path);
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(path, e))?;
     // Temporary files are private (0600); give the result the permissions
