@@ -258,36 +258,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         acc15_0 = fma(s3_15, b3_0, acc15_0);
         acc15_1 = fma(s3_15, b3_1, acc15_1);
     }
-    store4(batch, row0 + 0u, col0 + 0u, acc0_0);
-    store4(batch, row0 + 0u, col0 + 4u, acc0_1);
-    store4(batch, row0 + 1u, col0 + 0u, acc1_0);
-    store4(batch, row0 + 1u, col0 + 4u, acc1_1);
-    store4(batch, row0 + 2u, col0 + 0u, acc2_0);
-    store4(batch, row0 + 2u, col0 + 4u, acc2_1);
-    store4(batch, row0 + 3u, col0 + 0u, acc3_0);
-    store4(batch, row0 + 3u, col0 + 4u, acc3_1);
-    store4(batch, row0 + 4u, col0 + 0u, acc4_0);
-    store4(batch, row0 + 4u, col0 + 4u, acc4_1);
-    store4(batch, row0 + 5u, col0 + 0u, acc5_0);
-    store4(batch, row0 + 5u, col0 + 4u, acc5_1);
-    store4(batch, row0 + 6u, col0 + 0u, acc6_0);
-    store4(batch, row0 + 6u, col0 + 4u, acc6_1);
-    store4(batch, row0 + 7u, col0 + 0u, acc7_0);
-    store4(batch, row0 + 7u, col0 + 4u, acc7_1);
-    store4(batch, row0 + 8u, col0 + 0u, acc8_0);
-    store4(batch, row0 + 8u, col0 + 4u, acc8_1);
-    store4(batch, row0 + 9u, col0 + 0u, acc9_0);
-    store4(batch, row0 + 9u, col0 + 4u, acc9_1);
-    store4(batch, row0 + 10u, col0 + 0u, acc10_0);
-    store4(batch, row0 + 10u, col0 + 4u, acc10_1);
-    store4(batch, row0 + 11u, col0 + 0u, acc11_0);
-    store4(batch, row0 + 11u, col0 + 4u, acc11_1);
-    store4(batch, row0 + 12u, col0 + 0u, acc12_0);
-    store4(batch, row0 + 12u, col0 + 4u, acc12_1);
-    store4(batch, row0 + 13u, col0 + 0u, acc13_0);
-    store4(batch, row0 + 13u, col0 + 4u, acc13_1);
-    store4(batch, row0 + 14u, col0 + 0u, acc14_0);
-    store4(batch, row0 + 14u, col0 + 4u, acc14_1);
-    store4(batch, row0 + 15u, col0 + 0u, acc15_0);
-    store4(batch, row0 + 15u, col0 + 4u, acc15_1);
+    // Row by row: store row 0 of the tile, shift the others up.
+    for (var r = 0u; r < 16u; r++) {
+        store4(batch, row0 + r, col0 + 0u, acc0_0);
+        store4(batch, row0 + r, col0 + 4u, acc0_1);
+        acc0_0 = acc1_0; acc0_1 = acc1_1;
+        acc1_0 = acc2_0; acc1_1 = acc2_1;
+        acc2_0 = acc3_0; acc2_1 = acc3_1;
+        acc3_0 = acc4_0; acc3_1 = acc4_1;
+        acc4_0 = acc5_0; acc4_1 = acc5_1;
+        acc5_0 = acc6_0; acc5_1 = acc6_1;
+        acc6_0 = acc7_0; acc6_1 = acc7_1;
+        acc7_0 = acc8_0; acc7_1 = acc8_1;
+        acc8_0 = acc9_0; acc8_1 = acc9_1;
+        acc9_0 = acc10_0; acc9_1 = acc10_1;
+        acc10_0 = acc11_0; acc10_1 = acc11_1;
+        acc11_0 = acc12_0; acc11_1 = acc12_1;
+        acc12_0 = acc13_0; acc12_1 = acc13_1;
+        acc13_0 = acc14_0; acc13_1 = acc14_1;
+        acc14_0 = acc15_0; acc14_1 = acc15_1;
+    }
 }

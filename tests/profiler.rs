@@ -37,7 +37,9 @@ fn every_dispatch_is_recorded_with_its_op_kernel_and_times() {
     assert!(dispatched >= 3 * 10, "{dispatched}");
 
     let ops: std::collections::BTreeSet<&str> = profile.events.iter().map(|e| e.op.as_str()).collect();
-    for op in ["matmul", "cross_entropy", "optim", "reduce"] {
+    // (The biases' gradients are a reduction of their own only without
+    // matmul epilogues, which fold them into the weight gradient's kernel.)
+    for op in ["matmul", "cross_entropy", "optim"] {
         assert!(ops.iter().any(|o| o.contains(op)), "no {op} in {ops:?}");
     }
     for e in &profile.events {

@@ -80,9 +80,19 @@ def main():
     lines.append("    for (var k0 = ks.x; k0 < ks.y; k0 += 4u) {")
     lines += body()
     lines.append("    }")
-    for r in range(ROWS):
-        for j in range(TN4):
-            lines.append(f"    store4(batch, row0 + {r}u, col0 + {4 * j}u, acc{r}_{j});")
+    # The stores run as a loop over the tile's rows, each iteration storing
+    # row 0 and shifting the rows below up by one: the store (with an
+    # epilogue's elementwise work, src/backend/gpu/epilogue.rs) is compiled
+    # TN4 times rather than ROWS * TN4 times (an unrolled epilogue made a
+    # pipeline several times slower to build: lavapipe ~0.4 s), with no
+    # dynamically indexed array (which drivers lower to select ladders).
+    lines.append("    // Row by row: store row 0 of the tile, shift the others up.")
+    lines.append(f"    for (var r = 0u; r < {ROWS}u; r++) {{")
+    for j in range(TN4):
+        lines.append(f"        store4(batch, row0 + r, col0 + {4 * j}u, acc0_{j});")
+    for r in range(ROWS - 1):
+        lines.append("        " + " ".join(f"acc{r}_{j} = acc{r + 1}_{j};" for j in range(TN4)))
+    lines.append("    }")
     lines.append("}")
     path = os.path.join(os.path.dirname(__file__), "..", "shaders", "gemm_body.wgsl")
     with open(path, "w") as f:

@@ -58,7 +58,7 @@ impl Tuning {
                 conv_target_groups: 16,
                 multi_tensor: multi_tensor.unwrap_or(true),
                 multi_tensor_large: 1 << 14,
-                epilogues: epilogues.unwrap_or(false),
+                epilogues: epilogues.unwrap_or(true),
             }
         } else {
             Tuning {
