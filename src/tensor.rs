@@ -463,10 +463,15 @@ impl Tensor {
     /// This tensor as a variable: a leaf whose gradient `backward` computes,
     /// like PyTorch's `requires_grad_()`. The returned handle shares storage
     /// with `self`; optimizers update it in place. (A frozen variable is
-    /// unfrozen.)
+    /// unfrozen.) On a tensor an op computed with gradient tracking it is a
+    /// no-op, as PyTorch's: it stays in its graph, and `backward` reaches
+    /// what it was computed from (a new leaf would cut the graph there).
     pub fn requires_grad(self) -> Tensor {
         if self.is_variable() {
             self.set_requires_grad(true);
+            return self;
+        }
+        if self.is_tracked() {
             return self;
         }
         Self::with_storage(self.0.storage.clone(), self.shape().clone(), true)

@@ -90,9 +90,9 @@ fn min_var_std() {
     assert_eq!(x.min_dim(1, false).to_vec().unwrap(), [-1.0, -1.0]);
     assert_eq!(x.argmin(1, false).to_vec().unwrap(), [1.0, 0.0]);
     assert_eq!(x.argmin(0, true).to_vec().unwrap(), [1.0, 0.0, 1.0]);
-    // The first minimum takes the gradient.
+    // The two minima share the gradient, as in PyTorch's `min()`.
     let v = x.clone().requires_grad();
-    assert_eq!(v.min().backward().get(&v).unwrap().to_vec().unwrap(), [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    assert_eq!(v.min().backward().get(&v).unwrap().to_vec().unwrap(), [0.0, 0.5, 0.0, 0.5, 0.0, 0.0]);
     // Rows [3, -1, 2] and [-1, 5, 0], both of mean 4/3: Σd² = 78/9 and 186/9.
     assert_close(&x.var_dim(1, false, 1).to_vec().unwrap(), &[78.0 / 18.0, 186.0 / 18.0], 1e-5, 1e-6, "var");
     assert_close(&x.var_dim(1, true, 0).to_vec().unwrap(), &[78.0 / 27.0, 186.0 / 27.0], 1e-5, 1e-6, "var pop");

@@ -345,3 +345,51 @@ fn batch_norm() {
         &[x, w, b],
     );
 }
+
+/// Gradients at the points finite differences stay away from, against the
+/// values PyTorch 2.x computes there (worked in its eager mode): BCE with
+/// logits at a logit of 0, the standard deviation of equal values,
+/// `pow(x, 0)` at 0, ties of a whole-tensor max/min (shared evenly) and of
+/// `maximum`/`minimum` (halved), NaN taking a max's gradient, and a
+/// variance whose correction leaves no degrees of freedom.
+fn gradients_at_kinks_match_pytorch(dev: &Device) {
+    let t = |v: &[f32]| Tensor::from_slice(v, [v.len()], dev).unwrap();
+    let grad_of = |x: &Tensor, y: Tensor| y.backward().get(x).expect("a gradient").to_vec().unwrap();
+    let grads2 = |a: &Tensor, b: &Tensor, y: Tensor| {
+        let g = y.backward();
+        (g.get(a).unwrap().to_vec().unwrap(), g.get(b).unwrap().to_vec().unwrap())
+    };
+    let x = t(&[0.0, 0.0]).requires_grad();
+    assert_eq!(grad_of(&x, x.binary_cross_entropy_with_logits(&t(&[0.0, 1.0]))), [0.25, -0.25], "{dev:?}: bce");
+    // Away from 0 too, and the target's gradient (-x / n).
+    let (x, y) = (t(&[1.5, -2.0, 0.25]).requires_grad(), t(&[0.2, 1.0, 0.0]).requires_grad());
+    let (gx, gy) = grads2(&x, &y, x.binary_cross_entropy_with_logits(&y));
+    let sig = |v: f32| 1.0 / (1.0 + (-v).exp());
+    let want: Vec<f32> = [(1.5, 0.2), (-2.0, 1.0), (0.25, 0.0)].iter().map(|&(v, t)| (sig(v) - t) / 3.0).collect();
+    common::assert_close(&gx, &want, 1e-6, 1e-5, "bce logits");
+    common::assert_close(&gy, &[-0.5, 2.0 / 3.0, -0.25 / 3.0], 1e-6, 1e-5, "bce targets");
+    let x = t(&[2.0, 2.0, 2.0]).requires_grad();
+    assert_eq!(grad_of(&x, x.std()), [0.0; 3], "{dev:?}: std of equal values");
+    let x = Tensor::from_slice(&[1.0, 1.0, 1.0, 3.0], [2, 2], dev).unwrap().requires_grad();
+    let g = grad_of(&x, x.std_dim(1, false, 1).sum());
+    common::assert_close(&g, &[0.0, 0.0, -0.70710677, 0.70710677], 1e-6, 1e-5, "std_dim");
+    let x = t(&[0.0, 1.0]).requires_grad();
+    assert_eq!(grad_of(&x, x.powf(0.0).sum()), [0.0, 0.0], "{dev:?}: pow 0");
+    let x = t(&[1.0, 3.0, 3.0]).requires_grad();
+    assert_eq!(grad_of(&x, x.max()), [0.0, 0.5, 0.5], "{dev:?}: max ties");
+    let x = t(&[2.0, 1.0, 1.0, 5.0]).requires_grad();
+    assert_eq!(grad_of(&x, x.min()), [0.0, 0.5, 0.5, 0.0], "{dev:?}: min ties");
+    let x = t(&[1.0, f32::NAN, 2.0]).requires_grad();
+    let m = x.max();
+    assert!(m.item().unwrap().is_nan());
+    assert_eq!(grad_of(&x, m), [0.0, 1.0, 0.0], "{dev:?}: NaN takes the max's gradient");
+    for (nan, want_a, want_b) in [(false, [0.0, 0.5, 1.0], [1.0, 0.5, 0.0]), (true, [0.0, 1.0, 1.0], [1.0, 1.0, 0.0])] {
+        let a = t(&[1.0, if nan { f32::NAN } else { 2.0 }, 3.0]).requires_grad();
+        let b = t(&[2.0, 2.0, 2.0]).requires_grad();
+        assert_eq!(grads2(&a, &b, a.maximum(&b).sum()), (want_a.to_vec(), want_b.to_vec()), "{dev:?}: maximum {nan}");
+    }
+    let (a, b) = (t(&[1.0, 2.0, 3.0]).requires_grad(), t(&[2.0, 2.0, 2.0]).requires_grad());
+    assert_eq!(grads2(&a, &b, a.minimum(&b).sum()), (vec![1.0, 0.5, 0.0], vec![0.0, 0.5, 1.0]), "{dev:?}: minimum");
+    assert_eq!(t(&[1.0, 3.0]).var_dim(0, false, 3).item().unwrap(), f32::INFINITY, "{dev:?}: var, correction > n");
+}
+test_device!(gradients_at_kinks_match_pytorch);

@@ -149,10 +149,12 @@ fn reductions_known_values() {
     assert_eq!(vals(&x.max_dim(1, false)), vec![5.0, 6.0]);
     assert_eq!(vals(&x.argmax(1, false)), vec![1.0, 2.0]);
     assert_eq!(vals(&x.argmax(0, false)), vec![1.0, 0.0, 1.0]);
-    // Ties: the first maximum wins, and only it gets the gradient.
+    // Ties: the first maximum is the arg-max and takes max_dim's gradient
+    // (torch.max(dim)); the whole-tensor max shares it (torch's max()).
     let tie = var(&[2.0, 7.0, 7.0], &[3]);
     assert_eq!(tie.argmax(0, false).item().unwrap(), 1.0);
-    assert_eq!(vals(tie.max().backward().get(&tie).unwrap()), vec![0.0, 1.0, 0.0]);
+    assert_eq!(vals(tie.max_dim(0, false).backward().get(&tie).unwrap()), vec![0.0, 1.0, 0.0]);
+    assert_eq!(vals(tie.max().backward().get(&tie).unwrap()), vec![0.0, 0.5, 0.5]);
 }
 
 #[test]
@@ -250,4 +252,11 @@ fn anomaly_detection_names_the_first_bad_op() {
     assert!(err.to_string().contains("backward of `sqrt`"), "{err}");
     // Clean code passes through.
     assert!(wgrad::detect_anomaly(|| x.exp().sum()).is_ok());
+    // So do the infinities masks are made of: a causal attention trains
+    // under anomaly detection (its -∞ bias is no anomaly, as in PyTorch).
+    let q = wgrad::Tensor::randn([1, 2, 4, 8], &wgrad::Device::Cpu).requires_grad();
+    let ok = wgrad::detect_anomaly(|| wgrad::scaled_dot_product_attention(&q, &q, &q, true).sum().backward());
+    assert!(ok.is_ok(), "{:?}", ok.err());
+    let masked = wgrad::detect_anomaly(|| x.masked_fill(&x.lt_scalar(0.0), f32::NEG_INFINITY).exp().sum().backward());
+    assert!(masked.is_ok(), "{:?}", masked.err());
 }

@@ -1,7 +1,10 @@
-//! Opt-in detection of the first op that produced a NaN or an infinity.
+//! Opt-in detection of the first op that produced a NaN (or, in a backward
+//! rule, an infinity).
 //!
 //! Inside [`detect_anomaly`], every op's output (forward and backward) is
-//! checked. That reads each result back to the host, so it is slow on a GPU
+//! checked. A forward infinity is not an anomaly: masks are made of them
+//! (a causal attention's `-∞` bias, `masked_fill(-inf)`), and a NaN it
+//! leads to is caught where it appears; a gradient that is infinite is. That reads each result back to the host, so it is slow on a GPU
 //! and meant for debugging a training run that diverged, as PyTorch's
 //! `detect_anomaly`.
 
@@ -20,14 +23,15 @@ thread_local! {
     static STATE: RefCell<State> = RefCell::new(State::default());
 }
 
-/// Runs `f` checking every op's result for NaN and infinity; returns
-/// [`Error::Anomaly`] naming the first op that produced one, or `f`'s value.
+/// Runs `f` checking every op's result for NaN (and a backward rule's for
+/// infinity too); returns [`Error::Anomaly`] naming the first op that
+/// produced one, or `f`'s value.
 ///
 /// ```
 /// use wgrad::{Device, Tensor, detect_anomaly};
-/// let x = Tensor::from_vec(vec![1.0, 0.0], [2], &Device::Cpu).unwrap();
-/// let err = detect_anomaly(|| x.log().sum()).unwrap_err();
-/// assert!(err.to_string().contains("`log`"), "{err}");
+/// let x = Tensor::from_vec(vec![1.0, -1.0], [2], &Device::Cpu).unwrap();
+/// let err = detect_anomaly(|| x.sqrt().sum()).unwrap_err();
+/// assert!(err.to_string().contains("`sqrt`"), "{err}");
 /// ```
 pub fn detect_anomaly<R>(f: impl FnOnce() -> R) -> Result<R> {
     struct Restore(bool);
@@ -63,8 +67,8 @@ pub(crate) fn in_backward_of<R>(op: &'static str, f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Records `t` as the first anomaly if detection is on and it holds a NaN or
-/// an infinity.
+/// Records `t` as the first anomaly if detection is on and it holds a NaN,
+/// or in a backward rule an infinity.
 pub(crate) fn check_anomaly(op: &'static str, t: &Tensor) {
     let watching = STATE.with(|s| {
         let s = s.borrow();
@@ -80,7 +84,8 @@ pub(crate) fn check_anomaly(op: &'static str, t: &Tensor) {
             return;
         }
     };
-    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+    let backward = STATE.with(|s| s.borrow().in_backward_of.is_some());
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| v.is_nan() || (backward && v.is_infinite())) {
         STATE.with(|s| {
             let mut s = s.borrow_mut();
             let place = match s.in_backward_of {

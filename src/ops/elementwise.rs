@@ -71,30 +71,19 @@ impl Tensor {
         })
     }
 
-    /// Elementwise maximum, broadcasting. Where the two are equal the
-    /// gradient goes to `self`.
+    /// Elementwise maximum, broadcasting. Where the two are equal each gets
+    /// half the gradient, as in PyTorch (`maximum(x, 0)` is not `relu`
+    /// there: 0.5 at 0).
     pub fn maximum(&self, rhs: &Tensor) -> Tensor {
-        self.zip_raw(rhs, BinaryOp::Max, "maximum").record("maximum", &[self, rhs], |c| {
-            let (a, b) = (c.input(0), c.input(1));
-            let mask = a.zip_raw(b, BinaryOp::Cmp(Cmp::Ge), "maximum");
-            vec![
-                c.needs[0].then(|| (c.grad * &mask).sum_to(a.shape())),
-                c.needs[1].then(|| (c.grad * &(1.0 - &mask)).sum_to(b.shape())),
-            ]
-        })
+        self.zip_raw(rhs, BinaryOp::Max, "maximum")
+            .record("maximum", &[self, rhs], |c| tie_split(c, Cmp::Lt, "maximum"))
     }
 
-    /// Elementwise minimum, broadcasting. Where the two are equal the
-    /// gradient goes to `self`.
+    /// Elementwise minimum, broadcasting. Where the two are equal each gets
+    /// half the gradient, as in PyTorch.
     pub fn minimum(&self, rhs: &Tensor) -> Tensor {
-        self.zip_raw(rhs, BinaryOp::Min, "minimum").record("minimum", &[self, rhs], |c| {
-            let (a, b) = (c.input(0), c.input(1));
-            let mask = b.zip_raw(a, BinaryOp::Cmp(Cmp::Ge), "minimum");
-            vec![
-                c.needs[0].then(|| (c.grad * &mask).sum_to(a.shape())),
-                c.needs[1].then(|| (c.grad * &(1.0 - &mask)).sum_to(b.shape())),
-            ]
-        })
+        self.zip_raw(rhs, BinaryOp::Min, "minimum")
+            .record("minimum", &[self, rhs], |c| tie_split(c, Cmp::Gt, "minimum"))
     }
 
     /// 1 where `self == rhs` (broadcasting), else 0; not differentiable.
@@ -233,9 +222,13 @@ impl Tensor {
         self.unary_op("sqrt", UnaryOp::Sqrt, |c| c.output().powf(-1.0).mul_scalar(0.5))
     }
 
-    /// `xᵖ`.
+    /// `xᵖ`. For `p = 0` the gradient is 0 everywhere, 0 included (as
+    /// PyTorch's: not `0 · 0⁻¹`, which is NaN).
     pub fn powf(&self, p: f32) -> Tensor {
-        self.unary_op("powf", UnaryOp::PowScalar(p), move |c| c.input(0).powf(p - 1.0).mul_scalar(p))
+        self.unary_op("powf", UnaryOp::PowScalar(p), move |c| {
+            let x = c.input(0);
+            if p == 0.0 { Tensor::zeros(x.shape().clone(), &x.device()) } else { x.powf(p - 1.0).mul_scalar(p) }
+        })
     }
 
     /// `1 / x`.
@@ -403,4 +396,23 @@ impl std::ops::Neg for Tensor {
     fn neg(self) -> Tensor {
         Tensor::neg(&self)
     }
+}
+
+/// The gradients of `maximum` (`loses` = `Lt`) or `minimum` (`Gt`) as
+/// PyTorch computes them: the whole gradient to the side that was picked,
+/// half to each where the two are equal, and none to a side that lost
+/// (`self` loses where `self loses other`). With a NaN neither loses, so
+/// both get it all, as in PyTorch.
+fn tie_split(c: &BackwardCtx, loses: Cmp, name: &'static str) -> Vec<Option<Tensor>> {
+    let (a, b) = (c.input(0), c.input(1));
+    let half = a.zip_raw(b, BinaryOp::Cmp(Cmp::Eq), name).mul_scalar(-0.5).add_scalar(1.0);
+    let share = c.grad * &half;
+    let mirrored = match loses {
+        Cmp::Lt => Cmp::Gt,
+        _ => Cmp::Lt,
+    };
+    vec![
+        c.needs[0].then(|| (&share * &(1.0 - &a.zip_raw(b, BinaryOp::Cmp(loses), name))).sum_to(a.shape())),
+        c.needs[1].then(|| (&share * &(1.0 - &a.zip_raw(b, BinaryOp::Cmp(mirrored), name))).sum_to(b.shape())),
+    ]
 }

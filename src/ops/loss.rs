@@ -85,8 +85,19 @@ impl Tensor {
             self.shape(),
             target.shape()
         );
-        let softplus = (1.0 + &self.abs().neg().exp()).log();
-        (&(&self.relu() - &(self * target)) + &softplus).mean()
+        // One node: the composed graph's gradient is wrong at x = 0, where
+        // relu's and |x|'s derivatives are both taken as 0 (it gives -t, not
+        // σ(0) - t = 0.5 - t).
+        let loss = crate::no_grad(|| {
+            let softplus = (1.0 + &self.abs().neg().exp()).log();
+            (&(&self.relu() - &(self * target)) + &softplus).mean()
+        });
+        let n = self.elem_count().max(1) as f32;
+        loss.record("binary_cross_entropy_with_logits", &[self, target], move |c| {
+            let (x, t) = (c.input(0), c.input(1));
+            let scale = c.grad.mul_scalar(1.0 / n);
+            vec![c.needs[0].then(|| &(&x.sigmoid() - t) * &scale), c.needs[1].then(|| &x.neg() * &scale)]
+        })
     }
 
     /// Cross-entropy of `[batch, classes]` logits against `[batch]` labels

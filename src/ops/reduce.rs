@@ -64,9 +64,12 @@ impl Tensor {
         })
     }
 
-    /// Maximum of all elements, as a scalar.
+    /// Maximum of all elements, as a scalar. The gradient is shared evenly
+    /// by the elements that equal it, as PyTorch's `max()` and `amax` share
+    /// it (`max_dim`, like `torch.max(dim)`, gives it to the arg-max).
     pub fn max(&self) -> Tensor {
-        self.flat().max_dim(0, false)
+        let m = crate::no_grad(|| self.flat().max_dim(0, false));
+        m.record("max", &[self], |c| vec![Some(evenly_to_ties(c))])
     }
 
     /// Minimum along `axis` (NaN wins, as in PyTorch). The gradient goes to
@@ -82,9 +85,11 @@ impl Tensor {
         })
     }
 
-    /// Minimum of all elements, as a scalar.
+    /// Minimum of all elements, as a scalar; its gradient shared evenly by
+    /// the elements that equal it (see [`max`](Self::max)).
     pub fn min(&self) -> Tensor {
-        self.flat().min_dim(0, false)
+        let m = crate::no_grad(|| self.flat().min_dim(0, false));
+        m.record("min", &[self], |c| vec![Some(evenly_to_ties(c))])
     }
 
     /// Index of the first minimum along `axis`, as f32 values (not
@@ -101,8 +106,9 @@ impl Tensor {
         let axis = axis.index(self.shape(), "var_dim");
         let n = self.dims()[axis];
         let centred = self - &self.mean_dim(axis, true);
-        // n - correction ≤ 0 gives ∞ or NaN, as in PyTorch.
-        centred.sqr().sum_dim(axis, keepdim).mul_scalar(1.0 / (n as f32 - correction as f32))
+        // A correction of n or more divides by 0, giving ∞ or NaN, as
+        // PyTorch's max(0, n - correction) does.
+        centred.sqr().sum_dim(axis, keepdim).mul_scalar(1.0 / (n as f32 - correction as f32).max(0.0))
     }
 
     /// Variance of all elements (unbiased, as PyTorch's default).
@@ -111,13 +117,28 @@ impl Tensor {
     }
 
     /// Standard deviation along `axis` (see [`var_dim`](Self::var_dim)).
+    /// Where it is 0 (all values equal) its gradient is 0, as PyTorch's,
+    /// not the NaN of `sqrt`'s infinite slope times a zero deviation.
     pub fn std_dim(&self, axis: impl Dim, keepdim: bool, correction: usize) -> Tensor {
-        self.var_dim(axis, keepdim, correction).sqrt()
+        let axis = axis.index(self.shape(), "std_dim");
+        let std = crate::no_grad(|| self.var_dim(axis, keepdim, correction).sqrt());
+        let divisor = (self.dims()[axis] as f32 - correction as f32).max(0.0);
+        std.record("std_dim", &[self], move |c| {
+            let x = c.input(0);
+            let mut kept = x.dims().to_vec();
+            kept[axis] = 1;
+            let s = c.output().reshape(kept.clone());
+            let g = c.grad.reshape(kept);
+            // g / (divisor · std), 0 where the std is 0.
+            let zero = Tensor::zeros([], &x.device());
+            let per = s.eq_scalar(0.0).where_cond(&zero, &(&g / &s.mul_scalar(divisor)));
+            vec![Some(&(x - &x.mean_dim(axis, true)) * &per)]
+        })
     }
 
     /// Standard deviation of all elements (unbiased, as PyTorch's default).
     pub fn std(&self) -> Tensor {
-        self.var().sqrt()
+        self.flat().std_dim(0, false, 1).reshape(Vec::<usize>::new())
     }
 
     /// Index of the first maximum along `axis`, as f32 values (not
@@ -185,4 +206,15 @@ impl Tensor {
         }
         t
     }
+}
+
+/// The gradient of a whole-tensor max or min: the output's gradient shared
+/// evenly by the elements equal to it (NaN counting as equal to a NaN
+/// result), as PyTorch's `evenly_distribute_backward`.
+fn evenly_to_ties(c: &crate::autograd::BackwardCtx) -> Tensor {
+    let x = c.input(0);
+    let v = c.output();
+    let nan = |t: &Tensor| t.ne(t);
+    let ties = &x.eq(v) + &(&nan(x) * &nan(v));
+    &ties * &(c.grad / &ties.sum())
 }
