@@ -59,6 +59,9 @@ pub(crate) struct GpuBuffer(Arc<Cell>);
 pub(crate) struct Cell {
     ready: OnceLock<Result<Arc<Pooled>, Poison>>,
     pending: Mutex<Option<(Arc<Context>, Expr)>>,
+    /// The thread computing it, once its expression has left `pending` (and
+    /// until `ready` is set, while its kernel is being recorded).
+    computing: Mutex<Option<std::thread::ThreadId>>,
     /// The capture (on some thread) that made this pending expression.
     capture: Option<Arc<super::capture::Owner>>,
 }
@@ -68,7 +71,11 @@ impl Cell {
     fn get(&self) -> Result<&Arc<Pooled>, &Poison> {
         self.ready
             .get_or_init(|| {
-                let (ctx, expr) = lock(&self.pending).take().expect("a GPU buffer is either ready or pending");
+                let (ctx, expr) = {
+                    let mut pending = lock(&self.pending);
+                    *lock(&self.computing) = Some(std::thread::current().id());
+                    pending.take().expect("a GPU buffer is either ready or pending")
+                };
                 if let Some(c) = &self.capture {
                     c.computed_here();
                 }
@@ -86,21 +93,38 @@ impl Cell {
 
     /// Computes the buffer now if it is pending and reads `buffer` (or, with
     /// `None`, in any case).
+    /// A cell another thread is computing right now (its expression taken,
+    /// its kernel not yet recorded) may read `buffer` too: this waits for
+    /// it, so that a write recorded next comes after its kernel.
     fn run_if_reads(&self, buffer: Option<&Arc<Pooled>>) {
-        let reads = lock(&self.pending).as_ref().is_some_and(|(_, e)| buffer.is_none_or(|b| e.reads(b)));
-        if reads {
+        let (reads, elsewhere) = {
+            let pending = lock(&self.pending);
+            let reads = pending.as_ref().is_some_and(|(_, e)| buffer.is_none_or(|b| e.reads(b)));
+            (reads, *lock(&self.computing) != Some(std::thread::current().id()) && self.in_progress())
+        };
+        if reads || elsewhere {
             let _ = self.get();
         }
     }
 
+    /// Taken out of `pending` by a thread still recording its kernel.
+    fn in_progress(&self) -> bool {
+        lock(&self.computing).is_some() && self.ready.get().is_none()
+    }
+
     fn is_pending(&self) -> bool {
-        lock(&self.pending).is_some()
+        lock(&self.pending).is_some() || self.in_progress()
     }
 }
 
 impl GpuBuffer {
     pub fn ready(result: Result<Arc<Pooled>, Poison>) -> Self {
-        GpuBuffer(Arc::new(Cell { ready: OnceLock::from(result), pending: Mutex::new(None), capture: None }))
+        GpuBuffer(Arc::new(Cell {
+            ready: OnceLock::from(result),
+            pending: Mutex::new(None),
+            computing: Mutex::new(None),
+            capture: None,
+        }))
     }
 
     pub fn poisoned(poison: impl Into<Poison>) -> Self {
@@ -110,7 +134,12 @@ impl GpuBuffer {
     /// A buffer `expr` computes when it is first needed.
     fn pending(ctx: &Arc<Context>, expr: Expr) -> Self {
         let capture = super::capture::owner(ctx);
-        let cell = Arc::new(Cell { ready: OnceLock::new(), pending: Mutex::new(Some((ctx.clone(), expr))), capture });
+        let cell = Arc::new(Cell {
+            ready: OnceLock::new(),
+            pending: Mutex::new(Some((ctx.clone(), expr))),
+            computing: Mutex::new(None),
+            capture,
+        });
         ctx.lazy.register(Arc::downgrade(&cell));
         if cell.capture.is_some() {
             super::capture::note_pending(ctx, Arc::downgrade(&cell));

@@ -267,7 +267,17 @@ impl Context {
         if let Some(e) = self.health.lost() {
             return Err(e);
         }
-        let buffer = self.pool.alloc(op, n, || self.release_memory())?;
+        let buffer = self.pool.alloc(op, n, || {
+            self.release_memory();
+            // Dropped buffers go back to the driver only once no submitted
+            // work holds them, and the pool's were used by the last steps:
+            // submit what is recorded and wait, or the retry fails as well
+            // (not while a step is being captured: its work is recorded,
+            // not run, and the retry then takes its chance).
+            if !capture::active() {
+                let _ = self.queue.wait(self.queue.submit(), &self.health);
+            }
+        })?;
         if capture::active() {
             capture::note_alloc(self, &buffer);
         }

@@ -42,6 +42,16 @@ struct State {
     stats: MemoryStats,
 }
 
+/// The size of the buffer that holds `bytes` under a binding limit of
+/// `limit`: its class, cut to the limit (rounded down to 16 bytes), or
+/// `None` where even that is too small. A limit that is not a multiple of
+/// 16 (2³¹ - 4 on desktop Vulkan and DX12) leaves the last few sizes under
+/// it without a buffer that holds them.
+fn class_within(bytes: u64, limit: u64) -> Option<u64> {
+    let class = size_class(bytes)?.min(limit.max(16) & !15);
+    (bytes <= limit && class >= bytes).then_some(class)
+}
+
 /// The size class of a request of `bytes`: the smallest `m · 2^e ≥ bytes`
 /// with `8 ≤ m < 16`, after rounding up to whole 16-byte vec4s (elementwise
 /// kernels read and write whole vec4s; an empty buffer cannot be bound).
@@ -74,13 +84,13 @@ impl Pool {
 
     /// A buffer for `n` f32s, from the pool when one of its class is free.
     /// When the driver refuses a new one, `release` is called once to give
-    /// memory back (the pool's own buffers, caches holding others) and the
-    /// allocation is tried again. `op` names the op in errors.
+    /// memory back (the pool's own buffers, caches holding others, and the
+    /// wait for the GPU that lets the driver free them) and the allocation
+    /// is tried again. `op` names the op in errors.
     pub fn alloc(self: &Arc<Self>, op: &'static str, n: usize, release: impl FnOnce()) -> Result<Arc<Pooled>> {
         let too_large = || Error::TooLarge { op, bytes: (n as u64).saturating_mul(4), limit: self.limit };
-        let bytes = (n as u64).checked_mul(4).filter(|&b| b <= self.limit).ok_or_else(too_large)?;
-        // Round up to the class, unless that would cross the limit.
-        let class = size_class(bytes).ok_or_else(too_large)?.min(self.limit.max(16) & !15);
+        let class =
+            (n as u64).checked_mul(4).and_then(|bytes| class_within(bytes, self.limit)).ok_or_else(too_large)?;
         let pooled = self.take(class);
         let buffer = match pooled {
             Some(buffer) => buffer,
@@ -155,7 +165,7 @@ impl Drop for Pooled {
 
 #[cfg(test)]
 mod tests {
-    use super::size_class;
+    use super::{class_within, size_class};
 
     #[test]
     fn size_classes_waste_at_most_an_eighth() {
@@ -171,6 +181,17 @@ mod tests {
             // Whole vec4s, as the elementwise kernels read and write.
             assert_eq!(c % 16, 0, "{bytes} -> {c}");
         }
+    }
+
+    #[test]
+    fn a_size_just_under_a_limit_off_the_16_byte_grid_is_too_large() {
+        let limit = (1u64 << 31) - 4;
+        assert_eq!(class_within(limit & !15, limit), Some(limit & !15));
+        for bytes in [(limit & !15) + 4, limit] {
+            assert_eq!(class_within(bytes, limit), None, "{bytes}");
+        }
+        assert_eq!(class_within(limit + 4, limit), None);
+        assert_eq!(class_within(100, limit), size_class(100));
     }
 
     #[test]
