@@ -56,9 +56,17 @@ pub(crate) fn cross_entropy(
     // A workgroup per row, or for a few classes one invocation per row (see
     // `SHORT_LINE`); the mean, one workgroup for all rows.
     let lines = classes <= super::reduce::SHORT_LINE;
-    let (wg, groups) = match lines {
-        true => (ctx.tuning.elementwise_wg, ctx.groups_1d(rows, ctx.tuning.elementwise_wg)),
-        false => (ctx.tuning.row_wg, ctx.spread(rows as u64)),
+    let (wg, groups) = match (pass, lines) {
+        // The mean's one workgroup is as wide as the rows need (a power of
+        // two, so its tree of sums adds the same pairs as a wider one, whose
+        // extra slots hold zeros): its barriers wait for fewer invocations
+        // (on lavapipe, each is a switch through every 8 of them).
+        (Pass::Mean, _) => {
+            let wg = rows.next_power_of_two().min(ctx.tuning.elementwise_wg as usize) as u32;
+            (wg, [1, 1, 1])
+        }
+        (_, true) => (ctx.tuning.elementwise_wg, ctx.groups_1d(rows, ctx.tuning.elementwise_wg)),
+        (_, false) => (ctx.tuning.row_wg, ctx.spread(rows as u64)),
     };
     let (entry, n) = match (pass, lines) {
         (Pass::Mean, _) => ("cross_entropy_mean_lines", 1),
