@@ -147,3 +147,17 @@ fn a_linear_shape_error_names_the_layer() {
     let msg = common::panic_message_of(|| drop(layer.forward(&Tensor::zeros([8, 5], &Device::Cpu))));
     assert!(msg.starts_with("Linear(784 -> 128): input of shape [8, 5] has 5 features, the layer takes 784"), "{msg}");
 }
+
+/// `Linear::torch` draws PyTorch's `nn.Linear` initialisation: weight and
+/// bias both within ±1/√inputs, the bias not zero.
+#[test]
+fn linear_torch_draws_weight_and_bias_as_pytorch() {
+    wgrad::manual_seed(4);
+    let layer = nn::Linear::torch(16, 8, &Device::Cpu);
+    let bound = 0.25;
+    let w = layer.weight.to_vec().unwrap();
+    let b = layer.bias.as_ref().unwrap().to_vec().unwrap();
+    assert_eq!((w.len(), b.len()), (128, 8));
+    assert!(w.iter().chain(&b).all(|v| v.abs() <= bound), "outside ±{bound}");
+    assert!(b.iter().any(|&v| v != 0.0) && w.iter().any(|&v| v.abs() > 0.2), "not spread over the range");
+}

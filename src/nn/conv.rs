@@ -291,7 +291,10 @@ macro_rules! batch_norm_layer {
             }
 
             /// With the given momentum and eps, and with or without the
-            /// learnt scale and shift.
+            /// learnt scale and shift. Mind the order: momentum comes
+            /// before eps here, where PyTorch's positional arguments are
+            /// `(num_features, eps, momentum, affine)`; both are `f32`, so
+            /// a port that keeps PyTorch's order swaps them silently.
             pub fn with_options(features: usize, momentum: f32, eps: f32, affine: bool, device: &Device) -> Self {
                 $name(BatchNorm { momentum, eps, ..BatchNorm::new(features, affine, device) })
             }

@@ -13,7 +13,9 @@ pub enum Init {
     HeUniform,
     /// N(0, 2 / fan_in): He et al.
     HeNormal,
-    /// U(±1/√fan_in): PyTorch's default for `nn.Linear`.
+    /// U(±1/√fan_in): the bound of PyTorch's default `nn.Linear` weight
+    /// (PyTorch draws the bias from it too, where `with_init` starts it at
+    /// zero: [`Linear::torch`] is PyTorch's initialisation whole).
     LeCunUniform,
 }
 
@@ -46,6 +48,13 @@ impl Linear {
     /// zero bias.
     pub fn new(inputs: usize, outputs: usize, device: &Device) -> Self {
         with_default_generator(|g| Linear::with_init(inputs, outputs, Init::GlorotUniform, true, g, device))
+    }
+
+    /// PyTorch's `nn.Linear(inputs, outputs)` initialisation, weight and
+    /// bias both drawn from U(±1/√inputs) (the calling thread's default
+    /// generator), for ports that must start where PyTorch does.
+    pub fn torch(inputs: usize, outputs: usize, device: &Device) -> Self {
+        with_default_generator(|g| super::torch_linear(inputs, outputs, g, device))
     }
 
     /// A layer with the given initialisation, drawn from `generator`.
