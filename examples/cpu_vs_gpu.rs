@@ -44,9 +44,12 @@ struct Args {
     /// Where to draw the chart
     #[arg(long, default_value = "cpu_vs_gpu.svg")]
     svg: PathBuf,
-    /// MNIST directory for the epoch benchmark
+    /// MNIST directory for the training-step and epoch benchmarks
     #[arg(long, default_value = "data/mnist")]
     data: PathBuf,
+    /// The names corpus (examples/names.rs) for the language-model epochs
+    #[arg(long, default_value = "data/names")]
+    names: PathBuf,
     /// Measure only these workloads (comma-separated names, e.g.
     /// `matmul,mnist_epoch`)
     #[arg(long, value_delimiter = ',')]
@@ -185,7 +188,31 @@ impl Bench<'_> {
     }
 }
 
+/// Every workload `--only` can name.
+const WORKLOADS: &[&str] = &[
+    "matmul",
+    "mnist_layer",
+    "conv2d",
+    "elementwise_chain",
+    "softmax_xent",
+    "layer_norm",
+    "attention",
+    "embedding",
+    "train_step",
+    "train_step_captured",
+    "mnist_epoch",
+    "mnist_cnn_epoch",
+    "names_gpt_epoch",
+    "names_lstm_epoch",
+];
+
 fn run(args: Args) -> Result<()> {
+    if let Some(unknown) = args.only.iter().find(|w| !WORKLOADS.contains(&w.as_str())) {
+        return Err(wgrad::Error::InvalidArgument {
+            op: "--only",
+            msg: format!("no workload {unknown:?}; the workloads are {}", WORKLOADS.join(", ")),
+        });
+    }
     let gpu = Device::gpu();
     let mut devices = vec![("cpu", Device::Cpu)];
     match &gpu {
@@ -309,7 +336,7 @@ fn run(args: Args) -> Result<()> {
             let model = seed_model(dev, 128);
             let mut opt = Adam::new(model.parameters(), 1e-3);
             let idx: Vec<usize> = (0..batch).collect();
-            let (x, y) = bench_data(dev, &idx);
+            let (x, y) = bench_data(&data.train, dev, &idx);
             let dev = dev.clone();
             Ok(Box::new(move || {
                 let loss = model.forward(&x).cross_entropy(&y);
@@ -330,7 +357,7 @@ fn run(args: Args) -> Result<()> {
             let model = seed_model(dev, 128);
             let mut opt = Adam::new(model.parameters(), 1e-3);
             let idx: Vec<usize> = (0..32).collect();
-            let (x, y) = bench_data(dev, &idx);
+            let (x, y) = bench_data(&data.train, dev, &idx);
             let dev = dev.clone();
             let mut step = wgrad::CapturedStep::new(move |xy: &[Tensor]| {
                 let loss = model.forward(&xy[0]).cross_entropy(&xy[1]);
@@ -371,8 +398,13 @@ fn run(args: Args) -> Result<()> {
 
     // Character-level language models (examples/names.rs) through `fit`:
     // a GPT and an LSTM (an eighth of the names with --quick).
-    let names = wgrad::data::names::load("data/names", 16)?;
-    let names_train = if args.quick { names.train.split_last(0.875).0 } else { names.train.clone() };
+    let lm_names = ["names_gpt_epoch", "names_lstm_epoch"];
+    let names_train = if lm_names.iter().any(|w| bench.wants(w)) {
+        let names = wgrad::data::names::load(&args.names, 16)?;
+        if args.quick { names.train.split_last(0.875).0 } else { names.train }
+    } else {
+        Dataset::new(Vec::new(), Vec::new(), &[16], 28)
+    };
     type BuildLm = fn(&Device) -> Box<dyn nn::Module>;
     let lms: [(&str, BuildLm); 2] = [
         ("names_gpt_epoch", |d| {
@@ -434,15 +466,10 @@ fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The first `idx` MNIST training digits as one batch.
-fn bench_data(dev: &Device, idx: &[usize]) -> (Tensor, Tensor) {
-    thread_local! {
-        static DATA: Dataset = mnist::load("data/mnist").expect("MNIST").train;
-    }
-    DATA.with(|d| {
-        let idx: Vec<usize> = idx.iter().map(|i| i % d.len()).collect();
-        d.gather(&idx, dev)
-    })
+/// The MNIST training digits at `idx` (wrapping around) as one batch.
+fn bench_data(data: &Dataset, dev: &Device, idx: &[usize]) -> (Tensor, Tensor) {
+    let idx: Vec<usize> = idx.iter().map(|i| i % data.len()).collect();
+    data.gather(&idx, dev)
 }
 
 fn human(seconds: f64) -> String {

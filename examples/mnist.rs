@@ -235,7 +235,13 @@ fn run(args: Args) -> wgrad::Result<()> {
         Choice::Best => Device::best(),
     };
     say!("device: {}", device.info());
-    let data = mnist::load(&args.data)?;
+    let data = mnist::load(&args.data).inspect_err(|_| {
+        eprintln!(
+            "(the four MNIST files, raw or .gz, are read from {}, relative to the current directory: run from \
+             the repository root, or pass --data DIR)",
+            args.data.display()
+        )
+    })?;
     say!("data: {} training and {} test digits from {}", data.train.len(), data.test.len(), args.data.display());
     wgrad::manual_seed(args.seed);
     let net = model(&args, &device);

@@ -103,3 +103,28 @@ fn broken_files_are_errors_naming_the_file() {
     let msg = load_err(dir.path());
     assert!(msg.contains("train-images-idx3-ubyte.gz"), "{msg}");
 }
+
+/// A gzip file of several members (`cat a.gz b.gz`, bgzip's output) reads as
+/// `gzip -d` reads it; bytes after the last member are an error, as trailing
+/// bytes in a raw file are.
+#[test]
+fn multi_member_gzip_reads_and_trailing_bytes_are_errors() {
+    use flate2::{Compression, write::GzEncoder};
+    let gz = std::fs::read("data/mnist/t10k-labels-idx1-ubyte.gz").unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
+    let member = |bytes: &[u8]| {
+        let mut e = GzEncoder::new(Vec::new(), Compression::fast());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    };
+    let cut = raw.len() / 3;
+    let mut two = member(&raw[..cut]);
+    two.extend(member(&raw[cut..]));
+    let read = wgrad::data::parse_idx(&two[..], Path::new("two.gz")).unwrap();
+    assert_eq!(read.data, raw[8..], "the labels after the 8-byte header");
+    let mut trailing = member(&raw);
+    trailing.extend(b"junk");
+    let err = wgrad::data::parse_idx(&trailing[..], Path::new("junk.gz")).unwrap_err().to_string();
+    assert!(err.contains("junk.gz"), "{err}");
+}

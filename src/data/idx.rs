@@ -10,7 +10,7 @@
 //! what is there.
 
 use crate::{Error, Result};
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
@@ -35,8 +35,10 @@ pub fn parse_idx(mut reader: impl Read, path: &Path) -> Result<Idx> {
     read_exact(&mut reader, &mut magic, path, "the 4-byte magic number")?;
     let whole = std::io::Cursor::new(magic).chain(reader);
     if magic[..2] == [0x1f, 0x8b] {
-        // A gzip stream: parse what it decompresses to.
-        return parse_raw(GzDecoder::new(whole), path);
+        // A gzip stream (of one member or several, as `gzip -d` reads
+        // concatenated ones; bytes after the last are an error): parse
+        // what it decompresses to.
+        return parse_raw(MultiGzDecoder::new(whole), path);
     }
     parse_raw(whole, path)
 }

@@ -408,6 +408,7 @@ pub fn fit(
         && config.verbose
         && is_primary()
         && config.validation_data.is_none()
+        && !config.shuffle_before_split
         && v.classes().is_some()
         && v.distinct_labels() < train.distinct_labels()
     {
