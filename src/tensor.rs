@@ -465,7 +465,8 @@ impl Tensor {
     /// with `self`; optimizers update it in place. (A frozen variable is
     /// unfrozen.) On a tensor an op computed with gradient tracking it is a
     /// no-op, as PyTorch's: it stays in its graph, and `backward` reaches
-    /// what it was computed from (a new leaf would cut the graph there).
+    /// what it was computed from (a new leaf would cut the graph there);
+    /// `t.detach().requires_grad()` makes a new variable of its values.
     pub fn requires_grad(self) -> Tensor {
         if self.is_variable() {
             self.set_requires_grad(true);

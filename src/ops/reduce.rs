@@ -129,9 +129,12 @@ impl Tensor {
             kept[axis] = 1;
             let s = c.output().reshape(kept.clone());
             let g = c.grad.reshape(kept);
-            // g / (divisor · std), 0 where the std is 0.
-            let zero = Tensor::zeros([], &x.device());
-            let per = s.eq_scalar(0.0).where_cond(&zero, &(&g / &s.mul_scalar(divisor)));
+            // g / (divisor · std), 0 where the std is 0 (divided by 1 there,
+            // so that no infinity is made on the way: anomaly detection
+            // would report one).
+            let flat = s.eq_scalar(0.0);
+            let safe = flat.where_cond(&Tensor::ones([], &x.device()), &s.mul_scalar(divisor));
+            let per = flat.where_cond(&Tensor::zeros([], &x.device()), &(&g / &safe));
             vec![Some(&(x - &x.mean_dim(axis, true)) * &per)]
         })
     }

@@ -126,6 +126,20 @@ impl OptimizerState {
     }
 }
 
+/// Checks that every parameter is a variable, as PyTorch's optimizers
+/// refuse "a non-leaf Tensor": a tensor an op computed receives no gradient
+/// of its own (`backward` passes through it to its inputs), so it would
+/// never be updated. `t.detach().requires_grad()` is a new variable.
+fn leaves(optimizer: &str, params: &[Tensor]) {
+    if let Some(i) = params.iter().position(|p| !p.is_variable()) {
+        panic!(
+            "{optimizer}: parameter {i} (shape {}) is not a variable but a tensor an op computed, which gets no \
+             gradient of its own; use `.detach().requires_grad()` for a new one",
+            params[i].shape()
+        );
+    }
+}
+
 fn missing(name: &str) -> Error {
     Error::Mismatch(format!("optimizer state: no entry named {name:?}"))
 }
@@ -279,8 +293,11 @@ pub struct Sgd {
 }
 
 impl Sgd {
-    /// Plain SGD over `params` with learning rate `lr`.
+    /// Plain SGD over `params` with learning rate `lr`. Panics if one of
+    /// them is not a variable but a tensor an op computed (PyTorch's
+    /// optimizers refuse a non-leaf tensor too).
     pub fn new(params: Vec<Tensor>, lr: f32) -> Self {
+        leaves("Sgd", &params);
         Sgd {
             params,
             lr: SharedLr::new(lr),
@@ -380,8 +397,11 @@ pub struct Adam {
 }
 
 impl Adam {
-    /// Adam with PyTorch's defaults (β = (0.9, 0.999), ε = 1e-8, no weight decay).
+    /// Adam with PyTorch's defaults (β = (0.9, 0.999), ε = 1e-8, no weight
+    /// decay). Panics if one of `params` is not a variable but a tensor an
+    /// op computed (PyTorch's optimizers refuse a non-leaf tensor too).
     pub fn new(params: Vec<Tensor>, lr: f32) -> Self {
+        leaves("Adam", &params);
         Adam {
             params,
             lr: SharedLr::new(lr),

@@ -76,6 +76,18 @@ impl Cell {
                     *lock(&self.computing) = Some(std::thread::current().id());
                     pending.take().expect("a GPU buffer is either ready or pending")
                 };
+                // If recording panics the cell is neither ready nor in
+                // progress: others skip it, as before it was computed.
+                struct Done<'a>(&'a Mutex<Option<std::thread::ThreadId>>);
+                impl Drop for Done<'_> {
+                    fn drop(&mut self) {
+                        if std::thread::panicking() {
+                            *lock(self.0) = None;
+                        }
+                    }
+                }
+                let _done = Done(&self.computing);
+                let _inside = Inside::enter();
                 if let Some(c) = &self.capture {
                     c.computed_here();
                 }
@@ -93,16 +105,23 @@ impl Cell {
 
     /// Computes the buffer now if it is pending and reads `buffer` (or, with
     /// `None`, in any case).
-    /// A cell another thread is computing right now (its expression taken,
-    /// its kernel not yet recorded) may read `buffer` too: this waits for
-    /// it, so that a write recorded next comes after its kernel.
+    ///
+    /// Before an in-place write of `buffer` (`Some`), a cell another thread
+    /// is computing right now (its expression taken, its kernel not yet
+    /// recorded) may read it too: this waits for that kernel, so that the
+    /// write is recorded after it. Not while this thread is itself inside
+    /// a cell's computation (two threads computing cells that each wait
+    /// for the other's would deadlock), and not for `None` (`run_all`,
+    /// which autotuning calls from inside a computation).
     fn run_if_reads(&self, buffer: Option<&Arc<Pooled>>) {
+        let me = std::thread::current().id();
         let (reads, elsewhere) = {
             let pending = lock(&self.pending);
             let reads = pending.as_ref().is_some_and(|(_, e)| buffer.is_none_or(|b| e.reads(b)));
-            (reads, *lock(&self.computing) != Some(std::thread::current().id()) && self.in_progress())
+            let computing = *lock(&self.computing);
+            (reads, buffer.is_some() && computing.is_some_and(|t| t != me) && !Inside::now())
         };
-        if reads || elsewhere {
+        if reads || (elsewhere && self.ready.get().is_none()) {
             let _ = self.get();
         }
     }
@@ -114,6 +133,31 @@ impl Cell {
 
     fn is_pending(&self) -> bool {
         lock(&self.pending).is_some() || self.in_progress()
+    }
+}
+
+thread_local! {
+    /// How many cell computations this thread is inside.
+    static INSIDE: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks this thread as computing a cell until dropped.
+struct Inside;
+
+impl Inside {
+    fn enter() -> Inside {
+        INSIDE.with(|d| d.set(d.get() + 1));
+        Inside
+    }
+
+    fn now() -> bool {
+        INSIDE.with(|d| d.get() > 0)
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        INSIDE.with(|d| d.set(d.get() - 1));
     }
 }
 
