@@ -38,7 +38,8 @@ pub(crate) fn axis_launch(ctx: &Context, v: AxisView) -> (&'static str, u32, [u3
 }
 
 /// The most rows [`argmax_hits`] counts in its one workgroup (each
-/// invocation walks up to 64 of them with 256 invocations, 256 with 64).
+/// invocation walks up to 64 of them with 256 invocations, 256 with 64;
+/// a batch of fewer rows gets a narrower workgroup).
 const HITS_MAX_ROWS: usize = 1 << 14;
 
 /// How many of `rows` rows of `len` values have their argmax equal to their
@@ -55,7 +56,11 @@ pub(crate) fn argmax_hits(
     rows: usize,
     len: usize,
 ) -> Option<GpuBuffer> {
-    let wg = ctx.tuning.elementwise_wg;
+    // As wide as the rows need, up to the adapter's elementwise width: a
+    // batch of 32 waits at its barriers for 32 invocations, not 256 (on
+    // lavapipe each barrier is a switch through every 8 of them). The
+    // count is exact whatever the width.
+    let wg = rows.next_power_of_two().min(ctx.tuning.elementwise_wg as usize) as u32;
     let fits = (1..=SHORT_LINE).contains(&len) && (1..=HITS_MAX_ROWS).contains(&rows);
     fits.then(|| {
         let mut inputs = vec![x, labels];
