@@ -304,7 +304,7 @@ test_device!(fit_with_capture_trains_as_without);
 /// As `captured_and_eager_steps_agree_bit_for_bit`, with the optimizer's
 /// parameters updated by multi-tensor dispatches and matmul epilogues (the
 /// defaults on hardware GPUs; software rasterisers batch only small
-/// parameters and use plain products): replays share one optimizer rule
+/// parameters, and `WGRAD_EPILOGUES=0` turns epilogues off): replays share one optimizer rule
 /// per step, and redraw the dropout keys inside the epilogues' parameters.
 #[test]
 fn captured_multi_tensor_steps_agree_bit_for_bit() {

@@ -12,8 +12,8 @@ use common::{assert_close, rand};
 use wgrad::{Device, GpuDevice, GpuOptions, Tensor};
 
 /// Private GPU devices (dispatch counts are per device) with epilogues on
-/// (software rasterisers leave them off by default): the adapter's product
-/// kernel, and the workgroup-tiled one.
+/// (whatever `WGRAD_EPILOGUES` says, as CI's OpenGL pass turns them off):
+/// the adapter's product kernel, and the workgroup-tiled one.
 fn devices() -> Vec<(GpuDevice, Device)> {
     if common::gpu().is_none() {
         return Vec::new();

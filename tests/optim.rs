@@ -238,7 +238,7 @@ fn parameters_on_two_devices_or_sharing_storage_step() {
 /// Adam's state over a whole model does not load into an Adam over its
 /// head (whose parameter 0 would take the first layer's moments), and
 /// nothing changes; the same state loads into an Adam over the same
-/// parameters and continues bit for bit.
+/// parameters.
 #[test]
 fn optimizer_state_for_other_parameters_is_refused() {
     // Four parameters of one shape, so only the count can tell them apart.

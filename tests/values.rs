@@ -253,7 +253,8 @@ fn anomaly_detection_names_the_first_bad_op() {
     // Clean code passes through.
     assert!(wgrad::detect_anomaly(|| x.exp().sum()).is_ok());
     // So do the infinities masks are made of: a causal attention trains
-    // under anomaly detection (its -∞ bias is no anomaly, as in PyTorch).
+    // under anomaly detection (its -∞ bias is no anomaly; PyTorch checks
+    // only backward outputs, for NaN).
     let q = wgrad::Tensor::randn([1, 2, 4, 8], &wgrad::Device::Cpu).requires_grad();
     let ok = wgrad::detect_anomaly(|| wgrad::scaled_dot_product_attention(&q, &q, &q, true).sum().backward());
     assert!(ok.is_ok(), "{:?}", ok.err());

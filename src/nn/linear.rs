@@ -52,7 +52,8 @@ impl Linear {
 
     /// PyTorch's `nn.Linear(inputs, outputs)` initialisation, weight and
     /// bias both drawn from U(±1/√inputs) (the calling thread's default
-    /// generator), for ports that must start where PyTorch does.
+    /// generator): PyTorch's distributions, for ports that must start as
+    /// PyTorch's layer does (not its values: the generators differ).
     pub fn torch(inputs: usize, outputs: usize, device: &Device) -> Self {
         with_default_generator(|g| super::torch_linear(inputs, outputs, g, device))
     }

@@ -674,7 +674,7 @@ pub fn predict(model: &dyn Module, data: &Dataset, batch_size: usize) -> Result<
 /// The model's outputs for every item of `data`, stacked along the first
 /// axis, in evaluation mode (for regression, or probabilities). For an
 /// empty `data` the model is not run, and the result is an empty tensor
-/// shaped `[0, target dims..]`.
+/// shaped `[0, target dims..]` (`[0]` for a classifier).
 pub fn predict_outputs(model: &dyn Module, data: &Dataset, batch_size: usize) -> Result<Tensor> {
     let device = device_of(model);
     if batch_size == 0 {

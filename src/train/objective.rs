@@ -147,7 +147,8 @@ pub(super) struct TargetKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Metric {
     /// The fraction of predictions that are right, read from the targets'
-    /// shape as Keras's `"accuracy"` is:
+    /// shape as Keras's `"accuracy"` is (and, unlike Keras, which decides
+    /// by shapes alone, from the loss: see the last case):
     /// - `[.., classes]` outputs against one label per row (or per
     ///   position of a sequence): the arg-max is the label. Targets equal
     ///   to the loss's `ignore_index` are left out.
@@ -155,7 +156,10 @@ pub enum Metric {
     ///   output's arg-max is the target's (`categorical_accuracy`).
     /// - One output per row, or the loss [`Loss::BceWithLogits`]: each
     ///   output, above 0 for logits (that loss) or above 0.5 otherwise,
-    ///   against its target above 0.5 (`binary_accuracy`).
+    ///   against its target above 0.5 (`binary_accuracy`). Keras would cut
+    ///   logits at 0.5 too, and score `[N, C]` multi-label targets by
+    ///   arg-max; here a logit is cut at 0 (probability 0.5) and every
+    ///   output of a multi-label row counts.
     Accuracy,
     /// The fraction of labels among the `k` largest outputs of their row
     /// (one label per row, or targets of the outputs' shape whose arg-max
@@ -449,6 +453,59 @@ mod tests {
         // The first batch's one kept target; the second's NaN mean is not summed.
         let expected = (1.0f32.exp() + 1.0).ln();
         assert!((running.read(None).unwrap().loss - expected).abs() < 1e-6);
+    }
+
+    /// A data-parallel job's read-back: each rank packs its sums, counts
+    /// and flags, the packs are added up, and the result is the figures of
+    /// one process that saw every batch — with ignored targets counted on
+    /// the device, class weights in the loss's count, and a rank that had
+    /// no batch at all.
+    #[test]
+    fn ranks_read_back_what_one_process_would() {
+        let dev = Device::Cpu;
+        let loss =
+            Loss::CrossEntropyWith { label_smoothing: 0.0, weight: Some(vec![1.0, 2.0, 0.5]), ignore_index: Some(-1) };
+        let objective = Objective::new(&loss, &dev);
+        let metrics = [Metric::Accuracy, Metric::TopK(2)];
+        let (out, _) = logits_and_labels();
+        let batches = [[0.0, -1.0, 2.0, 2.0], [1.0, 1.0, -1.0, 0.0], [-1.0, -1.0, -1.0, -1.0]];
+        let add = |r: &mut Running, y: [f32; 4]| {
+            let y = Tensor::new(y, &dev).unwrap();
+            let l = objective.compute(&out, &y);
+            r.add(&out, &y, &l, objective.kept(&y));
+        };
+        let mut whole = Running::new(&metrics, objective.targets(), &dev);
+        for y in batches {
+            add(&mut whole, y);
+        }
+        let want = whole.read(None).unwrap();
+        // Rank 0 sees batch 0, rank 1 batches 1 and 2, rank 2 nothing.
+        let mut ranks: Vec<Running> = (0..3).map(|_| Running::new(&metrics, objective.targets(), &dev)).collect();
+        add(&mut ranks[0], batches[0]);
+        add(&mut ranks[1], batches[1]);
+        add(&mut ranks[1], batches[2]);
+        let packs: Vec<Vec<f32>> = ranks[1..]
+            .iter()
+            .map(|r| {
+                let pack = std::cell::RefCell::new(Vec::new());
+                r.read(Some(&|v: &mut [f32]| *pack.borrow_mut() = v.to_vec())).unwrap();
+                pack.into_inner()
+            })
+            .collect();
+        let sum_in = |v: &mut [f32]| {
+            for p in &packs {
+                for (a, b) in v.iter_mut().zip(p) {
+                    *a += b;
+                }
+            }
+        };
+        let got = ranks[0].read(Some(&sum_in)).unwrap();
+        assert!((got.loss - want.loss).abs() < 1e-6, "{} vs {}", got.loss, want.loss);
+        for ((n, a), (_, b)) in got.values.iter().zip(&want.values) {
+            assert!((a - b).abs() < 1e-6, "{n}: {a} vs {b}");
+        }
+        // The accuracy is over the 6 labels kept, not the 12 seen.
+        assert!((want.accuracy() - 2.0 / 6.0).abs() < 1e-6, "{}", want.accuracy());
     }
 
     #[test]
