@@ -260,3 +260,18 @@ fn optimizer_state_for_other_parameters_is_refused() {
     again.load_state_dict(&state).unwrap();
     assert_eq!(again.learning_rate(), 0.01);
 }
+
+/// A tensor an op computed is no parameter: it gets no gradient of its own
+/// (`requires_grad` on it keeps it in its graph, as PyTorch's does), so an
+/// optimizer over it refuses at once, as PyTorch's refuse a non-leaf
+/// tensor, rather than never updating it.
+#[test]
+#[should_panic(expected = "parameter 1 (shape [3]) is not a variable")]
+fn optimizers_refuse_a_computed_tensor() {
+    let p = var(&[1.0, 2.0, 3.0]);
+    let computed = p.mul_scalar(2.0).requires_grad();
+    // Its gradient reaches `p`, through it.
+    let g = computed.sum().backward();
+    assert_eq!(g.get(&p).unwrap().to_vec().unwrap(), [2.0, 2.0, 2.0]);
+    let _ = Adam::new(vec![p, computed], 0.1);
+}
