@@ -74,3 +74,30 @@ fn changes_the_backward_does_not_read_are_allowed(dev: &Device) {
     }
 }
 test_device!(changes_the_backward_does_not_read_are_allowed);
+
+/// What a backward reads besides the differentiated inputs — a `where`'s
+/// condition, a gather's index, cross-entropy's labels — is checked too:
+/// modified in place after the forward pass, the backward refuses rather
+/// than computing with the new values.
+fn a_modified_condition_index_or_label_fails_the_backward(dev: &Device) {
+    let x = Tensor::from_vec(vec![1.0, -2.0, 3.0], [3], dev).unwrap().requires_grad();
+    let mask = Tensor::from_vec(vec![1.0, 0.0, 1.0], [3], dev).unwrap();
+    let loss = mask.where_cond(&x, &x.neg()).sum();
+    mask.assign(&Tensor::zeros([3], dev));
+    let msg = panic_message_of(|| drop(loss.backward()));
+    assert!(msg.starts_with("backward of `where_cond`: input 2"), "{msg}");
+
+    let index = Tensor::from_vec(vec![2.0, 0.0], [2], dev).unwrap();
+    let loss = x.index_select(0, &index).sum();
+    index.assign(&Tensor::zeros([2], dev));
+    let msg = panic_message_of(|| drop(loss.backward()));
+    assert!(msg.starts_with("backward of `index_select`: input 1"), "{msg}");
+
+    let logits = Tensor::from_vec(vec![0.5, -1.0, 2.0, 0.0], [2, 2], dev).unwrap().requires_grad();
+    let labels = Tensor::from_vec(vec![1.0, 0.0], [2], dev).unwrap();
+    let loss = logits.cross_entropy(&labels);
+    labels.assign(&Tensor::ones([2], dev));
+    let msg = panic_message_of(|| drop(loss.backward()));
+    assert!(msg.starts_with("backward of `cross_entropy`: input 1"), "{msg}");
+}
+test_device!(a_modified_condition_index_or_label_fails_the_backward);

@@ -166,12 +166,16 @@ impl Tensor {
             device.backend().select((s[0], &l[0]), (s[1], &l[1]), (s[2], &l[2]))
         });
         let out = Tensor::from_storage(storage, shape, device);
+        // The condition is an input too (never differentiated), so that a
+        // backward after it was modified in place refuses, as PyTorch's.
         let cond = self.detach();
-        out.record("where_cond", &[on_true, on_false], move |c| {
+        out.record("where_cond", &[on_true, on_false, &cond], move |c| {
             let zero = Tensor::zeros([], &c.grad.device());
+            let cond = c.input(2);
             vec![
                 c.needs[0].then(|| cond.where_cond(c.grad, &zero).sum_to(c.shape(0))),
                 c.needs[1].then(|| cond.where_cond(&zero, c.grad).sum_to(c.shape(1))),
+                None,
             ]
         })
     }

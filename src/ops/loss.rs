@@ -240,13 +240,15 @@ impl Tensor {
             Tensor::with_storages(&[self, labels], |s| device.backend().cross_entropy_mean(s[0], s[1], rows, classes));
         let loss = Tensor::from_storage(storage, crate::Shape::from(Vec::<usize>::new()), device);
         let labels = labels.detach();
-        loss.record("cross_entropy", &[self], move |c| {
-            let x = c.input(0);
+        loss.record("cross_entropy", &[self, &labels], move |c| {
+            // The labels are an input (never differentiated): modified in
+            // place after the forward, the backward refuses.
+            let (x, labels) = (c.input(0), c.input(1));
             let device = x.device();
-            let storage = Tensor::with_storages(&[x, &labels, c.grad], |s| {
+            let storage = Tensor::with_storages(&[x, labels, c.grad], |s| {
                 device.backend().cross_entropy_backward(s[0], s[1], s[2], rows, classes, Some(1.0 / rows as f32))
             });
-            vec![Some(Tensor::from_storage(storage, x.shape().clone(), device))]
+            vec![Some(Tensor::from_storage(storage, x.shape().clone(), device)), None]
         })
     }
 
@@ -259,13 +261,15 @@ impl Tensor {
             Tensor::with_storages(&[self, labels], |s| device.backend().cross_entropy(s[0], s[1], rows, classes));
         let out = Tensor::from_storage(storage, [rows].into(), device);
         let labels = labels.detach();
-        out.record("cross_entropy", &[self], move |c| {
-            let x = c.input(0);
+        out.record("cross_entropy", &[self, &labels], move |c| {
+            // The labels are an input (never differentiated): modified in
+            // place after the forward, the backward refuses.
+            let (x, labels) = (c.input(0), c.input(1));
             let device = x.device();
-            let storage = Tensor::with_storages(&[x, &labels, c.grad], |s| {
+            let storage = Tensor::with_storages(&[x, labels, c.grad], |s| {
                 device.backend().cross_entropy_backward(s[0], s[1], s[2], rows, classes, None)
             });
-            vec![Some(Tensor::from_storage(storage, x.shape().clone(), device))]
+            vec![Some(Tensor::from_storage(storage, x.shape().clone(), device)), None]
         })
     }
 

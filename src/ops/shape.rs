@@ -256,10 +256,13 @@ impl Tensor {
         let storage =
             Tensor::with_storages(&[self, index], |s| device.backend().gather(op, s[0], view, (s[1], &layout), m));
         let out = Tensor::from_storage(storage, out_shape, self.device().clone());
+        // The index is an input too (never differentiated), so that a
+        // backward after it was modified in place refuses, as PyTorch's.
         let index = index.detach();
-        out.record(op, &[self], move |c| {
+        out.record(op, &[self, &index], move |c| {
+            let index = c.input(1);
             let storage = c.grad.device().backend().scatter_add(op, &c.grad.read(), view, (&index.read(), &layout), m);
-            vec![Some(Tensor::from_storage(storage, c.shape(0).clone(), c.grad.device().clone()))]
+            vec![Some(Tensor::from_storage(storage, c.shape(0).clone(), c.grad.device().clone())), None]
         })
     }
 
