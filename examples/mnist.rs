@@ -98,8 +98,9 @@ struct Args {
     #[arg(long, default_value_t = 1e-3, value_parser = rate)]
     lr: f32,
     /// The MLP's hidden layer widths, e.g. 128 or 128,64 (each followed by ReLU and dropout)
-    #[arg(long, default_value = "128", value_delimiter = ',', value_parser = positive)]
-    hidden: Vec<usize>,
+    /// (default 128; only for `--model mlp`)
+    #[arg(long, value_delimiter = ',', value_parser = positive)]
+    hidden: Option<Vec<usize>>,
     /// Default: 0.2 for the MLP, 0.5 for the convnet (the ResNet has none)
     #[arg(long, value_parser = fraction)]
     dropout: Option<f32>,
@@ -127,7 +128,7 @@ struct Args {
     distributed: bool,
     /// With --distributed: print the gradient all-reduce's time per step
     /// and how much of it the backward pass hides
-    #[arg(long)]
+    #[arg(long, requires = "distributed")]
     verbose: bool,
 }
 
@@ -193,7 +194,7 @@ fn resnet(device: &Device) -> nn::Sequential {
 
 fn model(args: &Args, device: &Device) -> nn::Sequential {
     match args.model {
-        Arch::Mlp => mlp(&args.hidden, args.dropout.unwrap_or(0.2), device),
+        Arch::Mlp => mlp(args.hidden.as_deref().unwrap_or(&[128]), args.dropout.unwrap_or(0.2), device),
         Arch::Cnn => convnet(args.dropout.unwrap_or(0.5), device),
         Arch::Resnet => resnet(device),
     }
@@ -304,8 +305,28 @@ fn run(args: Args) -> wgrad::Result<()> {
     Ok(())
 }
 
+impl Args {
+    /// Flags that would be silently ignored by the model chosen are usage
+    /// errors too (exit code 2).
+    fn check(&self) -> Result<(), clap::Error> {
+        use clap::CommandFactory;
+        let conflict = |msg: &str| Err(Args::command().error(clap::error::ErrorKind::ArgumentConflict, msg));
+        if self.hidden.is_some() && self.model != Arch::Mlp {
+            return conflict("--hidden sets the MLP's layers; the convnet and the ResNet have their own");
+        }
+        if self.dropout.is_some() && self.model == Arch::Resnet {
+            return conflict("--dropout: the ResNet has no dropout layer");
+        }
+        Ok(())
+    }
+}
+
 fn main() -> ExitCode {
-    match run(Args::parse()) {
+    let args = Args::parse();
+    if let Err(e) = args.check() {
+        e.exit();
+    }
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -340,7 +361,15 @@ mod tests {
             assert!(matches!(err.kind(), ValueValidation | InvalidValue), "{flags:?}: {err}");
         }
         let ok = Args::try_parse_from(["mnist", "--dropout", "0", "--validation-split", "0", "--hidden", "16,8"]);
-        assert!(ok.is_ok());
+        assert!(ok.is_ok_and(|a| a.check().is_ok()));
+        // Flags the chosen model would ignore.
+        for flags in [&["--model", "cnn", "--hidden", "64"][..], &["--model", "resnet", "--dropout", "0.3"]] {
+            let args = Args::try_parse_from(std::iter::once("mnist").chain(flags.iter().copied())).unwrap();
+            let err = args.check().err().unwrap_or_else(|| panic!("{flags:?} was accepted"));
+            assert_eq!(err.exit_code(), 2, "{flags:?}");
+        }
+        assert!(Args::try_parse_from(["mnist", "--verbose"]).is_err(), "--verbose without --distributed");
+        assert!(Args::try_parse_from(["mnist", "--model", "cnn", "--dropout", "0.3"]).is_ok_and(|a| a.check().is_ok()));
         assert!(Args::try_parse_from(["mnist", "--model", "resnet"]).is_ok());
     }
 }
