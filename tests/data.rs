@@ -128,3 +128,16 @@ fn multi_member_gzip_reads_and_trailing_bytes_are_errors() {
     let err = wgrad::data::parse_idx(&trailing[..], Path::new("junk.gz")).unwrap_err().to_string();
     assert!(err.contains("junk.gz"), "{err}");
 }
+
+/// Datasets name what is wrong: an index past the end in `gather`, a
+/// regression shape holding no values.
+#[test]
+fn gather_and_regression_name_their_misuse() {
+    let data = wgrad::data::Dataset::new(vec![0.0; 6], vec![0.0, 1.0, 1.0], &[2], 2);
+    let msg = std::panic::catch_unwind(|| data.gather(&[0, 3], &wgrad::Device::Cpu)).unwrap_err();
+    let msg = msg.downcast_ref::<String>().unwrap();
+    assert!(msg.contains("Dataset::gather: index 3 is out of range for 3 items"), "{msg}");
+    let msg =
+        std::panic::catch_unwind(|| wgrad::data::Dataset::regression(vec![1.0; 4], vec![], &[2], &[0])).unwrap_err();
+    assert!(msg.downcast_ref::<String>().unwrap().contains("must both hold values"));
+}

@@ -62,9 +62,14 @@ impl Dataset {
 
     /// A regression dataset: each item of `item_shape` has a real-valued
     /// target of `target_shape` (`&[]` for one number per item). Panics if
-    /// the sizes disagree.
+    /// the sizes disagree, or a shape holds no values (an axis of 0: the
+    /// number of items would be unknowable).
     pub fn regression(inputs: Vec<f32>, targets: Vec<f32>, item_shape: &[usize], target_shape: &[usize]) -> Self {
         let (item, target): (usize, usize) = (item_shape.iter().product(), target_shape.iter().product());
+        assert!(
+            item > 0 && target > 0,
+            "Dataset::regression: item shape {item_shape:?} and target shape {target_shape:?} must both hold values"
+        );
         let n = inputs.len().checked_div(item).unwrap_or(0);
         assert!(
             n * item == inputs.len() && n * target == targets.len(),
@@ -188,8 +193,12 @@ impl Dataset {
 
     /// The items at `indices` as tensors on `device`: inputs
     /// `[len, item_shape…]` and targets `[len, target_shape…]` (`[len]`
-    /// labels for classification).
+    /// labels for classification). Panics if an index is not below
+    /// [`len`](Self::len).
     pub fn gather(&self, indices: &[usize], device: &Device) -> (Tensor, Tensor) {
+        if let Some(&i) = indices.iter().find(|&&i| i >= self.len()) {
+            panic!("Dataset::gather: index {i} is out of range for {} items", self.len());
+        }
         let part = self.subset(indices);
         let mut x_shape = vec![indices.len()];
         x_shape.extend_from_slice(&self.item_shape);
