@@ -101,3 +101,21 @@ fn a_modified_condition_index_or_label_fails_the_backward(dev: &Device) {
     assert!(msg.starts_with("backward of `cross_entropy`: input 1"), "{msg}");
 }
 test_device!(a_modified_condition_index_or_label_fails_the_backward);
+
+/// `assign_narrow` writes a region of a tensor in place (PyTorch's
+/// `x.narrow(..).copy_(..)`), bumping its version like `assign`; `narrow`
+/// itself is a copy, so assigning to it leaves the tensor as it is.
+fn assign_narrow_writes_a_region_in_place(dev: &Device) {
+    let w = Tensor::from_vec((0..12).map(|v| v as f32).collect(), [3, 4], dev).unwrap().requires_grad();
+    let loss = (&w * &w).sum();
+    w.narrow(1, 1, 2).assign(&Tensor::zeros([3, 2], dev));
+    assert_eq!(w.to_vec().unwrap()[..4], [0.0, 1.0, 2.0, 3.0], "narrow is a copy");
+    w.assign_narrow(1, 1, &Tensor::from_vec(vec![-1.0; 6], [3, 2], dev).unwrap());
+    let want: Vec<f32> = (0..12).map(|v| if (1..3).contains(&(v % 4)) { -1.0 } else { v as f32 }).collect();
+    assert_eq!(w.to_vec().unwrap(), want);
+    w.assign_narrow(0, 2, &Tensor::ones([1, 4], dev));
+    assert_eq!(w.to_vec().unwrap()[8..], [1.0; 4]);
+    let msg = panic_message_of(|| drop(loss.backward()));
+    assert!(msg.contains("modified in place"), "{msg}");
+}
+test_device!(assign_narrow_writes_a_region_in_place);

@@ -395,3 +395,32 @@ fn edge_cases_of_gru_state_generation_and_sampling() {
     let err = multinomial(&Tensor::zeros([2, 0], &dev), &mut Generator::new(0)).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { op: "multinomial", .. }), "{err}");
 }
+
+/// `padding_idx` as PyTorch's: the padding row starts at zeros, the forward
+/// returns whatever it holds, and it gets no gradient however often it is
+/// looked up, while every other row gets its usual sum.
+fn embedding_padding_rows_start_at_zero_and_get_no_gradient(dev: &Device) {
+    wgrad::manual_seed(2);
+    let emb = nn::Embedding::with_padding_idx(5, 3, 0, dev);
+    assert_eq!(emb.describe(), "Embedding(5, 3, padding_idx=0)");
+    let w = emb.weight.to_vec().unwrap();
+    assert_eq!(w[..3], [0.0; 3], "the padding row starts at zeros");
+    assert!(w[3..].iter().any(|&v| v != 0.0));
+    let ids = Tensor::from_vec(vec![0.0, 2.0, 0.0, 1.0, 2.0, 4.0], [2, 3], dev).unwrap();
+    let r: Vec<f32> = (0..18).map(|i| 0.5 + i as f32).collect();
+    let y = emb.forward(&ids);
+    let grads = (&y * &Tensor::from_vec(r.clone(), [2, 3, 3], dev).unwrap()).sum().backward();
+    let g = grads.get(&emb.weight).unwrap().to_vec().unwrap();
+    let row = |pos: usize| r[3 * pos..3 * pos + 3].to_vec();
+    let mut want = vec![0.0f32; 15];
+    for (pos, id) in [(1usize, 2usize), (3, 1), (4, 2), (5, 4)] {
+        for (j, v) in row(pos).into_iter().enumerate() {
+            want[3 * id + j] += v;
+        }
+    }
+    assert_eq!(g, want, "{dev:?}: no gradient for the padding row");
+    // A loaded non-zero padding row is what the forward returns.
+    emb.weight.assign(&Tensor::ones([5, 3], dev));
+    assert_eq!(emb.forward(&ids).to_vec().unwrap(), vec![1.0; 18]);
+}
+test_device!(embedding_padding_rows_start_at_zero_and_get_no_gradient);

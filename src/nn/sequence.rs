@@ -29,6 +29,10 @@ pub(crate) fn torch_linear(inputs: usize, outputs: usize, g: &mut Generator, dev
 pub struct Embedding {
     /// `[num_embeddings, dim]`.
     pub weight: Tensor,
+    /// PyTorch's `padding_idx`: this id's row starts at zeros and gets no
+    /// gradient, so it stays as it is through training (its value is still
+    /// what the forward returns: a loaded non-zero row is used as is).
+    pub padding_idx: Option<usize>,
 }
 
 impl Embedding {
@@ -39,7 +43,24 @@ impl Embedding {
 
     /// A table drawn from `generator`.
     pub fn with_generator(num_embeddings: usize, dim: usize, g: &mut Generator, device: &Device) -> Self {
-        Embedding { weight: Tensor::randn_with([num_embeddings, dim], 0.0, 1.0, g, device).requires_grad() }
+        let weight = Tensor::randn_with([num_embeddings, dim], 0.0, 1.0, g, device).requires_grad();
+        Embedding { weight, padding_idx: None }
+    }
+
+    /// A table (drawn as [`new`](Self::new)) whose row `padding_idx` is
+    /// zeros and never trained, as PyTorch's `nn.Embedding(n, dim,
+    /// padding_idx=..)`: the id of padding in batches of sequences.
+    pub fn with_padding_idx(num_embeddings: usize, dim: usize, padding_idx: usize, device: &Device) -> Self {
+        assert!(
+            padding_idx < num_embeddings,
+            "Embedding: padding_idx {padding_idx} is not below num_embeddings {num_embeddings}"
+        );
+        let mut keep = vec![1.0; num_embeddings];
+        keep[padding_idx] = 0.0;
+        let keep = Tensor::from_vec(keep, [num_embeddings, 1], device).expect("a column");
+        let drawn = with_default_generator(|g| Tensor::randn_with([num_embeddings, dim], 0.0, 1.0, g, device));
+        let weight = keep.where_cond(&drawn, &Tensor::zeros([], device)).requires_grad();
+        Embedding { weight, padding_idx: Some(padding_idx) }
     }
 }
 
@@ -48,7 +69,14 @@ impl Module for Embedding {
         let dim = self.weight.dims()[1];
         let mut shape = ids.dims().to_vec();
         shape.push(dim);
-        self.weight.index_select(0, &ids.reshape([ids.elem_count()])).reshape(shape)
+        let flat = ids.reshape([ids.elem_count()]);
+        let rows = self.weight.index_select(0, &flat);
+        let rows = match self.padding_idx {
+            // The same values; the padding positions' gradient stops here.
+            Some(p) => flat.ne_scalar(p as f32).unsqueeze(-1).where_cond(&rows, &rows.detach()),
+            None => rows,
+        };
+        rows.reshape(shape)
     }
 
     fn visit(&self, v: &mut Visitor) {
@@ -57,7 +85,10 @@ impl Module for Embedding {
 
     fn describe(&self) -> String {
         let d = self.weight.dims();
-        format!("Embedding({}, {})", d[0], d[1])
+        match self.padding_idx {
+            Some(p) => format!("Embedding({}, {}, padding_idx={p})", d[0], d[1]),
+            None => format!("Embedding({}, {})", d[0], d[1]),
+        }
     }
 }
 

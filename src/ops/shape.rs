@@ -153,7 +153,10 @@ impl Tensor {
         self.copy_raw(view).record("broadcast_to", &[self], move |c| vec![Some(c.grad.sum_to(&input_shape))])
     }
 
-    /// The view of `axis` from `start` for `len` elements, i.e. `x[.., start..start+len, ..]`.
+    /// The elements of `axis` from `start` for `len`, i.e. `x[..,
+    /// start..start+len, ..]`, as a new tensor: unlike PyTorch's `narrow`,
+    /// not a view, so writing to it (`assign`) leaves `self` as it is —
+    /// [`assign_narrow`](Self::assign_narrow) writes a region of `self`.
     pub fn narrow(&self, axis: impl Dim, start: usize, len: usize) -> Tensor {
         let axis = axis.index(self.shape(), "narrow");
         let size = self.dims()[axis];
@@ -168,6 +171,34 @@ impl Tensor {
             c.grad_region(0, c.grad.clone(), region);
             vec![None]
         })
+    }
+
+    /// Overwrites the elements of `axis` from `start` (as many as `src` has
+    /// along it) with `src`, in place and without recording, as
+    /// [`assign`](Self::assign) does the whole tensor: PyTorch's
+    /// `x.narrow(axis, start, len).copy_(src)` (or `x[.., a:b, ..] = src`
+    /// under `no_grad`). A backward that needs `self`'s old values refuses,
+    /// as after `assign`.
+    pub fn assign_narrow(&self, axis: impl Dim, start: usize, src: &Tensor) {
+        let axis = axis.index(self.shape(), "assign_narrow");
+        let len = src.dims().get(axis).copied().unwrap_or(0);
+        assert!(
+            src.rank() == self.rank()
+                && src.dims().iter().zip(self.dims()).enumerate().all(|(i, (a, b))| i == axis || a == b)
+                && start.checked_add(len).is_some_and(|end| end <= self.dims()[axis]),
+            "assign_narrow: source of shape {} does not fit axis {axis} of shape {} from {start}",
+            src.shape(),
+            self.shape()
+        );
+        super::same_device("assign_narrow", self, src);
+        // Sharing the storage, `src` holds as many elements as `self`: it is
+        // the whole of it, already in place.
+        if len == 0 || self.same_storage(src) {
+            return;
+        }
+        let region = Self::axis_region(self.shape(), axis, start, len);
+        let src = src.read();
+        self.device().backend().copy_into(&mut self.write(), &region, &src);
     }
 
     /// The strided region `start..start+len` of `axis` in a contiguous `shape`.
