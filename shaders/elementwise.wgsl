@@ -151,6 +151,21 @@ fn op_gelu_grad(x: f32) -> f32 {
     return special1(x, cdf + x * op_exp(-0.5 * x * x) * 0.3989423, nan(), nan());
 }
 
+// x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³))), GELU's tanh approximation; at
+// -∞ the CPU's formula gives -∞ · 0 = NaN, as for op_gelu. (x³ overflows
+// to ±∞ for |x| past ~1.9e13, where op_tanh gives ±1.)
+fn op_gelu_tanh(x: f32) -> f32 {
+    let t = op_tanh(0.7978846 * (x + 0.044715 * x * x * x));
+    return special1(x, 0.5 * x * (1.0 + t), inf(0u), nan());
+}
+
+// d gelu_tanh(x) / dx; at ±∞ the CPU's formula gives ±∞ · 0 = NaN.
+fn op_gelu_tanh_grad(x: f32) -> f32 {
+    let t = op_tanh(0.7978846 * (x + 0.044715 * x * x * x));
+    let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978846 * (1.0 + 0.134145 * x * x);
+    return special1(x, d, nan(), nan());
+}
+
 // xᵖ with C's pow semantics (Rust's powf): every special case of its
 // table, and negative bases with integer exponents, where WGSL's pow is
 // undefined.

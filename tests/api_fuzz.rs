@@ -92,6 +92,7 @@ enum Unary {
     Sigmoid,
     Tanh,
     Gelu,
+    GeluTanh,
     Recip,
     Sqr,
     Sum,
@@ -172,7 +173,7 @@ fn op() -> impl Strategy<Value = Op> {
     use Binary::*;
     use Unary::*;
     let unary = prop::sample::select(vec![
-        Neg, Exp, Log, Sqrt, Abs, Relu, Sigmoid, Tanh, Gelu, Recip, Sqr, Sum, Mean, Max, Min, Var, T, Flatten,
+        Neg, Exp, Log, Sqrt, Abs, Relu, Sigmoid, Tanh, Gelu, GeluTanh, Recip, Sqr, Sum, Mean, Max, Min, Var, T, Flatten,
     ]);
     let binary = prop::sample::select(vec![
         Add, Sub, Mul, Div, Maximum, Minimum, Eq, Matmul, MseLoss, Bce, Lt, Ne, Where, L1, Huber, BceLogits,
@@ -313,6 +314,7 @@ fn step(x: &Tensor, other: &Tensor, op: &Op, dev: &Device) -> Tensor {
             Sigmoid => x.sigmoid(),
             Tanh => x.tanh(),
             Gelu => x.gelu(),
+            GeluTanh => x.gelu_tanh(),
             Recip => x.recip(),
             Sqr => x.sqr(),
             Sum => x.sum(),
@@ -470,7 +472,7 @@ fn inexact(op: &Op) -> bool {
     use Binary::*;
     use Unary::*;
     match op {
-        Op::Unary(u) => matches!(u, Exp | Log | Sqrt | Sigmoid | Tanh | Gelu | Recip | Sum | Mean | Var),
+        Op::Unary(u) => matches!(u, Exp | Log | Sqrt | Sigmoid | Tanh | Gelu | GeluTanh | Recip | Sum | Mean | Var),
         Op::Scalar(k, _) => *k == 2,
         Op::Axis(k, _, _) => !matches!(k, 2 | 3 | 6 | 7 | 9 | 11),
         Op::CrossEntropy(_) => true,

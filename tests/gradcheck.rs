@@ -58,6 +58,7 @@ fn activations() {
         check("sigmoid", |v| v[0].sigmoid(), &[x.clone()]);
         check("tanh", |v| v[0].tanh(), &[x.clone()]);
         check("gelu", |v| v[0].gelu(), &[x.clone()]);
+        check("gelu_tanh", |v| v[0].gelu_tanh(), &[x.clone()]);
     }
 }
 
@@ -393,3 +394,19 @@ fn gradients_at_kinks_match_pytorch(dev: &Device) {
     assert_eq!(t(&[1.0, 3.0]).var_dim(0, false, 3).item().unwrap(), f32::INFINITY, "{dev:?}: var, correction > n");
 }
 test_device!(gradients_at_kinks_match_pytorch);
+
+/// GELU's tanh approximation and its gradient against PyTorch's
+/// `gelu(x, approximate='tanh')` (values from PyTorch 2.x, float32).
+fn gelu_tanh_matches_pytorch(dev: &Device) {
+    let x = Tensor::from_slice(&[-6.0, -3.0, -1.0, -0.5, 0.0, 0.3, 1.0, 2.5, 8.0], [9], dev).unwrap().requires_grad();
+    let y = x.gelu_tanh();
+    let want = [-0.0, -0.003637433, -0.158808, -0.154286, 0.0, 0.18537094, 0.841192, 2.4849157, 8.0];
+    common::assert_close(&y.to_vec().unwrap(), &want, 1e-6, 1e-5, "gelu_tanh");
+    let g = y.sum().backward().get(&x).unwrap().to_vec().unwrap();
+    let want = [0.0, -0.011584297, -0.08296409, 0.1326301, 0.5, 0.7322955, 1.0829641, 1.0379517, 1.0];
+    common::assert_close(&g, &want, 1e-6, 1e-5, "gelu_tanh gradient");
+    // nn::GELUTanh is the same.
+    use wgrad::nn::Module;
+    assert_eq!(wgrad::nn::GELUTanh.forward(&x).to_vec().unwrap(), y.to_vec().unwrap());
+}
+test_device!(gelu_tanh_matches_pytorch);

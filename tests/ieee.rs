@@ -71,7 +71,7 @@ fn unary_ops() {
     let x = vec![column()];
     let n = [SPECIALS.len()];
     type Op = fn(&Tensor) -> Tensor;
-    let ops: [(&str, Op); 22] = [
+    let ops: [(&str, Op); 23] = [
         ("neg", |t| t.neg()),
         ("exp", |t| t.exp()),
         ("log", |t| t.log()),
@@ -81,6 +81,7 @@ fn unary_ops() {
         ("sigmoid", |t| t.sigmoid()),
         ("tanh", |t| t.tanh()),
         ("gelu", |t| t.gelu()),
+        ("gelu_tanh", |t| t.gelu_tanh()),
         ("recip", |t| t.recip()),
         ("sqr", |t| t.sqr()),
         ("x - x", |t| t - &t.clone()),
@@ -147,7 +148,7 @@ fn gradients_of_special_values() {
     let x = vec![column()];
     let n = [SPECIALS.len()];
     type Op = fn(&Tensor) -> Tensor;
-    let ops: [(&str, Op); 9] = [
+    let ops: [(&str, Op); 10] = [
         ("relu", |t| t.relu()),
         ("abs", |t| t.abs()),
         ("clamp", |t| t.clamp(-1.0, 1.0)),
@@ -156,6 +157,7 @@ fn gradients_of_special_values() {
         ("sigmoid", |t| t.sigmoid()),
         ("maximum_scalar", |t| t.maximum_scalar(0.5)),
         ("gelu", |t| t.gelu()),
+        ("gelu_tanh", |t| t.gelu_tanh()),
         ("powf", |t| t.powf(3.0)),
     ];
     for (name, op) in ops {

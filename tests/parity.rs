@@ -98,6 +98,7 @@ fn unary_ops() {
         parity("sigmoid", t, &[x.clone()], &[], |v, _| v[0].sigmoid());
         parity("tanh", t, &[x.clone()], &[], |v, _| v[0].tanh());
         parity("gelu", t, &[x.clone()], &[], |v, _| v[0].gelu());
+        parity("gelu_tanh", t, &[x.clone()], &[], |v, _| v[0].gelu_tanh());
         parity("scalar ops", t, &[x.clone()], &[], |v, _| (&v[0] * 1.5 + 0.25) / 2.0 - 1.0);
         parity("clamp", t, &[x.clone()], &[], |v, _| v[0].clamp(-1.0, 0.5));
         parity("maximum_scalar", t, &[x.clone()], &[], |v, _| v[0].maximum_scalar(0.3));
@@ -111,6 +112,7 @@ fn unary_ops_at_extremes() {
     parity("sigmoid extremes", EXACTISH, &[x.clone()], &[], |v, _| v[0].sigmoid());
     parity("tanh extremes", EXACTISH, &[x.clone()], &[], |v, _| v[0].tanh());
     parity("gelu extremes", EXACTISH, &[x.clone()], &[], |v, _| v[0].gelu());
+    parity("gelu_tanh extremes", EXACTISH, &[x.clone()], &[], |v, _| v[0].gelu_tanh());
     parity("relu extremes", EXACTISH, &[x], &[], |v, _| v[0].relu());
 }
 

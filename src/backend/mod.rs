@@ -112,6 +112,11 @@ pub(crate) enum UnaryOp {
     Gelu,
     /// d gelu(x) / dx, for gelu's backward.
     GeluGrad,
+    /// GELU with the tanh approximation (PyTorch's `approximate='tanh'`,
+    /// GPT-2's): `x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+    GeluTanh,
+    /// d gelu_tanh(x) / dx.
+    GeluTanhGrad,
     AddScalar(f32),
     MulScalar(f32),
     /// x^p.

@@ -55,8 +55,8 @@ impl Module for Unflatten {
 }
 
 macro_rules! activation {
-    ($(#[$doc:meta] $name:ident => $method:ident;)*) => {$(
-        #[$doc]
+    ($($(#[$doc:meta])* $name:ident => $method:ident;)*) => {$(
+        $(#[$doc])*
         #[derive(Clone, Copy, Debug, Default)]
         pub struct $name;
 
@@ -76,8 +76,11 @@ activation! {
     Sigmoid => sigmoid;
     /// Hyperbolic tangent.
     Tanh => tanh;
-    /// Gaussian error linear unit.
+    /// Gaussian error linear unit (the exact erf form, PyTorch's default).
     GELU => gelu;
+    /// GELU's tanh approximation (PyTorch's `nn.GELU(approximate='tanh')`,
+    /// GPT-2's activation).
+    GELUTanh => gelu_tanh;
 }
 
 /// Softmax along the last axis.

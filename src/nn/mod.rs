@@ -52,7 +52,7 @@ mod linear;
 mod sequence;
 
 pub use conv::{AdaptiveAvgPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, MaxPool2d, Residual};
-pub use layers::{Dropout, Flatten, GELU, ReLU, Sigmoid, Softmax, Tanh, Unflatten};
+pub use layers::{Dropout, Flatten, GELU, GELUTanh, ReLU, Sigmoid, Softmax, Tanh, Unflatten};
 pub use linear::{Init, Linear};
 pub(crate) use sequence::torch_linear;
 pub use sequence::{Embedding, GRU, LSTM, LayerNorm, LstmState, MultiheadAttention, TransformerBlock};

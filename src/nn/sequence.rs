@@ -227,7 +227,10 @@ impl Module for MultiheadAttention {
 /// dim_feedforward, dropout=0.0, activation="gelu", batch_first=True,
 /// norm_first=True)` called with a causal mask (`is_causal=True`) when
 /// `causal`: the same parameter names (`self_attn.*`, `linear1.*`,
-/// `linear2.*`, `norm1.*`, `norm2.*`) and initialisation.
+/// `linear2.*`, `norm1.*`, `norm2.*`) and initialisation. Its GELU is
+/// the exact one, as that layer's `activation="gelu"`; GPT-2's own weights
+/// were trained with the tanh approximation ([`Tensor::gelu_tanh`]), which
+/// differs by up to ~5e-4 per activation.
 pub struct TransformerBlock {
     /// Attention.
     pub self_attn: MultiheadAttention,

@@ -299,6 +299,14 @@ impl Tensor {
     pub fn gelu(&self) -> Tensor {
         self.unary_op("gelu", UnaryOp::Gelu, |c| c.input(0).map_raw(UnaryOp::GeluGrad))
     }
+
+    /// GELU with the tanh approximation, `x/2 · (1 + tanh(√(2/π)·(x +
+    /// 0.044715·x³)))`: PyTorch's `gelu(x, approximate='tanh')`, the
+    /// activation GPT-2's weights were trained with (it differs from the
+    /// exact [`gelu`](Self::gelu) by up to ~5e-4).
+    pub fn gelu_tanh(&self) -> Tensor {
+        self.unary_op("gelu_tanh", UnaryOp::GeluTanh, |c| c.input(0).map_raw(UnaryOp::GeluTanhGrad))
+    }
 }
 
 /// The broadcast of `tensors`' shapes (checked), and each one's layout over

@@ -2,7 +2,7 @@
 //! fill and dropout. NaN and infinity follow IEEE-754 and PyTorch: every
 //! function of a NaN is NaN (comparisons and masks give 0).
 
-use super::math::{exp, gelu, gelu_grad, sigmoid, tanh};
+use super::math::{exp, gelu, gelu_grad, gelu_tanh, gelu_tanh_grad, sigmoid, tanh};
 use super::simd::{fill_chunks, for_rows, map};
 use super::{output, output_overwritten, row_offset};
 use crate::Result;
@@ -69,6 +69,16 @@ pub(super) fn unary(op: UnaryOp, x: &[f32]) -> Result<Vec<f32>> {
             x,
             #[inline(always)]
             |v| gelu_grad(v),
+        ),
+        GeluTanh => map(
+            x,
+            #[inline(always)]
+            |v| gelu_tanh(v),
+        ),
+        GeluTanhGrad => map(
+            x,
+            #[inline(always)]
+            |v| gelu_tanh_grad(v),
         ),
         AddScalar(s) => map(x, |v| v + s),
         MulScalar(s) => map(x, |v| v * s),

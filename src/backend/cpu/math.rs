@@ -75,6 +75,21 @@ pub(super) fn gelu_grad(x: f32) -> f32 {
     cdf + x * pdf
 }
 
+/// √(2/π), and the cubic term's coefficient, of GELU's tanh approximation.
+const GELU_TANH_K: f32 = 0.797_884_6;
+const GELU_TANH_C: f32 = 0.044_715;
+
+#[inline(always)]
+pub(super) fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + tanh(GELU_TANH_K * (x + GELU_TANH_C * x * x * x)))
+}
+
+#[inline(always)]
+pub(super) fn gelu_tanh_grad(x: f32) -> f32 {
+    let t = tanh(GELU_TANH_K * (x + GELU_TANH_C * x * x * x));
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_TANH_K * (1.0 + 3.0 * GELU_TANH_C * x * x)
+}
+
 /// Maximum that propagates NaN, as PyTorch's reductions do: once the
 /// running maximum `a` is NaN it stays NaN.
 #[inline]

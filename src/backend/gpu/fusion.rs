@@ -32,7 +32,9 @@ pub(super) fn scalars(op: UnaryOp) -> Vec<f32> {
     match op {
         AddScalar(s) | MulScalar(s) | PowScalar(s) | MaxScalar(s) | MinScalar(s) | CmpScalar(_, s) => vec![s],
         InRange(lo, hi) => vec![lo, hi],
-        Neg | Exp | Log | Sqrt | Abs | Sign | Relu | Sigmoid | Tanh | Gelu | GeluGrad => vec![],
+        Neg | Exp | Log | Sqrt | Abs | Sign | Relu | Sigmoid | Tanh | Gelu | GeluGrad | GeluTanh | GeluTanhGrad => {
+            vec![]
+        }
     }
 }
 
@@ -52,6 +54,8 @@ fn unary_wgsl(op: UnaryOp, x: &str, s: &[String]) -> String {
         Tanh => format!("op_tanh({x})"),
         Gelu => format!("op_gelu({x})"),
         GeluGrad => format!("op_gelu_grad({x})"),
+        GeluTanh => format!("op_gelu_tanh({x})"),
+        GeluTanhGrad => format!("op_gelu_tanh_grad({x})"),
         AddScalar(_) => format!("op_add({x}, {})", s[0]),
         MulScalar(_) => format!("op_mul({x}, {})", s[0]),
         PowScalar(_) => format!("op_pow({x}, {})", s[0]),
@@ -240,6 +244,8 @@ fn unary_code(op: UnaryOp) -> u32 {
         MinScalar(_) => 15,
         CmpScalar(c, _) => 16 + cmp_code(c),
         InRange(..) => 32,
+        GeluTanh => 33,
+        GeluTanhGrad => 34,
     }
 }
 
