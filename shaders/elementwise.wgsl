@@ -152,17 +152,20 @@ fn op_gelu_grad(x: f32) -> f32 {
 }
 
 // x/2 · (1 + tanh(√(2/π)·(x + 0.044715·x³))), GELU's tanh approximation; at
-// -∞ the CPU's formula gives -∞ · 0 = NaN, as for op_gelu. (x³ overflows
-// to ±∞ for |x| past ~1.9e13, where op_tanh gives ±1.)
+// -∞ the CPU's formula gives -∞ · 0 = NaN, as for op_gelu. x is clamped to
+// ±10 inside the tanh (and the slope's polynomial), where the tanh is ±1
+// in f32 already, so nothing overflows (src/backend/cpu/math.rs does the same).
 fn op_gelu_tanh(x: f32) -> f32 {
-    let t = op_tanh(0.7978846 * (x + 0.044715 * x * x * x));
+    let c = clamp(x, -10.0, 10.0);
+    let t = op_tanh(0.7978846 * (c + 0.044715 * c * c * c));
     return special1(x, 0.5 * x * (1.0 + t), inf(0u), nan());
 }
 
 // d gelu_tanh(x) / dx; at ±∞ the CPU's formula gives ±∞ · 0 = NaN.
 fn op_gelu_tanh_grad(x: f32) -> f32 {
-    let t = op_tanh(0.7978846 * (x + 0.044715 * x * x * x));
-    let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978846 * (1.0 + 0.134145 * x * x);
+    let c = clamp(x, -10.0, 10.0);
+    let t = op_tanh(0.7978846 * (c + 0.044715 * c * c * c));
+    let d = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978846 * (1.0 + 0.134145 * c * c);
     return special1(x, d, nan(), nan());
 }
 

@@ -405,6 +405,13 @@ fn gelu_tanh_matches_pytorch(dev: &Device) {
     let g = y.sum().backward().get(&x).unwrap().to_vec().unwrap();
     let want = [0.0, -0.011584297, -0.08296409, 0.1326301, 0.5, 0.7322955, 1.0829641, 1.0379517, 1.0];
     common::assert_close(&g, &want, 1e-6, 1e-5, "gelu_tanh gradient");
+    // Far out the tanh is ±1: no overflow (x³, x²) on either device.
+    let far = Tensor::from_slice(&[1e20, -1e20, 30.0, -30.0], [4], dev).unwrap().requires_grad();
+    let y_far = far.gelu_tanh();
+    let v = y_far.to_vec().unwrap();
+    assert_eq!((v[0], v[1], v[2], v[3]), (1e20, 0.0, 30.0, 0.0), "{dev:?}: {v:?}");
+    let g = y_far.sum().backward().get(&far).unwrap().to_vec().unwrap();
+    assert_eq!(g, [1.0, 0.0, 1.0, 0.0], "{dev:?}: far gradients");
     // nn::GELUTanh is the same.
     use wgrad::nn::Module;
     assert_eq!(wgrad::nn::GELUTanh.forward(&x).to_vec().unwrap(), y.to_vec().unwrap());

@@ -260,4 +260,15 @@ fn anomaly_detection_names_the_first_bad_op() {
     assert!(ok.is_ok(), "{:?}", ok.err());
     let masked = wgrad::detect_anomaly(|| x.masked_fill(&x.lt_scalar(0.0), f32::NEG_INFINITY).exp().sum().backward());
     assert!(masked.is_ok(), "{:?}", masked.err());
+    // A backward rule that panics (a refused in-place change, caught) does
+    // not leave later forward ops named as its backward.
+    let after = wgrad::detect_anomaly(|| {
+        let mask = x.gt_scalar(0.0);
+        let loss = mask.where_cond(&x, &x.neg()).sum();
+        mask.assign(&mask.neg());
+        let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(loss.backward())));
+        assert!(refused.is_err());
+        x.masked_fill(&x.lt_scalar(0.0), f32::NEG_INFINITY).sum()
+    });
+    assert!(after.is_ok(), "{:?}", after.err());
 }

@@ -61,10 +61,16 @@ pub(crate) fn in_backward_of<R>(op: &'static str, f: impl FnOnce() -> R) -> R {
     if !active {
         return f();
     }
-    let prev = STATE.with(|s| s.borrow_mut().in_backward_of.replace(op));
-    let r = f();
-    STATE.with(|s| s.borrow_mut().in_backward_of = prev);
-    r
+    // Put back also if the rule panics (a refused in-place change, caught
+    // by the caller), or later forward ops would be named as its backward.
+    struct Restore(Option<&'static str>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            STATE.with(|s| s.borrow_mut().in_backward_of = self.0);
+        }
+    }
+    let _restore = Restore(STATE.with(|s| s.borrow_mut().in_backward_of.replace(op)));
+    f()
 }
 
 /// Records `t` as the first anomaly if detection is on and it holds a NaN,

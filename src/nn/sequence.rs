@@ -30,8 +30,9 @@ pub struct Embedding {
     /// `[num_embeddings, dim]`.
     pub weight: Tensor,
     /// PyTorch's `padding_idx`: this id's row starts at zeros and gets no
-    /// gradient, so it stays as it is through training (its value is still
-    /// what the forward returns: a loaded non-zero row is used as is).
+    /// gradient (its value is still what the forward returns: a loaded
+    /// non-zero row is used as is, and decoupled weight decay shrinks it,
+    /// as in PyTorch).
     pub padding_idx: Option<usize>,
 }
 
@@ -73,8 +74,8 @@ impl Module for Embedding {
         let rows = self.weight.index_select(0, &flat);
         let rows = match self.padding_idx {
             // The same values; the padding positions' gradient stops here.
-            Some(p) => flat.ne_scalar(p as f32).unsqueeze(-1).where_cond(&rows, &rows.detach()),
-            None => rows,
+            Some(p) if rows.is_tracked() => flat.ne_scalar(p as f32).unsqueeze(-1).where_cond(&rows, &rows.detach()),
+            _ => rows,
         };
         rows.reshape(shape)
     }

@@ -165,10 +165,11 @@ impl Tensor {
         let storage = Tensor::with_storages(&[self, on_true, on_false], |s| {
             device.backend().select((s[0], &l[0]), (s[1], &l[1]), (s[2], &l[2]))
         });
-        let out = Tensor::from_storage(storage, shape, device);
         // The condition is an input too (never differentiated), so that a
-        // backward after it was modified in place refuses, as PyTorch's.
+        // backward after it was modified in place refuses, as PyTorch's;
+        // its handle is made before the output, as every input's is.
         let cond = self.detach();
+        let out = Tensor::from_storage(storage, shape, device);
         out.record("where_cond", &[on_true, on_false, &cond], move |c| {
             let zero = Tensor::zeros([], &c.grad.device());
             let cond = c.input(2);

@@ -238,8 +238,8 @@ impl Tensor {
         let device = self.device();
         let storage =
             Tensor::with_storages(&[self, labels], |s| device.backend().cross_entropy_mean(s[0], s[1], rows, classes));
-        let loss = Tensor::from_storage(storage, crate::Shape::from(Vec::<usize>::new()), device);
         let labels = labels.detach();
+        let loss = Tensor::from_storage(storage, crate::Shape::from(Vec::<usize>::new()), device);
         loss.record("cross_entropy", &[self, &labels], move |c| {
             // The labels are an input (never differentiated): modified in
             // place after the forward, the backward refuses.
@@ -259,8 +259,8 @@ impl Tensor {
         let device = self.device();
         let storage =
             Tensor::with_storages(&[self, labels], |s| device.backend().cross_entropy(s[0], s[1], rows, classes));
-        let out = Tensor::from_storage(storage, [rows].into(), device);
         let labels = labels.detach();
+        let out = Tensor::from_storage(storage, [rows].into(), device);
         out.record("cross_entropy", &[self, &labels], move |c| {
             // The labels are an input (never differentiated): modified in
             // place after the forward, the backward refuses.

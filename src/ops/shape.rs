@@ -286,10 +286,11 @@ impl Tensor {
         let device = self.device();
         let storage =
             Tensor::with_storages(&[self, index], |s| device.backend().gather(op, s[0], view, (s[1], &layout), m));
-        let out = Tensor::from_storage(storage, out_shape, self.device().clone());
         // The index is an input too (never differentiated), so that a
-        // backward after it was modified in place refuses, as PyTorch's.
+        // backward after it was modified in place refuses, as PyTorch's;
+        // its handle is made before the output, as every input's is.
         let index = index.detach();
+        let out = Tensor::from_storage(storage, out_shape, self.device().clone());
         out.record(op, &[self, &index], move |c| {
             let index = c.input(1);
             let storage = c.grad.device().backend().scatter_add(op, &c.grad.read(), view, (&index.read(), &layout), m);

@@ -79,15 +79,23 @@ pub(super) fn gelu_grad(x: f32) -> f32 {
 const GELU_TANH_K: f32 = 0.797_884_6;
 const GELU_TANH_C: f32 = 0.044_715;
 
+/// Past ±10 the tanh is ±1 in f32 already: `x` is clamped there inside the
+/// tanh and the slope's polynomial, so nothing overflows (x³ would past
+/// ~7e12, the slope's x² past ~1.8e19, where ∞·0 made NaN) and every value
+/// within ±10 is unchanged.
+const GELU_TANH_FLAT: f32 = 10.0;
+
 #[inline(always)]
 pub(super) fn gelu_tanh(x: f32) -> f32 {
-    0.5 * x * (1.0 + tanh(GELU_TANH_K * (x + GELU_TANH_C * x * x * x)))
+    let c = x.clamp(-GELU_TANH_FLAT, GELU_TANH_FLAT);
+    0.5 * x * (1.0 + tanh(GELU_TANH_K * (c + GELU_TANH_C * c * c * c)))
 }
 
 #[inline(always)]
 pub(super) fn gelu_tanh_grad(x: f32) -> f32 {
-    let t = tanh(GELU_TANH_K * (x + GELU_TANH_C * x * x * x));
-    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_TANH_K * (1.0 + 3.0 * GELU_TANH_C * x * x)
+    let c = x.clamp(-GELU_TANH_FLAT, GELU_TANH_FLAT);
+    let t = tanh(GELU_TANH_K * (c + GELU_TANH_C * c * c * c));
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_TANH_K * (1.0 + 3.0 * GELU_TANH_C * c * c)
 }
 
 /// Maximum that propagates NaN, as PyTorch's reductions do: once the

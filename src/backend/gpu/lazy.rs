@@ -73,8 +73,13 @@ impl Cell {
             .get_or_init(|| {
                 let (ctx, expr) = {
                     let mut pending = lock(&self.pending);
+                    // Taken already: an earlier computation of it panicked
+                    // (`OnceLock` runs the initialiser again).
+                    let Some(taken) = pending.take() else {
+                        return Err(crate::Error::Gpu("computing this tensor panicked earlier".into()).into());
+                    };
                     *lock(&self.computing) = Some(std::thread::current().id());
-                    pending.take().expect("a GPU buffer is either ready or pending")
+                    taken
                 };
                 // If recording panics the cell is neither ready nor in
                 // progress: others skip it, as before it was computed.
