@@ -167,10 +167,13 @@ impl Distributed {
 
     /// The part of a global batch of `len` items this rank trains on: a
     /// contiguous block, the blocks of consecutive ranks adjacent and their
-    /// sizes differing by at most one (a short last batch may leave a rank
-    /// none).
+    /// sizes differing by at most one. A short last batch (fewer than two
+    /// items a rank) is dealt in blocks of at least two, so no rank trains
+    /// on a single item, which BatchNorm's training statistics refuse
+    /// where one process would train on the whole batch; ranks past the
+    /// blocks get none.
     pub fn shard(&self, len: usize) -> std::ops::Range<usize> {
-        len * self.rank / self.size..len * (self.rank + 1) / self.size
+        crate::train::shard_range(len, self.rank, self.size)
     }
 
     /// Copies rank 0's parameters and buffers (running statistics) into

@@ -201,6 +201,21 @@ pub fn is_primary() -> bool {
     !SECONDARY.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Rank `rank`'s block of a global batch of `len` items over `size` ranks
+/// (see `Distributed::shard`): `len · rank / size..len · (rank + 1) /
+/// size`, or, where that would leave a rank a single item of a batch of
+/// more, pairs dealt the same way with the odd item on the last pair.
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))]
+pub(crate) fn shard_range(len: usize, rank: usize, size: usize) -> std::ops::Range<usize> {
+    if len < 2 * size && len > 1 {
+        let pairs = len / 2;
+        let (first, last) = (pairs * rank / size, pairs * (rank + 1) / size);
+        let end = if last == pairs && last > first { len } else { 2 * last };
+        return 2 * first..end;
+    }
+    len * rank / size..len * (rank + 1) / size
+}
+
 /// Sums a vector over the ranks of a data-parallel job (identity alone).
 type Reduce<'a> = Option<&'a dyn Fn(&mut [f32])>;
 
@@ -691,4 +706,35 @@ pub fn predict_outputs(model: &dyn Module, data: &Dataset, batch_size: usize) ->
         let refs: Vec<&Tensor> = outs.iter().collect();
         Ok(Tensor::cat(&refs, 0))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_range;
+
+    /// For every batch length and world size: the ranks' blocks tile the
+    /// batch in rank order, differ by at most one item where every rank
+    /// gets two or more, and no rank gets a single item of a larger batch.
+    #[test]
+    fn shards_tile_the_batch_and_never_hold_a_single_item() {
+        for size in 1..=8 {
+            for len in 0..=40 {
+                let blocks: Vec<_> = (0..size).map(|r| shard_range(len, r, size)).collect();
+                let mut at = 0;
+                for b in &blocks {
+                    assert_eq!(b.start, at, "{len} over {size}: {blocks:?}");
+                    assert!(b.end >= b.start);
+                    at = b.end;
+                }
+                assert_eq!(at, len, "{len} over {size}: {blocks:?}");
+                if len > 1 {
+                    assert!(blocks.iter().all(|b| b.len() != 1), "{len} over {size}: {blocks:?}");
+                }
+                if len >= 2 * size {
+                    let lens: Vec<usize> = blocks.iter().map(|b| b.len()).collect();
+                    assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1, "{lens:?}");
+                }
+            }
+        }
+    }
 }
