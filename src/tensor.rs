@@ -155,6 +155,15 @@ impl Tensor {
 
     pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Storage> {
         self.0.storage.version.fetch_add(1, Ordering::Relaxed);
+        if crate::backend::gpu::capture::active() {
+            // A replay rewrites it without coming here: it bumps again then.
+            let cell = Arc::downgrade(&self.0.storage);
+            crate::backend::gpu::capture::note_in_place(Box::new(move || {
+                if let Some(cell) = cell.upgrade() {
+                    cell.version.fetch_add(1, Ordering::Relaxed);
+                }
+            }));
+        }
         self.0.storage.data.write().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -315,3 +315,29 @@ fn captured_multi_tensor_steps_agree_bit_for_bit() {
     let dev = Device::Gpu(GpuDevice::with_options(options).unwrap());
     captured_and_eager_steps_agree_bit_for_bit(&dev);
 }
+
+/// A replay updates the parameters in place, as an eager step does: a
+/// backward that saved them before it refuses (the in-place check), rather
+/// than silently computing with the new weights.
+#[test]
+fn a_backward_saved_before_a_replay_refuses() {
+    let Some(dev) = common::gpu() else { return };
+    manual_seed(7);
+    let model = common::seed_mlp(&dev);
+    let opt = RefCell::new(Adam::new(model.parameters(), 1e-3));
+    let mut f = |xy: &[Tensor]| mnist_step(&model, &opt, &xy[0], &xy[1]);
+    let mut step = CapturedStep::new(&mut f);
+    for i in 0..3 {
+        let (x, y) = batch(i, 32, &dev);
+        step.run(&[x, y]).unwrap();
+    }
+    let replays = step.stats().replays;
+    assert!(replays >= 1, "{:?}", step.stats());
+    let (x, y) = batch(9, 32, &dev);
+    let saved = model.forward(&x).cross_entropy(&y);
+    let (x, y) = batch(10, 32, &dev);
+    step.run(&[x, y]).unwrap();
+    assert_eq!(step.stats().replays, replays + 1, "the last run was a replay");
+    let msg = common::panic_message_of(|| drop(saved.backward()));
+    assert!(msg.contains("modified in place"), "{msg}");
+}

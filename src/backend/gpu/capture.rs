@@ -116,6 +116,11 @@ pub(crate) struct Recording {
     pending: Vec<std::sync::Weak<super::lazy::Cell>>,
     /// Shared with those expressions.
     owner: Arc<Owner>,
+    /// The version bumps of the tensors the step wrote in place
+    /// (parameters, optimizer state), redone at every replay: a backward
+    /// that saved one of them before a replay refuses, as after an eager
+    /// step (the replay writes their buffers without going through them).
+    in_place: Vec<Box<dyn Fn() + Send>>,
 }
 
 /// A capture as its pending expressions see it: which thread records it,
@@ -199,6 +204,7 @@ pub(crate) fn begin(ctx: &Arc<Context>) -> bool {
         guards: Vec::new(),
         pending: Vec::new(),
         owner: Arc::new(Owner { thread: std::thread::current().id(), active: true.into(), missed: false.into() }),
+        in_place: Vec::new(),
     };
     ACTIVE.with(|a| *a.borrow_mut() = Some(recording));
     RULE.with(|r| r.borrow_mut().take());
@@ -279,6 +285,11 @@ pub(crate) fn note_guard(guard: Box<dyn Fn() -> bool + Send>) {
 }
 
 /// Notes a dropout key drawn from the default generator.
+/// A tensor written in place while capturing: `bump` advances its version.
+pub(crate) fn note_in_place(bump: Box<dyn Fn() + Send>) {
+    with_recording(None, |r| r.in_place.push(bump));
+}
+
 pub(crate) fn note_key(key: [u32; 2]) {
     with_recording(None, |r| r.keys.push(key));
 }
@@ -375,6 +386,9 @@ impl Recording {
         // Pending expressions reading what the step writes run first.
         ctx.lazy.run_all();
         self.replays += 1;
+        for bump in &self.in_place {
+            bump();
+        }
         let keys: Vec<[u32; 2]> = (0..self.keys.len()).map(|_| crate::rng::next_dropout_key()).collect();
         let profiling = ctx.queue.profiling();
         // An intermediate's first write in the step overwrites it whole:
