@@ -61,6 +61,7 @@
 //! model of the all-reduce.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use mpi::collective::SystemOperation;
@@ -304,7 +305,10 @@ fn poll_until(timeout: Duration, rank: usize, what: &str, comm: &SimpleCommunica
     let started = Instant::now();
     while !done() {
         if started.elapsed() > timeout {
-            eprintln!(
+            // Not `eprintln!`, which panics if stderr is gone: unwinding
+            // from here would free buffers a collective still writes.
+            let _ = writeln!(
+                std::io::stderr(),
                 "wgrad distributed: rank {rank} waited {:.1} s for the other ranks in {what} \
                  (WGRAD_DIST_TIMEOUT): a rank has failed or hangs; aborting the job",
                 started.elapsed().as_secs_f64()
@@ -460,6 +464,9 @@ impl<'d> GradientSync<'d> {
         if self.poisoned {
             return Err(error("an earlier step failed part-way; the gradient sync is out of step".into()));
         }
+        // Poisoned until the step returns Ok: also if it panics and the
+        // panic is caught, the sync's state is out of step with the others.
+        self.poisoned = true;
         let result = self.step(loss, count);
         self.poisoned = result.is_err();
         result

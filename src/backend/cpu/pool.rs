@@ -161,6 +161,9 @@ pub(crate) fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     };
     let job = Job { f, tasks, next: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
     pool.job.store(&job as *const Job as *mut (), SeqCst);
+    // From here the job must be withdrawn before this frame ends, however
+    // it ends.
+    let retire = Retire(pool);
     pool.epoch.fetch_add(1, SeqCst);
     if pool.sleepers.load(SeqCst) > 0 {
         let _guard = pool.sleep.lock().unwrap_or_else(|p| p.into_inner());
@@ -179,7 +182,6 @@ pub(crate) fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
             }
         }
     }
-    let retire = Retire(pool);
     job.work();
     drop(retire);
     assert!(!job.panicked.load(Relaxed), "a wgrad CPU worker thread panicked");
