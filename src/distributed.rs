@@ -96,7 +96,11 @@ pub struct Distributed {
 // SAFETY: MPI runs with MPI_THREAD_MULTIPLE (checked in `init`), so any
 // thread may call it; the collectives on `world` take `serial`, so two
 // threads of one rank never interleave theirs, and gradient syncs use
-// communicators of their own.
+// communicators of their own. (Memory safety only: the *order* of
+// collectives across ranks is the program's to keep — every rank must
+// issue them in the same order, so a job calls them from one thread, as
+// `fit` does; two threads racing on different ranks would pair a barrier
+// with a broadcast, which MPI calls an erroneous program.)
 unsafe impl Send for Distributed {}
 unsafe impl Sync for Distributed {}
 
