@@ -172,6 +172,7 @@ pub enum Metric {
 }
 
 /// How a batch's targets name the right predictions (see [`Metric::Accuracy`]).
+#[derive(Clone)]
 enum Truth {
     /// One class label per row of `[.., classes]` outputs, shaped as their
     /// leading dims; ignored targets replaced by -1, which no arg-max is.
@@ -182,6 +183,7 @@ enum Truth {
 
 /// What a batch's metric sum is over: predictions counted on the host, or
 /// on the device (the labels an ignore index keeps).
+#[derive(Clone)]
 enum Count {
     Host(usize),
     Device(Tensor),
@@ -248,10 +250,19 @@ impl Metric {
     }
 
     /// `total` plus the metric summed over a batch (a scalar tensor), and
-    /// what the sum is over.
-    fn add_batch(&self, total: &Tensor, out: &Tensor, target: &Tensor, kind: TargetKind) -> (Tensor, Count) {
+    /// what the sum is over. `truth` is the batch's [`truth`](Self::truth),
+    /// read once for all the metrics that need it.
+    fn add_batch(
+        &self,
+        total: &Tensor,
+        out: &Tensor,
+        target: &Tensor,
+        kind: TargetKind,
+        truth: &std::cell::OnceCell<(Truth, Count)>,
+    ) -> (Tensor, Count) {
+        let truth = || truth.get_or_init(|| Self::truth(out, target, kind)).clone();
         match self {
-            Metric::Accuracy => match Self::truth(out, target, kind) {
+            Metric::Accuracy => match truth() {
                 // The argmax, the comparison, the sum and the add: one
                 // kernel on a GPU.
                 (Truth::Labels(labels), count) => (out.argmax_hits_onto(&labels, Some(total)), count),
@@ -262,7 +273,7 @@ impl Metric {
                 }
             },
             Metric::TopK(k) => {
-                let (Truth::Labels(labels), count) = Self::truth(out, target, kind) else {
+                let (Truth::Labels(labels), count) = truth() else {
                     panic!("top-{k} accuracy: outputs of shape {} have one class per row", out.shape());
                 };
                 let classes = out.dims()[out.rank() - 1];
@@ -351,8 +362,9 @@ impl<'a> Running<'a> {
                 }
                 None => self.loss_sum = &self.loss_sum + &loss.detach().mul_scalar(n as f32),
             }
+            let (out, truth) = (out.detach(), std::cell::OnceCell::new());
             for (i, m) in self.metrics.iter().enumerate() {
-                let (total, count) = m.add_batch(&self.sums[i], &out.detach(), target, self.kind);
+                let (total, count) = m.add_batch(&self.sums[i], &out, target, self.kind, &truth);
                 self.sums[i] = total;
                 match count {
                     Count::Host(c) => self.counts[i] += c,
