@@ -57,14 +57,7 @@ pub(crate) fn cross_entropy(
     // `SHORT_LINE`); the mean, one workgroup for all rows.
     let lines = classes <= super::reduce::SHORT_LINE;
     let (wg, groups) = match (pass, lines) {
-        // The mean's one workgroup is as wide as the rows need (a power of
-        // two, so its tree of sums adds the same pairs as a wider one, whose
-        // extra slots hold zeros): its barriers wait for fewer invocations
-        // (on lavapipe, each is a switch through every 8 of them).
-        (Pass::Mean, _) => {
-            let wg = rows.next_power_of_two().min(ctx.tuning.elementwise_wg as usize) as u32;
-            (wg, [1, 1, 1])
-        }
+        (Pass::Mean, _) => (ctx.one_group_width(rows), [1, 1, 1]),
         (_, true) => (ctx.tuning.elementwise_wg, ctx.groups_1d(rows, ctx.tuning.elementwise_wg)),
         (_, false) => (ctx.tuning.row_wg, ctx.spread(rows as u64)),
     };

@@ -309,6 +309,16 @@ impl Context {
         self.queue.clear_staging();
     }
 
+    /// The width of a kernel that runs as one workgroup over `rows` rows
+    /// (a batch's mean loss, its hit count): as wide as they need, a power
+    /// of two up to the elementwise width. Its barriers then wait for
+    /// fewer invocations (on lavapipe each is a switch through every 8),
+    /// and a tree of sums over it adds the same pairs as a wider one,
+    /// whose extra slots hold zeros.
+    pub(crate) fn one_group_width(&self, rows: usize) -> u32 {
+        rows.next_power_of_two().min(self.tuning.elementwise_wg as usize) as u32
+    }
+
     /// Workgroup counts for `n` invocations in workgroups of `wg`, spread
     /// over x and y because each dimension is limited to 65535.
     pub(crate) fn groups_1d(&self, n: usize, wg: u32) -> [u32; 3] {

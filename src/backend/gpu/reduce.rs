@@ -56,11 +56,8 @@ pub(crate) fn argmax_hits(
     rows: usize,
     len: usize,
 ) -> Option<GpuBuffer> {
-    // As wide as the rows need, up to the adapter's elementwise width: a
-    // batch of 32 waits at its barriers for 32 invocations, not 256 (on
-    // lavapipe each barrier is a switch through every 8 of them). The
-    // count is exact whatever the width.
-    let wg = rows.next_power_of_two().min(ctx.tuning.elementwise_wg as usize) as u32;
+    // The count is exact whatever the width.
+    let wg = ctx.one_group_width(rows);
     let fits = (1..=SHORT_LINE).contains(&len) && (1..=HITS_MAX_ROWS).contains(&rows);
     fits.then(|| {
         let mut inputs = vec![x, labels];
