@@ -387,10 +387,7 @@ fn accuracy_counts_one_prediction_per_position_and_per_label() {
     let metrics = [Metric::Accuracy, Metric::TopK(2)];
     let devices: Vec<Device> = [Some(Device::Cpu), common::gpu()].into_iter().flatten().collect();
     for dev in devices {
-        let identity = nn::Linear::new(classes, classes, &dev);
-        let eye: Vec<f32> = (0..classes * classes).map(|i| f32::from(i % (classes + 1) == 0)).collect();
-        identity.parameters()[0].assign(&Tensor::from_vec(eye, [classes, classes], &dev).unwrap());
-        identity.parameters()[1].assign(&Tensor::zeros([classes], &dev));
+        let identity = identity(classes, &dev);
         let m = evaluate_with(&identity, &sequences, 5, &loss, &metrics).unwrap();
         let n = (items * positions) as f32;
         assert_eq!(m.accuracy(), hits / n, "{dev:?}: sequences");
